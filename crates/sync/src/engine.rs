@@ -1,0 +1,511 @@
+//! The sync engine: takes a batch of records (fresh from `tracking.events` or due from the retry
+//! queue) and brings each one to a durable outcome.
+//!
+//! Order of effects for one batch, and what a crash between two of them leaves behind:
+//!
+//! 1. read the ledger (which event ids were handled before) — nothing written yet;
+//! 2. read the CRM, write what is needed — a crash here leaves CRM writes without a log row; the
+//!    redelivered events find the CRM already showing their status and end as `unchanged`;
+//! 3. publish dead letters and wait for the broker — a crash here may publish a dead letter twice
+//!    (the redelivery dead-letters it again), never zero times;
+//! 4. commit the ledger batch (log rows, processed ids, retry queue) in one transaction;
+//! 5. publish outcomes to `crm.sync` — a crash before this ends is repaired by the redelivery,
+//!    which publishes `duplicate` carrying the first outcome;
+//! 6. the caller commits the source offsets.
+
+use crate::breaker::{BreakerState, CircuitBreaker};
+use crate::event::{EventId, InvalidEvent, ShipmentId, TrackingEvent};
+use crate::mapping::{CrmMapping, CrmStatusWrite};
+use crate::ports::*;
+use crate::retry::{RetryPolicy, RetryStep};
+use crate::rules::{decide, WriteDecision};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use time::OffsetDateTime;
+
+/// One record consumed from `tracking.events`.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub source: SourcePosition,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    /// How many times this record was replayed from `dead.letters` (header `x-replay-count`).
+    pub replay_count: u32,
+}
+
+/// What a batch ended in, for metrics.
+#[derive(Debug, Default, Clone)]
+pub struct BatchReport {
+    pub counts: HashMap<Outcome, u64>,
+    /// Event-to-CRM latency of each successful write, in milliseconds.
+    pub success_lag_ms: Vec<f64>,
+    pub dead_letter_reasons: Vec<&'static str>,
+}
+
+impl BatchReport {
+    pub fn count(&self, outcome: Outcome) -> u64 {
+        self.counts.get(&outcome).copied().unwrap_or(0)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+}
+
+pub struct EngineSettings {
+    pub retry: RetryPolicy,
+    pub breaker: crate::breaker::BreakerPolicy,
+    /// Most shipments per CRM call.
+    pub crm_batch_limit: usize,
+}
+
+/// A uniform sample in `[0, 1)`, injected so the domain needs no random-number crate.
+pub type Jitter = Box<dyn Fn() -> f64 + Send + Sync>;
+
+pub struct SyncEngine {
+    mapping: CrmMapping,
+    retry: RetryPolicy,
+    crm_batch_limit: usize,
+    crm: Arc<dyn CrmGateway>,
+    ledger: Arc<dyn SyncLedger>,
+    outcomes: Arc<dyn OutcomeSink>,
+    dead_letters: Arc<dyn DeadLetterSink>,
+    breaker: Mutex<CircuitBreaker>,
+    jitter: Jitter,
+}
+
+struct Candidate {
+    event: TrackingEvent,
+    source: SourcePosition,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    attempt: u32,
+    replay_count: u32,
+    from_retry: bool,
+}
+
+#[derive(Default)]
+struct Call {
+    http_status: Option<u16>,
+    response_excerpt: Option<String>,
+    error: Option<String>,
+    latency_ms: Option<f64>,
+}
+
+impl SyncEngine {
+    pub fn new(
+        mapping: CrmMapping,
+        settings: EngineSettings,
+        crm: Arc<dyn CrmGateway>,
+        ledger: Arc<dyn SyncLedger>,
+        outcomes: Arc<dyn OutcomeSink>,
+        dead_letters: Arc<dyn DeadLetterSink>,
+        jitter: Jitter,
+    ) -> Self {
+        Self {
+            mapping,
+            retry: settings.retry,
+            crm_batch_limit: settings.crm_batch_limit.max(1),
+            crm,
+            ledger,
+            outcomes,
+            dead_letters,
+            breaker: Mutex::new(CircuitBreaker::new(settings.breaker)),
+            jitter,
+        }
+    }
+
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.lock().unwrap_or_else(PoisonError::into_inner).state()
+    }
+
+    pub fn ledger(&self) -> &Arc<dyn SyncLedger> {
+        &self.ledger
+    }
+
+    /// Handles records fresh from the topic. On `Err` nothing may be committed: the caller retries
+    /// the same batch (every step is idempotent).
+    pub async fn process(&self, inbound: Vec<Inbound>) -> Result<BatchReport, EngineError> {
+        let mut acc = Accumulator::new(&self.mapping);
+        let mut parsed = Vec::with_capacity(inbound.len());
+        for m in inbound {
+            match TrackingEvent::from_json(&m.payload) {
+                Ok(event) => parsed.push(Candidate {
+                    event,
+                    source: m.source,
+                    key: m.key,
+                    payload: m.payload,
+                    attempt: 1,
+                    replay_count: m.replay_count,
+                    from_retry: false,
+                }),
+                Err(invalid) => acc.invalid(m, &invalid),
+            }
+        }
+
+        let ids: Vec<EventId> = parsed.iter().map(|c| c.event.event_id.clone()).collect();
+        let recorded = if ids.is_empty() { HashMap::new() } else { self.ledger.recorded(&ids).await? };
+        let mut in_batch = HashSet::with_capacity(parsed.len());
+        let mut fresh = Vec::with_capacity(parsed.len());
+        for c in parsed {
+            if !in_batch.insert(c.event.event_id.clone()) {
+                acc.duplicate(&c, None);
+                continue;
+            }
+            match recorded.get(&c.event.event_id) {
+                Some(r) if !(r.outcome == Outcome::DeadLettered && c.replay_count > r.replay_count) => {
+                    acc.duplicate(&c, Some(r.outcome));
+                }
+                _ => fresh.push(c),
+            }
+        }
+        self.sync(fresh, acc).await
+    }
+
+    /// Handles parked events that are due.
+    pub async fn process_due(&self, parked: Vec<ParkedEvent>) -> Result<BatchReport, EngineError> {
+        let candidates = parked
+            .into_iter()
+            .map(|p| Candidate {
+                payload: serde_json::to_vec(&p.event.to_wire()).unwrap_or_default(),
+                key: Some(p.event.shipment_id.as_str().as_bytes().to_vec()),
+                event: p.event,
+                source: p.source,
+                attempt: p.attempts + 1,
+                replay_count: p.replay_count,
+                from_retry: true,
+            })
+            .collect();
+        self.sync(candidates, Accumulator::new(&self.mapping)).await
+    }
+
+    async fn sync(&self, candidates: Vec<Candidate>, mut acc: Accumulator<'_>) -> Result<BatchReport, EngineError> {
+        // Map; an unmapped status is a bad event, not a CRM problem.
+        let mut mapped = Vec::with_capacity(candidates.len());
+        for c in candidates {
+            match self.mapping.to_crm(&c.event) {
+                Ok(w) => mapped.push((c, w)),
+                Err(invalid) => acc.dead_letter(&c, None, invalid.code(), invalid.to_string(), Call::default()),
+            }
+        }
+
+        // Within a batch only the newest event of a shipment needs the CRM; the others are stale.
+        let mut newest: HashMap<ShipmentId, usize> = HashMap::with_capacity(mapped.len());
+        for (i, (c, _)) in mapped.iter().enumerate() {
+            let slot = newest.entry(c.event.shipment_id.clone()).or_insert(i);
+            if mapped[*slot].0.event.occurred_at <= c.event.occurred_at {
+                *slot = i;
+            }
+        }
+        let mut leads = Vec::with_capacity(newest.len());
+        for (i, (c, w)) in mapped.into_iter().enumerate() {
+            if newest.get(&c.event.shipment_id) == Some(&i) {
+                leads.push((c, w));
+            } else {
+                let call = Call { error: Some("superseded by a newer event in the same batch".into()), ..Call::default() };
+                acc.conclude(&c, Some(&w), Outcome::Stale, call);
+            }
+        }
+
+        for chunk in chunks(leads, self.crm_batch_limit) {
+            self.sync_chunk(chunk, &mut acc).await;
+        }
+        acc.flush(self).await
+    }
+
+    async fn sync_chunk(&self, chunk: Vec<(Candidate, CrmStatusWrite)>, acc: &mut Accumulator<'_>) {
+        if let Err(wait) = self.admit() {
+            let err = CrmError { retry_after: Some(wait), ..CrmError::transient("circuit breaker open") };
+            for (c, w) in &chunk {
+                self.failed(acc, c, w, &err, Call { error: Some(err.message.clone()), ..Call::default() });
+            }
+            return;
+        }
+
+        let ids: Vec<ShipmentId> = chunk.iter().map(|(c, _)| c.event.shipment_id.clone()).collect();
+        let started = Instant::now();
+        let states = match self.crm.read_states(&ids).await {
+            Ok(states) => {
+                self.breaker_result(true);
+                states
+            }
+            Err(err) => {
+                self.breaker_result(!err.is_transient());
+                for (c, w) in &chunk {
+                    let call = Call {
+                        http_status: err.http_status,
+                        error: Some(format!("read failed: {err}")),
+                        latency_ms: Some(ms(started.elapsed())),
+                        ..Call::default()
+                    };
+                    self.failed(acc, c, w, &err, call);
+                }
+                return;
+            }
+        };
+
+        let mut to_write = Vec::with_capacity(chunk.len());
+        for (c, w) in chunk {
+            match decide(&w, states.get(&c.event.shipment_id)) {
+                WriteDecision::Write => to_write.push((c, w)),
+                WriteDecision::Unchanged => acc.conclude(&c, Some(&w), Outcome::Unchanged, Call::default()),
+                WriteDecision::Stale => {
+                    let call = Call { error: Some("the CRM shows a newer change".into()), ..Call::default() };
+                    acc.conclude(&c, Some(&w), Outcome::Stale, call);
+                }
+            }
+        }
+        if to_write.is_empty() {
+            return;
+        }
+
+        let writes: Vec<CrmStatusWrite> = to_write.iter().map(|(_, w)| w.clone()).collect();
+        let started = Instant::now();
+        let result = self.crm.write_statuses(&writes).await;
+        let latency = ms(started.elapsed());
+        let results = match result {
+            Ok(r) if r.len() == writes.len() => r,
+            Ok(r) => {
+                let err = CrmError::transient(format!("CRM answered {} results for {} writes", r.len(), writes.len()));
+                vec![ItemResult { result: Err(err), http_status: None, response_excerpt: None }; writes.len()]
+            }
+            Err(err) => vec![ItemResult { http_status: err.http_status, result: Err(err), response_excerpt: None }; writes.len()],
+        };
+        let all_transient = results.iter().all(|r| matches!(&r.result, Err(e) if e.is_transient()));
+        self.breaker_result(!all_transient);
+
+        for ((c, w), item) in to_write.into_iter().zip(results) {
+            let call = Call {
+                http_status: item.http_status,
+                response_excerpt: item.response_excerpt,
+                error: item.result.as_ref().err().map(ToString::to_string),
+                latency_ms: Some(latency),
+            };
+            match item.result {
+                Ok(()) => acc.conclude(&c, Some(&w), Outcome::Success, call),
+                Err(err) => self.failed(acc, &c, &w, &err, call),
+            }
+        }
+    }
+
+    /// A transient error parks the event (or dead-letters it when attempts are exhausted); a
+    /// permanent one dead-letters it at once.
+    fn failed(&self, acc: &mut Accumulator<'_>, c: &Candidate, w: &CrmStatusWrite, err: &CrmError, call: Call) {
+        if !err.is_transient() {
+            return acc.dead_letter(c, Some(w), "crm_rejected", err.message.clone(), call);
+        }
+        match self.retry.next(c.attempt, err.retry_after, (self.jitter)()) {
+            RetryStep::GiveUp => {
+                let reason = format!("gave up after {} attempts: {}", c.attempt, err.message);
+                acc.dead_letter(c, Some(w), "attempts_exhausted", reason, call);
+            }
+            RetryStep::RetryAfter(delay) => {
+                acc.park(c, err, delay);
+                acc.conclude(c, Some(w), Outcome::RetryScheduled, call);
+            }
+        }
+    }
+
+    fn admit(&self) -> Result<(), Duration> {
+        self.breaker.lock().unwrap_or_else(PoisonError::into_inner).admit(Instant::now())
+    }
+
+    fn breaker_result(&self, ok: bool) {
+        let mut b = self.breaker.lock().unwrap_or_else(PoisonError::into_inner);
+        if ok {
+            b.on_success();
+        } else {
+            b.on_failure(Instant::now());
+        }
+    }
+}
+
+fn chunks<T>(items: Vec<T>, size: usize) -> Vec<Vec<T>> {
+    let mut out = Vec::with_capacity(items.len().div_ceil(size));
+    let mut it = items.into_iter().peekable();
+    while it.peek().is_some() {
+        out.push(it.by_ref().take(size).collect());
+    }
+    out
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn lag_ms(from: OffsetDateTime, to: OffsetDateTime) -> f64 {
+    ((to - from).as_seconds_f64() * 1000.0).max(0.0)
+}
+
+/// Collects the effects of one batch until they are flushed in order.
+struct Accumulator<'a> {
+    mapping: &'a CrmMapping,
+    ledger: LedgerBatch,
+    outcomes: Vec<OutcomeRecord>,
+    letters: Vec<DeadLetter>,
+    report: BatchReport,
+}
+
+impl<'a> Accumulator<'a> {
+    fn new(mapping: &'a CrmMapping) -> Self {
+        Self {
+            mapping,
+            ledger: LedgerBatch::default(),
+            outcomes: Vec::new(),
+            letters: Vec::new(),
+            report: BatchReport::default(),
+        }
+    }
+
+    fn count(&mut self, outcome: Outcome) {
+        *self.report.counts.entry(outcome).or_default() += 1;
+    }
+
+    /// A record that is not a valid tracking event.
+    fn invalid(&mut self, m: Inbound, invalid: &InvalidEvent) {
+        self.count(Outcome::DeadLettered);
+        self.report.dead_letter_reasons.push(invalid.code());
+        self.ledger.attempts.push(AttemptRecord {
+            event_id: None,
+            shipment_id: None,
+            client_id: None,
+            correlation_id: None,
+            payload: None,
+            http_status: None,
+            response_excerpt: None,
+            outcome: Outcome::DeadLettered,
+            attempt: 1,
+            error: Some(format!("{}: {invalid}", invalid.code())),
+            event_time: None,
+            sent_at: OffsetDateTime::now_utc(),
+            latency_ms: None,
+            source: Some(m.source.clone()),
+        });
+        self.letters.push(DeadLetter {
+            key: m.key,
+            payload: m.payload,
+            reason_code: invalid.code(),
+            reason: invalid.to_string(),
+            source: m.source,
+            attempts: 1,
+            replay_count: m.replay_count,
+            event_id: None,
+        });
+    }
+
+    /// An event handled before: logged and reported, but the processed record keeps the first
+    /// outcome.
+    fn duplicate(&mut self, c: &Candidate, first: Option<Outcome>) {
+        let w = self.mapping.to_crm(&c.event).ok();
+        let now = OffsetDateTime::now_utc();
+        self.count(Outcome::Duplicate);
+        self.ledger.attempts.push(self.attempt_row(c, w.as_ref(), Outcome::Duplicate, Call::default(), now));
+        self.outcomes.push(outcome_record(c, w.as_ref(), Outcome::Duplicate, first, None, now));
+    }
+
+    /// Records an outcome: log row, processed id, outcome record, and leaves the retry queue when
+    /// the outcome is final.
+    fn conclude(&mut self, c: &Candidate, w: Option<&CrmStatusWrite>, outcome: Outcome, call: Call) {
+        let now = OffsetDateTime::now_utc();
+        self.count(outcome);
+        if outcome == Outcome::Success {
+            self.report.success_lag_ms.push(lag_ms(c.event.occurred_at, now));
+        }
+        let error = call.error.clone();
+        let row = self.attempt_row(c, w, outcome, call, now);
+        self.ledger.attempts.push(row);
+        self.ledger
+            .processed
+            .push((c.event.event_id.clone(), Recorded { outcome, replay_count: c.replay_count }));
+        if c.from_retry && outcome.is_final() {
+            self.ledger.unpark.push(c.event.event_id.clone());
+        }
+        self.outcomes.push(outcome_record(c, w, outcome, None, error, now));
+    }
+
+    fn park(&mut self, c: &Candidate, err: &CrmError, delay: Duration) {
+        self.ledger.park.push(ParkedEvent {
+            event: c.event.clone(),
+            source: c.source.clone(),
+            attempts: c.attempt,
+            replay_count: c.replay_count,
+            next_attempt_at: OffsetDateTime::now_utc() + delay,
+            last_error: err.message.clone(),
+        });
+    }
+
+    fn dead_letter(&mut self, c: &Candidate, w: Option<&CrmStatusWrite>, code: &'static str, reason: String, mut call: Call) {
+        self.report.dead_letter_reasons.push(code);
+        call.error = Some(format!("{code}: {reason}"));
+        self.letters.push(DeadLetter {
+            key: c.key.clone(),
+            payload: c.payload.clone(),
+            reason_code: code,
+            reason,
+            source: c.source.clone(),
+            attempts: c.attempt,
+            replay_count: c.replay_count,
+            event_id: Some(c.event.event_id.clone()),
+        });
+        self.conclude(c, w, Outcome::DeadLettered, call);
+    }
+
+    fn attempt_row(&self, c: &Candidate, w: Option<&CrmStatusWrite>, outcome: Outcome, call: Call, now: OffsetDateTime) -> AttemptRecord {
+        AttemptRecord {
+            event_id: Some(c.event.event_id.clone()),
+            shipment_id: Some(c.event.shipment_id.clone()),
+            client_id: Some(c.event.client_id.to_string()),
+            correlation_id: Some(c.event.correlation_id.clone()),
+            payload: w.map(|w| serde_json::Value::Object(self.mapping.render(w))),
+            http_status: call.http_status,
+            response_excerpt: call.response_excerpt,
+            outcome,
+            attempt: c.attempt,
+            error: call.error,
+            event_time: Some(c.event.occurred_at),
+            sent_at: now,
+            latency_ms: call.latency_ms,
+            source: Some(c.source.clone()),
+        }
+    }
+
+    async fn flush(self, engine: &SyncEngine) -> Result<BatchReport, EngineError> {
+        if !self.letters.is_empty() {
+            engine.dead_letters.dead_letter(&self.letters).await?;
+        }
+        engine.ledger.commit(self.ledger).await?;
+        if !self.outcomes.is_empty() {
+            engine.outcomes.publish(&self.outcomes).await?;
+        }
+        Ok(self.report)
+    }
+}
+
+fn outcome_record(
+    c: &Candidate,
+    w: Option<&CrmStatusWrite>,
+    outcome: Outcome,
+    first_outcome: Option<Outcome>,
+    error: Option<String>,
+    now: OffsetDateTime,
+) -> OutcomeRecord {
+    OutcomeRecord {
+        version: 1,
+        event_id: c.event.event_id.clone(),
+        shipment_id: c.event.shipment_id.clone(),
+        outcome,
+        first_outcome,
+        attempt: c.attempt,
+        crm_status: w.map(|w| w.crm_status.clone()),
+        occurred_at: c.event.occurred_at,
+        processed_at: now,
+        latency_ms: lag_ms(c.event.occurred_at, now),
+        error,
+        correlation_id: c.event.correlation_id.clone(),
+    }
+}

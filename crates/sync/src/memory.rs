@@ -1,0 +1,209 @@
+//! In-memory adapters of every port: for domain tests, contract suites and local experiments.
+
+use crate::event::{EventId, ShipmentId};
+use crate::mapping::{CrmShipmentState, CrmStatusWrite};
+use crate::ports::*;
+use async_trait::async_trait;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use time::OffsetDateTime;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A CRM that stores one status per shipment and fails on demand.
+#[derive(Default)]
+pub struct MemoryCrm {
+    inner: Mutex<CrmInner>,
+}
+
+#[derive(Default)]
+struct CrmInner {
+    states: HashMap<ShipmentId, CrmShipmentState>,
+    writes: Vec<CrmStatusWrite>,
+    /// Errors returned by the next calls, whole-call, in order.
+    call_failures: VecDeque<CrmError>,
+    /// Per-shipment errors returned for that shipment's next writes.
+    item_failures: HashMap<ShipmentId, VecDeque<CrmError>>,
+    calls: u64,
+}
+
+impl MemoryCrm {
+    pub fn fail_next_calls(&self, errors: impl IntoIterator<Item = CrmError>) {
+        lock(&self.inner).call_failures.extend(errors);
+    }
+
+    pub fn fail_writes_for(&self, shipment: &ShipmentId, errors: impl IntoIterator<Item = CrmError>) {
+        lock(&self.inner).item_failures.entry(shipment.clone()).or_default().extend(errors);
+    }
+
+    pub fn state(&self, shipment: &ShipmentId) -> Option<CrmShipmentState> {
+        lock(&self.inner).states.get(shipment).cloned()
+    }
+
+    pub fn writes(&self) -> Vec<CrmStatusWrite> {
+        lock(&self.inner).writes.clone()
+    }
+
+    pub fn calls(&self) -> u64 {
+        lock(&self.inner).calls
+    }
+
+    fn begin_call(&self) -> Result<MutexGuard<'_, CrmInner>, CrmError> {
+        let mut inner = lock(&self.inner);
+        inner.calls += 1;
+        match inner.call_failures.pop_front() {
+            Some(e) => Err(e),
+            None => Ok(inner),
+        }
+    }
+}
+
+#[async_trait]
+impl CrmGateway for MemoryCrm {
+    async fn read_states(
+        &self,
+        shipments: &[ShipmentId],
+    ) -> Result<HashMap<ShipmentId, CrmShipmentState>, CrmError> {
+        let inner = self.begin_call()?;
+        Ok(shipments
+            .iter()
+            .filter_map(|s| inner.states.get(s).map(|st| (s.clone(), st.clone())))
+            .collect())
+    }
+
+    async fn write_statuses(&self, writes: &[CrmStatusWrite]) -> Result<Vec<ItemResult>, CrmError> {
+        let mut inner = self.begin_call()?;
+        let mut out = Vec::with_capacity(writes.len());
+        for w in writes {
+            if let Some(err) = inner.item_failures.get_mut(&w.shipment_id).and_then(VecDeque::pop_front) {
+                out.push(ItemResult { http_status: err.http_status, result: Err(err), response_excerpt: None });
+                continue;
+            }
+            inner.states.insert(
+                w.shipment_id.clone(),
+                CrmShipmentState { status: w.crm_status.clone(), updated_at: w.timestamp },
+            );
+            inner.writes.push(w.clone());
+            out.push(ItemResult { result: Ok(()), http_status: Some(200), response_excerpt: None });
+        }
+        Ok(out)
+    }
+}
+
+/// A ledger in memory; `fail_next_commit` simulates the database going away mid-batch.
+#[derive(Default)]
+pub struct MemoryLedger {
+    inner: Mutex<LedgerInner>,
+}
+
+#[derive(Default)]
+struct LedgerInner {
+    log: Vec<AttemptRecord>,
+    processed: HashMap<EventId, Recorded>,
+    retry: BTreeMap<EventId, ParkedEvent>,
+    fail_next_commit: bool,
+}
+
+impl MemoryLedger {
+    pub fn log(&self) -> Vec<AttemptRecord> {
+        lock(&self.inner).log.clone()
+    }
+
+    pub fn parked(&self) -> Vec<ParkedEvent> {
+        lock(&self.inner).retry.values().cloned().collect()
+    }
+
+    pub fn fail_next_commit(&self) {
+        lock(&self.inner).fail_next_commit = true;
+    }
+
+    /// Makes every parked event due now.
+    pub fn make_all_due(&self) {
+        let now = OffsetDateTime::now_utc();
+        for p in lock(&self.inner).retry.values_mut() {
+            p.next_attempt_at = now;
+        }
+    }
+}
+
+#[async_trait]
+impl SyncLedger for MemoryLedger {
+    async fn recorded(&self, ids: &[EventId]) -> Result<HashMap<EventId, Recorded>, LedgerError> {
+        let inner = lock(&self.inner);
+        Ok(ids.iter().filter_map(|id| inner.processed.get(id).map(|r| (id.clone(), r.clone()))).collect())
+    }
+
+    async fn commit(&self, batch: LedgerBatch) -> Result<(), LedgerError> {
+        let mut inner = lock(&self.inner);
+        if std::mem::take(&mut inner.fail_next_commit) {
+            return Err(LedgerError("injected commit failure".into()));
+        }
+        inner.log.extend(batch.attempts);
+        inner.processed.extend(batch.processed);
+        for id in batch.unpark {
+            inner.retry.remove(&id);
+        }
+        for p in batch.park {
+            inner.retry.insert(p.event.event_id.clone(), p);
+        }
+        Ok(())
+    }
+
+    async fn due(
+        &self,
+        partitions: &[(String, i32)],
+        now: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<ParkedEvent>, LedgerError> {
+        let inner = lock(&self.inner);
+        let mut due: Vec<ParkedEvent> = inner
+            .retry
+            .values()
+            .filter(|p| p.next_attempt_at <= now)
+            .filter(|p| partitions.iter().any(|(t, n)| *t == p.source.topic && *n == p.source.partition))
+            .cloned()
+            .collect();
+        due.sort_by_key(|p| p.event.occurred_at);
+        due.truncate(limit);
+        Ok(due)
+    }
+
+    async fn retry_depth(&self) -> Result<i64, LedgerError> {
+        Ok(i64::try_from(lock(&self.inner).retry.len()).unwrap_or(i64::MAX))
+    }
+}
+
+/// Collects published outcomes and dead letters.
+#[derive(Default)]
+pub struct MemoryTopics {
+    outcomes: Mutex<Vec<OutcomeRecord>>,
+    letters: Mutex<Vec<DeadLetter>>,
+}
+
+impl MemoryTopics {
+    pub fn outcomes(&self) -> Vec<OutcomeRecord> {
+        lock(&self.outcomes).clone()
+    }
+
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        lock(&self.letters).clone()
+    }
+}
+
+#[async_trait]
+impl OutcomeSink for MemoryTopics {
+    async fn publish(&self, outcomes: &[OutcomeRecord]) -> Result<(), PublishError> {
+        lock(&self.outcomes).extend_from_slice(outcomes);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl DeadLetterSink for MemoryTopics {
+    async fn dead_letter(&self, letters: &[DeadLetter]) -> Result<(), PublishError> {
+        lock(&self.letters).extend_from_slice(letters);
+        Ok(())
+    }
+}

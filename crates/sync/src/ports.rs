@@ -1,0 +1,279 @@
+//! Ports: what the sync engine needs from the outside world. One trait per capability.
+
+use crate::event::{EventId, ShipmentId, TrackingEvent};
+use crate::mapping::{CrmShipmentState, CrmStatusWrite};
+use async_trait::async_trait;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::time::Duration;
+use time::OffsetDateTime;
+
+/// The result of handling one event, as published on `crm.sync` and stored in `integrations_log`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The CRM now shows this event's status.
+    Success,
+    /// The event was already handled; it had no second effect.
+    Duplicate,
+    /// The CRM shows a newer change (or a newer event in the same batch superseded it).
+    Stale,
+    /// The CRM already showed this status; nothing was written.
+    Unchanged,
+    /// The CRM failed transiently; the event is parked in the retry queue.
+    RetryScheduled,
+    /// The event cannot be synced; it is in `dead.letters` with the reason.
+    DeadLettered,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Success,
+        Outcome::Duplicate,
+        Outcome::Stale,
+        Outcome::Unchanged,
+        Outcome::RetryScheduled,
+        Outcome::DeadLettered,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Stale => "stale",
+            Outcome::Unchanged => "unchanged",
+            Outcome::RetryScheduled => "retry_scheduled",
+            Outcome::DeadLettered => "dead_lettered",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+
+    /// Whether the event needs no further work (the CRM agrees with it or it was parked in the DLQ).
+    pub fn is_final(self) -> bool {
+        !matches!(self, Outcome::RetryScheduled)
+    }
+}
+
+/// Where a record came from: the coordinates operators need to find it again.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct SourcePosition {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// CRM
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrmErrorKind {
+    /// Worth retrying: connect error, timeout, 408, 429, 5xx.
+    Transient,
+    /// Retrying cannot help: any other 4xx, or a response that breaks the contract.
+    Permanent,
+}
+
+/// A failed CRM call or a refused record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct CrmError {
+    pub kind: CrmErrorKind,
+    pub http_status: Option<u16>,
+    /// From the CRM's `Retry-After`, when it sent one.
+    pub retry_after: Option<Duration>,
+    /// A short description, free of secrets.
+    pub message: String,
+}
+
+impl CrmError {
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self { kind: CrmErrorKind::Transient, http_status: None, retry_after: None, message: message.into() }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self { kind: CrmErrorKind::Permanent, http_status: None, retry_after: None, message: message.into() }
+    }
+
+    /// Classifies an HTTP status: 408, 429 and 5xx are transient, other 4xx permanent.
+    pub fn from_status(status: u16, retry_after: Option<Duration>, message: impl Into<String>) -> Self {
+        let kind = if status == 408 || status == 429 || status >= 500 {
+            CrmErrorKind::Transient
+        } else {
+            CrmErrorKind::Permanent
+        };
+        Self { kind, http_status: Some(status), retry_after, message: message.into() }
+    }
+
+    pub fn is_transient(&self) -> bool {
+        self.kind == CrmErrorKind::Transient
+    }
+}
+
+/// The CRM's answer to one item of a batch write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemResult {
+    pub result: Result<(), CrmError>,
+    pub http_status: Option<u16>,
+    /// The start of the CRM's response for this item, for `integrations_log`.
+    pub response_excerpt: Option<String>,
+}
+
+/// A CRM that stores one status per shipment.
+///
+/// Implementations sign every request, send the write's correlation id as `X-Request-Id`, apply
+/// timeouts and batch internally as the vendor allows.
+#[async_trait]
+pub trait CrmGateway: Send + Sync {
+    /// Reads the CRM's current state of each shipment. A shipment the CRM does not know is absent
+    /// from the map. `Err` means the call as a whole failed (nothing can be concluded).
+    async fn read_states(
+        &self,
+        shipments: &[ShipmentId],
+    ) -> Result<HashMap<ShipmentId, CrmShipmentState>, CrmError>;
+
+    /// Writes statuses. `Ok` holds exactly one result per write, in order; `Err` means no write
+    /// can be assumed to have happened (all are retried; the read-before-write and the CRM's own
+    /// idempotency by event id make a retry of an applied write harmless).
+    async fn write_statuses(&self, writes: &[CrmStatusWrite]) -> Result<Vec<ItemResult>, CrmError>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ledger (integrations_log, processed events, retry queue)
+
+/// What an earlier delivery of an event ended in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    pub outcome: Outcome,
+    pub replay_count: u32,
+}
+
+/// One row of `integrations_log`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptRecord {
+    pub event_id: Option<EventId>,
+    pub shipment_id: Option<ShipmentId>,
+    pub client_id: Option<String>,
+    pub correlation_id: Option<String>,
+    /// The CRM body for this event (what was or would have been sent).
+    pub payload: Option<serde_json::Value>,
+    pub http_status: Option<u16>,
+    pub response_excerpt: Option<String>,
+    pub outcome: Outcome,
+    pub attempt: u32,
+    pub error: Option<String>,
+    pub event_time: Option<OffsetDateTime>,
+    pub sent_at: OffsetDateTime,
+    /// Duration of the CRM call (or batch call) this attempt was part of.
+    pub latency_ms: Option<f64>,
+    pub source: Option<SourcePosition>,
+}
+
+/// An event parked for a later attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParkedEvent {
+    pub event: TrackingEvent,
+    pub source: SourcePosition,
+    /// Attempts made so far.
+    pub attempts: u32,
+    pub replay_count: u32,
+    pub next_attempt_at: OffsetDateTime,
+    pub last_error: String,
+}
+
+/// Everything one batch changes in the database, applied in one transaction.
+#[derive(Debug, Default, Clone)]
+pub struct LedgerBatch {
+    pub attempts: Vec<AttemptRecord>,
+    /// Latest outcome per event id (inserted or overwritten).
+    pub processed: Vec<(EventId, Recorded)>,
+    /// Inserted or rescheduled in the retry queue.
+    pub park: Vec<ParkedEvent>,
+    /// Removed from the retry queue.
+    pub unpark: Vec<EventId>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("ledger unavailable: {0}")]
+pub struct LedgerError(pub String);
+
+/// The durable record of what happened: `integrations_log`, processed event ids, retry queue.
+#[async_trait]
+pub trait SyncLedger: Send + Sync {
+    /// The recorded outcome of those ids that were seen before.
+    async fn recorded(&self, ids: &[EventId]) -> Result<HashMap<EventId, Recorded>, LedgerError>;
+
+    /// Applies the whole batch atomically: either every row is written or none is.
+    async fn commit(&self, batch: LedgerBatch) -> Result<(), LedgerError>;
+
+    /// Parked events due at `now` whose source partition is one of `partitions` (the partitions
+    /// this instance owns, so one shipment is never worked on by two instances at once), oldest
+    /// event first.
+    async fn due(
+        &self,
+        partitions: &[(String, i32)],
+        now: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<ParkedEvent>, LedgerError>;
+
+    /// Size of the retry queue.
+    async fn retry_depth(&self) -> Result<i64, LedgerError>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outbound topics
+
+/// A record for `crm.sync`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutcomeRecord {
+    pub version: u32,
+    pub event_id: EventId,
+    pub shipment_id: ShipmentId,
+    pub outcome: Outcome,
+    /// For a duplicate: what the first delivery ended in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_outcome: Option<Outcome>,
+    pub attempt: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crm_status: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub occurred_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub processed_at: OffsetDateTime,
+    /// Event-to-outcome latency (for `success`: event to CRM acknowledgement).
+    pub latency_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub correlation_id: String,
+}
+
+/// A record for `dead.letters`: the original bytes plus why and where from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub reason_code: &'static str,
+    pub reason: String,
+    pub source: SourcePosition,
+    pub attempts: u32,
+    pub replay_count: u32,
+    pub event_id: Option<EventId>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("publishing failed: {0}")]
+pub struct PublishError(pub String);
+
+/// Publishes outcomes to `crm.sync`. Returns once the broker has acknowledged every record.
+#[async_trait]
+pub trait OutcomeSink: Send + Sync {
+    async fn publish(&self, outcomes: &[OutcomeRecord]) -> Result<(), PublishError>;
+}
+
+/// Parks records in `dead.letters`. Returns once the broker has acknowledged every record.
+#[async_trait]
+pub trait DeadLetterSink: Send + Sync {
+    async fn dead_letter(&self, letters: &[DeadLetter]) -> Result<(), PublishError>;
+}
