@@ -260,3 +260,8 @@ async fn a_crash_after_the_crm_write_and_before_the_commit_writes_nothing_twice(
     assert_eq!(r.count(Outcome::Unchanged), 1);
     assert_eq!(h.crm.writes().len(), 1);
 }
+
+#[tokio::test]
+async fn memory_ledger_meets_the_ledger_contract() {
+    crate::contract::ledger_contract(&MemoryLedger::default()).await;
+}

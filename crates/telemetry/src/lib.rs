@@ -1,1 +1,81 @@
+//! Platform services shared by every app: JSON logs, OpenTelemetry traces (off unless an OTLP
+//! endpoint is configured), W3C trace-context propagation helpers, Prometheus text exposition and
+//! layered configuration (defaults, file, environment).
 
+mod config;
+mod propagation;
+
+pub use config::load_config;
+pub use propagation::{current_trace_headers, set_parent_from_headers};
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use prometheus::{Encoder, Registry, TextEncoder};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+/// Flushes traces when dropped (at the end of `main`).
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.provider.take() {
+            if let Err(e) = p.shutdown() {
+                eprintln!("telemetry: trace flush failed: {e}");
+            }
+        }
+    }
+}
+
+/// Installs JSON logging to stdout (level from `RUST_LOG`, default `info`) and, when
+/// `otlp_endpoint` is set, an OTLP/HTTP trace exporter.
+pub fn init(service: &'static str, otlp_endpoint: Option<&str>) -> anyhow::Result<TelemetryGuard> {
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = tracing_subscriber::fmt::layer()
+        .json()
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_target(true)
+        .with_filter(filter);
+
+    let provider = match otlp_endpoint {
+        Some(endpoint) => {
+            use opentelemetry_otlp::WithExportConfig;
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_endpoint(endpoint)
+                .build()?;
+            let resource = opentelemetry_sdk::Resource::builder().with_service_name(service).build();
+            Some(
+                SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(resource)
+                    .build(),
+            )
+        }
+        None => None,
+    };
+    let otel = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service)));
+    tracing_subscriber::registry().with(json).with(otel).try_init()?;
+    if let Some(p) = &provider {
+        opentelemetry::global::set_tracer_provider(p.clone());
+    }
+    Ok(TelemetryGuard { provider })
+}
+
+/// Renders a registry in the Prometheus text format.
+pub fn render_metrics(registry: &Registry) -> String {
+    let mut buf = Vec::new();
+    if let Err(e) = TextEncoder::new().encode(&registry.gather(), &mut buf) {
+        tracing::error!(error = %e, "metrics encoding failed");
+    }
+    String::from_utf8(buf).unwrap_or_default()
+}

@@ -1,0 +1,254 @@
+//! The crm-sync ledger: `integrations_log`, `processed_events` and `sync_retry`, written in bulk
+//! (one `UNNEST` statement per table per batch) inside one transaction.
+
+use async_trait::async_trait;
+use backbone_sync::event::{EventId, TrackingEvent};
+use backbone_sync::ports::{
+    LedgerBatch, LedgerError, Outcome, ParkedEvent, Recorded, SourcePosition, SyncLedger,
+};
+use sqlx::{PgPool, Postgres, Row, Transaction};
+use std::collections::HashMap;
+use time::OffsetDateTime;
+
+#[derive(Clone)]
+pub struct PgLedger {
+    pool: PgPool,
+}
+
+impl PgLedger {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+fn err(context: &'static str) -> impl Fn(sqlx::Error) -> LedgerError {
+    move |e| LedgerError(format!("{context}: {e}"))
+}
+
+fn i32_of(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+#[async_trait]
+impl SyncLedger for PgLedger {
+    async fn recorded(&self, ids: &[EventId]) -> Result<HashMap<EventId, Recorded>, LedgerError> {
+        let keys: Vec<&str> = ids.iter().map(EventId::as_str).collect();
+        let rows = sqlx::query(
+            "SELECT event_id, outcome, replay_count FROM processed_events WHERE event_id = ANY($1)",
+        )
+        .bind(&keys)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err("reading processed events"))?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.get(0);
+            let outcome: String = row.get(1);
+            let replay: i32 = row.get(2);
+            let outcome = Outcome::parse(&outcome)
+                .ok_or_else(|| LedgerError(format!("unknown outcome `{outcome}` in processed_events")))?;
+            let id = EventId::parse(id).map_err(|e| LedgerError(e.to_string()))?;
+            out.insert(id, Recorded { outcome, replay_count: u32::try_from(replay).unwrap_or(0) });
+        }
+        Ok(out)
+    }
+
+    async fn commit(&self, batch: LedgerBatch) -> Result<(), LedgerError> {
+        let mut tx = self.pool.begin().await.map_err(err("begin"))?;
+        insert_attempts(&mut tx, &batch).await?;
+        upsert_processed(&mut tx, &batch).await?;
+        if !batch.unpark.is_empty() {
+            let ids: Vec<&str> = batch.unpark.iter().map(EventId::as_str).collect();
+            sqlx::query("DELETE FROM sync_retry WHERE event_id = ANY($1)")
+                .bind(&ids)
+                .execute(&mut *tx)
+                .await
+                .map_err(err("unparking"))?;
+        }
+        park(&mut tx, &batch.park).await?;
+        tx.commit().await.map_err(err("commit"))
+    }
+
+    async fn due(
+        &self,
+        partitions: &[(String, i32)],
+        now: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<ParkedEvent>, LedgerError> {
+        if partitions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let topics: Vec<&str> = partitions.iter().map(|(t, _)| t.as_str()).collect();
+        let parts: Vec<i32> = partitions.iter().map(|(_, p)| *p).collect();
+        let rows = sqlx::query(
+            "SELECT r.event, r.source_topic, r.source_partition, r.source_offset, r.attempts,
+                    r.replay_count, r.next_attempt_at, r.last_error
+             FROM sync_retry r
+             JOIN UNNEST($1::text[], $2::int[]) AS owned(topic, part)
+               ON r.source_topic = owned.topic AND r.source_partition = owned.part
+             WHERE r.next_attempt_at <= $3
+             ORDER BY r.event_time
+             LIMIT $4",
+        )
+        .bind(&topics)
+        .bind(&parts)
+        .bind(now)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err("reading due retries"))?;
+        rows.into_iter()
+            .map(|row| {
+                let doc: serde_json::Value = row.get(0);
+                let wire: backbone_sync::event::TrackingEventWire = serde_json::from_value(doc).map_err(|e| LedgerError(format!("parked event: {e}")))?;
+                let event = TrackingEvent::try_from(wire).map_err(|e| LedgerError(format!("parked event: {e}")))?;
+                Ok(ParkedEvent {
+                    event,
+                    source: SourcePosition { topic: row.get(1), partition: row.get(2), offset: row.get(3) },
+                    attempts: u32::try_from(row.get::<i32, _>(4)).unwrap_or(1),
+                    replay_count: u32::try_from(row.get::<i32, _>(5)).unwrap_or(0),
+                    next_attempt_at: row.get(6),
+                    last_error: row.get(7),
+                })
+            })
+            .collect()
+    }
+
+    async fn retry_depth(&self) -> Result<i64, LedgerError> {
+        sqlx::query_scalar("SELECT count(*) FROM sync_retry")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(err("counting retries"))
+    }
+}
+
+async fn insert_attempts(tx: &mut Transaction<'_, Postgres>, batch: &LedgerBatch) -> Result<(), LedgerError> {
+    let a = &batch.attempts;
+    if a.is_empty() {
+        return Ok(());
+    }
+    let event_id: Vec<Option<&str>> = a.iter().map(|r| r.event_id.as_ref().map(EventId::as_str)).collect();
+    let shipment: Vec<Option<&str>> = a.iter().map(|r| r.shipment_id.as_ref().map(|s| s.as_str())).collect();
+    let client: Vec<Option<&str>> = a.iter().map(|r| r.client_id.as_deref()).collect();
+    let correlation: Vec<Option<&str>> = a.iter().map(|r| r.correlation_id.as_deref()).collect();
+    let payload: Vec<Option<String>> = a.iter().map(|r| r.payload.as_ref().map(ToString::to_string)).collect();
+    let http: Vec<Option<i16>> =
+        a.iter().map(|r| r.http_status.and_then(|s| i16::try_from(s).ok())).collect();
+    let excerpt: Vec<Option<&str>> = a.iter().map(|r| r.response_excerpt.as_deref()).collect();
+    let outcome: Vec<&str> = a.iter().map(|r| r.outcome.as_str()).collect();
+    let attempt: Vec<i32> = a.iter().map(|r| i32_of(r.attempt)).collect();
+    let error: Vec<Option<&str>> = a.iter().map(|r| r.error.as_deref()).collect();
+    let event_time: Vec<Option<OffsetDateTime>> = a.iter().map(|r| r.event_time).collect();
+    let sent_at: Vec<OffsetDateTime> = a.iter().map(|r| r.sent_at).collect();
+    let latency: Vec<Option<f64>> = a.iter().map(|r| r.latency_ms).collect();
+    let topic: Vec<Option<&str>> = a.iter().map(|r| r.source.as_ref().map(|s| s.topic.as_str())).collect();
+    let partition: Vec<Option<i32>> = a.iter().map(|r| r.source.as_ref().map(|s| s.partition)).collect();
+    let offset: Vec<Option<i64>> = a.iter().map(|r| r.source.as_ref().map(|s| s.offset)).collect();
+    sqlx::query(
+        "INSERT INTO integrations_log (event_id, shipment_id, client_id, correlation_id, payload,
+             http_status, response_excerpt, outcome, attempt, error, event_time, sent_at, latency_ms,
+             source_topic, source_partition, source_offset)
+         SELECT e, s, c, co, p::jsonb, h, x, o, a, er, et, sa, l, t, pa, of
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::smallint[],
+                     $7::text[], $8::text[], $9::int[], $10::text[], $11::timestamptz[],
+                     $12::timestamptz[], $13::float8[], $14::text[], $15::int[], $16::bigint[])
+              AS u(e, s, c, co, p, h, x, o, a, er, et, sa, l, t, pa, of)",
+    )
+    .bind(&event_id)
+    .bind(&shipment)
+    .bind(&client)
+    .bind(&correlation)
+    .bind(&payload)
+    .bind(&http)
+    .bind(&excerpt)
+    .bind(&outcome)
+    .bind(&attempt)
+    .bind(&error)
+    .bind(&event_time)
+    .bind(&sent_at)
+    .bind(&latency)
+    .bind(&topic)
+    .bind(&partition)
+    .bind(&offset)
+    .execute(&mut **tx)
+    .await
+    .map_err(err("writing integrations_log"))?;
+    Ok(())
+}
+
+async fn upsert_processed(tx: &mut Transaction<'_, Postgres>, batch: &LedgerBatch) -> Result<(), LedgerError> {
+    // One row per id (the last outcome wins): ON CONFLICT cannot touch a row twice per statement.
+    let mut latest: HashMap<&str, &Recorded> = HashMap::with_capacity(batch.processed.len());
+    for (id, r) in &batch.processed {
+        latest.insert(id.as_str(), r);
+    }
+    if latest.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = latest.keys().copied().collect();
+    let outcomes: Vec<&str> = latest.values().map(|r| r.outcome.as_str()).collect();
+    let replays: Vec<i32> = latest.values().map(|r| i32_of(r.replay_count)).collect();
+    sqlx::query(
+        "INSERT INTO processed_events (event_id, outcome, replay_count)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::int[])
+         ON CONFLICT (event_id) DO UPDATE
+            SET outcome = EXCLUDED.outcome, replay_count = EXCLUDED.replay_count, updated_at = now()",
+    )
+    .bind(&ids)
+    .bind(&outcomes)
+    .bind(&replays)
+    .execute(&mut **tx)
+    .await
+    .map_err(err("writing processed_events"))?;
+    Ok(())
+}
+
+async fn park(tx: &mut Transaction<'_, Postgres>, parked: &[ParkedEvent]) -> Result<(), LedgerError> {
+    if parked.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = parked.iter().map(|p| p.event.event_id.as_str()).collect();
+    let shipments: Vec<&str> = parked.iter().map(|p| p.event.shipment_id.as_str()).collect();
+    let docs: Vec<String> = parked
+        .iter()
+        .map(|p| serde_json::to_string(&p.event.to_wire()).unwrap_or_default())
+        .collect();
+    let event_time: Vec<OffsetDateTime> = parked.iter().map(|p| p.event.occurred_at).collect();
+    let topics: Vec<&str> = parked.iter().map(|p| p.source.topic.as_str()).collect();
+    let parts: Vec<i32> = parked.iter().map(|p| p.source.partition).collect();
+    let offsets: Vec<i64> = parked.iter().map(|p| p.source.offset).collect();
+    let attempts: Vec<i32> = parked.iter().map(|p| i32_of(p.attempts)).collect();
+    let replays: Vec<i32> = parked.iter().map(|p| i32_of(p.replay_count)).collect();
+    let next: Vec<OffsetDateTime> = parked.iter().map(|p| p.next_attempt_at).collect();
+    let errors: Vec<&str> = parked.iter().map(|p| p.last_error.as_str()).collect();
+    sqlx::query(
+        "INSERT INTO sync_retry (event_id, shipment_id, event, event_time, source_topic,
+             source_partition, source_offset, attempts, replay_count, next_attempt_at, last_error)
+         SELECT e, s, d::jsonb, et, t, p, o, a, r, n, l
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::int[],
+                     $7::bigint[], $8::int[], $9::int[], $10::timestamptz[], $11::text[])
+              AS u(e, s, d, et, t, p, o, a, r, n, l)
+         ON CONFLICT (event_id) DO UPDATE
+            SET attempts = EXCLUDED.attempts, next_attempt_at = EXCLUDED.next_attempt_at,
+                last_error = EXCLUDED.last_error, replay_count = EXCLUDED.replay_count",
+    )
+    .bind(&ids)
+    .bind(&shipments)
+    .bind(&docs)
+    .bind(&event_time)
+    .bind(&topics)
+    .bind(&parts)
+    .bind(&offsets)
+    .bind(&attempts)
+    .bind(&replays)
+    .bind(&next)
+    .bind(&errors)
+    .execute(&mut **tx)
+    .await
+    .map_err(err("parking events"))?;
+    Ok(())
+}

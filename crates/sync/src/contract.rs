@@ -1,0 +1,105 @@
+//! Contract suites: the same scenarios run against every adapter of a port (the in-memory one here,
+//! the real ones in their crates' tests), so a fake can never drift from the real thing.
+
+use crate::event::{ClientId, EventId, ShipmentId, TrackingEvent, TrackingStatus};
+use crate::ports::*;
+use time::{Duration, OffsetDateTime};
+
+fn event(id: &str, minute: i64) -> TrackingEvent {
+    TrackingEvent {
+        event_id: EventId::parse(id).expect("valid id"),
+        client_id: ClientId::parse("c-1").expect("valid id"),
+        shipment_id: ShipmentId::parse(format!("s-{id}")).expect("valid id"),
+        status: TrackingStatus::parse("IN_TRANSIT").expect("valid status"),
+        // Whole milliseconds: every store keeps at least that precision.
+        occurred_at: OffsetDateTime::from_unix_timestamp(1_793_527_200 + minute * 60).expect("valid time"),
+        version: 1,
+        correlation_id: format!("corr-{id}"),
+    }
+}
+
+fn parked(id: &str, partition: i32, minute: i64, due: OffsetDateTime) -> ParkedEvent {
+    ParkedEvent {
+        event: event(id, minute),
+        source: SourcePosition { topic: "tracking.events".into(), partition, offset: 42 },
+        attempts: 1,
+        replay_count: 0,
+        next_attempt_at: due,
+        last_error: "503".into(),
+    }
+}
+
+fn attempt(id: &str, outcome: Outcome) -> AttemptRecord {
+    let e = event(id, 0);
+    AttemptRecord {
+        event_id: Some(e.event_id),
+        shipment_id: Some(e.shipment_id),
+        client_id: Some("c-1".into()),
+        correlation_id: Some(e.correlation_id),
+        payload: Some(serde_json::json!({"status": "in_transit"})),
+        http_status: Some(200),
+        response_excerpt: Some("{}".into()),
+        outcome,
+        attempt: 1,
+        error: None,
+        event_time: Some(e.occurred_at),
+        sent_at: OffsetDateTime::now_utc(),
+        latency_ms: Some(1.5),
+        source: Some(SourcePosition { topic: "tracking.events".into(), partition: 0, offset: 1 }),
+    }
+}
+
+fn id(s: &str) -> EventId {
+    EventId::parse(s).expect("valid id")
+}
+
+/// Every `SyncLedger` must pass this. Panics with the failed expectation.
+pub async fn ledger_contract(ledger: &dyn SyncLedger) {
+    let now = OffsetDateTime::now_utc();
+    let owned = vec![("tracking.events".to_string(), 0)];
+
+    assert!(ledger.recorded(&[id("unknown")]).await.expect("recorded").is_empty());
+
+    let batch = LedgerBatch {
+        attempts: vec![attempt("a", Outcome::Success), attempt("b", Outcome::RetryScheduled)],
+        processed: vec![
+            (id("a"), Recorded { outcome: Outcome::RetryScheduled, replay_count: 0 }),
+            (id("a"), Recorded { outcome: Outcome::Success, replay_count: 2 }),
+            (id("b"), Recorded { outcome: Outcome::RetryScheduled, replay_count: 0 }),
+            (id("c"), Recorded { outcome: Outcome::RetryScheduled, replay_count: 0 }),
+        ],
+        park: vec![
+            parked("b", 0, 5, now - Duration::seconds(1)),
+            parked("c", 0, 1, now - Duration::seconds(1)),
+            parked("d", 1, 0, now - Duration::seconds(1)),
+            parked("e", 0, 0, now + Duration::hours(1)),
+        ],
+        unpark: vec![],
+    };
+    ledger.commit(batch).await.expect("commit");
+
+    let rec = ledger.recorded(&[id("a"), id("b"), id("zz")]).await.expect("recorded");
+    assert_eq!(rec.len(), 2, "only seen ids are returned");
+    assert_eq!(rec[&id("a")], Recorded { outcome: Outcome::Success, replay_count: 2 }, "last write wins");
+    assert_eq!(ledger.retry_depth().await.expect("depth"), 4);
+
+    let due = ledger.due(&owned, now, 10).await.expect("due");
+    let ids: Vec<&str> = due.iter().map(|p| p.event.event_id.as_str()).collect();
+    assert_eq!(ids, ["c", "b"], "due, owned partition only, oldest event first");
+    assert_eq!(due[1], parked("b", 0, 5, due[1].next_attempt_at));
+    assert_eq!(ledger.due(&owned, now, 1).await.expect("due").len(), 1, "limit");
+    assert!(ledger.due(&[], now, 10).await.expect("due").is_empty());
+
+    // Re-parking updates in place; unparking removes.
+    let mut again = parked("b", 0, 5, now + Duration::minutes(5));
+    again.attempts = 2;
+    ledger
+        .commit(LedgerBatch { park: vec![again], unpark: vec![id("c")], ..LedgerBatch::default() })
+        .await
+        .expect("commit");
+    assert!(ledger.due(&owned, now, 10).await.expect("due").is_empty());
+    let later = ledger.due(&owned, now + Duration::minutes(6), 10).await.expect("due");
+    let b = later.iter().find(|p| p.event.event_id.as_str() == "b").expect("b still parked");
+    assert_eq!(b.attempts, 2);
+    assert_eq!(ledger.retry_depth().await.expect("depth"), 3);
+}

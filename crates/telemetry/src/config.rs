@@ -1,0 +1,57 @@
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::path::Path;
+
+/// Loads configuration in layers: the type's defaults, then the TOML file (if given), then
+/// environment variables with `env_prefix` (`CRM_SYNC_KAFKA__BROKERS` sets `kafka.brokers`).
+/// Errors name the offending key and where its value came from.
+pub fn load_config<T: Serialize + DeserializeOwned + Default>(
+    file: Option<&Path>,
+    env_prefix: &str,
+) -> anyhow::Result<T> {
+    let mut figment = Figment::from(Serialized::defaults(T::default()));
+    if let Some(file) = file {
+        if !file.exists() {
+            anyhow::bail!("configuration file {} does not exist", file.display());
+        }
+        figment = figment.merge(Toml::file(file));
+    }
+    figment = figment.merge(Env::prefixed(env_prefix).split("__"));
+    figment.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Cfg {
+        name: String,
+        inner: Inner,
+    }
+
+    #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Inner {
+        port: u16,
+    }
+
+    #[test]
+    fn env_overrides_file_overrides_defaults_and_errors_name_the_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "name = \"file\"\n[inner]\nport = 1\n")?;
+            jail.set_env("TCFG_INNER__PORT", "2");
+            let c: Cfg = load_config(Some(Path::new("c.toml")), "TCFG_").map_err(|e| e.to_string())?;
+            assert_eq!(c, Cfg { name: "file".into(), inner: Inner { port: 2 } });
+            jail.set_env("TCFG_INNER__PORT", "not-a-port");
+            let err = load_config::<Cfg>(Some(Path::new("c.toml")), "TCFG_").unwrap_err().to_string();
+            assert!(err.contains("port"), "{err}");
+            assert!(load_config::<Cfg>(Some(Path::new("missing.toml")), "TCFG_").is_err());
+            Ok(())
+        });
+    }
+}
