@@ -1,1 +1,42 @@
+//! Kafka adapters. Only standard Kafka APIs are used (idempotent producer, consumer groups, manual
+//! commits), so the same code runs against Apache Kafka, Redpanda, MSK or the local broker.
 
+mod config;
+mod consumer;
+mod dlq;
+mod producer;
+
+pub use config::KafkaSettings;
+pub use consumer::{ConsumedBatch, LagObserver, TrackingConsumer};
+pub use dlq::{read_dead_letters, DeadLetterView, ReplayFilter, HEADER_REPLAY_COUNT};
+pub use producer::{KafkaPublisher, OutgoingRecord};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::RDKafkaErrorCode;
+
+#[derive(Debug, thiserror::Error)]
+#[error("kafka: {0}")]
+pub struct KafkaError(pub String);
+
+impl From<rdkafka::error::KafkaError> for KafkaError {
+    fn from(e: rdkafka::error::KafkaError) -> Self {
+        KafkaError(e.to_string())
+    }
+}
+
+/// Creates the topics that do not exist yet (for local stacks and tests; production topics are
+/// provisioned by the platform).
+pub async fn ensure_topics(settings: &KafkaSettings, topics: &[&str], partitions: i32) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = settings.client_config().create()?;
+    let new: Vec<NewTopic<'_>> =
+        topics.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1))).collect();
+    let results = admin.create_topics(&new, &AdminOptions::new()).await?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(KafkaError(format!("creating topic {topic}: {code}"))),
+        }
+    }
+    Ok(())
+}

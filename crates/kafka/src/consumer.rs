@@ -1,0 +1,147 @@
+use crate::{KafkaError, KafkaSettings, HEADER_REPLAY_COUNT};
+use backbone_sync::engine::Inbound;
+use backbone_sync::ports::SourcePosition;
+use futures::FutureExt;
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// Receives `(topic, partition, lag)` from the client's periodic statistics.
+pub type LagObserver = Arc<dyn Fn(&str, i32, i64) + Send + Sync>;
+
+pub struct StatsContext {
+    lag: Option<LagObserver>,
+}
+
+impl ClientContext for StatsContext {
+    fn stats(&self, stats: Statistics) {
+        let Some(observe) = &self.lag else { return };
+        for (topic, t) in &stats.topics {
+            for (id, p) in &t.partitions {
+                // librdkafka reports -1 for partitions it does not fetch, and an internal "-1" id.
+                if *id >= 0 && p.consumer_lag >= 0 {
+                    observe(topic, *id, p.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for StatsContext {}
+
+/// A consumer-group member of the input topic that hands out batches and commits them only when
+/// told to (after their effects are durable).
+pub struct TrackingConsumer {
+    consumer: StreamConsumer<StatsContext>,
+}
+
+/// Records received together, with the offsets to commit once they are handled.
+pub struct ConsumedBatch {
+    pub records: Vec<Inbound>,
+    /// Trace context of the first record that carried one.
+    pub trace_headers: HashMap<String, String>,
+    next_offsets: BTreeMap<(String, i32), i64>,
+}
+
+impl TrackingConsumer {
+    pub fn new(settings: &KafkaSettings, lag: Option<LagObserver>) -> Result<Self, KafkaError> {
+        let consumer: StreamConsumer<StatsContext> = settings
+            .client_config()
+            .set("group.id", &settings.group_id)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", settings.fetch_wait_max_ms.to_string())
+            .set("statistics.interval.ms", "5000")
+            .set("session.timeout.ms", "10000")
+            .create_with_context(StatsContext { lag })?;
+        consumer.subscribe(&[settings.input_topic.as_str()])?;
+        Ok(Self { consumer })
+    }
+
+    /// Waits for at least one record, then takes whatever else is already buffered, up to `max`.
+    pub async fn next_batch(&self, max: usize) -> Result<ConsumedBatch, KafkaError> {
+        let mut batch = ConsumedBatch {
+            records: Vec::with_capacity(max.min(4096)),
+            trace_headers: HashMap::new(),
+            next_offsets: BTreeMap::new(),
+        };
+        let first = self.consumer.recv().await?;
+        batch.push(&first);
+        drop(first);
+        while batch.records.len() < max {
+            match self.consumer.recv().now_or_never() {
+                Some(Ok(m)) => batch.push(&m),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "kafka consumer error while draining a batch");
+                    break;
+                }
+                None => break,
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Commits the batch's offsets. `sync` waits for the broker (shutdown); otherwise the commit is
+    /// sent in the background and a lost one only causes redelivery, which is idempotent.
+    pub fn commit(&self, batch: &ConsumedBatch, sync: bool) -> Result<(), KafkaError> {
+        if batch.next_offsets.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::with_capacity(batch.next_offsets.len());
+        for ((topic, partition), next) in &batch.next_offsets {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+        }
+        let mode = if sync { CommitMode::Sync } else { CommitMode::Async };
+        Ok(self.consumer.commit(&tpl, mode)?)
+    }
+
+    /// Commits whatever was stored, synchronously (shutdown).
+    pub fn commit_current(&self) -> Result<(), KafkaError> {
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => Ok(()),
+            Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Partitions this member owns now.
+    pub fn assigned_partitions(&self) -> Vec<(String, i32)> {
+        match self.consumer.assignment() {
+            Ok(tpl) => tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    pub fn unsubscribe(&self) {
+        self.consumer.unsubscribe();
+    }
+}
+
+impl ConsumedBatch {
+    fn push(&mut self, m: &BorrowedMessage<'_>) {
+        let mut replay_count = 0;
+        if let Some(headers) = m.headers() {
+            for h in headers.iter() {
+                let value = h.value.and_then(|v| std::str::from_utf8(v).ok());
+                match (h.key, value) {
+                    (HEADER_REPLAY_COUNT, Some(v)) => replay_count = v.parse().unwrap_or(0),
+                    ("traceparent" | "tracestate", Some(v)) if !self.trace_headers.contains_key(h.key) => {
+                        self.trace_headers.insert(h.key.to_owned(), v.to_owned());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let topic = m.topic().to_owned();
+        self.next_offsets.insert((topic.clone(), m.partition()), m.offset() + 1);
+        self.records.push(Inbound {
+            source: SourcePosition { topic, partition: m.partition(), offset: m.offset() },
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            replay_count,
+        });
+    }
+}

@@ -1,0 +1,166 @@
+//! Reading `dead.letters` back for `crm-sync dlq replay`.
+
+use crate::producer::{HEADER_EVENT_ID, HEADER_REASON_CODE, HEADER_SOURCE_TOPIC};
+use crate::{KafkaError, KafkaSettings};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+use time::OffsetDateTime;
+
+/// How many times a record went back through the pipeline from `dead.letters`.
+pub const HEADER_REPLAY_COUNT: &str = "x-replay-count";
+
+/// One dead letter as read back.
+#[derive(Debug, Clone)]
+pub struct DeadLetterView {
+    pub partition: i32,
+    pub offset: i64,
+    /// When it was dead-lettered (the record's timestamp).
+    pub dead_lettered_at: Option<OffsetDateTime>,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: BTreeMap<String, String>,
+}
+
+impl DeadLetterView {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+
+    pub fn replay_count(&self) -> u32 {
+        self.header(HEADER_REPLAY_COUNT).and_then(|v| v.parse().ok()).unwrap_or(0)
+    }
+
+    pub fn source_topic(&self) -> Option<&str> {
+        self.header(HEADER_SOURCE_TOPIC)
+    }
+}
+
+/// Which dead letters to replay; every set field must match.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayFilter {
+    pub event_id: Option<String>,
+    pub since: Option<OffsetDateTime>,
+    pub until: Option<OffsetDateTime>,
+    pub reason_code: Option<String>,
+}
+
+impl ReplayFilter {
+    pub fn matches(&self, l: &DeadLetterView) -> bool {
+        let at = l.dead_lettered_at;
+        self.event_id.as_deref().is_none_or(|id| l.header(HEADER_EVENT_ID) == Some(id))
+            && self.reason_code.as_deref().is_none_or(|r| l.header(HEADER_REASON_CODE) == Some(r))
+            && self.since.is_none_or(|s| at.is_some_and(|t| t >= s))
+            && self.until.is_none_or(|u| at.is_some_and(|t| t < u))
+    }
+}
+
+/// Reads every dead letter present now (up to each partition's high watermark) that matches.
+pub fn read_dead_letters(settings: &KafkaSettings, filter: &ReplayFilter) -> Result<Vec<DeadLetterView>, KafkaError> {
+    let topic = settings.dead_letter_topic.as_str();
+    let consumer: BaseConsumer = settings
+        .client_config()
+        .set("group.id", format!("{}-dlq-reader", settings.group_id))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()?;
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut remaining: HashMap<i32, i64> = HashMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, p, timeout)?;
+        if high > low {
+            remaining.insert(p, high);
+            tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+        }
+    }
+    if remaining.is_empty() {
+        return Ok(Vec::new());
+    }
+    consumer.assign(&tpl)?;
+    let mut out = Vec::new();
+    let mut last_progress = Instant::now();
+    while !remaining.is_empty() {
+        if last_progress.elapsed() > timeout {
+            return Err(KafkaError(format!(
+                "reading {topic} stalled before its high watermark (partitions left: {:?})",
+                remaining.keys().collect::<Vec<_>>()
+            )));
+        }
+        let Some(msg) = consumer.poll(Duration::from_millis(200)) else { continue };
+        let m = msg?;
+        last_progress = Instant::now();
+        if remaining.get(&m.partition()).is_some_and(|high| m.offset() + 1 >= *high) {
+            remaining.remove(&m.partition());
+        }
+        let mut headers = BTreeMap::new();
+        if let Some(hs) = m.headers() {
+            for h in hs.iter() {
+                if let Some(v) = h.value.and_then(|v| std::str::from_utf8(v).ok()) {
+                    headers.insert(h.key.to_owned(), v.to_owned());
+                }
+            }
+        }
+        let view = DeadLetterView {
+            partition: m.partition(),
+            offset: m.offset(),
+            dead_lettered_at: m
+                .timestamp()
+                .to_millis()
+                .and_then(|ms| OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            headers,
+        };
+        if filter.matches(&view) {
+            out.push(view);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    fn letter(event: &str, reason: &str, at: OffsetDateTime) -> DeadLetterView {
+        DeadLetterView {
+            partition: 0,
+            offset: 0,
+            dead_lettered_at: Some(at),
+            key: None,
+            payload: vec![],
+            headers: [(HEADER_EVENT_ID, event), (HEADER_REASON_CODE, reason)]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn filter_fields_all_have_to_match() {
+        let l = letter("e1", "crm_rejected", datetime!(2026-11-01 10:00 UTC));
+        assert!(ReplayFilter::default().matches(&l));
+        assert!(ReplayFilter { event_id: Some("e1".into()), ..Default::default() }.matches(&l));
+        assert!(!ReplayFilter { event_id: Some("e2".into()), ..Default::default() }.matches(&l));
+        assert!(!ReplayFilter { reason_code: Some("malformed_json".into()), ..Default::default() }.matches(&l));
+        let window = ReplayFilter {
+            since: Some(datetime!(2026-11-01 09:00 UTC)),
+            until: Some(datetime!(2026-11-01 10:00 UTC)),
+            ..Default::default()
+        };
+        assert!(!window.matches(&l), "until is exclusive");
+        let window = ReplayFilter { until: Some(datetime!(2026-11-01 10:01 UTC)), ..window };
+        assert!(window.matches(&l));
+    }
+}
