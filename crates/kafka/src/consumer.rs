@@ -7,7 +7,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// Receives `(topic, partition, lag)` from the client's periodic statistics.
 pub type LagObserver = Arc<dyn Fn(&str, i32, i64) + Send + Sync>;
@@ -36,6 +36,8 @@ impl ConsumerContext for StatsContext {}
 /// told to (after their effects are durable).
 pub struct TrackingConsumer {
     consumer: StreamConsumer<StatsContext>,
+    /// Next offset per partition of every batch handled so far.
+    processed: Mutex<BTreeMap<(String, i32), i64>>,
 }
 
 /// Records received together, with the offsets to commit once they are handled.
@@ -58,7 +60,7 @@ impl TrackingConsumer {
             .set("session.timeout.ms", "10000")
             .create_with_context(StatsContext { lag })?;
         consumer.subscribe(&[settings.input_topic.as_str()])?;
-        Ok(Self { consumer })
+        Ok(Self { consumer, processed: Mutex::default() })
     }
 
     /// Waits for at least one record, then takes whatever else is already buffered, up to `max`.
@@ -84,27 +86,38 @@ impl TrackingConsumer {
         Ok(batch)
     }
 
-    /// Commits the batch's offsets. `sync` waits for the broker (shutdown); otherwise the commit is
-    /// sent in the background and a lost one only causes redelivery, which is idempotent.
-    pub fn commit(&self, batch: &ConsumedBatch, sync: bool) -> Result<(), KafkaError> {
+    /// Records the batch as handled and commits its offsets in the background. A commit that is
+    /// lost only causes redelivery, which the pipeline absorbs (every effect is idempotent).
+    pub fn commit(&self, batch: &ConsumedBatch) -> Result<(), KafkaError> {
         if batch.next_offsets.is_empty() {
             return Ok(());
         }
-        let mut tpl = TopicPartitionList::with_capacity(batch.next_offsets.len());
-        for ((topic, partition), next) in &batch.next_offsets {
-            tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+        let mut book = self.processed.lock().unwrap_or_else(PoisonError::into_inner);
+        for (k, v) in &batch.next_offsets {
+            book.insert(k.clone(), *v);
         }
-        let mode = if sync { CommitMode::Sync } else { CommitMode::Async };
-        Ok(self.consumer.commit(&tpl, mode)?)
+        drop(book);
+        self.commit_offsets(&batch.next_offsets, CommitMode::Async)
     }
 
-    /// Commits whatever was stored, synchronously (shutdown).
-    pub fn commit_current(&self) -> Result<(), KafkaError> {
-        match self.consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) => Ok(()),
-            Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => Ok(()),
-            Err(e) => Err(e.into()),
+    /// Commits, and waits for, the offsets of every handled batch on partitions still owned
+    /// (shutdown).
+    pub fn commit_processed(&self) -> Result<(), KafkaError> {
+        let owned: std::collections::HashSet<(String, i32)> = self.assigned_partitions().into_iter().collect();
+        let book = self.processed.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let owned_book: BTreeMap<(String, i32), i64> = book.into_iter().filter(|(k, _)| owned.contains(k)).collect();
+        if owned_book.is_empty() {
+            return Ok(());
         }
+        self.commit_offsets(&owned_book, CommitMode::Sync)
+    }
+
+    fn commit_offsets(&self, offsets: &BTreeMap<(String, i32), i64>, mode: CommitMode) -> Result<(), KafkaError> {
+        let mut tpl = TopicPartitionList::with_capacity(offsets.len());
+        for ((topic, partition), next) in offsets {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+        }
+        Ok(self.consumer.commit(&tpl, mode)?)
     }
 
     /// Partitions this member owns now.

@@ -22,9 +22,19 @@ pub enum ConnectError {
     Migrate(String),
 }
 
-/// Opens a pool and applies pending migrations.
+/// Creates the database if it does not exist, opens a pool and applies pending migrations.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, ConnectError> {
+    use sqlx::migrate::MigrateDatabase;
     let options = PgConnectOptions::from_str(url).map_err(|e| ConnectError::Url(e.to_string()))?;
+    let exists = sqlx::Postgres::database_exists(url).await.map_err(|e| ConnectError::Connect(e.to_string()))?;
+    if !exists {
+        if let Err(e) = sqlx::Postgres::create_database(url).await {
+            // Another instance may have created it in the meantime.
+            if !sqlx::Postgres::database_exists(url).await.unwrap_or(false) {
+                return Err(ConnectError::Connect(e.to_string()));
+            }
+        }
+    }
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))

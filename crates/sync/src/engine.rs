@@ -130,16 +130,16 @@ impl SyncEngine {
 
     /// Handles records fresh from the topic. On `Err` nothing may be committed: the caller retries
     /// the same batch (every step is idempotent).
-    pub async fn process(&self, inbound: Vec<Inbound>) -> Result<BatchReport, EngineError> {
+    pub async fn process(&self, inbound: &[Inbound]) -> Result<BatchReport, EngineError> {
         let mut acc = Accumulator::new(&self.mapping);
         let mut parsed = Vec::with_capacity(inbound.len());
         for m in inbound {
             match TrackingEvent::from_json(&m.payload) {
                 Ok(event) => parsed.push(Candidate {
                     event,
-                    source: m.source,
-                    key: m.key,
-                    payload: m.payload,
+                    source: m.source.clone(),
+                    key: m.key.clone(),
+                    payload: m.payload.clone(),
                     attempt: 1,
                     replay_count: m.replay_count,
                     from_retry: false,
@@ -367,7 +367,7 @@ impl<'a> Accumulator<'a> {
     }
 
     /// A record that is not a valid tracking event.
-    fn invalid(&mut self, m: Inbound, invalid: &InvalidEvent) {
+    fn invalid(&mut self, m: &Inbound, invalid: &InvalidEvent) {
         self.count(Outcome::DeadLettered);
         self.report.dead_letter_reasons.push(invalid.code());
         self.ledger.attempts.push(AttemptRecord {
@@ -387,11 +387,11 @@ impl<'a> Accumulator<'a> {
             source: Some(m.source.clone()),
         });
         self.letters.push(DeadLetter {
-            key: m.key,
-            payload: m.payload,
+            key: m.key.clone(),
+            payload: m.payload.clone(),
             reason_code: invalid.code(),
             reason: invalid.to_string(),
-            source: m.source,
+            source: m.source.clone(),
             attempts: 1,
             replay_count: m.replay_count,
             event_id: None,

@@ -77,7 +77,7 @@ async fn writes_new_statuses_and_logs_every_event() {
     let h = harness(3, 5);
     let r = h
         .engine
-        .process(vec![event("e1", "s1", "IN_TRANSIT", 0), event("e2", "s2", "DELIVERED", 0)])
+        .process(&[event("e1", "s1", "IN_TRANSIT", 0), event("e2", "s2", "DELIVERED", 0)])
         .await
         .unwrap();
     assert_eq!(r.count(Outcome::Success), 2);
@@ -91,8 +91,8 @@ async fn writes_new_statuses_and_logs_every_event() {
 #[tokio::test]
 async fn redelivered_and_duplicated_events_have_no_second_effect() {
     let h = harness(3, 5);
-    h.engine.process(vec![event("e1", "s1", "IN_TRANSIT", 0), event("e1", "s1", "IN_TRANSIT", 0)]).await.unwrap();
-    h.engine.process(vec![event("e1", "s1", "IN_TRANSIT", 0)]).await.unwrap();
+    h.engine.process(&[event("e1", "s1", "IN_TRANSIT", 0), event("e1", "s1", "IN_TRANSIT", 0)]).await.unwrap();
+    h.engine.process(&[event("e1", "s1", "IN_TRANSIT", 0)]).await.unwrap();
     assert_eq!(h.crm.writes().len(), 1);
     assert_eq!(outcomes_of(&h, "e1"), [Outcome::Duplicate, Outcome::Success, Outcome::Duplicate]);
     let redelivered = h.topics.outcomes().into_iter().last().unwrap();
@@ -103,11 +103,11 @@ async fn redelivered_and_duplicated_events_have_no_second_effect() {
 async fn an_older_event_never_overwrites_a_newer_one() {
     let h = harness(3, 5);
     // Across batches: newest first, then an older one arrives late.
-    h.engine.process(vec![event("e2", "s1", "DELIVERED", 5)]).await.unwrap();
-    h.engine.process(vec![event("e1", "s1", "IN_TRANSIT", 1)]).await.unwrap();
+    h.engine.process(&[event("e2", "s1", "DELIVERED", 5)]).await.unwrap();
+    h.engine.process(&[event("e1", "s1", "IN_TRANSIT", 1)]).await.unwrap();
     // Within one batch, out of order.
     h.engine
-        .process(vec![event("f2", "s2", "DELIVERED", 5), event("f1", "s2", "IN_TRANSIT", 1)])
+        .process(&[event("f2", "s2", "DELIVERED", 5), event("f1", "s2", "IN_TRANSIT", 1)])
         .await
         .unwrap();
     assert_eq!(h.crm.state(&sid("s1")).unwrap().status, "delivered");
@@ -120,8 +120,8 @@ async fn an_older_event_never_overwrites_a_newer_one() {
 #[tokio::test]
 async fn an_unchanged_status_is_not_written_again() {
     let h = harness(3, 5);
-    h.engine.process(vec![event("e1", "s1", "IN_TRANSIT", 1)]).await.unwrap();
-    h.engine.process(vec![event("e2", "s1", "IN_TRANSIT", 2)]).await.unwrap();
+    h.engine.process(&[event("e1", "s1", "IN_TRANSIT", 1)]).await.unwrap();
+    h.engine.process(&[event("e2", "s1", "IN_TRANSIT", 2)]).await.unwrap();
     assert_eq!(outcomes_of(&h, "e2"), [Outcome::Unchanged]);
     assert_eq!(h.crm.writes().len(), 1);
 }
@@ -131,7 +131,7 @@ async fn bad_events_go_to_dead_letters_with_their_reason() {
     let h = harness(3, 5);
     let r = h
         .engine
-        .process(vec![
+        .process(&[
             raw("k", b"{oops"),
             event("e1", "s1", "TELEPORTED", 0),
             event("e2", "s2", "IN_TRANSIT", 0),
@@ -152,7 +152,7 @@ async fn bad_events_go_to_dead_letters_with_their_reason() {
 async fn transient_failures_park_then_succeed() {
     let h = harness(5, 5);
     h.crm.fail_next_calls([CrmError::from_status(503, Some(Duration::from_secs(7)), "down")]);
-    let r = h.engine.process(vec![event("e1", "s1", "IN_TRANSIT", 0)]).await.unwrap();
+    let r = h.engine.process(&[event("e1", "s1", "IN_TRANSIT", 0)]).await.unwrap();
     assert_eq!(r.count(Outcome::RetryScheduled), 1);
     let parked = h.ledger.parked();
     assert_eq!(parked.len(), 1);
@@ -173,7 +173,7 @@ async fn transient_failures_park_then_succeed() {
 async fn permanent_errors_dead_letter_at_once() {
     let h = harness(5, 5);
     h.crm.fail_writes_for(&sid("s1"), [CrmError::from_status(422, None, "bad status")]);
-    let r = h.engine.process(vec![event("e1", "s1", "IN_TRANSIT", 0)]).await.unwrap();
+    let r = h.engine.process(&[event("e1", "s1", "IN_TRANSIT", 0)]).await.unwrap();
     assert_eq!(r.count(Outcome::DeadLettered), 1);
     assert_eq!(h.topics.dead_letters()[0].reason_code, "crm_rejected");
     assert!(h.ledger.parked().is_empty());
@@ -184,7 +184,7 @@ async fn exhausted_attempts_dead_letter_and_leave_the_queue() {
     let h = harness(2, 100);
     let e503 = || CrmError::from_status(503, None, "down");
     h.crm.fail_next_calls([e503(), e503()]);
-    h.engine.process(vec![event("e1", "s1", "IN_TRANSIT", 0)]).await.unwrap();
+    h.engine.process(&[event("e1", "s1", "IN_TRANSIT", 0)]).await.unwrap();
     h.ledger.make_all_due();
     let due = h.ledger.due(&partitions(), time::OffsetDateTime::now_utc(), 10).await.unwrap();
     let r = h.engine.process_due(due).await.unwrap();
@@ -199,8 +199,8 @@ async fn a_parked_event_overtaken_by_a_newer_one_ends_stale() {
     // harmless because the parked event re-reads the CRM before writing.
     let h = harness(5, 5);
     h.crm.fail_writes_for(&sid("s1"), [CrmError::from_status(429, None, "slow down")]);
-    h.engine.process(vec![event("e1", "s1", "IN_TRANSIT", 1)]).await.unwrap();
-    h.engine.process(vec![event("e2", "s1", "DELIVERED", 2)]).await.unwrap();
+    h.engine.process(&[event("e1", "s1", "IN_TRANSIT", 1)]).await.unwrap();
+    h.engine.process(&[event("e2", "s1", "DELIVERED", 2)]).await.unwrap();
     h.ledger.make_all_due();
     let due = h.ledger.due(&partitions(), time::OffsetDateTime::now_utc(), 10).await.unwrap();
     h.engine.process_due(due).await.unwrap();
@@ -213,7 +213,7 @@ async fn a_parked_event_overtaken_by_a_newer_one_ends_stale() {
 async fn parked_events_of_partitions_owned_elsewhere_are_not_due_here() {
     let h = harness(5, 5);
     h.crm.fail_next_calls([CrmError::transient("connect refused")]);
-    h.engine.process(vec![event("e1", "s1", "IN_TRANSIT", 1)]).await.unwrap();
+    h.engine.process(&[event("e1", "s1", "IN_TRANSIT", 1)]).await.unwrap();
     h.ledger.make_all_due();
     let elsewhere = vec![("tracking.events".to_string(), 7)];
     assert!(h.ledger.due(&elsewhere, time::OffsetDateTime::now_utc(), 10).await.unwrap().is_empty());
@@ -224,11 +224,11 @@ async fn the_breaker_opens_and_stops_calling_the_crm() {
     let h = harness(10, 2);
     let e = || CrmError::transient("timeout");
     h.crm.fail_next_calls([e(), e()]);
-    h.engine.process(vec![event("e1", "s1", "IN_TRANSIT", 1)]).await.unwrap();
-    h.engine.process(vec![event("e2", "s2", "IN_TRANSIT", 1)]).await.unwrap();
+    h.engine.process(&[event("e1", "s1", "IN_TRANSIT", 1)]).await.unwrap();
+    h.engine.process(&[event("e2", "s2", "IN_TRANSIT", 1)]).await.unwrap();
     assert_eq!(h.engine.breaker_state().as_gauge(), 2);
     let calls = h.crm.calls();
-    let r = h.engine.process(vec![event("e3", "s3", "IN_TRANSIT", 1)]).await.unwrap();
+    let r = h.engine.process(&[event("e3", "s3", "IN_TRANSIT", 1)]).await.unwrap();
     assert_eq!(h.crm.calls(), calls, "no call while open");
     assert_eq!(r.count(Outcome::RetryScheduled), 1);
     let parked = h.ledger.parked().into_iter().find(|p| p.event.event_id.as_str() == "e3").unwrap();
@@ -239,12 +239,12 @@ async fn the_breaker_opens_and_stops_calling_the_crm() {
 async fn replayed_dead_letters_are_processed_again() {
     let h = harness(5, 5);
     h.crm.fail_writes_for(&sid("s1"), [CrmError::from_status(400, None, "bad")]);
-    h.engine.process(vec![event("e1", "s1", "IN_TRANSIT", 0)]).await.unwrap();
+    h.engine.process(&[event("e1", "s1", "IN_TRANSIT", 0)]).await.unwrap();
     let mut again = event("e1", "s1", "IN_TRANSIT", 0);
-    h.engine.process(vec![again.clone()]).await.unwrap();
+    h.engine.process(&[again.clone()]).await.unwrap();
     assert!(h.crm.writes().is_empty(), "a plain redelivery stays a duplicate");
     again.replay_count = 1;
-    h.engine.process(vec![again]).await.unwrap();
+    h.engine.process(&[again]).await.unwrap();
     assert_eq!(outcomes_of(&h, "e1"), [Outcome::DeadLettered, Outcome::Duplicate, Outcome::Success]);
 }
 
@@ -253,10 +253,10 @@ async fn a_crash_after_the_crm_write_and_before_the_commit_writes_nothing_twice(
     let h = harness(5, 5);
     h.ledger.fail_next_commit();
     let batch = vec![event("e1", "s1", "IN_TRANSIT", 0)];
-    assert!(h.engine.process(batch.clone()).await.is_err());
+    assert!(h.engine.process(&batch).await.is_err());
     assert!(h.topics.outcomes().is_empty(), "nothing published before the commit");
     // The offset was not committed, so the same records come again.
-    let r = h.engine.process(batch).await.unwrap();
+    let r = h.engine.process(&batch).await.unwrap();
     assert_eq!(r.count(Outcome::Unchanged), 1);
     assert_eq!(h.crm.writes().len(), 1);
 }

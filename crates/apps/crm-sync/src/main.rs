@@ -1,1 +1,102 @@
-fn main() {}
+use clap::{Parser, Subcommand};
+use crm_sync::config::{Config, ENV_PREFIX};
+use std::path::PathBuf;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+/// Syncs parcel statuses from Kafka to the CRM, exactly once in effect.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// TOML configuration file; `CRM_SYNC_*` environment variables override it.
+    #[arg(long, short, env = "CRM_SYNC_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (the default).
+    Run,
+    /// Load and validate the configuration, print it without secrets, and exit.
+    CheckConfig,
+    /// Work with dead letters.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Send dead letters back through the pipeline.
+    Replay {
+        /// Only this event id.
+        #[arg(long)]
+        event_id: Option<String>,
+        /// Only letters dead-lettered at or after this time (RFC 3339).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<OffsetDateTime>,
+        /// Only letters dead-lettered before this time (RFC 3339).
+        #[arg(long, value_parser = parse_time)]
+        until: Option<OffsetDateTime>,
+        /// Only this reason code (`malformed_json`, `crm_rejected`, `attempts_exhausted`, ...).
+        #[arg(long)]
+        reason: Option<String>,
+        /// At most this many letters.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// List what would be replayed without sending anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+fn parse_time(s: &str) -> Result<OffsetDateTime, String> {
+    OffsetDateTime::parse(s, &Rfc3339).map_err(|e| format!("expected RFC 3339 (2026-11-01T10:00:00Z): {e}"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let cfg: Config = backbone_telemetry::load_config(cli.config.as_deref(), ENV_PREFIX)?;
+    match cli.command.unwrap_or(Command::Run) {
+        Command::CheckConfig => {
+            cfg.validate().map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+            println!("{cfg:#?}");
+            Ok(())
+        }
+        Command::Dlq { command: DlqCommand::Replay { event_id, since, until, reason, limit, dry_run } } => {
+            let filter = backbone_kafka::ReplayFilter { event_id, since, until, reason_code: reason };
+            let summary = crm_sync::replay_dead_letters(&cfg.kafka, filter, limit, dry_run).await?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+            Ok(())
+        }
+        Command::Run => {
+            let _telemetry = backbone_telemetry::init("crm-sync", cfg.telemetry.otlp_endpoint.as_deref())?;
+            let shutdown = CancellationToken::new();
+            let signal = shutdown.clone();
+            tokio::spawn(async move {
+                let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot listen for SIGTERM");
+                        return;
+                    }
+                };
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM: draining"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: draining"),
+                }
+                signal.cancel();
+            });
+            let result = crm_sync::run(cfg, shutdown).await;
+            if let Err(e) = &result {
+                tracing::error!(error = format!("{e:#}"), "crm-sync failed");
+            }
+            result
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! crm-sync configuration: defaults, then a TOML file, then `CRM_SYNC_*` environment variables
+//! (`CRM_SYNC_CRM__GENERIC__TOKEN` sets `crm.generic.token`). Validated as a whole at start-up.
+
+use backbone_crm::GenericCrmConfig;
+use backbone_kafka::KafkaSettings;
+use backbone_sync::breaker::BreakerPolicy;
+use backbone_sync::mapping::{CrmMapping, MappingConfig};
+use backbone_sync::retry::RetryPolicy;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+pub const ENV_PREFIX: &str = "CRM_SYNC_";
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub kafka: KafkaSettings,
+    pub postgres: PostgresConfig,
+    pub crm: CrmConfig,
+    pub mapping: MappingConfig,
+    pub retry: RetryPolicy,
+    pub breaker: BreakerPolicy,
+    pub pipeline: PipelineConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// `/metrics`, `/health/live`, `/health/ready`.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9464)) }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    #[serde(skip_serializing, default = "default_pg_url")]
+    pub url: SecretString,
+    pub max_connections: u32,
+}
+
+fn default_pg_url() -> SecretString {
+    SecretString::from("postgres://postgres:postgres@127.0.0.1:5432/crm_sync")
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self { url: default_pg_url(), max_connections: 8 }
+    }
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig").field("url", &"[redacted]").field("max_connections", &self.max_connections).finish()
+    }
+}
+
+/// Which CRM this deployment talks to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Vendor {
+    #[default]
+    Generic,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CrmConfig {
+    pub vendor: Vendor,
+    pub generic: GenericCrmConfig,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Most records taken from Kafka into one batch.
+    pub max_batch: usize,
+    /// Most shipments per CRM call.
+    pub crm_batch_limit: usize,
+    /// How often the retry queue is polled for due events.
+    pub retry_poll_ms: u64,
+    /// Most parked events taken per poll.
+    pub retry_batch: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self { max_batch: 2000, crm_batch_limit: 500, retry_poll_ms: 250, retry_batch: 500 }
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP traces endpoint, e.g. `http://127.0.0.1:4318/v1/traces`; tracing export is off
+    /// when unset.
+    pub otlp_endpoint: Option<String>,
+}
+
+impl Config {
+    /// Checks everything at once and reports every problem, one per line.
+    pub fn validate(&self) -> Result<CrmMapping, String> {
+        let mut problems = Vec::new();
+        let mapping = CrmMapping::new(self.mapping.clone()).map_err(|e| problems.push(e.to_string())).ok();
+        if let Err(e) = self.retry.validate() {
+            problems.push(e);
+        }
+        if self.breaker.failure_threshold == 0 {
+            problems.push("breaker.failure_threshold must be >= 1".into());
+        }
+        if let Err(e) = self.kafka.validate() {
+            problems.push(e);
+        }
+        match self.crm.vendor {
+            Vendor::Generic => {
+                if let Err(e) = self.crm.generic.validate() {
+                    problems.push(e);
+                }
+            }
+        }
+        if !self.postgres.url.expose_secret().starts_with("postgres") {
+            problems.push("postgres.url must be a postgres:// URL".into());
+        }
+        if self.postgres.max_connections < 2 {
+            problems.push("postgres.max_connections must be >= 2".into());
+        }
+        let p = &self.pipeline;
+        if p.max_batch == 0 || p.crm_batch_limit == 0 || p.retry_batch == 0 || p.retry_poll_ms == 0 {
+            problems.push("pipeline sizes and retry_poll_ms must be > 0".into());
+        }
+        match (mapping, problems.is_empty()) {
+            (Some(m), true) => Ok(m),
+            _ => Err(problems.join("\n")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_lack_only_the_crm_secrets_and_every_problem_is_reported() {
+        let err = Config::default().validate().unwrap_err();
+        assert!(err.contains("crm.token"), "{err}");
+        let mut c = Config::default();
+        c.crm.generic.token = SecretString::from("t".repeat(20));
+        c.crm.generic.signing_secret = SecretString::from("s".repeat(20));
+        assert!(c.validate().is_ok());
+        c.retry.max_attempts = 0;
+        c.mapping.statuses.clear();
+        c.kafka.brokers = String::new();
+        let err = c.validate().unwrap_err();
+        assert_eq!(err.lines().count(), 3, "{err}");
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let mut c = Config::default();
+        c.crm.generic.token = SecretString::from("very-secret-token-value");
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("very-secret-token-value"));
+        assert!(!dbg.contains("postgres:postgres"));
+    }
+}

@@ -1,0 +1,11 @@
+//! crm-sync: wires the Kafka, PostgreSQL and CRM adapters into the sync engine, serves metrics
+//! and health, and drains cleanly on shutdown.
+
+pub mod config;
+pub mod metrics;
+mod replay;
+mod service;
+
+pub use config::Config;
+pub use replay::{replay_dead_letters, ReplaySummary};
+pub use service::run;

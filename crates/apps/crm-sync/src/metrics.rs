@@ -1,0 +1,156 @@
+//! The service's Prometheus metrics (names are part of the alerting contract in `deploy/`).
+
+use backbone_sync::engine::BatchReport;
+use backbone_sync::ports::Outcome;
+use prometheus::{
+    exponential_buckets, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    outcomes: IntCounterVec,
+    success_ratio: Gauge,
+    lag: Histogram,
+    pub retry_depth: IntGauge,
+    dead_letters: IntCounterVec,
+    consumer_lag: IntGaugeVec,
+    pub breaker_state: IntGauge,
+    batch_size: Histogram,
+    batch_duration: Histogram,
+    pub pipeline_errors: IntCounter,
+}
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    // Metric definitions are static; a failure here is a programming error caught by any test.
+    r.unwrap_or_else(|e| panic!("metric definition: {e}"))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let outcomes = must(IntCounterVec::new(
+            Opts::new("crm_sync_outcomes_total", "Events handled, by outcome"),
+            &["outcome"],
+        ));
+        let success_ratio = must(Gauge::new(
+            "crm_sync_success_ratio",
+            "success / (success + retry_scheduled + dead_lettered) since start",
+        ));
+        let lag = must(Histogram::with_opts(
+            HistogramOpts::new("crm_sync_event_to_crm_lag_seconds", "From the event's occurred_at to the CRM's acknowledgement")
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0]),
+        ));
+        let retry_depth = must(IntGauge::new("crm_sync_retry_queue_depth", "Events parked in the retry queue"));
+        let dead_letters = must(IntCounterVec::new(
+            Opts::new("crm_sync_dead_letters_total", "Records sent to dead.letters, by reason"),
+            &["reason"],
+        ));
+        let consumer_lag = must(IntGaugeVec::new(
+            Opts::new("crm_sync_consumer_lag", "Messages behind the high watermark"),
+            &["topic", "partition"],
+        ));
+        let breaker_state = must(IntGauge::new("crm_sync_breaker_state", "CRM circuit breaker: 0 closed, 1 half-open, 2 open"));
+        let batch_size = must(Histogram::with_opts(
+            HistogramOpts::new("crm_sync_batch_size", "Records per batch").buckets(must(exponential_buckets(1.0, 2.0, 13))),
+        ));
+        let batch_duration = must(Histogram::with_opts(
+            HistogramOpts::new("crm_sync_batch_duration_seconds", "Time to bring a batch to durable outcomes")
+                .buckets(must(exponential_buckets(0.0005, 2.0, 14))),
+        ));
+        let pipeline_errors = must(IntCounter::new(
+            "crm_sync_pipeline_errors_total",
+            "Batches that failed on the database or the broker and were retried",
+        ));
+        for c in [
+            Box::new(outcomes.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(success_ratio.clone()),
+            Box::new(lag.clone()),
+            Box::new(retry_depth.clone()),
+            Box::new(dead_letters.clone()),
+            Box::new(consumer_lag.clone()),
+            Box::new(breaker_state.clone()),
+            Box::new(batch_size.clone()),
+            Box::new(batch_duration.clone()),
+            Box::new(pipeline_errors.clone()),
+        ] {
+            must(registry.register(c));
+        }
+        for o in Outcome::ALL {
+            outcomes.with_label_values(&[o.as_str()]);
+        }
+        Self {
+            registry,
+            outcomes,
+            success_ratio,
+            lag,
+            retry_depth,
+            dead_letters,
+            consumer_lag,
+            breaker_state,
+            batch_size,
+            batch_duration,
+            pipeline_errors,
+        }
+    }
+
+    pub fn observe(&self, report: &BatchReport, records: usize, seconds: f64) {
+        if records > 0 {
+            self.batch_size.observe(records as f64);
+            self.batch_duration.observe(seconds);
+        }
+        for (outcome, n) in &report.counts {
+            self.outcomes.with_label_values(&[outcome.as_str()]).inc_by(*n);
+        }
+        for lag in &report.success_lag_ms {
+            self.lag.observe(lag / 1000.0);
+        }
+        for reason in &report.dead_letter_reasons {
+            self.dead_letters.with_label_values(&[reason]).inc();
+        }
+        let get = |o: Outcome| self.outcomes.with_label_values(&[o.as_str()]).get() as f64;
+        let ok = get(Outcome::Success);
+        let total = ok + get(Outcome::RetryScheduled) + get(Outcome::DeadLettered);
+        if total > 0.0 {
+            self.success_ratio.set(ok / total);
+        }
+    }
+
+    pub fn set_consumer_lag(&self, topic: &str, partition: i32, lag: i64) {
+        self.consumer_lag.with_label_values(&[topic, &partition.to_string()]).set(lag);
+    }
+
+    pub fn render(&self) -> String {
+        backbone_telemetry::render_metrics(&self.registry)
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_moves_counters_ratio_and_histograms() {
+        let m = Metrics::new();
+        let mut r = BatchReport::default();
+        r.counts.insert(Outcome::Success, 3);
+        r.counts.insert(Outcome::DeadLettered, 1);
+        r.success_lag_ms = vec![2.0, 4.0, 8.0];
+        r.dead_letter_reasons = vec!["malformed_json"];
+        m.observe(&r, 4, 0.01);
+        m.set_consumer_lag("tracking.events", 2, 17);
+        let text = m.render();
+        assert!(text.contains("crm_sync_outcomes_total{outcome=\"success\"} 3"), "{text}");
+        assert!(text.contains("crm_sync_outcomes_total{outcome=\"stale\"} 0"));
+        assert!(text.contains("crm_sync_success_ratio 0.75"));
+        assert!(text.contains("crm_sync_event_to_crm_lag_seconds_count 3"));
+        assert!(text.contains("crm_sync_dead_letters_total{reason=\"malformed_json\"} 1"));
+        assert!(text.contains("crm_sync_consumer_lag{partition=\"2\",topic=\"tracking.events\"} 17"));
+    }
+}

@@ -1,0 +1,207 @@
+use crate::config::{Config, Vendor};
+use crate::metrics::Metrics;
+use anyhow::Context;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use backbone_crm::GenericRestCrm;
+use backbone_kafka::{ConsumedBatch, KafkaPublisher, TrackingConsumer};
+use backbone_postgres::PgLedger;
+use backbone_sync::engine::{EngineSettings, SyncEngine};
+use backbone_sync::ports::{CrmGateway, SyncLedger};
+use secrecy::ExposeSecret;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+struct Health {
+    metrics: Arc<Metrics>,
+    ready: AtomicBool,
+    pool: sqlx::PgPool,
+}
+
+/// Runs the service until `shutdown` is cancelled, then stops intake, finishes the batch in
+/// flight, commits offsets and flushes the producer.
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mapping = cfg.validate().map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+    let pool = backbone_postgres::connect(cfg.postgres.url.expose_secret(), cfg.postgres.max_connections)
+        .await
+        .context("PostgreSQL")?;
+    let ledger = Arc::new(PgLedger::new(pool.clone()));
+    if cfg.kafka.create_topics {
+        let topics = [&cfg.kafka.input_topic, &cfg.kafka.outcome_topic, &cfg.kafka.dead_letter_topic];
+        let topics: Vec<&str> = topics.iter().map(|t| t.as_str()).collect();
+        backbone_kafka::ensure_topics(&cfg.kafka, &topics, cfg.kafka.topic_partitions).await?;
+    }
+    let publisher = Arc::new(KafkaPublisher::new(&cfg.kafka)?);
+    let crm: Arc<dyn CrmGateway> = match cfg.crm.vendor {
+        Vendor::Generic => Arc::new(GenericRestCrm::new(&cfg.crm.generic, mapping.clone()).map_err(anyhow::Error::msg)?),
+    };
+    let metrics = Arc::new(Metrics::new());
+    let lag_metrics = metrics.clone();
+    let consumer = TrackingConsumer::new(
+        &cfg.kafka,
+        Some(Arc::new(move |topic: &str, partition, lag| lag_metrics.set_consumer_lag(topic, partition, lag))),
+    )?;
+    let engine = SyncEngine::new(
+        mapping,
+        EngineSettings {
+            retry: cfg.retry.clone(),
+            breaker: cfg.breaker.clone(),
+            crm_batch_limit: cfg.pipeline.crm_batch_limit,
+        },
+        crm,
+        ledger.clone(),
+        publisher.clone(),
+        publisher.clone(),
+        Box::new(rand::random::<f64>),
+    );
+
+    let health = Arc::new(Health { metrics: metrics.clone(), ready: AtomicBool::new(true), pool });
+    let listener = tokio::net::TcpListener::bind(cfg.http.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.http.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /health");
+    let http_shutdown = shutdown.clone();
+    let app = router(health.clone());
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app).with_graceful_shutdown(async move { http_shutdown.cancelled().await }).await
+    });
+
+    let pipeline = Pipeline { engine, consumer, ledger, metrics, health: health.clone(), cfg: &cfg, shutdown: shutdown.clone() };
+    pipeline.run().await;
+
+    health.ready.store(false, Ordering::SeqCst);
+    if let Err(e) = publisher.flush(Duration::from_secs(10)) {
+        tracing::error!(error = %e, "producer flush at shutdown failed");
+    }
+    let _ = http.await;
+    tracing::info!("crm-sync stopped");
+    Ok(())
+}
+
+fn router(health: Arc<Health>) -> Router {
+    Router::new()
+        .route("/metrics", get(|State(h): State<Arc<Health>>| async move { h.metrics.render() }))
+        .route("/health/live", get(|| async { "live" }))
+        .route(
+            "/health/ready",
+            get(|State(h): State<Arc<Health>>| async move {
+                let db = tokio::time::timeout(Duration::from_secs(1), sqlx::query("SELECT 1").execute(&h.pool)).await;
+                match (h.ready.load(Ordering::SeqCst), db) {
+                    (true, Ok(Ok(_))) => (StatusCode::OK, "ready"),
+                    (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "not ready: pipeline stalled or stopping"),
+                    _ => (StatusCode::SERVICE_UNAVAILABLE, "not ready: database unreachable"),
+                }
+            }),
+        )
+        .with_state(health)
+}
+
+struct Pipeline<'a> {
+    engine: SyncEngine,
+    consumer: TrackingConsumer,
+    ledger: Arc<PgLedger>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    cfg: &'a Config,
+    shutdown: CancellationToken,
+}
+
+impl Pipeline<'_> {
+    async fn run(self) {
+        let mut retry_tick = tokio::time::interval(Duration::from_millis(self.cfg.pipeline.retry_poll_ms));
+        retry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut gauges_tick = tokio::time::interval(Duration::from_secs(1));
+        gauges_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            // Batches are handled inside the select arm, so shutdown only ever lands between
+            // batches: the one in flight is always finished and committed.
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => break,
+                batch = self.consumer.next_batch(self.cfg.pipeline.max_batch) => match batch {
+                    Ok(batch) => self.handle(batch).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "kafka receive failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                _ = retry_tick.tick() => self.handle_due().await,
+                _ = gauges_tick.tick() => self.refresh_gauges().await,
+            }
+        }
+        tracing::info!("intake stopped; committing offsets");
+        if let Err(e) = self.consumer.commit_processed() {
+            tracing::error!(error = %e, "final offset commit failed; the last batches will be redelivered");
+        }
+        self.consumer.unsubscribe();
+    }
+
+    async fn handle(&self, batch: ConsumedBatch) {
+        let span = tracing::info_span!("crm_sync.batch", records = batch.records.len());
+        backbone_telemetry::set_parent_from_headers(&span, &batch.trace_headers);
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.engine.process(&batch.records).instrument(span.clone()).await {
+                Ok(report) => {
+                    self.metrics.observe(&report, batch.records.len(), started.elapsed().as_secs_f64());
+                    break;
+                }
+                Err(e) => {
+                    // Nothing is committed: the same records are tried again, and every step is
+                    // idempotent. Readiness drops so an orchestrator sees the stall.
+                    self.metrics.pipeline_errors.inc();
+                    self.health.ready.store(false, Ordering::SeqCst);
+                    tracing::error!(error = %e, retry_in_ms = delay.as_millis() as u64, "batch failed; retrying");
+                    tokio::select! {
+                        () = self.shutdown.cancelled() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        self.health.ready.store(true, Ordering::SeqCst);
+        if let Err(e) = self.consumer.commit(&batch) {
+            tracing::warn!(error = %e, "offset commit failed; records may be redelivered (harmless)");
+        }
+    }
+
+    async fn handle_due(&self) {
+        let owned = self.consumer.assigned_partitions();
+        if owned.is_empty() {
+            return;
+        }
+        let now = time::OffsetDateTime::now_utc();
+        let due = match self.ledger.due(&owned, now, self.cfg.pipeline.retry_batch).await {
+            Ok(due) if due.is_empty() => return,
+            Ok(due) => due,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the retry queue failed");
+                return;
+            }
+        };
+        let n = due.len();
+        let started = Instant::now();
+        match self.engine.process_due(due).instrument(tracing::info_span!("crm_sync.retry", records = n)).await {
+            Ok(report) => self.metrics.observe(&report, n, started.elapsed().as_secs_f64()),
+            Err(e) => {
+                self.metrics.pipeline_errors.inc();
+                tracing::warn!(error = %e, "retrying parked events failed; they stay parked");
+            }
+        }
+    }
+
+    async fn refresh_gauges(&self) {
+        self.metrics.breaker_state.set(self.engine.breaker_state().as_gauge());
+        match self.ledger.retry_depth().await {
+            Ok(depth) => self.metrics.retry_depth.set(depth),
+            Err(e) => tracing::warn!(error = %e, "reading the retry queue depth failed"),
+        }
+    }
+}
