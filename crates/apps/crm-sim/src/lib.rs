@@ -6,7 +6,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+pub use axum::Router;
+use axum::Json;
 use backbone_crm::signing::{verify, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -282,4 +283,11 @@ async fn set_faults(State(sim): State<Sim>, body: Bytes) -> Response {
 
 async fn history(State(sim): State<Sim>, Path(id): Path<String>) -> Response {
     Json(sim.history(&id)).into_response()
+}
+
+
+
+/// Serves the simulator on `listener` until the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, router: Router) -> std::io::Result<()> {
+    axum::serve(listener, router).await
 }
