@@ -1,0 +1,40 @@
+# Two commands on a fresh machine: `make run` (the system with a local stack and demo traffic)
+# and `make test` (every test, against the real local stack).
+SHELL := /bin/bash
+CARGO ?= cargo
+export KAFKA_BROKERS ?= 127.0.0.1:9092
+export DATABASE_URL ?= postgres://postgres:postgres@127.0.0.1:5432/postgres
+
+.PHONY: stack stack-down test lint fmt run bench-sync check-rules
+
+stack:
+	deploy/stack.sh up
+
+stack-down:
+	deploy/stack.sh down
+
+## Every test: unit, property, adapter (PostgreSQL, broker, wiremock) and end to end.
+test: stack
+	$(CARGO) build --workspace --bins --quiet
+	$(CARGO) test --workspace --no-fail-fast
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --quiet -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## The system: local stack, crm-sim, crm-sync, demo events; prints what reached the CRM and the log.
+run: stack
+	deploy/run-demo.sh
+
+## crm-sync throughput and latency against crm-sim, with same-run baselines (see docs/benchmarks.md).
+bench-sync: stack
+	$(CARGO) build --release --quiet -p crm-sync -p crm-sim -p backbone-bench
+	KAFKA_PORT=9094 BROKER_STORAGE=memory STATE_DIR=$(CURDIR)/.stack/bench deploy/stack.sh up
+	target/release/bench-sync --brokers 127.0.0.1:9094 --out target/bench/crm-sync.json
+
+## Prometheus rules check (needs promtool: apt-get install prometheus).
+check-rules:
+	promtool check rules deploy/prometheus/crm-sync-alerts.yml
