@@ -49,6 +49,8 @@ ensure_build_deps() {
   command -v pkg-config >/dev/null || missing+=(pkg-config)
   pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)
   command -v psql >/dev/null || missing+=(postgresql-client)
+  command -v curl >/dev/null || missing+=(curl)
+  command -v python3 >/dev/null || missing+=(python3)
   if [ ${#missing[@]} -gt 0 ]; then log "installing ${missing[*]}"; apt_install "${missing[@]}"; fi
 }
 

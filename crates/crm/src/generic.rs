@@ -1,8 +1,8 @@
 //! The generic REST CRM (`docs/openapi/crm-generic-v1.yaml`).
 //!
-//! One shipment: `GET`/`PUT /api/v1/shipments/{id}/status`, with `X-Request-Id` = the event's
-//! correlation id. Several: `POST /api/v1/shipments/status:batchGet` and `:batchWrite`, with
-//! `X-Request-Id` = a fresh batch id and each item carrying its own `requestId`.
+//! One shipment: `GET`/`PUT /api/v1/shipments/{id}/status`; a `PUT` carries `X-Request-Id` = the
+//! event's correlation id. Several: `POST /api/v1/shipments/status:batchGet` and `:batchWrite`.
+//! Reads and batch calls carry a fresh `X-Request-Id`; batch items carry their own `requestId`.
 
 use crate::signing::{sign, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use async_trait::async_trait;
@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 const EXCERPT_LEN: usize = 512;
+const REQUEST_ID_FIELD: &str = "requestId";
 
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,6 +67,7 @@ impl std::fmt::Debug for GenericCrmConfig {
             .field("token", &"[redacted]")
             .field("signing_secret", &"[redacted]")
             .field("timeout_ms", &self.timeout_ms)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
             .finish()
     }
 }
@@ -142,6 +144,10 @@ struct Response {
 impl GenericRestCrm {
     pub fn new(config: &GenericCrmConfig, mapping: CrmMapping) -> Result<Self, String> {
         config.validate()?;
+        let f = mapping.fields();
+        if [&f.client_id, &f.shipment_id, &f.status, &f.timestamp, &f.event_id].contains(&&REQUEST_ID_FIELD.to_owned()) {
+            return Err(format!("mapping.fields: `{REQUEST_ID_FIELD}` is reserved by the generic CRM API"));
+        }
         let http = reqwest::Client::builder()
             .timeout(Duration::from_millis(config.timeout_ms))
             .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
@@ -213,7 +219,7 @@ impl GenericRestCrm {
 
     fn item(&self, w: &CrmStatusWrite) -> Map<String, Value> {
         let mut item = self.mapping.render(w);
-        item.insert("requestId".into(), Value::from(w.correlation_id.as_str()));
+        item.insert(REQUEST_ID_FIELD.into(), Value::from(w.correlation_id.as_str()));
         item
     }
 }

@@ -48,6 +48,10 @@ impl std::fmt::Debug for KafkaSettings {
             .field("input_topic", &self.input_topic)
             .field("outcome_topic", &self.outcome_topic)
             .field("dead_letter_topic", &self.dead_letter_topic)
+            .field("create_topics", &self.create_topics)
+            .field("topic_partitions", &self.topic_partitions)
+            .field("fetch_wait_max_ms", &self.fetch_wait_max_ms)
+            .field("linger_ms", &self.linger_ms)
             .field("properties", &self.properties.keys().collect::<Vec<_>>())
             .finish()
     }

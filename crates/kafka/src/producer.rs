@@ -27,15 +27,19 @@ pub struct KafkaPublisher {
 
 impl KafkaPublisher {
     pub fn new(settings: &KafkaSettings) -> Result<Self, KafkaError> {
-        let producer = settings
-            .client_config()
+        let mut config = settings.client_config();
+        config
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", settings.linger_ms.to_string())
             .set("compression.type", "lz4")
             .set("message.timeout.ms", "30000")
-            .set("queue.buffering.max.messages", "1000000")
-            .create()?;
+            .set("queue.buffering.max.messages", "1000000");
+        // Pass-through properties win (a deployment may shorten timeouts, add TLS, ...).
+        for (k, v) in &settings.properties {
+            config.set(k, v);
+        }
+        let producer = config.create()?;
         Ok(Self {
             producer,
             outcome_topic: settings.outcome_topic.clone(),

@@ -368,6 +368,10 @@ impl<'a> Accumulator<'a> {
 
     /// A record that is not a valid tracking event.
     fn invalid(&mut self, m: &Inbound, invalid: &InvalidEvent) {
+        tracing::warn!(
+            topic = %m.source.topic, partition = m.source.partition, offset = m.source.offset,
+            reason_code = invalid.code(), reason = %invalid, "invalid event dead-lettered"
+        );
         self.count(Outcome::DeadLettered);
         self.report.dead_letter_reasons.push(invalid.code());
         self.ledger.attempts.push(AttemptRecord {
@@ -429,6 +433,10 @@ impl<'a> Accumulator<'a> {
     }
 
     fn park(&mut self, c: &Candidate, err: &CrmError, delay: Duration) {
+        tracing::info!(
+            event_id = %c.event.event_id, correlation_id = %c.event.correlation_id, shipment_id = %c.event.shipment_id,
+            attempt = c.attempt, retry_in_ms = delay.as_millis() as u64, error = %err.message, "CRM failed; event parked"
+        );
         self.ledger.park.push(ParkedEvent {
             event: c.event.clone(),
             source: c.source.clone(),
@@ -440,6 +448,10 @@ impl<'a> Accumulator<'a> {
     }
 
     fn dead_letter(&mut self, c: &Candidate, w: Option<&CrmStatusWrite>, code: &'static str, reason: String, mut call: Call) {
+        tracing::warn!(
+            event_id = %c.event.event_id, correlation_id = %c.event.correlation_id, shipment_id = %c.event.shipment_id,
+            attempt = c.attempt, reason_code = code, reason = %reason, "event dead-lettered"
+        );
         self.report.dead_letter_reasons.push(code);
         call.error = Some(format!("{code}: {reason}"));
         self.letters.push(DeadLetter {

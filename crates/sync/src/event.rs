@@ -9,7 +9,7 @@ pub const SUPPORTED_EVENT_VERSION: u32 = 1;
 const MAX_ID_LEN: usize = 128;
 
 /// Why an incoming record cannot become a [`TrackingEvent`]. The `code` is what operators see in the
-/// `x-dlq-reason` header of `dead.letters` and in `integrations_log.error`.
+/// `x-dlq-reason-code` header of `dead.letters` and in `integrations_log.error`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidEvent {
     #[error("payload is not a valid tracking event JSON document: {0}")]

@@ -49,13 +49,14 @@ pub struct MappingConfig {
     pub fields: FieldNames,
     #[serde(default)]
     pub timestamp_format: TimestampFormat,
-    /// Tracking status code -> CRM status code.
+    /// Tracking status code -> CRM status code. A configured table replaces the default one
+    /// as a whole (it is not serialized into the defaults layer, so layers cannot merge into it).
+    #[serde(skip_serializing, default = "default_statuses")]
     pub statuses: BTreeMap<String, String>,
 }
 
-impl Default for MappingConfig {
-    fn default() -> Self {
-        let statuses = [
+fn default_statuses() -> BTreeMap<String, String> {
+    [
             ("CREATED", "created"),
             ("ACCEPTED", "accepted"),
             ("IN_TRANSIT", "in_transit"),
@@ -65,13 +66,17 @@ impl Default for MappingConfig {
             ("RETURNED", "returned"),
             ("LOST", "lost"),
         ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+impl Default for MappingConfig {
+    fn default() -> Self {
         Self {
             fields: FieldNames::default(),
             timestamp_format: TimestampFormat::default(),
-            statuses,
+            statuses: default_statuses(),
         }
     }
 }

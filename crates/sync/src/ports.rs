@@ -123,7 +123,8 @@ pub struct ItemResult {
 
 /// A CRM that stores one status per shipment.
 ///
-/// Implementations sign every request, send the write's correlation id as `X-Request-Id`, apply
+/// Implementations sign every request, carry each write's correlation id to the CRM (`X-Request-Id` on a single
+/// write, a per-item `requestId` in a batch), apply
 /// timeouts and batch internally as the vendor allows.
 #[async_trait]
 pub trait CrmGateway: Send + Sync {

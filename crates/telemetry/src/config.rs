@@ -6,6 +6,7 @@ use std::path::Path;
 
 /// Loads configuration in layers: the type's defaults, then the TOML file (if given), then
 /// environment variables with `env_prefix` (`CRM_SYNC_KAFKA__BROKERS` sets `kafka.brokers`).
+/// `<prefix>CONFIG` is reserved for the file's path and is not read as a key.
 /// Errors name the offending key and where its value came from.
 pub fn load_config<T: Serialize + DeserializeOwned + Default>(
     file: Option<&Path>,
@@ -18,7 +19,7 @@ pub fn load_config<T: Serialize + DeserializeOwned + Default>(
         }
         figment = figment.merge(Toml::file(file));
     }
-    figment = figment.merge(Env::prefixed(env_prefix).split("__"));
+    figment = figment.merge(Env::prefixed(env_prefix).ignore(&["config"]).split("__"));
     figment.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
 }
 
@@ -45,6 +46,7 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file("c.toml", "name = \"file\"\n[inner]\nport = 1\n")?;
             jail.set_env("TCFG_INNER__PORT", "2");
+            jail.set_env("TCFG_CONFIG", "c.toml");
             let c: Cfg = load_config(Some(Path::new("c.toml")), "TCFG_").map_err(|e| e.to_string())?;
             assert_eq!(c, Cfg { name: "file".into(), inner: Inner { port: 2 } });
             jail.set_env("TCFG_INNER__PORT", "not-a-port");

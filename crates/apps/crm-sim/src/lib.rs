@@ -230,7 +230,7 @@ async fn batch_get(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> R
         Err(e) => return bad_json(e),
     };
     if req.shipment_ids.len() > MAX_BATCH {
-        return problem(StatusCode::UNPROCESSABLE_ENTITY, "batch_too_large", "at most 500 shipments", None);
+        return problem(StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large", "at most 500 shipments", None);
     }
     let store = sim.lock();
     let items: Vec<&Map<String, Value>> = req.shipment_ids.iter().filter_map(|id| store.records.get(id)).collect();
@@ -252,7 +252,7 @@ async fn batch_write(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) ->
         Err(e) => return bad_json(e),
     };
     if req.items.len() > MAX_BATCH {
-        return problem(StatusCode::UNPROCESSABLE_ENTITY, "batch_too_large", "at most 500 items", None);
+        return problem(StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large", "at most 500 items", None);
     }
     let mut store = sim.lock();
     let results: Vec<Value> = req
@@ -276,7 +276,7 @@ async fn set_faults(State(sim): State<Sim>, body: Bytes) -> Response {
             sim.set_faults(f.clone());
             Json(f).into_response()
         }
-        Ok(_) => problem(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", "error_rate must be within 0..=1", None),
+        Ok(_) => problem(StatusCode::BAD_REQUEST, "bad_request", "error_rate must be within 0..=1", None),
         Err(e) => bad_json(e),
     }
 }
