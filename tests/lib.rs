@@ -41,13 +41,16 @@ impl Scope {
             topic_partitions: 3,
             ..KafkaSettings::default()
         };
-        Self { db_url: format!("{}/e2e_{id}", pg_base()), id, kafka }
+        Self {
+            db_url: format!("{}/e2e_{id}", pg_base()),
+            id,
+            kafka,
+        }
     }
 
     /// crm-sync configuration for this scope, pointing at `crm_url`.
     pub fn config(&self, crm_url: &str) -> crm_sync::Config {
-        let mut cfg = crm_sync::Config::default();
-        cfg.kafka = self.kafka.clone();
+        let mut cfg = crm_sync::Config { kafka: self.kafka.clone(), ..Default::default() };
         cfg.postgres.url = secrecy::SecretString::from(self.db_url.clone());
         cfg.crm.generic.base_url = crm_url.into();
         cfg.crm.generic.token = secrecy::SecretString::from(TOKEN);
@@ -91,7 +94,11 @@ impl Scope {
 
     pub async fn create_topics(&self) -> anyhow::Result<()> {
         let k = &self.kafka;
-        let topics = [k.input_topic.as_str(), k.outcome_topic.as_str(), k.dead_letter_topic.as_str()];
+        let topics = [
+            k.input_topic.as_str(),
+            k.outcome_topic.as_str(),
+            k.dead_letter_topic.as_str(),
+        ];
         backbone_kafka::ensure_topics(k, &topics, k.topic_partitions).await?;
         Ok(())
     }
@@ -100,8 +107,16 @@ impl Scope {
     pub async fn wait_for_schema(&self) -> anyhow::Result<PgPool> {
         let start = Instant::now();
         loop {
-            if let Ok(pool) = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(&self.db_url).await {
-                if sqlx::query("SELECT 1 FROM processed_events LIMIT 1").execute(&pool).await.is_ok() {
+            if let Ok(pool) = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(2)
+                .connect(&self.db_url)
+                .await
+            {
+                if sqlx::query("SELECT 1 FROM processed_events LIMIT 1")
+                    .execute(&pool)
+                    .await
+                    .is_ok()
+                {
                     return Ok(pool);
                 }
             }
@@ -113,15 +128,22 @@ impl Scope {
     }
 
     pub async fn outcome_of(&self, pool: &PgPool, event_id: &str) -> anyhow::Result<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT outcome FROM processed_events WHERE event_id = $1")
-            .bind(event_id)
-            .fetch_optional(pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT outcome FROM processed_events WHERE event_id = $1")
+                .bind(event_id)
+                .fetch_optional(pool)
+                .await?,
+        )
     }
 
     pub async fn drop_database(&self) {
         if let Ok(admin) = PgPool::connect(&format!("{}/postgres", pg_base())).await {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"e2e_{}\" WITH (FORCE)", self.id)).execute(&admin).await;
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS \"e2e_{}\" WITH (FORCE)",
+                self.id
+            ))
+            .execute(&admin)
+            .await;
         }
     }
 }
@@ -157,7 +179,10 @@ pub fn event_json(event_id: &str, shipment: &str, status: &str, occurred_at: &st
 
 pub async fn send(producer: &FutureProducer, topic: &str, key: &str, payload: &str) -> anyhow::Result<()> {
     producer
-        .send(FutureRecord::to(topic).key(key).payload(payload), Timeout::After(Duration::from_secs(10)))
+        .send(
+            FutureRecord::to(topic).key(key).payload(payload),
+            Timeout::After(Duration::from_secs(10)),
+        )
         .await
         .map_err(|(e, _)| anyhow::anyhow!("produce failed: {e}"))?;
     Ok(())

@@ -7,8 +7,16 @@ use std::time::Duration;
 fn crm_sync_binary() -> std::path::PathBuf {
     // target/<profile>/deps/e2e-<hash> -> target/<profile>/crm-sync
     let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe.parent().and_then(|d| d.parent()).expect("target dir").join("crm-sync");
-    assert!(bin.exists(), "{} missing: build it first (`cargo build --bins`, done by `make test`)", bin.display());
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join("crm-sync");
+    assert!(
+        bin.exists(),
+        "{} missing: build it first (`cargo build --bins`, done by `make test`)",
+        bin.display()
+    );
     bin
 }
 
@@ -22,7 +30,10 @@ fn spawn(scope: &Scope, crm_url: &str, port: u16) -> std::io::Result<Child> {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 const STATUSES: [&str; 4] = ["CREATED", "IN_TRANSIT", "OUT_FOR_DELIVERY", "DELIVERED"];
@@ -35,7 +46,10 @@ async fn kill_9_mid_stream_then_restart_loses_nothing_and_doubles_nothing() -> a
     scope.create_topics().await?;
     let (sim, crm_url) = start_sim().await?;
     // Slow the CRM a little so the kill lands while work is in flight.
-    sim.set_faults(Faults { latency_ms: 3, ..Faults::default() });
+    sim.set_faults(Faults {
+        latency_ms: 3,
+        ..Faults::default()
+    });
 
     let producer = producer()?;
     let shipments = 400;
@@ -44,7 +58,13 @@ async fn kill_9_mid_stream_then_restart_loses_nothing_and_doubles_nothing() -> a
         for (i, status) in STATUSES.iter().enumerate() {
             let id = format!("ev-{s}-{i}");
             let shipment = format!("ship-{s}");
-            send(&producer, &scope.kafka.input_topic, &shipment, &event_json(&id, &shipment, status, &format!("2026-11-01T10:0{i}:00Z"))).await?;
+            send(
+                &producer,
+                &scope.kafka.input_topic,
+                &shipment,
+                &event_json(&id, &shipment, status, &format!("2026-11-01T10:0{i}:00Z")),
+            )
+            .await?;
             ids.insert(id);
         }
     }
@@ -56,26 +76,43 @@ async fn kill_9_mid_stream_then_restart_loses_nothing_and_doubles_nothing() -> a
         let pool = pool.clone();
         async move { anyhow::Ok(sqlx::query_scalar::<_, i64>(sql).fetch_one(&pool).await?) }
     };
-    eventually(Duration::from_secs(60), "some progress before the kill", || async {
-        Ok(count("SELECT count(*) FROM processed_events").await? >= 200)
-    })
+    eventually(
+        Duration::from_secs(60),
+        "some progress before the kill",
+        || async { Ok(count("SELECT count(*) FROM processed_events").await? >= 200) },
+    )
     .await?;
-    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await?.text().await?;
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await?
+        .text()
+        .await?;
     assert!(metrics.contains("crm_sync_outcomes_total"), "metrics are served");
-    assert_eq!(reqwest::get(format!("http://127.0.0.1:{port}/health/ready")).await?.status(), 200);
+    assert_eq!(
+        reqwest::get(format!("http://127.0.0.1:{port}/health/ready"))
+            .await?
+            .status(),
+        200
+    );
     first.kill()?; // SIGKILL
     first.wait()?;
     let before_restart = count("SELECT count(*) FROM processed_events").await?;
-    assert!(before_restart < ids.len() as i64, "the kill must land mid-stream ({before_restart} done)");
+    assert!(
+        before_restart < ids.len() as i64,
+        "the kill must land mid-stream ({before_restart} done)"
+    );
 
     let mut second = spawn(&scope, &crm_url, port)?;
-    eventually(Duration::from_secs(120), "every event processed after the restart", || async {
-        Ok(count("SELECT count(*) FROM processed_events").await? == ids.len() as i64)
-    })
+    eventually(
+        Duration::from_secs(120),
+        "every event processed after the restart",
+        || async { Ok(count("SELECT count(*) FROM processed_events").await? == ids.len() as i64) },
+    )
     .await?;
 
     // SIGTERM: drain, commit, flush, exit 0.
-    let status = Command::new("kill").args(["-TERM", &second.id().to_string()]).status()?;
+    let status = Command::new("kill")
+        .args(["-TERM", &second.id().to_string()])
+        .status()?;
     assert!(status.success());
     let exit = tokio::task::spawn_blocking(move || second.wait()).await??;
     assert!(exit.success(), "crm-sync exited with {exit:?} after SIGTERM");
@@ -83,7 +120,9 @@ async fn kill_9_mid_stream_then_restart_loses_nothing_and_doubles_nothing() -> a
     let stats = sim.stats();
     assert_eq!(stats.duplicate_writes, 0, "an event was written to the CRM twice");
     for s in 0..shipments {
-        let record = sim.record(&format!("ship-{s}")).expect("every shipment reached the CRM");
+        let record = sim
+            .record(&format!("ship-{s}"))
+            .expect("every shipment reached the CRM");
         assert_eq!(record["status"], "delivered");
     }
     let logged: i64 = count("SELECT count(DISTINCT event_id) FROM integrations_log").await?;
@@ -93,10 +132,16 @@ async fn kill_9_mid_stream_then_restart_loses_nothing_and_doubles_nothing() -> a
     let rows_before: i64 = count("SELECT count(*) FROM integrations_log").await?;
     let mut third = spawn(&scope, &crm_url, port)?;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    Command::new("kill").args(["-TERM", &third.id().to_string()]).status()?;
+    Command::new("kill")
+        .args(["-TERM", &third.id().to_string()])
+        .status()?;
     let exit = tokio::task::spawn_blocking(move || third.wait()).await??;
     assert!(exit.success());
-    assert_eq!(count("SELECT count(*) FROM integrations_log").await?, rows_before, "committed records came back");
+    assert_eq!(
+        count("SELECT count(*) FROM integrations_log").await?,
+        rows_before,
+        "committed records came back"
+    );
     scope.drop_database().await;
     Ok(())
 }

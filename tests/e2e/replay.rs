@@ -11,7 +11,11 @@ async fn dead_letters_can_be_replayed_after_the_crm_recovers() -> anyhow::Result
     let scope = Scope::new("replay");
     scope.create_topics().await?;
     let (sim, crm_url) = start_sim().await?;
-    sim.set_faults(Faults { outage_for_ms: 600_000, retry_after_s: 0, ..Faults::default() });
+    sim.set_faults(Faults {
+        outage_for_ms: 600_000,
+        retry_after_s: 0,
+        ..Faults::default()
+    });
     let mut cfg = scope.config(&crm_url);
     cfg.retry.max_attempts = 2;
     let shutdown = CancellationToken::new();
@@ -20,7 +24,13 @@ async fn dead_letters_can_be_replayed_after_the_crm_recovers() -> anyhow::Result
     let producer = producer()?;
     let doc = event_json("ev-r1", "ship-r1", "DELIVERED", "2026-11-01T10:00:00Z");
     send(&producer, &scope.kafka.input_topic, "ship-r1", &doc).await?;
-    send(&producer, &scope.kafka.input_topic, "ship-r2", &event_json("ev-r2", "ship-r2", "LOST", "2026-11-01T10:00:00Z")).await?;
+    send(
+        &producer,
+        &scope.kafka.input_topic,
+        "ship-r2",
+        &event_json("ev-r2", "ship-r2", "LOST", "2026-11-01T10:00:00Z"),
+    )
+    .await?;
 
     let pool = scope.wait_for_schema().await?;
     let outcome = |id: &'static str| {
@@ -34,7 +44,11 @@ async fn dead_letters_can_be_replayed_after_the_crm_recovers() -> anyhow::Result
     .await?;
     sim.set_faults(Faults::default());
 
-    let only_r1 = ReplayFilter { event_id: Some("ev-r1".into()), reason_code: Some("attempts_exhausted".into()), ..Default::default() };
+    let only_r1 = ReplayFilter {
+        event_id: Some("ev-r1".into()),
+        reason_code: Some("attempts_exhausted".into()),
+        ..Default::default()
+    };
     let dry = crm_sync::replay_dead_letters(&scope.kafka, only_r1.clone(), None, true).await?;
     assert_eq!((dry.matched, dry.replayed), (1, 0));
     assert_eq!(dry.letters[0].replay_count, 1);
@@ -43,12 +57,17 @@ async fn dead_letters_can_be_replayed_after_the_crm_recovers() -> anyhow::Result
 
     let real = crm_sync::replay_dead_letters(&scope.kafka, only_r1, None, false).await?;
     assert_eq!(real.replayed, 1);
-    eventually(Duration::from_secs(30), "the replayed event reaches the CRM", || async {
-        Ok(outcome("ev-r1").await?.as_deref() == Some("success"))
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the replayed event reaches the CRM",
+        || async { Ok(outcome("ev-r1").await?.as_deref() == Some("success")) },
+    )
     .await?;
     assert_eq!(sim.record("ship-r1").expect("written")["status"], "delivered");
-    assert!(sim.record("ship-r2").is_none(), "the filter left the other letter alone");
+    assert!(
+        sim.record("ship-r2").is_none(),
+        "the filter left the other letter alone"
+    );
     assert_eq!(outcome("ev-r2").await?.as_deref(), Some("dead_lettered"));
     shutdown.cancel();
     service.await??;

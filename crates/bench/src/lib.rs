@@ -34,7 +34,10 @@ pub async fn send_all(
     stream::iter(records)
         .map(|(key, payload)| async move {
             producer
-                .send(FutureRecord::to(topic).key(&key).payload(&payload), Timeout::After(Duration::from_secs(60)))
+                .send(
+                    FutureRecord::to(topic).key(&key).payload(&payload),
+                    Timeout::After(Duration::from_secs(60)),
+                )
                 .await
                 .map(|_| ())
                 .map_err(|(e, _)| anyhow::anyhow!("produce failed: {e}"))

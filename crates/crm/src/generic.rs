@@ -145,8 +145,12 @@ impl GenericRestCrm {
     pub fn new(config: &GenericCrmConfig, mapping: CrmMapping) -> Result<Self, String> {
         config.validate()?;
         let f = mapping.fields();
-        if [&f.client_id, &f.shipment_id, &f.status, &f.timestamp, &f.event_id].contains(&&REQUEST_ID_FIELD.to_owned()) {
-            return Err(format!("mapping.fields: `{REQUEST_ID_FIELD}` is reserved by the generic CRM API"));
+        if [&f.client_id, &f.shipment_id, &f.status, &f.timestamp, &f.event_id]
+            .contains(&&REQUEST_ID_FIELD.to_owned())
+        {
+            return Err(format!(
+                "mapping.fields: `{REQUEST_ID_FIELD}` is reserved by the generic CRM API"
+            ));
         }
         let http = reqwest::Client::builder()
             .timeout(Duration::from_millis(config.timeout_ms))
@@ -164,7 +168,13 @@ impl GenericRestCrm {
         })
     }
 
-    async fn call(&self, method: Method, path: &str, body: Vec<u8>, request_id: &str) -> Result<Response, CrmError> {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+        request_id: &str,
+    ) -> Result<Response, CrmError> {
         let ts = time::OffsetDateTime::now_utc().unix_timestamp().to_string();
         let signature = sign(self.secret.expose_secret().as_bytes(), &ts, &body);
         let mut req = self
@@ -189,7 +199,11 @@ impl GenericRestCrm {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
         let body = resp.bytes().await.map_err(transport_error)?.to_vec();
-        Ok(Response { status, retry_after, body })
+        Ok(Response {
+            status,
+            retry_after,
+            body,
+        })
     }
 
     fn require_success(resp: &Response, what: &str) -> Result<(), CrmError> {
@@ -267,19 +281,29 @@ impl CrmGateway for GenericRestCrm {
     ) -> Result<HashMap<ShipmentId, CrmShipmentState>, CrmError> {
         if let [one] = shipments {
             let path = status_path(one.as_str());
-            let resp = self.call(Method::GET, &path, Vec::new(), &uuid::Uuid::new_v4().to_string()).await?;
+            let resp = self
+                .call(Method::GET, &path, Vec::new(), &uuid::Uuid::new_v4().to_string())
+                .await?;
             if resp.status == StatusCode::NOT_FOUND {
                 return Ok(HashMap::new());
             }
             Self::require_success(&resp, "read status")?;
-            let obj: Map<String, Value> = serde_json::from_slice(&resp.body).map_err(|e| invalid_json("read status", e))?;
+            let obj: Map<String, Value> =
+                serde_json::from_slice(&resp.body).map_err(|e| invalid_json("read status", e))?;
             let (id, state) = self.parse_record(&obj)?;
             return Ok(HashMap::from([(id, state)]));
         }
-        let body = serde_json::to_vec(&BatchGet { shipment_ids: shipments.iter().map(ShipmentId::as_str).collect() })
-            .map_err(|e| CrmError::permanent(e.to_string()))?;
+        let body = serde_json::to_vec(&BatchGet {
+            shipment_ids: shipments.iter().map(ShipmentId::as_str).collect(),
+        })
+        .map_err(|e| CrmError::permanent(e.to_string()))?;
         let resp = self
-            .call(Method::POST, "/api/v1/shipments/status:batchGet", body, &uuid::Uuid::new_v4().to_string())
+            .call(
+                Method::POST,
+                "/api/v1/shipments/status:batchGet",
+                body,
+                &uuid::Uuid::new_v4().to_string(),
+            )
             .await?;
         Self::require_success(&resp, "batch read")?;
         let items: Items = serde_json::from_slice(&resp.body).map_err(|e| invalid_json("batch read", e))?;
@@ -302,13 +326,21 @@ impl CrmGateway for GenericRestCrm {
                 response_excerpt: Some(excerpt(&resp.body)),
             }]);
         }
-        let body = serde_json::to_vec(&BatchWrite { items: writes.iter().map(|w| self.item(w)).collect() })
-            .map_err(|e| CrmError::permanent(e.to_string()))?;
+        let body = serde_json::to_vec(&BatchWrite {
+            items: writes.iter().map(|w| self.item(w)).collect(),
+        })
+        .map_err(|e| CrmError::permanent(e.to_string()))?;
         let resp = self
-            .call(Method::POST, "/api/v1/shipments/status:batchWrite", body, &uuid::Uuid::new_v4().to_string())
+            .call(
+                Method::POST,
+                "/api/v1/shipments/status:batchWrite",
+                body,
+                &uuid::Uuid::new_v4().to_string(),
+            )
             .await?;
         Self::require_success(&resp, "batch write")?;
-        let parsed: WriteResults = serde_json::from_slice(&resp.body).map_err(|e| invalid_json("batch write", e))?;
+        let parsed: WriteResults =
+            serde_json::from_slice(&resp.body).map_err(|e| invalid_json("batch write", e))?;
         if parsed.results.len() != writes.len() {
             return Err(CrmError::transient(format!(
                 "batch write answered {} results for {} items",
@@ -324,10 +356,21 @@ impl CrmGateway for GenericRestCrm {
                 let result = if (200..300).contains(&r.status) {
                     Ok(())
                 } else {
-                    let msg = r.error.map(|e| format!("{}: {}", e.code, e.message)).unwrap_or_default();
-                    Err(CrmError::from_status(r.status, None, format!("item refused with {}: {msg}", r.status)))
+                    let msg = r
+                        .error
+                        .map(|e| format!("{}: {}", e.code, e.message))
+                        .unwrap_or_default();
+                    Err(CrmError::from_status(
+                        r.status,
+                        None,
+                        format!("item refused with {}: {msg}", r.status),
+                    ))
                 };
-                ItemResult { result, http_status: Some(r.status), response_excerpt: excerpt }
+                ItemResult {
+                    result,
+                    http_status: Some(r.status),
+                    response_excerpt: excerpt,
+                }
             })
             .collect())
     }

@@ -19,17 +19,26 @@ fn mac(secret: &[u8], timestamp: &str, body: &[u8]) -> Hmac<Sha256> {
 }
 
 pub fn sign(secret: &[u8], timestamp: &str, body: &[u8]) -> String {
-    format!("v1={}", hex::encode(mac(secret, timestamp, body).finalize().into_bytes()))
+    format!(
+        "v1={}",
+        hex::encode(mac(secret, timestamp, body).finalize().into_bytes())
+    )
 }
 
 /// Checks a signature in constant time, and that the timestamp is within [`MAX_SKEW_SECS`] of `now`.
 pub fn verify(secret: &[u8], timestamp: &str, body: &[u8], signature: &str, now: i64) -> bool {
-    let Ok(ts) = timestamp.parse::<i64>() else { return false };
+    let Ok(ts) = timestamp.parse::<i64>() else {
+        return false;
+    };
     if (now - ts).abs() > MAX_SKEW_SECS {
         return false;
     }
-    let Some(hex_sig) = signature.strip_prefix("v1=") else { return false };
-    let Ok(bytes) = hex::decode(hex_sig) else { return false };
+    let Some(hex_sig) = signature.strip_prefix("v1=") else {
+        return false;
+    };
+    let Ok(bytes) = hex::decode(hex_sig) else {
+        return false;
+    };
     mac(secret, timestamp, body).verify_slice(&bytes).is_ok()
 }
 

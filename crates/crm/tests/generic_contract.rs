@@ -37,10 +37,22 @@ fn write(n: u32) -> CrmStatusWrite {
 }
 
 fn signed_correctly(req: &Request) -> bool {
-    let h = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let h = |n: &str| {
+        req.headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     h("authorization") == format!("Bearer {TOKEN}")
-        && verify(SECRET.as_bytes(), &h("x-timestamp"), &req.body, &h("x-signature"), now)
+        && verify(
+            SECRET.as_bytes(),
+            &h("x-timestamp"),
+            &req.body,
+            &h("x-signature"),
+            now,
+        )
 }
 
 #[tokio::test]
@@ -49,8 +61,10 @@ async fn single_write_is_signed_and_carries_the_correlation_id() {
     Mock::given(method("PUT"))
         .and(path("/api/v1/shipments/s%2F1/status"))
         .and(header("x-request-id", "corr-1"))
-        .and(body_json(serde_json::json!({"clientId": "c1", "shipmentId": "s/1", "status": "in_transit",
-            "timestamp": "2026-11-01T10:00:00Z", "eventId": "e1", "requestId": "corr-1"})))
+        .and(body_json(
+            serde_json::json!({"clientId": "c1", "shipmentId": "s/1", "status": "in_transit",
+            "timestamp": "2026-11-01T10:00:00Z", "eventId": "e1", "requestId": "corr-1"}),
+        ))
         .and(|r: &Request| signed_correctly(r))
         .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({})))
         .expect(1)
@@ -76,11 +90,18 @@ async fn batch_write_reports_each_item() {
         .expect(1)
         .mount(&server)
         .await;
-    let out = crm(&server, 2000).write_statuses(&[write(1), write(2), write(3)]).await.unwrap();
+    let out = crm(&server, 2000)
+        .write_statuses(&[write(1), write(2), write(3)])
+        .await
+        .unwrap();
     assert!(out[0].result.is_ok());
     assert_eq!(out[1].result.as_ref().unwrap_err().kind, CrmErrorKind::Permanent);
     assert_eq!(out[2].result.as_ref().unwrap_err().kind, CrmErrorKind::Transient);
-    assert!(out[1].response_excerpt.as_deref().unwrap().contains("unknown_status"));
+    assert!(out[1]
+        .response_excerpt
+        .as_deref()
+        .unwrap()
+        .contains("unknown_status"));
 }
 
 #[tokio::test]
@@ -102,7 +123,10 @@ async fn reads_single_and_batch_and_treats_404_as_unknown() {
         .await;
     let c = crm(&server, 2000);
     assert!(c.read_states(&[write(1).shipment_id]).await.unwrap().is_empty());
-    let states = c.read_states(&[write(1).shipment_id, write(2).shipment_id]).await.unwrap();
+    let states = c
+        .read_states(&[write(1).shipment_id, write(2).shipment_id])
+        .await
+        .unwrap();
     assert_eq!(states.len(), 1);
     assert_eq!(states[&write(2).shipment_id].status, "delivered");
 }
@@ -132,14 +156,20 @@ async fn errors_are_classified_and_retry_after_is_kept() {
         .await;
     let c = crm(&server, 300);
     let e = c.write_statuses(&[write(1)]).await.unwrap_err();
-    assert_eq!((e.kind, e.http_status, e.retry_after), (CrmErrorKind::Transient, Some(429), Some(Duration::from_secs(7))));
+    assert_eq!(
+        (e.kind, e.http_status, e.retry_after),
+        (CrmErrorKind::Transient, Some(429), Some(Duration::from_secs(7)))
+    );
     assert!(c.write_statuses(&[write(2)]).await.unwrap_err().is_transient());
     let refused = c.write_statuses(&[write(3)]).await.unwrap();
     let err = refused[0].result.as_ref().unwrap_err();
     assert_eq!(err.kind, CrmErrorKind::Permanent);
     assert!(err.message.contains("bad field"));
     let timeout = c.write_statuses(&[write(4)]).await.unwrap_err();
-    assert!(timeout.is_transient() && timeout.message.contains("timeout"), "{timeout}");
+    assert!(
+        timeout.is_transient() && timeout.message.contains("timeout"),
+        "{timeout}"
+    );
     let garbage = c.write_statuses(&[write(5), write(6)]).await.unwrap_err();
     assert_eq!(garbage.kind, CrmErrorKind::Permanent);
 }
@@ -147,7 +177,11 @@ async fn errors_are_classified_and_retry_after_is_kept() {
 #[tokio::test]
 async fn a_closed_port_is_a_transient_connect_error() {
     // wiremock pools its servers, so a dropped one keeps listening: use a port nobody holds.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let cfg = GenericCrmConfig {
         base_url: format!("http://127.0.0.1:{port}"),
         token: SecretString::from(TOKEN),
@@ -172,6 +206,10 @@ fn config_validation_and_debug_never_shows_secrets() {
     assert!(cfg.validate().unwrap_err().contains("http"));
     let dbg = format!("{cfg:?}");
     assert!(!dbg.contains(TOKEN) && !dbg.contains(SECRET));
-    let short = GenericCrmConfig { base_url: "http://x".into(), token: SecretString::from("short"), ..cfg };
+    let short = GenericCrmConfig {
+        base_url: "http://x".into(),
+        token: SecretString::from("short"),
+        ..cfg
+    };
     assert!(short.validate().unwrap_err().contains("token"));
 }

@@ -79,9 +79,10 @@ impl KafkaSettings {
             return Err("kafka.topic_partitions must be >= 1".into());
         }
         // Let librdkafka judge the pass-through properties now, not at the first message.
-        self.client_config().create::<rdkafka::producer::BaseProducer>().map(|_| ()).map_err(|e| {
-            format!("kafka.properties rejected by the Kafka client: {e}")
-        })
+        self.client_config()
+            .create::<rdkafka::producer::BaseProducer>()
+            .map(|_| ())
+            .map_err(|e| format!("kafka.properties rejected by the Kafka client: {e}"))
     }
 
     /// Base client configuration shared by every client.

@@ -60,7 +60,10 @@ impl TrackingConsumer {
             .set("session.timeout.ms", "10000")
             .create_with_context(StatsContext { lag })?;
         consumer.subscribe(&[settings.input_topic.as_str()])?;
-        Ok(Self { consumer, processed: Mutex::default() })
+        Ok(Self {
+            consumer,
+            processed: Mutex::default(),
+        })
     }
 
     /// Waits for at least one record, then takes whatever else is already buffered, up to `max`.
@@ -103,16 +106,26 @@ impl TrackingConsumer {
     /// Commits, and waits for, the offsets of every handled batch on partitions still owned
     /// (shutdown).
     pub fn commit_processed(&self) -> Result<(), KafkaError> {
-        let owned: std::collections::HashSet<(String, i32)> = self.assigned_partitions().into_iter().collect();
-        let book = self.processed.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        let owned_book: BTreeMap<(String, i32), i64> = book.into_iter().filter(|(k, _)| owned.contains(k)).collect();
+        let owned: std::collections::HashSet<(String, i32)> =
+            self.assigned_partitions().into_iter().collect();
+        let book = self
+            .processed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let owned_book: BTreeMap<(String, i32), i64> =
+            book.into_iter().filter(|(k, _)| owned.contains(k)).collect();
         if owned_book.is_empty() {
             return Ok(());
         }
         self.commit_offsets(&owned_book, CommitMode::Sync)
     }
 
-    fn commit_offsets(&self, offsets: &BTreeMap<(String, i32), i64>, mode: CommitMode) -> Result<(), KafkaError> {
+    fn commit_offsets(
+        &self,
+        offsets: &BTreeMap<(String, i32), i64>,
+        mode: CommitMode,
+    ) -> Result<(), KafkaError> {
         let mut tpl = TopicPartitionList::with_capacity(offsets.len());
         for ((topic, partition), next) in offsets {
             tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
@@ -123,7 +136,11 @@ impl TrackingConsumer {
     /// Partitions this member owns now.
     pub fn assigned_partitions(&self) -> Vec<(String, i32)> {
         match self.consumer.assignment() {
-            Ok(tpl) => tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect(),
+            Ok(tpl) => tpl
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_owned(), e.partition()))
+                .collect(),
             Err(_) => Vec::new(),
         }
     }
@@ -149,9 +166,14 @@ impl ConsumedBatch {
             }
         }
         let topic = m.topic().to_owned();
-        self.next_offsets.insert((topic.clone(), m.partition()), m.offset() + 1);
+        self.next_offsets
+            .insert((topic.clone(), m.partition()), m.offset() + 1);
         self.records.push(Inbound {
-            source: SourcePosition { topic, partition: m.partition(), offset: m.offset() },
+            source: SourcePosition {
+                topic,
+                partition: m.partition(),
+                offset: m.offset(),
+            },
             key: m.key().map(<[u8]>::to_vec),
             payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
             replay_count,

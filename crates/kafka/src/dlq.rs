@@ -30,7 +30,9 @@ impl DeadLetterView {
     }
 
     pub fn replay_count(&self) -> u32 {
-        self.header(HEADER_REPLAY_COUNT).and_then(|v| v.parse().ok()).unwrap_or(0)
+        self.header(HEADER_REPLAY_COUNT)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
     }
 
     pub fn source_topic(&self) -> Option<&str> {
@@ -50,15 +52,23 @@ pub struct ReplayFilter {
 impl ReplayFilter {
     pub fn matches(&self, l: &DeadLetterView) -> bool {
         let at = l.dead_lettered_at;
-        self.event_id.as_deref().is_none_or(|id| l.header(HEADER_EVENT_ID) == Some(id))
-            && self.reason_code.as_deref().is_none_or(|r| l.header(HEADER_REASON_CODE) == Some(r))
+        self.event_id
+            .as_deref()
+            .is_none_or(|id| l.header(HEADER_EVENT_ID) == Some(id))
+            && self
+                .reason_code
+                .as_deref()
+                .is_none_or(|r| l.header(HEADER_REASON_CODE) == Some(r))
             && self.since.is_none_or(|s| at.is_some_and(|t| t >= s))
             && self.until.is_none_or(|u| at.is_some_and(|t| t < u))
     }
 }
 
 /// Reads every dead letter present now (up to each partition's high watermark) that matches.
-pub fn read_dead_letters(settings: &KafkaSettings, filter: &ReplayFilter) -> Result<Vec<DeadLetterView>, KafkaError> {
+pub fn read_dead_letters(
+    settings: &KafkaSettings,
+    filter: &ReplayFilter,
+) -> Result<Vec<DeadLetterView>, KafkaError> {
     let topic = settings.dead_letter_topic.as_str();
     let consumer: BaseConsumer = settings
         .client_config()
@@ -96,10 +106,15 @@ pub fn read_dead_letters(settings: &KafkaSettings, filter: &ReplayFilter) -> Res
                 remaining.keys().collect::<Vec<_>>()
             )));
         }
-        let Some(msg) = consumer.poll(Duration::from_millis(200)) else { continue };
+        let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
         let m = msg?;
         last_progress = Instant::now();
-        if remaining.get(&m.partition()).is_some_and(|high| m.offset() + 1 >= *high) {
+        if remaining
+            .get(&m.partition())
+            .is_some_and(|high| m.offset() + 1 >= *high)
+        {
             remaining.remove(&m.partition());
         }
         let mut headers = BTreeMap::new();
@@ -151,16 +166,31 @@ mod tests {
     fn filter_fields_all_have_to_match() {
         let l = letter("e1", "crm_rejected", datetime!(2026-11-01 10:00 UTC));
         assert!(ReplayFilter::default().matches(&l));
-        assert!(ReplayFilter { event_id: Some("e1".into()), ..Default::default() }.matches(&l));
-        assert!(!ReplayFilter { event_id: Some("e2".into()), ..Default::default() }.matches(&l));
-        assert!(!ReplayFilter { reason_code: Some("malformed_json".into()), ..Default::default() }.matches(&l));
+        assert!(ReplayFilter {
+            event_id: Some("e1".into()),
+            ..Default::default()
+        }
+        .matches(&l));
+        assert!(!ReplayFilter {
+            event_id: Some("e2".into()),
+            ..Default::default()
+        }
+        .matches(&l));
+        assert!(!ReplayFilter {
+            reason_code: Some("malformed_json".into()),
+            ..Default::default()
+        }
+        .matches(&l));
         let window = ReplayFilter {
             since: Some(datetime!(2026-11-01 09:00 UTC)),
             until: Some(datetime!(2026-11-01 10:00 UTC)),
             ..Default::default()
         };
         assert!(!window.matches(&l), "until is exclusive");
-        let window = ReplayFilter { until: Some(datetime!(2026-11-01 10:01 UTC)), ..window };
+        let window = ReplayFilter {
+            until: Some(datetime!(2026-11-01 10:01 UTC)),
+            ..window
+        };
         assert!(window.matches(&l));
     }
 }

@@ -27,10 +27,16 @@ impl From<rdkafka::error::KafkaError> for KafkaError {
 
 /// Creates the topics that do not exist yet (for local stacks and tests; production topics are
 /// provisioned by the platform).
-pub async fn ensure_topics(settings: &KafkaSettings, topics: &[&str], partitions: i32) -> Result<(), KafkaError> {
+pub async fn ensure_topics(
+    settings: &KafkaSettings,
+    topics: &[&str],
+    partitions: i32,
+) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = settings.client_config().create()?;
-    let new: Vec<NewTopic<'_>> =
-        topics.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1))).collect();
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .collect();
     let results = admin.create_topics(&new, &AdminOptions::new()).await?;
     for r in results {
         match r {

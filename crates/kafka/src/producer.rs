@@ -52,15 +52,21 @@ impl KafkaPublisher {
         let sends = records.into_iter().map(|r| {
             let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
             for (k, v) in &r.headers {
-                headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v.as_bytes()),
+                });
             }
             let mut record = FutureRecord::to(r.topic).payload(r.payload).headers(headers);
             if let Some(k) = r.key {
                 record = record.key(k);
             }
-            self.producer.send(record, Timeout::After(Duration::from_secs(30)))
+            self.producer
+                .send(record, Timeout::After(Duration::from_secs(30)))
         });
-        try_join_all(sends).await.map_err(|(e, _)| KafkaError(format!("delivery failed: {e}")))?;
+        try_join_all(sends)
+            .await
+            .map_err(|(e, _)| KafkaError(format!("delivery failed: {e}")))?;
         Ok(())
     }
 

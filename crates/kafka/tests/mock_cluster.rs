@@ -26,7 +26,11 @@ fn letter(i: i64) -> DeadLetter {
         payload: format!("payload-{i}").into_bytes(),
         reason_code: "malformed_json",
         reason: "bad".into(),
-        source: SourcePosition { topic: "in".into(), partition: 0, offset: i },
+        source: SourcePosition {
+            topic: "in".into(),
+            partition: 0,
+            offset: i,
+        },
         attempts: 1,
         replay_count: 0,
         event_id: None,
@@ -59,10 +63,18 @@ async fn an_uncommitted_batch_is_redelivered_to_the_next_member() {
     let cluster = MockCluster::new(1).unwrap();
     let s = settings(&cluster, "redeliver");
     cluster.create_topic(&s.input_topic, 1, 1).unwrap();
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &s.brokers).create().unwrap();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &s.brokers)
+        .create()
+        .unwrap();
     for i in 0..10 {
         producer
-            .send(FutureRecord::to(&s.input_topic).key("k").payload(&format!("m{i}")), Timeout::After(Duration::from_secs(5)))
+            .send(
+                FutureRecord::to(&s.input_topic)
+                    .key("k")
+                    .payload(&format!("m{i}")),
+                Timeout::After(Duration::from_secs(5)),
+            )
             .await
             .unwrap();
     }

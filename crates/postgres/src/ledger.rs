@@ -52,7 +52,13 @@ impl SyncLedger for PgLedger {
             let outcome = Outcome::parse(&outcome)
                 .ok_or_else(|| LedgerError(format!("unknown outcome `{outcome}` in processed_events")))?;
             let id = EventId::parse(id).map_err(|e| LedgerError(e.to_string()))?;
-            out.insert(id, Recorded { outcome, replay_count: u32::try_from(replay).unwrap_or(0) });
+            out.insert(
+                id,
+                Recorded {
+                    outcome,
+                    replay_count: u32::try_from(replay).unwrap_or(0),
+                },
+            );
         }
         Ok(out)
     }
@@ -104,11 +110,17 @@ impl SyncLedger for PgLedger {
         rows.into_iter()
             .map(|row| {
                 let doc: serde_json::Value = row.get(0);
-                let wire: backbone_sync::event::TrackingEventWire = serde_json::from_value(doc).map_err(|e| LedgerError(format!("parked event: {e}")))?;
-                let event = TrackingEvent::try_from(wire).map_err(|e| LedgerError(format!("parked event: {e}")))?;
+                let wire: backbone_sync::event::TrackingEventWire =
+                    serde_json::from_value(doc).map_err(|e| LedgerError(format!("parked event: {e}")))?;
+                let event =
+                    TrackingEvent::try_from(wire).map_err(|e| LedgerError(format!("parked event: {e}")))?;
                 Ok(ParkedEvent {
                     event,
-                    source: SourcePosition { topic: row.get(1), partition: row.get(2), offset: row.get(3) },
+                    source: SourcePosition {
+                        topic: row.get(1),
+                        partition: row.get(2),
+                        offset: row.get(3),
+                    },
                     attempts: u32::try_from(row.get::<i32, _>(4)).unwrap_or(1),
                     replay_count: u32::try_from(row.get::<i32, _>(5)).unwrap_or(0),
                     next_attempt_at: row.get(6),
@@ -131,13 +143,24 @@ async fn insert_attempts(tx: &mut Transaction<'_, Postgres>, batch: &LedgerBatch
     if a.is_empty() {
         return Ok(());
     }
-    let event_id: Vec<Option<&str>> = a.iter().map(|r| r.event_id.as_ref().map(EventId::as_str)).collect();
-    let shipment: Vec<Option<&str>> = a.iter().map(|r| r.shipment_id.as_ref().map(|s| s.as_str())).collect();
+    let event_id: Vec<Option<&str>> = a
+        .iter()
+        .map(|r| r.event_id.as_ref().map(EventId::as_str))
+        .collect();
+    let shipment: Vec<Option<&str>> = a
+        .iter()
+        .map(|r| r.shipment_id.as_ref().map(|s| s.as_str()))
+        .collect();
     let client: Vec<Option<&str>> = a.iter().map(|r| r.client_id.as_deref()).collect();
     let correlation: Vec<Option<&str>> = a.iter().map(|r| r.correlation_id.as_deref()).collect();
-    let payload: Vec<Option<String>> = a.iter().map(|r| r.payload.as_ref().map(ToString::to_string)).collect();
-    let http: Vec<Option<i16>> =
-        a.iter().map(|r| r.http_status.and_then(|s| i16::try_from(s).ok())).collect();
+    let payload: Vec<Option<String>> = a
+        .iter()
+        .map(|r| r.payload.as_ref().map(ToString::to_string))
+        .collect();
+    let http: Vec<Option<i16>> = a
+        .iter()
+        .map(|r| r.http_status.and_then(|s| i16::try_from(s).ok()))
+        .collect();
     let excerpt: Vec<Option<&str>> = a.iter().map(|r| r.response_excerpt.as_deref()).collect();
     let outcome: Vec<&str> = a.iter().map(|r| r.outcome.as_str()).collect();
     let attempt: Vec<i32> = a.iter().map(|r| i32_of(r.attempt)).collect();
@@ -145,7 +168,10 @@ async fn insert_attempts(tx: &mut Transaction<'_, Postgres>, batch: &LedgerBatch
     let event_time: Vec<Option<OffsetDateTime>> = a.iter().map(|r| r.event_time).collect();
     let sent_at: Vec<OffsetDateTime> = a.iter().map(|r| r.sent_at).collect();
     let latency: Vec<Option<f64>> = a.iter().map(|r| r.latency_ms).collect();
-    let topic: Vec<Option<&str>> = a.iter().map(|r| r.source.as_ref().map(|s| s.topic.as_str())).collect();
+    let topic: Vec<Option<&str>> = a
+        .iter()
+        .map(|r| r.source.as_ref().map(|s| s.topic.as_str()))
+        .collect();
     let partition: Vec<Option<i32>> = a.iter().map(|r| r.source.as_ref().map(|s| s.partition)).collect();
     let offset: Vec<Option<i64>> = a.iter().map(|r| r.source.as_ref().map(|s| s.offset)).collect();
     sqlx::query(
@@ -180,7 +206,10 @@ async fn insert_attempts(tx: &mut Transaction<'_, Postgres>, batch: &LedgerBatch
     Ok(())
 }
 
-async fn upsert_processed(tx: &mut Transaction<'_, Postgres>, batch: &LedgerBatch) -> Result<(), LedgerError> {
+async fn upsert_processed(
+    tx: &mut Transaction<'_, Postgres>,
+    batch: &LedgerBatch,
+) -> Result<(), LedgerError> {
     // One row per id (the last outcome wins): ON CONFLICT cannot touch a row twice per statement.
     let mut latest: HashMap<&str, &Recorded> = HashMap::with_capacity(batch.processed.len());
     for (id, r) in &batch.processed {

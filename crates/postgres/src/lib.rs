@@ -26,7 +26,9 @@ pub enum ConnectError {
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, ConnectError> {
     use sqlx::migrate::MigrateDatabase;
     let options = PgConnectOptions::from_str(url).map_err(|e| ConnectError::Url(e.to_string()))?;
-    let exists = sqlx::Postgres::database_exists(url).await.map_err(|e| ConnectError::Connect(e.to_string()))?;
+    let exists = sqlx::Postgres::database_exists(url)
+        .await
+        .map_err(|e| ConnectError::Connect(e.to_string()))?;
     if !exists {
         if let Err(e) = sqlx::Postgres::create_database(url).await {
             // Another instance may have created it in the meantime.
@@ -41,6 +43,9 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, ConnectE
         .connect_with(options)
         .await
         .map_err(|e| ConnectError::Connect(e.to_string()))?;
-    MIGRATOR.run(&pool).await.map_err(|e| ConnectError::Migrate(e.to_string()))?;
+    MIGRATOR
+        .run(&pool)
+        .await
+        .map_err(|e| ConnectError::Migrate(e.to_string()))?;
     Ok(pool)
 }

@@ -7,10 +7,16 @@ use sqlx::PgPool;
 #[sqlx::test(migrator = "backbone_postgres::MIGRATOR")]
 async fn pg_ledger_meets_the_ledger_contract(pool: PgPool) {
     ledger_contract(&PgLedger::new(pool.clone())).await;
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM integrations_log").fetch_one(&pool).await.unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM integrations_log")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(rows, 2);
     let payload: serde_json::Value =
-        sqlx::query_scalar("SELECT payload FROM integrations_log WHERE event_id = 'a'").fetch_one(&pool).await.unwrap();
+        sqlx::query_scalar("SELECT payload FROM integrations_log WHERE event_id = 'a'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(payload["status"], "in_transit");
 }
 

@@ -17,7 +17,10 @@ pub struct BreakerPolicy {
 
 impl Default for BreakerPolicy {
     fn default() -> Self {
-        Self { failure_threshold: 5, open_for: Duration::from_secs(10) }
+        Self {
+            failure_threshold: 5,
+            open_for: Duration::from_secs(10),
+        }
     }
 }
 
@@ -47,7 +50,12 @@ pub struct CircuitBreaker {
 
 impl CircuitBreaker {
     pub fn new(policy: BreakerPolicy) -> Self {
-        Self { policy, state: BreakerState::Closed { consecutive_failures: 0 } }
+        Self {
+            policy,
+            state: BreakerState::Closed {
+                consecutive_failures: 0,
+            },
+        }
     }
 
     pub fn state(&self) -> BreakerState {
@@ -67,7 +75,9 @@ impl CircuitBreaker {
     }
 
     pub fn on_success(&mut self) {
-        self.state = BreakerState::Closed { consecutive_failures: 0 };
+        self.state = BreakerState::Closed {
+            consecutive_failures: 0,
+        };
     }
 
     /// Records a transient failure (the CRM being down or overloaded, not a refused record).
@@ -76,14 +86,18 @@ impl CircuitBreaker {
             BreakerState::Closed { consecutive_failures } => {
                 let failures = consecutive_failures + 1;
                 if failures >= self.policy.failure_threshold {
-                    BreakerState::Open { until: now + self.policy.open_for }
+                    BreakerState::Open {
+                        until: now + self.policy.open_for,
+                    }
                 } else {
-                    BreakerState::Closed { consecutive_failures: failures }
+                    BreakerState::Closed {
+                        consecutive_failures: failures,
+                    }
                 }
             }
-            BreakerState::HalfOpen | BreakerState::Open { .. } => {
-                BreakerState::Open { until: now + self.policy.open_for }
-            }
+            BreakerState::HalfOpen | BreakerState::Open { .. } => BreakerState::Open {
+                until: now + self.policy.open_for,
+            },
         };
     }
 }
@@ -103,7 +117,12 @@ mod tests {
             assert!(b.admit(t0).is_ok());
             b.on_failure(t0);
         }
-        assert_eq!(b.state(), BreakerState::Closed { consecutive_failures: 2 });
+        assert_eq!(
+            b.state(),
+            BreakerState::Closed {
+                consecutive_failures: 2
+            }
+        );
         b.on_failure(t0);
         assert_eq!(b.admit(t0 + Duration::from_secs(4)), Err(Duration::from_secs(6)));
         assert!(b.admit(t0 + Duration::from_secs(10)).is_ok());
@@ -114,22 +133,38 @@ mod tests {
 
     #[test]
     fn failed_probe_reopens_for_a_full_period() {
-        let mut b = CircuitBreaker::new(BreakerPolicy { failure_threshold: 1, ..Default::default() });
+        let mut b = CircuitBreaker::new(BreakerPolicy {
+            failure_threshold: 1,
+            ..Default::default()
+        });
         let t0 = Instant::now();
         b.on_failure(t0);
         let t1 = t0 + Duration::from_secs(11);
         assert!(b.admit(t1).is_ok());
         b.on_failure(t1);
-        assert_eq!(b.state(), BreakerState::Open { until: t1 + Duration::from_secs(10) });
+        assert_eq!(
+            b.state(),
+            BreakerState::Open {
+                until: t1 + Duration::from_secs(10)
+            }
+        );
     }
 
     #[test]
     fn success_resets_the_failure_count() {
-        let mut b = CircuitBreaker::new(BreakerPolicy { failure_threshold: 2, ..Default::default() });
+        let mut b = CircuitBreaker::new(BreakerPolicy {
+            failure_threshold: 2,
+            ..Default::default()
+        });
         let t0 = Instant::now();
         b.on_failure(t0);
         b.on_success();
         b.on_failure(t0);
-        assert_eq!(b.state(), BreakerState::Closed { consecutive_failures: 1 });
+        assert_eq!(
+            b.state(),
+            BreakerState::Closed {
+                consecutive_failures: 1
+            }
+        );
     }
 }

@@ -21,7 +21,11 @@ fn event(id: &str, minute: i64) -> TrackingEvent {
 fn parked(id: &str, partition: i32, minute: i64, due: OffsetDateTime) -> ParkedEvent {
     ParkedEvent {
         event: event(id, minute),
-        source: SourcePosition { topic: "tracking.events".into(), partition, offset: 42 },
+        source: SourcePosition {
+            topic: "tracking.events".into(),
+            partition,
+            offset: 42,
+        },
         attempts: 1,
         replay_count: 0,
         next_attempt_at: due,
@@ -45,7 +49,11 @@ fn attempt(id: &str, outcome: Outcome) -> AttemptRecord {
         event_time: Some(e.occurred_at),
         sent_at: OffsetDateTime::now_utc(),
         latency_ms: Some(1.5),
-        source: Some(SourcePosition { topic: "tracking.events".into(), partition: 0, offset: 1 }),
+        source: Some(SourcePosition {
+            topic: "tracking.events".into(),
+            partition: 0,
+            offset: 1,
+        }),
     }
 }
 
@@ -58,15 +66,46 @@ pub async fn ledger_contract(ledger: &dyn SyncLedger) {
     let now = OffsetDateTime::now_utc();
     let owned = vec![("tracking.events".to_string(), 0)];
 
-    assert!(ledger.recorded(&[id("unknown")]).await.expect("recorded").is_empty());
+    assert!(ledger
+        .recorded(&[id("unknown")])
+        .await
+        .expect("recorded")
+        .is_empty());
 
     let batch = LedgerBatch {
-        attempts: vec![attempt("a", Outcome::Success), attempt("b", Outcome::RetryScheduled)],
+        attempts: vec![
+            attempt("a", Outcome::Success),
+            attempt("b", Outcome::RetryScheduled),
+        ],
         processed: vec![
-            (id("a"), Recorded { outcome: Outcome::RetryScheduled, replay_count: 0 }),
-            (id("a"), Recorded { outcome: Outcome::Success, replay_count: 2 }),
-            (id("b"), Recorded { outcome: Outcome::RetryScheduled, replay_count: 0 }),
-            (id("c"), Recorded { outcome: Outcome::RetryScheduled, replay_count: 0 }),
+            (
+                id("a"),
+                Recorded {
+                    outcome: Outcome::RetryScheduled,
+                    replay_count: 0,
+                },
+            ),
+            (
+                id("a"),
+                Recorded {
+                    outcome: Outcome::Success,
+                    replay_count: 2,
+                },
+            ),
+            (
+                id("b"),
+                Recorded {
+                    outcome: Outcome::RetryScheduled,
+                    replay_count: 0,
+                },
+            ),
+            (
+                id("c"),
+                Recorded {
+                    outcome: Outcome::RetryScheduled,
+                    replay_count: 0,
+                },
+            ),
         ],
         park: vec![
             parked("b", 0, 5, now - Duration::seconds(1)),
@@ -78,9 +117,19 @@ pub async fn ledger_contract(ledger: &dyn SyncLedger) {
     };
     ledger.commit(batch).await.expect("commit");
 
-    let rec = ledger.recorded(&[id("a"), id("b"), id("zz")]).await.expect("recorded");
+    let rec = ledger
+        .recorded(&[id("a"), id("b"), id("zz")])
+        .await
+        .expect("recorded");
     assert_eq!(rec.len(), 2, "only seen ids are returned");
-    assert_eq!(rec[&id("a")], Recorded { outcome: Outcome::Success, replay_count: 2 }, "last write wins");
+    assert_eq!(
+        rec[&id("a")],
+        Recorded {
+            outcome: Outcome::Success,
+            replay_count: 2
+        },
+        "last write wins"
+    );
     assert_eq!(ledger.retry_depth().await.expect("depth"), 4);
 
     let due = ledger.due(&owned, now, 10).await.expect("due");
@@ -94,12 +143,22 @@ pub async fn ledger_contract(ledger: &dyn SyncLedger) {
     let mut again = parked("b", 0, 5, now + Duration::minutes(5));
     again.attempts = 2;
     ledger
-        .commit(LedgerBatch { park: vec![again], unpark: vec![id("c")], ..LedgerBatch::default() })
+        .commit(LedgerBatch {
+            park: vec![again],
+            unpark: vec![id("c")],
+            ..LedgerBatch::default()
+        })
         .await
         .expect("commit");
     assert!(ledger.due(&owned, now, 10).await.expect("due").is_empty());
-    let later = ledger.due(&owned, now + Duration::minutes(6), 10).await.expect("due");
-    let b = later.iter().find(|p| p.event.event_id.as_str() == "b").expect("b still parked");
+    let later = ledger
+        .due(&owned, now + Duration::minutes(6), 10)
+        .await
+        .expect("due");
+    let b = later
+        .iter()
+        .find(|p| p.event.event_id.as_str() == "b")
+        .expect("b still parked");
     assert_eq!(b.attempts, 2);
     assert_eq!(ledger.retry_depth().await.expect("depth"), 3);
 }

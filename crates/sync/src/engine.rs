@@ -121,7 +121,10 @@ impl SyncEngine {
     }
 
     pub fn breaker_state(&self) -> BreakerState {
-        self.breaker.lock().unwrap_or_else(PoisonError::into_inner).state()
+        self.breaker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .state()
     }
 
     pub fn ledger(&self) -> &Arc<dyn SyncLedger> {
@@ -149,7 +152,11 @@ impl SyncEngine {
         }
 
         let ids: Vec<EventId> = parsed.iter().map(|c| c.event.event_id.clone()).collect();
-        let recorded = if ids.is_empty() { HashMap::new() } else { self.ledger.recorded(&ids).await? };
+        let recorded = if ids.is_empty() {
+            HashMap::new()
+        } else {
+            self.ledger.recorded(&ids).await?
+        };
         let mut in_batch = HashSet::with_capacity(parsed.len());
         let mut fresh = Vec::with_capacity(parsed.len());
         for c in parsed {
@@ -184,13 +191,19 @@ impl SyncEngine {
         self.sync(candidates, Accumulator::new(&self.mapping)).await
     }
 
-    async fn sync(&self, candidates: Vec<Candidate>, mut acc: Accumulator<'_>) -> Result<BatchReport, EngineError> {
+    async fn sync(
+        &self,
+        candidates: Vec<Candidate>,
+        mut acc: Accumulator<'_>,
+    ) -> Result<BatchReport, EngineError> {
         // Map; an unmapped status is a bad event, not a CRM problem.
         let mut mapped = Vec::with_capacity(candidates.len());
         for c in candidates {
             match self.mapping.to_crm(&c.event) {
                 Ok(w) => mapped.push((c, w)),
-                Err(invalid) => acc.dead_letter(&c, None, invalid.code(), invalid.to_string(), Call::default()),
+                Err(invalid) => {
+                    acc.dead_letter(&c, None, invalid.code(), invalid.to_string(), Call::default())
+                }
             }
         }
 
@@ -207,7 +220,10 @@ impl SyncEngine {
             if newest.get(&c.event.shipment_id) == Some(&i) {
                 leads.push((c, w));
             } else {
-                let call = Call { error: Some("superseded by a newer event in the same batch".into()), ..Call::default() };
+                let call = Call {
+                    error: Some("superseded by a newer event in the same batch".into()),
+                    ..Call::default()
+                };
                 acc.conclude(&c, Some(&w), Outcome::Stale, call);
             }
         }
@@ -220,9 +236,21 @@ impl SyncEngine {
 
     async fn sync_chunk(&self, chunk: Vec<(Candidate, CrmStatusWrite)>, acc: &mut Accumulator<'_>) {
         if let Err(wait) = self.admit() {
-            let err = CrmError { retry_after: Some(wait), ..CrmError::transient("circuit breaker open") };
+            let err = CrmError {
+                retry_after: Some(wait),
+                ..CrmError::transient("circuit breaker open")
+            };
             for (c, w) in &chunk {
-                self.failed(acc, c, w, &err, Call { error: Some(err.message.clone()), ..Call::default() });
+                self.failed(
+                    acc,
+                    c,
+                    w,
+                    &err,
+                    Call {
+                        error: Some(err.message.clone()),
+                        ..Call::default()
+                    },
+                );
             }
             return;
         }
@@ -255,7 +283,10 @@ impl SyncEngine {
                 WriteDecision::Write => to_write.push((c, w)),
                 WriteDecision::Unchanged => acc.conclude(&c, Some(&w), Outcome::Unchanged, Call::default()),
                 WriteDecision::Stale => {
-                    let call = Call { error: Some("the CRM shows a newer change".into()), ..Call::default() };
+                    let call = Call {
+                        error: Some("the CRM shows a newer change".into()),
+                        ..Call::default()
+                    };
                     acc.conclude(&c, Some(&w), Outcome::Stale, call);
                 }
             }
@@ -271,12 +302,32 @@ impl SyncEngine {
         let results = match result {
             Ok(r) if r.len() == writes.len() => r,
             Ok(r) => {
-                let err = CrmError::transient(format!("CRM answered {} results for {} writes", r.len(), writes.len()));
-                vec![ItemResult { result: Err(err), http_status: None, response_excerpt: None }; writes.len()]
+                let err = CrmError::transient(format!(
+                    "CRM answered {} results for {} writes",
+                    r.len(),
+                    writes.len()
+                ));
+                vec![
+                    ItemResult {
+                        result: Err(err),
+                        http_status: None,
+                        response_excerpt: None
+                    };
+                    writes.len()
+                ]
             }
-            Err(err) => vec![ItemResult { http_status: err.http_status, result: Err(err), response_excerpt: None }; writes.len()],
+            Err(err) => vec![
+                ItemResult {
+                    http_status: err.http_status,
+                    result: Err(err),
+                    response_excerpt: None
+                };
+                writes.len()
+            ],
         };
-        let all_transient = results.iter().all(|r| matches!(&r.result, Err(e) if e.is_transient()));
+        let all_transient = results
+            .iter()
+            .all(|r| matches!(&r.result, Err(e) if e.is_transient()));
         self.breaker_result(!all_transient);
 
         for ((c, w), item) in to_write.into_iter().zip(results) {
@@ -295,7 +346,14 @@ impl SyncEngine {
 
     /// A transient error parks the event (or dead-letters it when attempts are exhausted); a
     /// permanent one dead-letters it at once.
-    fn failed(&self, acc: &mut Accumulator<'_>, c: &Candidate, w: &CrmStatusWrite, err: &CrmError, call: Call) {
+    fn failed(
+        &self,
+        acc: &mut Accumulator<'_>,
+        c: &Candidate,
+        w: &CrmStatusWrite,
+        err: &CrmError,
+        call: Call,
+    ) {
         if !err.is_transient() {
             return acc.dead_letter(c, Some(w), "crm_rejected", err.message.clone(), call);
         }
@@ -312,7 +370,10 @@ impl SyncEngine {
     }
 
     fn admit(&self) -> Result<(), Duration> {
-        self.breaker.lock().unwrap_or_else(PoisonError::into_inner).admit(Instant::now())
+        self.breaker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .admit(Instant::now())
     }
 
     fn breaker_result(&self, ok: bool) {
@@ -408,8 +469,17 @@ impl<'a> Accumulator<'a> {
         let w = self.mapping.to_crm(&c.event).ok();
         let now = OffsetDateTime::now_utc();
         self.count(Outcome::Duplicate);
-        self.ledger.attempts.push(self.attempt_row(c, w.as_ref(), Outcome::Duplicate, Call::default(), now));
-        self.outcomes.push(outcome_record(c, w.as_ref(), Outcome::Duplicate, first, None, now));
+        self.ledger
+            .attempts
+            .push(self.attempt_row(c, w.as_ref(), Outcome::Duplicate, Call::default(), now));
+        self.outcomes.push(outcome_record(
+            c,
+            w.as_ref(),
+            Outcome::Duplicate,
+            first,
+            None,
+            now,
+        ));
     }
 
     /// Records an outcome: log row, processed id, outcome record, and leaves the retry queue when
@@ -423,13 +493,18 @@ impl<'a> Accumulator<'a> {
         let error = call.error.clone();
         let row = self.attempt_row(c, w, outcome, call, now);
         self.ledger.attempts.push(row);
-        self.ledger
-            .processed
-            .push((c.event.event_id.clone(), Recorded { outcome, replay_count: c.replay_count }));
+        self.ledger.processed.push((
+            c.event.event_id.clone(),
+            Recorded {
+                outcome,
+                replay_count: c.replay_count,
+            },
+        ));
         if c.from_retry && outcome.is_final() {
             self.ledger.unpark.push(c.event.event_id.clone());
         }
-        self.outcomes.push(outcome_record(c, w, outcome, None, error, now));
+        self.outcomes
+            .push(outcome_record(c, w, outcome, None, error, now));
     }
 
     fn park(&mut self, c: &Candidate, err: &CrmError, delay: Duration) {
@@ -447,7 +522,14 @@ impl<'a> Accumulator<'a> {
         });
     }
 
-    fn dead_letter(&mut self, c: &Candidate, w: Option<&CrmStatusWrite>, code: &'static str, reason: String, mut call: Call) {
+    fn dead_letter(
+        &mut self,
+        c: &Candidate,
+        w: Option<&CrmStatusWrite>,
+        code: &'static str,
+        reason: String,
+        mut call: Call,
+    ) {
         tracing::warn!(
             event_id = %c.event.event_id, correlation_id = %c.event.correlation_id, shipment_id = %c.event.shipment_id,
             attempt = c.attempt, reason_code = code, reason = %reason, "event dead-lettered"
@@ -467,7 +549,14 @@ impl<'a> Accumulator<'a> {
         self.conclude(c, w, Outcome::DeadLettered, call);
     }
 
-    fn attempt_row(&self, c: &Candidate, w: Option<&CrmStatusWrite>, outcome: Outcome, call: Call, now: OffsetDateTime) -> AttemptRecord {
+    fn attempt_row(
+        &self,
+        c: &Candidate,
+        w: Option<&CrmStatusWrite>,
+        outcome: Outcome,
+        call: Call,
+        now: OffsetDateTime,
+    ) -> AttemptRecord {
         AttemptRecord {
             event_id: Some(c.event.event_id.clone()),
             shipment_id: Some(c.event.shipment_id.clone()),

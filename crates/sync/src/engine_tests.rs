@@ -27,8 +27,14 @@ fn harness(max_attempts: u32, failure_threshold: u32) -> Harness {
     let engine = SyncEngine::new(
         CrmMapping::new(MappingConfig::default()).unwrap(),
         EngineSettings {
-            retry: RetryPolicy { max_attempts, ..RetryPolicy::default() },
-            breaker: BreakerPolicy { failure_threshold, open_for: Duration::from_secs(60) },
+            retry: RetryPolicy {
+                max_attempts,
+                ..RetryPolicy::default()
+            },
+            breaker: BreakerPolicy {
+                failure_threshold,
+                open_for: Duration::from_secs(60),
+            },
             crm_batch_limit: 100,
         },
         crm.clone(),
@@ -37,7 +43,12 @@ fn harness(max_attempts: u32, failure_threshold: u32) -> Harness {
         topics.clone(),
         Box::new(|| 0.5),
     );
-    Harness { crm, ledger, topics, engine }
+    Harness {
+        crm,
+        ledger,
+        topics,
+        engine,
+    }
 }
 
 fn event(id: &str, shipment: &str, status: &str, minute: u8) -> Inbound {
@@ -65,7 +76,12 @@ fn sid(s: &str) -> ShipmentId {
 }
 
 fn outcomes_of(h: &Harness, event_id: &str) -> Vec<Outcome> {
-    h.topics.outcomes().iter().filter(|o| o.event_id.as_str() == event_id).map(|o| o.outcome).collect()
+    h.topics
+        .outcomes()
+        .iter()
+        .filter(|o| o.event_id.as_str() == event_id)
+        .map(|o| o.outcome)
+        .collect()
 }
 
 fn partitions() -> Vec<(String, i32)> {
@@ -77,7 +93,10 @@ async fn writes_new_statuses_and_logs_every_event() {
     let h = harness(3, 5);
     let r = h
         .engine
-        .process(&[event("e1", "s1", "IN_TRANSIT", 0), event("e2", "s2", "DELIVERED", 0)])
+        .process(&[
+            event("e1", "s1", "IN_TRANSIT", 0),
+            event("e2", "s2", "DELIVERED", 0),
+        ])
         .await
         .unwrap();
     assert_eq!(r.count(Outcome::Success), 2);
@@ -91,10 +110,22 @@ async fn writes_new_statuses_and_logs_every_event() {
 #[tokio::test]
 async fn redelivered_and_duplicated_events_have_no_second_effect() {
     let h = harness(3, 5);
-    h.engine.process(&[event("e1", "s1", "IN_TRANSIT", 0), event("e1", "s1", "IN_TRANSIT", 0)]).await.unwrap();
-    h.engine.process(&[event("e1", "s1", "IN_TRANSIT", 0)]).await.unwrap();
+    h.engine
+        .process(&[
+            event("e1", "s1", "IN_TRANSIT", 0),
+            event("e1", "s1", "IN_TRANSIT", 0),
+        ])
+        .await
+        .unwrap();
+    h.engine
+        .process(&[event("e1", "s1", "IN_TRANSIT", 0)])
+        .await
+        .unwrap();
     assert_eq!(h.crm.writes().len(), 1);
-    assert_eq!(outcomes_of(&h, "e1"), [Outcome::Duplicate, Outcome::Success, Outcome::Duplicate]);
+    assert_eq!(
+        outcomes_of(&h, "e1"),
+        [Outcome::Duplicate, Outcome::Success, Outcome::Duplicate]
+    );
     let redelivered = h.topics.outcomes().into_iter().last().unwrap();
     assert_eq!(redelivered.first_outcome, Some(Outcome::Success));
 }
@@ -103,11 +134,20 @@ async fn redelivered_and_duplicated_events_have_no_second_effect() {
 async fn an_older_event_never_overwrites_a_newer_one() {
     let h = harness(3, 5);
     // Across batches: newest first, then an older one arrives late.
-    h.engine.process(&[event("e2", "s1", "DELIVERED", 5)]).await.unwrap();
-    h.engine.process(&[event("e1", "s1", "IN_TRANSIT", 1)]).await.unwrap();
+    h.engine
+        .process(&[event("e2", "s1", "DELIVERED", 5)])
+        .await
+        .unwrap();
+    h.engine
+        .process(&[event("e1", "s1", "IN_TRANSIT", 1)])
+        .await
+        .unwrap();
     // Within one batch, out of order.
     h.engine
-        .process(&[event("f2", "s2", "DELIVERED", 5), event("f1", "s2", "IN_TRANSIT", 1)])
+        .process(&[
+            event("f2", "s2", "DELIVERED", 5),
+            event("f1", "s2", "IN_TRANSIT", 1),
+        ])
         .await
         .unwrap();
     assert_eq!(h.crm.state(&sid("s1")).unwrap().status, "delivered");
@@ -120,8 +160,14 @@ async fn an_older_event_never_overwrites_a_newer_one() {
 #[tokio::test]
 async fn an_unchanged_status_is_not_written_again() {
     let h = harness(3, 5);
-    h.engine.process(&[event("e1", "s1", "IN_TRANSIT", 1)]).await.unwrap();
-    h.engine.process(&[event("e2", "s1", "IN_TRANSIT", 2)]).await.unwrap();
+    h.engine
+        .process(&[event("e1", "s1", "IN_TRANSIT", 1)])
+        .await
+        .unwrap();
+    h.engine
+        .process(&[event("e2", "s1", "IN_TRANSIT", 2)])
+        .await
+        .unwrap();
     assert_eq!(outcomes_of(&h, "e2"), [Outcome::Unchanged]);
     assert_eq!(h.crm.writes().len(), 1);
 }
@@ -151,17 +197,31 @@ async fn bad_events_go_to_dead_letters_with_their_reason() {
 #[tokio::test]
 async fn transient_failures_park_then_succeed() {
     let h = harness(5, 5);
-    h.crm.fail_next_calls([CrmError::from_status(503, Some(Duration::from_secs(7)), "down")]);
-    let r = h.engine.process(&[event("e1", "s1", "IN_TRANSIT", 0)]).await.unwrap();
+    h.crm
+        .fail_next_calls([CrmError::from_status(503, Some(Duration::from_secs(7)), "down")]);
+    let r = h
+        .engine
+        .process(&[event("e1", "s1", "IN_TRANSIT", 0)])
+        .await
+        .unwrap();
     assert_eq!(r.count(Outcome::RetryScheduled), 1);
     let parked = h.ledger.parked();
     assert_eq!(parked.len(), 1);
     let wait = parked[0].next_attempt_at - time::OffsetDateTime::now_utc();
     assert!(wait > time::Duration::seconds(6), "Retry-After honoured: {wait}");
 
-    assert!(h.ledger.due(&partitions(), time::OffsetDateTime::now_utc(), 10).await.unwrap().is_empty());
+    assert!(h
+        .ledger
+        .due(&partitions(), time::OffsetDateTime::now_utc(), 10)
+        .await
+        .unwrap()
+        .is_empty());
     h.ledger.make_all_due();
-    let due = h.ledger.due(&partitions(), time::OffsetDateTime::now_utc(), 10).await.unwrap();
+    let due = h
+        .ledger
+        .due(&partitions(), time::OffsetDateTime::now_utc(), 10)
+        .await
+        .unwrap();
     let r = h.engine.process_due(due).await.unwrap();
     assert_eq!(r.count(Outcome::Success), 1);
     assert!(h.ledger.parked().is_empty());
@@ -172,8 +232,13 @@ async fn transient_failures_park_then_succeed() {
 #[tokio::test]
 async fn permanent_errors_dead_letter_at_once() {
     let h = harness(5, 5);
-    h.crm.fail_writes_for(&sid("s1"), [CrmError::from_status(422, None, "bad status")]);
-    let r = h.engine.process(&[event("e1", "s1", "IN_TRANSIT", 0)]).await.unwrap();
+    h.crm
+        .fail_writes_for(&sid("s1"), [CrmError::from_status(422, None, "bad status")]);
+    let r = h
+        .engine
+        .process(&[event("e1", "s1", "IN_TRANSIT", 0)])
+        .await
+        .unwrap();
     assert_eq!(r.count(Outcome::DeadLettered), 1);
     assert_eq!(h.topics.dead_letters()[0].reason_code, "crm_rejected");
     assert!(h.ledger.parked().is_empty());
@@ -184,9 +249,16 @@ async fn exhausted_attempts_dead_letter_and_leave_the_queue() {
     let h = harness(2, 100);
     let e503 = || CrmError::from_status(503, None, "down");
     h.crm.fail_next_calls([e503(), e503()]);
-    h.engine.process(&[event("e1", "s1", "IN_TRANSIT", 0)]).await.unwrap();
+    h.engine
+        .process(&[event("e1", "s1", "IN_TRANSIT", 0)])
+        .await
+        .unwrap();
     h.ledger.make_all_due();
-    let due = h.ledger.due(&partitions(), time::OffsetDateTime::now_utc(), 10).await.unwrap();
+    let due = h
+        .ledger
+        .due(&partitions(), time::OffsetDateTime::now_utc(), 10)
+        .await
+        .unwrap();
     let r = h.engine.process_due(due).await.unwrap();
     assert_eq!(r.dead_letter_reasons, ["attempts_exhausted"]);
     assert_eq!(h.topics.dead_letters()[0].attempts, 2);
@@ -198,11 +270,22 @@ async fn a_parked_event_overtaken_by_a_newer_one_ends_stale() {
     // Per-shipment order: a later event may overtake a parked one; the stale rule makes that
     // harmless because the parked event re-reads the CRM before writing.
     let h = harness(5, 5);
-    h.crm.fail_writes_for(&sid("s1"), [CrmError::from_status(429, None, "slow down")]);
-    h.engine.process(&[event("e1", "s1", "IN_TRANSIT", 1)]).await.unwrap();
-    h.engine.process(&[event("e2", "s1", "DELIVERED", 2)]).await.unwrap();
+    h.crm
+        .fail_writes_for(&sid("s1"), [CrmError::from_status(429, None, "slow down")]);
+    h.engine
+        .process(&[event("e1", "s1", "IN_TRANSIT", 1)])
+        .await
+        .unwrap();
+    h.engine
+        .process(&[event("e2", "s1", "DELIVERED", 2)])
+        .await
+        .unwrap();
     h.ledger.make_all_due();
-    let due = h.ledger.due(&partitions(), time::OffsetDateTime::now_utc(), 10).await.unwrap();
+    let due = h
+        .ledger
+        .due(&partitions(), time::OffsetDateTime::now_utc(), 10)
+        .await
+        .unwrap();
     h.engine.process_due(due).await.unwrap();
     assert_eq!(h.crm.state(&sid("s1")).unwrap().status, "delivered");
     assert_eq!(outcomes_of(&h, "e1"), [Outcome::RetryScheduled, Outcome::Stale]);
@@ -213,10 +296,18 @@ async fn a_parked_event_overtaken_by_a_newer_one_ends_stale() {
 async fn parked_events_of_partitions_owned_elsewhere_are_not_due_here() {
     let h = harness(5, 5);
     h.crm.fail_next_calls([CrmError::transient("connect refused")]);
-    h.engine.process(&[event("e1", "s1", "IN_TRANSIT", 1)]).await.unwrap();
+    h.engine
+        .process(&[event("e1", "s1", "IN_TRANSIT", 1)])
+        .await
+        .unwrap();
     h.ledger.make_all_due();
     let elsewhere = vec![("tracking.events".to_string(), 7)];
-    assert!(h.ledger.due(&elsewhere, time::OffsetDateTime::now_utc(), 10).await.unwrap().is_empty());
+    assert!(h
+        .ledger
+        .due(&elsewhere, time::OffsetDateTime::now_utc(), 10)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test]
@@ -224,28 +315,50 @@ async fn the_breaker_opens_and_stops_calling_the_crm() {
     let h = harness(10, 2);
     let e = || CrmError::transient("timeout");
     h.crm.fail_next_calls([e(), e()]);
-    h.engine.process(&[event("e1", "s1", "IN_TRANSIT", 1)]).await.unwrap();
-    h.engine.process(&[event("e2", "s2", "IN_TRANSIT", 1)]).await.unwrap();
+    h.engine
+        .process(&[event("e1", "s1", "IN_TRANSIT", 1)])
+        .await
+        .unwrap();
+    h.engine
+        .process(&[event("e2", "s2", "IN_TRANSIT", 1)])
+        .await
+        .unwrap();
     assert_eq!(h.engine.breaker_state().as_gauge(), 2);
     let calls = h.crm.calls();
-    let r = h.engine.process(&[event("e3", "s3", "IN_TRANSIT", 1)]).await.unwrap();
+    let r = h
+        .engine
+        .process(&[event("e3", "s3", "IN_TRANSIT", 1)])
+        .await
+        .unwrap();
     assert_eq!(h.crm.calls(), calls, "no call while open");
     assert_eq!(r.count(Outcome::RetryScheduled), 1);
-    let parked = h.ledger.parked().into_iter().find(|p| p.event.event_id.as_str() == "e3").unwrap();
+    let parked = h
+        .ledger
+        .parked()
+        .into_iter()
+        .find(|p| p.event.event_id.as_str() == "e3")
+        .unwrap();
     assert!(parked.next_attempt_at > time::OffsetDateTime::now_utc() + time::Duration::seconds(50));
 }
 
 #[tokio::test]
 async fn replayed_dead_letters_are_processed_again() {
     let h = harness(5, 5);
-    h.crm.fail_writes_for(&sid("s1"), [CrmError::from_status(400, None, "bad")]);
-    h.engine.process(&[event("e1", "s1", "IN_TRANSIT", 0)]).await.unwrap();
+    h.crm
+        .fail_writes_for(&sid("s1"), [CrmError::from_status(400, None, "bad")]);
+    h.engine
+        .process(&[event("e1", "s1", "IN_TRANSIT", 0)])
+        .await
+        .unwrap();
     let mut again = event("e1", "s1", "IN_TRANSIT", 0);
     h.engine.process(&[again.clone()]).await.unwrap();
     assert!(h.crm.writes().is_empty(), "a plain redelivery stays a duplicate");
     again.replay_count = 1;
     h.engine.process(&[again]).await.unwrap();
-    assert_eq!(outcomes_of(&h, "e1"), [Outcome::DeadLettered, Outcome::Duplicate, Outcome::Success]);
+    assert_eq!(
+        outcomes_of(&h, "e1"),
+        [Outcome::DeadLettered, Outcome::Duplicate, Outcome::Success]
+    );
 }
 
 #[tokio::test]
@@ -254,7 +367,10 @@ async fn a_crash_after_the_crm_write_and_before_the_commit_writes_nothing_twice(
     h.ledger.fail_next_commit();
     let batch = vec![event("e1", "s1", "IN_TRANSIT", 0)];
     assert!(h.engine.process(&batch).await.is_err());
-    assert!(h.topics.outcomes().is_empty(), "nothing published before the commit");
+    assert!(
+        h.topics.outcomes().is_empty(),
+        "nothing published before the commit"
+    );
     // The offset was not committed, so the same records come again.
     let r = h.engine.process(&batch).await.unwrap();
     assert_eq!(r.count(Outcome::Unchanged), 1);

@@ -215,7 +215,10 @@ mod tests {
             (doc(r#"{"version": 2}"#), "unsupported_version"),
             (doc(r#"{"occurred_at": "yesterday"}"#), "malformed_json"),
             (doc(r#"{"occurred_at": "1970-01-01T00:00:00Z"}"#), "invalid_field"),
-            (doc(&format!(r#"{{"client_id": "{}"}}"#, "x".repeat(129))), "invalid_field"),
+            (
+                doc(&format!(r#"{{"client_id": "{}"}}"#, "x".repeat(129))),
+                "invalid_field",
+            ),
         ];
         for (payload, code) in cases {
             let err = TrackingEvent::from_json(&payload).unwrap_err();

@@ -57,15 +57,15 @@ pub struct MappingConfig {
 
 fn default_statuses() -> BTreeMap<String, String> {
     [
-            ("CREATED", "created"),
-            ("ACCEPTED", "accepted"),
-            ("IN_TRANSIT", "in_transit"),
-            ("AT_PICKUP_POINT", "ready_for_pickup"),
-            ("OUT_FOR_DELIVERY", "out_for_delivery"),
-            ("DELIVERED", "delivered"),
-            ("RETURNED", "returned"),
-            ("LOST", "lost"),
-        ]
+        ("CREATED", "created"),
+        ("ACCEPTED", "accepted"),
+        ("IN_TRANSIT", "in_transit"),
+        ("AT_PICKUP_POINT", "ready_for_pickup"),
+        ("OUT_FOR_DELIVERY", "out_for_delivery"),
+        ("DELIVERED", "delivered"),
+        ("RETURNED", "returned"),
+        ("LOST", "lost"),
+    ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect()
@@ -252,7 +252,10 @@ mod tests {
     #[test]
     fn unmapped_status_is_refused() {
         let m = CrmMapping::new(MappingConfig::default()).unwrap();
-        assert_eq!(m.to_crm(&event("TELEPORTED")).unwrap_err().code(), "unmapped_status");
+        assert_eq!(
+            m.to_crm(&event("TELEPORTED")).unwrap_err().code(),
+            "unmapped_status"
+        );
     }
 
     #[test]
@@ -271,6 +274,9 @@ mod tests {
         assert_eq!(CrmMapping::new(c).unwrap_err(), MappingError::NoStatuses);
         let mut c = MappingConfig::default();
         c.fields.client_id = String::new();
-        assert_eq!(CrmMapping::new(c).unwrap_err(), MappingError::EmptyFieldName("client_id"));
+        assert_eq!(
+            CrmMapping::new(c).unwrap_err(),
+            MappingError::EmptyFieldName("client_id")
+        );
     }
 }

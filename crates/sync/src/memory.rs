@@ -35,7 +35,11 @@ impl MemoryCrm {
     }
 
     pub fn fail_writes_for(&self, shipment: &ShipmentId, errors: impl IntoIterator<Item = CrmError>) {
-        lock(&self.inner).item_failures.entry(shipment.clone()).or_default().extend(errors);
+        lock(&self.inner)
+            .item_failures
+            .entry(shipment.clone())
+            .or_default()
+            .extend(errors);
     }
 
     pub fn state(&self, shipment: &ShipmentId) -> Option<CrmShipmentState> {
@@ -77,16 +81,31 @@ impl CrmGateway for MemoryCrm {
         let mut inner = self.begin_call()?;
         let mut out = Vec::with_capacity(writes.len());
         for w in writes {
-            if let Some(err) = inner.item_failures.get_mut(&w.shipment_id).and_then(VecDeque::pop_front) {
-                out.push(ItemResult { http_status: err.http_status, result: Err(err), response_excerpt: None });
+            if let Some(err) = inner
+                .item_failures
+                .get_mut(&w.shipment_id)
+                .and_then(VecDeque::pop_front)
+            {
+                out.push(ItemResult {
+                    http_status: err.http_status,
+                    result: Err(err),
+                    response_excerpt: None,
+                });
                 continue;
             }
             inner.states.insert(
                 w.shipment_id.clone(),
-                CrmShipmentState { status: w.crm_status.clone(), updated_at: w.timestamp },
+                CrmShipmentState {
+                    status: w.crm_status.clone(),
+                    updated_at: w.timestamp,
+                },
             );
             inner.writes.push(w.clone());
-            out.push(ItemResult { result: Ok(()), http_status: Some(200), response_excerpt: None });
+            out.push(ItemResult {
+                result: Ok(()),
+                http_status: Some(200),
+                response_excerpt: None,
+            });
         }
         Ok(out)
     }
@@ -132,7 +151,10 @@ impl MemoryLedger {
 impl SyncLedger for MemoryLedger {
     async fn recorded(&self, ids: &[EventId]) -> Result<HashMap<EventId, Recorded>, LedgerError> {
         let inner = lock(&self.inner);
-        Ok(ids.iter().filter_map(|id| inner.processed.get(id).map(|r| (id.clone(), r.clone()))).collect())
+        Ok(ids
+            .iter()
+            .filter_map(|id| inner.processed.get(id).map(|r| (id.clone(), r.clone())))
+            .collect())
     }
 
     async fn commit(&self, batch: LedgerBatch) -> Result<(), LedgerError> {
@@ -162,7 +184,11 @@ impl SyncLedger for MemoryLedger {
             .retry
             .values()
             .filter(|p| p.next_attempt_at <= now)
-            .filter(|p| partitions.iter().any(|(t, n)| *t == p.source.topic && *n == p.source.partition))
+            .filter(|p| {
+                partitions
+                    .iter()
+                    .any(|(t, n)| *t == p.source.topic && *n == p.source.partition)
+            })
             .cloned()
             .collect();
         due.sort_by_key(|p| p.event.occurred_at);

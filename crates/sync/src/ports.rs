@@ -90,11 +90,21 @@ pub struct CrmError {
 
 impl CrmError {
     pub fn transient(message: impl Into<String>) -> Self {
-        Self { kind: CrmErrorKind::Transient, http_status: None, retry_after: None, message: message.into() }
+        Self {
+            kind: CrmErrorKind::Transient,
+            http_status: None,
+            retry_after: None,
+            message: message.into(),
+        }
     }
 
     pub fn permanent(message: impl Into<String>) -> Self {
-        Self { kind: CrmErrorKind::Permanent, http_status: None, retry_after: None, message: message.into() }
+        Self {
+            kind: CrmErrorKind::Permanent,
+            http_status: None,
+            retry_after: None,
+            message: message.into(),
+        }
     }
 
     /// Classifies an HTTP status: 408, 429 and 5xx are transient, other 4xx permanent.
@@ -104,7 +114,12 @@ impl CrmError {
         } else {
             CrmErrorKind::Permanent
         };
-        Self { kind, http_status: Some(status), retry_after, message: message.into() }
+        Self {
+            kind,
+            http_status: Some(status),
+            retry_after,
+            message: message.into(),
+        }
     }
 
     pub fn is_transient(&self) -> bool {

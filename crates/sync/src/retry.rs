@@ -82,8 +82,14 @@ mod tests {
         assert_eq!(at_top(2), Duration::from_millis(1000));
         assert_eq!(at_top(3), Duration::from_millis(2000));
         assert_eq!(p.next(8, None, 0.5), RetryStep::GiveUp);
-        let long = RetryPolicy { max_attempts: 100, ..p };
-        assert_eq!(long.next(60, None, 1.0), RetryStep::RetryAfter(Duration::from_secs(300)));
+        let long = RetryPolicy {
+            max_attempts: 100,
+            ..p
+        };
+        assert_eq!(
+            long.next(60, None, 1.0),
+            RetryStep::RetryAfter(Duration::from_secs(300))
+        );
     }
 
     #[test]
@@ -101,8 +107,18 @@ mod tests {
 
     #[test]
     fn validation_rejects_nonsense() {
-        assert!(RetryPolicy { max_attempts: 0, ..Default::default() }.validate().is_err());
-        assert!(RetryPolicy { base_delay: Duration::ZERO, ..Default::default() }.validate().is_err());
+        assert!(RetryPolicy {
+            max_attempts: 0,
+            ..Default::default()
+        }
+        .validate()
+        .is_err());
+        assert!(RetryPolicy {
+            base_delay: Duration::ZERO,
+            ..Default::default()
+        }
+        .validate()
+        .is_err());
         assert!(RetryPolicy::default().validate().is_ok());
     }
 

@@ -49,7 +49,10 @@ mod tests {
     }
 
     fn state(status: &str, at: OffsetDateTime) -> CrmShipmentState {
-        CrmShipmentState { status: status.into(), updated_at: at }
+        CrmShipmentState {
+            status: status.into(),
+            updated_at: at,
+        }
     }
 
     #[test]

@@ -20,7 +20,9 @@ pub fn load_config<T: Serialize + DeserializeOwned + Default>(
         figment = figment.merge(Toml::file(file));
     }
     figment = figment.merge(Env::prefixed(env_prefix).ignore(&["config"]).split("__"));
-    figment.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
+    figment
+        .extract()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
 }
 
 #[cfg(test)]
@@ -48,9 +50,17 @@ mod tests {
             jail.set_env("TCFG_INNER__PORT", "2");
             jail.set_env("TCFG_CONFIG", "c.toml");
             let c: Cfg = load_config(Some(Path::new("c.toml")), "TCFG_").map_err(|e| e.to_string())?;
-            assert_eq!(c, Cfg { name: "file".into(), inner: Inner { port: 2 } });
+            assert_eq!(
+                c,
+                Cfg {
+                    name: "file".into(),
+                    inner: Inner { port: 2 }
+                }
+            );
             jail.set_env("TCFG_INNER__PORT", "not-a-port");
-            let err = load_config::<Cfg>(Some(Path::new("c.toml")), "TCFG_").unwrap_err().to_string();
+            let err = load_config::<Cfg>(Some(Path::new("c.toml")), "TCFG_")
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("port"), "{err}");
             assert!(load_config::<Cfg>(Some(Path::new("missing.toml")), "TCFG_").is_err());
             Ok(())

@@ -51,7 +51,9 @@ pub fn init(service: &'static str, otlp_endpoint: Option<&str>) -> anyhow::Resul
                 .with_http()
                 .with_endpoint(endpoint)
                 .build()?;
-            let resource = opentelemetry_sdk::Resource::builder().with_service_name(service).build();
+            let resource = opentelemetry_sdk::Resource::builder()
+                .with_service_name(service)
+                .build();
             Some(
                 SdkTracerProvider::builder()
                     .with_batch_exporter(exporter)

@@ -6,8 +6,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-pub use axum::Router;
 use axum::Json;
+pub use axum::Router;
 use backbone_crm::signing::{verify, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -80,7 +80,8 @@ impl Sim {
 
     pub fn set_faults(&self, faults: Faults) {
         let mut s = self.lock();
-        s.outage_until = (faults.outage_for_ms > 0).then(|| Instant::now() + Duration::from_millis(faults.outage_for_ms));
+        s.outage_until =
+            (faults.outage_for_ms > 0).then(|| Instant::now() + Duration::from_millis(faults.outage_for_ms));
         s.faults = faults;
     }
 
@@ -101,7 +102,10 @@ impl Sim {
             .route("/api/v1/shipments/{id}/status", get(read_one).put(write_one))
             .route("/api/v1/shipments/status:batchGet", post(batch_get))
             .route("/api/v1/shipments/status:batchWrite", post(batch_write))
-            .route("/sim/stats", get(|State(sim): State<Sim>| async move { Json(sim.stats()) }))
+            .route(
+                "/sim/stats",
+                get(|State(sim): State<Sim>| async move { Json(sim.stats()) }),
+            )
             .route("/sim/faults", post(set_faults))
             .route("/sim/shipments/{id}/history", get(history))
             .route("/health", get(|| async { "ok" }))
@@ -111,15 +115,33 @@ impl Sim {
     /// Token, signature and faults, in that order. `Err` is the response to send instead.
     async fn admit(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), Response> {
         let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or_default();
-        let token = header("authorization").strip_prefix("Bearer ").unwrap_or_default();
+        let token = header("authorization")
+            .strip_prefix("Bearer ")
+            .unwrap_or_default();
         if !bool::from(token.as_bytes().ct_eq(self.token.as_bytes())) {
             self.lock().stats.rejected_requests += 1;
-            return Err(problem(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer token", None));
+            return Err(problem(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong bearer token",
+                None,
+            ));
         }
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        if !verify(self.secret.as_bytes(), header(TIMESTAMP_HEADER), body, header(SIGNATURE_HEADER), now) {
+        if !verify(
+            self.secret.as_bytes(),
+            header(TIMESTAMP_HEADER),
+            body,
+            header(SIGNATURE_HEADER),
+            now,
+        ) {
             self.lock().stats.rejected_requests += 1;
-            return Err(problem(StatusCode::UNAUTHORIZED, "invalid_signature", "signature or timestamp invalid", None));
+            return Err(problem(
+                StatusCode::UNAUTHORIZED,
+                "invalid_signature",
+                "signature or timestamp invalid",
+                None,
+            ));
         }
         let (latency, verdict) = {
             let mut s = self.lock();
@@ -131,11 +153,26 @@ impl Sim {
             }
             s.window.1 += 1;
             let verdict = if s.outage_until.is_some_and(|u| Instant::now() < u) {
-                Err(problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "simulated outage", retry))
+                Err(problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "simulated outage",
+                    retry,
+                ))
             } else if s.faults.rate_limit_rps > 0 && s.window.1 > s.faults.rate_limit_rps {
-                Err(problem(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "simulated rate limit", retry))
+                Err(problem(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "simulated rate limit",
+                    retry,
+                ))
             } else if s.faults.error_rate > 0.0 && rand::random::<f64>() < s.faults.error_rate {
-                Err(problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "simulated failure", retry))
+                Err(problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "simulated failure",
+                    retry,
+                ))
             } else {
                 Ok(())
             };
@@ -149,10 +186,17 @@ impl Sim {
 
     /// Applies one write; a repeated `eventId` is acknowledged without a second write.
     fn apply(store: &mut Store, record: Map<String, Value>) -> Result<u16, (u16, &'static str, String)> {
-        let shipment = record.get("shipmentId").and_then(Value::as_str).map(str::to_owned);
+        let shipment = record
+            .get("shipmentId")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         let event = record.get("eventId").and_then(Value::as_str).map(str::to_owned);
         let (Some(shipment), Some(event)) = (shipment, event) else {
-            return Err((422, "validation_failed", "shipmentId and eventId are required".into()));
+            return Err((
+                422,
+                "validation_failed",
+                "shipmentId and eventId are required".into(),
+            ));
         };
         for field in ["status", "timestamp", "clientId"] {
             if !record.get(field).is_some_and(|v| v.is_string() || v.is_number()) {
@@ -164,8 +208,16 @@ impl Sim {
             return Ok(200);
         }
         store.stats.total_writes += 1;
-        *store.stats.writes_per_shipment.entry(shipment.clone()).or_default() += 1;
-        store.history.entry(shipment.clone()).or_default().push(record.clone());
+        *store
+            .stats
+            .writes_per_shipment
+            .entry(shipment.clone())
+            .or_default() += 1;
+        store
+            .history
+            .entry(shipment.clone())
+            .or_default()
+            .push(record.clone());
         store.records.insert(shipment, record);
         Ok(200)
     }
@@ -174,7 +226,12 @@ impl Sim {
 fn problem(status: StatusCode, code: &str, detail: &str, retry_after: Option<u64>) -> Response {
     let body = json!({"type": "about:blank", "title": status.canonical_reason(), "status": status.as_u16(),
         "detail": detail, "code": code});
-    let mut resp = (status, [("content-type", "application/problem+json")], body.to_string()).into_response();
+    let mut resp = (
+        status,
+        [("content-type", "application/problem+json")],
+        body.to_string(),
+    )
+        .into_response();
     if let Some(secs) = retry_after.filter(|s| *s > 0) {
         resp.headers_mut().insert("retry-after", HeaderValue::from(secs));
     }
@@ -182,7 +239,12 @@ fn problem(status: StatusCode, code: &str, detail: &str, retry_after: Option<u64
 }
 
 fn bad_json(e: serde_json::Error) -> Response {
-    problem(StatusCode::BAD_REQUEST, "bad_request", &format!("invalid JSON: {e}"), None)
+    problem(
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        &format!("invalid JSON: {e}"),
+        None,
+    )
 }
 
 async fn read_one(State(sim): State<Sim>, Path(id): Path<String>, headers: HeaderMap) -> Response {
@@ -195,7 +257,12 @@ async fn read_one(State(sim): State<Sim>, Path(id): Path<String>, headers: Heade
     }
 }
 
-async fn write_one(State(sim): State<Sim>, Path(id): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+async fn write_one(
+    State(sim): State<Sim>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if let Err(r) = sim.admit(&headers, &body).await {
         return r;
     }
@@ -204,14 +271,22 @@ async fn write_one(State(sim): State<Sim>, Path(id): Path<String>, headers: Head
         Err(e) => return bad_json(e),
     };
     if record.get("shipmentId").and_then(Value::as_str) != Some(id.as_str()) {
-        return problem(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", "shipmentId differs from the path", None);
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "shipmentId differs from the path",
+            None,
+        );
     }
     let result = Sim::apply(&mut sim.lock(), record.clone());
     match result {
         Ok(_) => Json(record).into_response(),
-        Err((status, code, detail)) => {
-            problem(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST), code, &detail, None)
-        }
+        Err((status, code, detail)) => problem(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+            code,
+            &detail,
+            None,
+        ),
     }
 }
 
@@ -230,10 +305,19 @@ async fn batch_get(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> R
         Err(e) => return bad_json(e),
     };
     if req.shipment_ids.len() > MAX_BATCH {
-        return problem(StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large", "at most 500 shipments", None);
+        return problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            "at most 500 shipments",
+            None,
+        );
     }
     let store = sim.lock();
-    let items: Vec<&Map<String, Value>> = req.shipment_ids.iter().filter_map(|id| store.records.get(id)).collect();
+    let items: Vec<&Map<String, Value>> = req
+        .shipment_ids
+        .iter()
+        .filter_map(|id| store.records.get(id))
+        .collect();
     Json(json!({ "items": items })).into_response()
 }
 
@@ -252,7 +336,12 @@ async fn batch_write(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) ->
         Err(e) => return bad_json(e),
     };
     if req.items.len() > MAX_BATCH {
-        return problem(StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large", "at most 500 items", None);
+        return problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            "at most 500 items",
+            None,
+        );
     }
     let mut store = sim.lock();
     let results: Vec<Value> = req
@@ -261,9 +350,13 @@ async fn batch_write(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) ->
         .map(|item| {
             let ids = json!({"shipmentId": item.get("shipmentId"), "eventId": item.get("eventId")});
             match Sim::apply(&mut store, item) {
-                Ok(status) => json!({"shipmentId": ids["shipmentId"], "eventId": ids["eventId"], "status": status}),
-                Err((status, code, message)) => json!({"shipmentId": ids["shipmentId"], "eventId": ids["eventId"],
-                    "status": status, "error": {"code": code, "message": message}}),
+                Ok(status) => {
+                    json!({"shipmentId": ids["shipmentId"], "eventId": ids["eventId"], "status": status})
+                }
+                Err((status, code, message)) => {
+                    json!({"shipmentId": ids["shipmentId"], "eventId": ids["eventId"],
+                    "status": status, "error": {"code": code, "message": message}})
+                }
             }
         })
         .collect();
@@ -276,7 +369,12 @@ async fn set_faults(State(sim): State<Sim>, body: Bytes) -> Response {
             sim.set_faults(f.clone());
             Json(f).into_response()
         }
-        Ok(_) => problem(StatusCode::BAD_REQUEST, "bad_request", "error_rate must be within 0..=1", None),
+        Ok(_) => problem(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "error_rate must be within 0..=1",
+            None,
+        ),
         Err(e) => bad_json(e),
     }
 }
@@ -284,8 +382,6 @@ async fn set_faults(State(sim): State<Sim>, body: Bytes) -> Response {
 async fn history(State(sim): State<Sim>, Path(id): Path<String>) -> Response {
     Json(sim.history(&id)).into_response()
 }
-
-
 
 /// Serves the simulator on `listener` until the task is dropped.
 pub async fn serve(listener: tokio::net::TcpListener, router: Router) -> std::io::Result<()> {

@@ -46,13 +46,21 @@ fn write(event: &str, shipment: &str, status: &str) -> CrmStatusWrite {
 async fn writes_are_counted_once_per_event_and_read_back() {
     let (sim, url) = start().await;
     let crm = adapter(&url, TOKEN);
-    let out = crm.write_statuses(&[write("e1", "s1", "in_transit"), write("e2", "s2", "delivered")]).await.unwrap();
+    let out = crm
+        .write_statuses(&[write("e1", "s1", "in_transit"), write("e2", "s2", "delivered")])
+        .await
+        .unwrap();
     assert!(out.iter().all(|r| r.result.is_ok()));
-    crm.write_statuses(&[write("e1", "s1", "in_transit")]).await.unwrap();
+    crm.write_statuses(&[write("e1", "s1", "in_transit")])
+        .await
+        .unwrap();
     let stats = sim.stats();
     assert_eq!(stats.total_writes, 2);
     assert_eq!(stats.duplicate_writes, 1);
-    let states = crm.read_states(&[ShipmentId::parse("s1").unwrap(), ShipmentId::parse("zz").unwrap()]).await.unwrap();
+    let states = crm
+        .read_states(&[ShipmentId::parse("s1").unwrap(), ShipmentId::parse("zz").unwrap()])
+        .await
+        .unwrap();
     assert_eq!(states.len(), 1);
     assert_eq!(states[&ShipmentId::parse("s1").unwrap()].status, "in_transit");
     assert_eq!(sim.history("s2").len(), 1);
@@ -61,7 +69,10 @@ async fn writes_are_counted_once_per_event_and_read_back() {
 #[tokio::test]
 async fn wrong_token_or_signature_is_refused() {
     let (sim, url) = start().await;
-    let err = adapter(&url, "wrong-token-0123456789").read_states(&[ShipmentId::parse("s1").unwrap()]).await.unwrap_err();
+    let err = adapter(&url, "wrong-token-0123456789")
+        .read_states(&[ShipmentId::parse("s1").unwrap()])
+        .await
+        .unwrap_err();
     assert_eq!(err.http_status, Some(401));
     let resp = reqwest::Client::new()
         .get(format!("{url}/api/v1/shipments/s1/status"))
@@ -80,12 +91,25 @@ async fn wrong_token_or_signature_is_refused() {
 async fn faults_are_injected_on_demand() {
     let (sim, url) = start().await;
     let crm = adapter(&url, TOKEN);
-    sim.set_faults(Faults { outage_for_ms: 60_000, retry_after_s: 3, ..Faults::default() });
+    sim.set_faults(Faults {
+        outage_for_ms: 60_000,
+        retry_after_s: 3,
+        ..Faults::default()
+    });
     let err = crm.write_statuses(&[write("e1", "s1", "x")]).await.unwrap_err();
-    assert_eq!((err.http_status, err.retry_after), (Some(503), Some(std::time::Duration::from_secs(3))));
-    sim.set_faults(Faults { rate_limit_rps: 1, retry_after_s: 1, ..Faults::default() });
+    assert_eq!(
+        (err.http_status, err.retry_after),
+        (Some(503), Some(std::time::Duration::from_secs(3)))
+    );
+    sim.set_faults(Faults {
+        rate_limit_rps: 1,
+        retry_after_s: 1,
+        ..Faults::default()
+    });
     let results: Vec<_> = read_five(&crm).await;
-    assert!(results.iter().any(|r| r.as_ref().is_err_and(|e| e.http_status == Some(429))));
+    assert!(results
+        .iter()
+        .any(|r| r.as_ref().is_err_and(|e| e.http_status == Some(429))));
     sim.set_faults(Faults::default());
     assert!(crm.write_statuses(&[write("e9", "s9", "x")]).await.is_ok());
     assert_eq!(sim.stats().total_writes, 1);
@@ -94,7 +118,11 @@ async fn faults_are_injected_on_demand() {
 async fn read_five(crm: &GenericRestCrm) -> Vec<Result<(), backbone_sync::ports::CrmError>> {
     let mut out = Vec::new();
     for i in 0..5 {
-        out.push(crm.read_states(&[ShipmentId::parse(format!("s{i}")).unwrap()]).await.map(|_| ()));
+        out.push(
+            crm.read_states(&[ShipmentId::parse(format!("s{i}")).unwrap()])
+                .await
+                .map(|_| ()),
+        );
     }
     out
 }

@@ -35,7 +35,9 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9464)) }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+        }
     }
 }
 
@@ -53,13 +55,19 @@ fn default_pg_url() -> SecretString {
 
 impl Default for PostgresConfig {
     fn default() -> Self {
-        Self { url: default_pg_url(), max_connections: 8 }
+        Self {
+            url: default_pg_url(),
+            max_connections: 8,
+        }
     }
 }
 
 impl std::fmt::Debug for PostgresConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresConfig").field("url", &"[redacted]").field("max_connections", &self.max_connections).finish()
+        f.debug_struct("PostgresConfig")
+            .field("url", &"[redacted]")
+            .field("max_connections", &self.max_connections)
+            .finish()
     }
 }
 
@@ -93,7 +101,12 @@ pub struct PipelineConfig {
 
 impl Default for PipelineConfig {
     fn default() -> Self {
-        Self { max_batch: 2000, crm_batch_limit: 500, retry_poll_ms: 250, retry_batch: 500 }
+        Self {
+            max_batch: 2000,
+            crm_batch_limit: 500,
+            retry_poll_ms: 250,
+            retry_batch: 500,
+        }
     }
 }
 
@@ -109,7 +122,9 @@ impl Config {
     /// Checks everything at once and reports every problem, one per line.
     pub fn validate(&self) -> Result<CrmMapping, String> {
         let mut problems = Vec::new();
-        let mapping = CrmMapping::new(self.mapping.clone()).map_err(|e| problems.push(e.to_string())).ok();
+        let mapping = CrmMapping::new(self.mapping.clone())
+            .map_err(|e| problems.push(e.to_string()))
+            .ok();
         if let Err(e) = self.retry.validate() {
             problems.push(e);
         }

@@ -64,12 +64,28 @@ async fn main() -> anyhow::Result<()> {
     let cfg: Config = backbone_telemetry::load_config(cli.config.as_deref(), ENV_PREFIX)?;
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => {
-            cfg.validate().map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+            cfg.validate()
+                .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
             println!("{cfg:#?}");
             Ok(())
         }
-        Command::Dlq { command: DlqCommand::Replay { event_id, since, until, reason, limit, dry_run } } => {
-            let filter = backbone_kafka::ReplayFilter { event_id, since, until, reason_code: reason };
+        Command::Dlq {
+            command:
+                DlqCommand::Replay {
+                    event_id,
+                    since,
+                    until,
+                    reason,
+                    limit,
+                    dry_run,
+                },
+        } => {
+            let filter = backbone_kafka::ReplayFilter {
+                event_id,
+                since,
+                until,
+                reason_code: reason,
+            };
             let summary = crm_sync::replay_dead_letters(&cfg.kafka, filter, limit, dry_run).await?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
             Ok(())
@@ -79,7 +95,8 @@ async fn main() -> anyhow::Result<()> {
             let shutdown = CancellationToken::new();
             let signal = shutdown.clone();
             tokio::spawn(async move {
-                let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                {
                     Ok(t) => t,
                     Err(e) => {
                         tracing::error!(error = %e, "cannot listen for SIGTERM");

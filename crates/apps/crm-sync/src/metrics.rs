@@ -3,8 +3,8 @@
 use backbone_sync::engine::BatchReport;
 use backbone_sync::ports::Outcome;
 use prometheus::{
-    exponential_buckets, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    exponential_buckets, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry,
 };
 
 pub struct Metrics {
@@ -38,25 +38,44 @@ impl Metrics {
             "success / (success + retry_scheduled + dead_lettered) since start",
         ));
         let lag = must(Histogram::with_opts(
-            HistogramOpts::new("crm_sync_event_to_crm_lag_seconds", "From the event's occurred_at to the CRM's acknowledgement")
-                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0]),
+            HistogramOpts::new(
+                "crm_sync_event_to_crm_lag_seconds",
+                "From the event's occurred_at to the CRM's acknowledgement",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                300.0,
+            ]),
         ));
-        let retry_depth = must(IntGauge::new("crm_sync_retry_queue_depth", "Events parked in the retry queue"));
+        let retry_depth = must(IntGauge::new(
+            "crm_sync_retry_queue_depth",
+            "Events parked in the retry queue",
+        ));
         let dead_letters = must(IntCounterVec::new(
-            Opts::new("crm_sync_dead_letters_total", "Records sent to dead.letters, by reason"),
+            Opts::new(
+                "crm_sync_dead_letters_total",
+                "Records sent to dead.letters, by reason",
+            ),
             &["reason"],
         ));
         let consumer_lag = must(IntGaugeVec::new(
             Opts::new("crm_sync_consumer_lag", "Messages behind the high watermark"),
             &["topic", "partition"],
         ));
-        let breaker_state = must(IntGauge::new("crm_sync_breaker_state", "CRM circuit breaker: 0 closed, 1 half-open, 2 open"));
+        let breaker_state = must(IntGauge::new(
+            "crm_sync_breaker_state",
+            "CRM circuit breaker: 0 closed, 1 half-open, 2 open",
+        ));
         let batch_size = must(Histogram::with_opts(
-            HistogramOpts::new("crm_sync_batch_size", "Records per batch").buckets(must(exponential_buckets(1.0, 2.0, 13))),
+            HistogramOpts::new("crm_sync_batch_size", "Records per batch")
+                .buckets(must(exponential_buckets(1.0, 2.0, 13))),
         ));
         let batch_duration = must(Histogram::with_opts(
-            HistogramOpts::new("crm_sync_batch_duration_seconds", "Time to bring a batch to durable outcomes")
-                .buckets(must(exponential_buckets(0.0005, 2.0, 14))),
+            HistogramOpts::new(
+                "crm_sync_batch_duration_seconds",
+                "Time to bring a batch to durable outcomes",
+            )
+            .buckets(must(exponential_buckets(0.0005, 2.0, 14))),
         ));
         let pipeline_errors = must(IntCounter::new(
             "crm_sync_pipeline_errors_total",
@@ -117,7 +136,9 @@ impl Metrics {
     }
 
     pub fn set_consumer_lag(&self, topic: &str, partition: i32, lag: i64) {
-        self.consumer_lag.with_label_values(&[topic, &partition.to_string()]).set(lag);
+        self.consumer_lag
+            .with_label_values(&[topic, &partition.to_string()])
+            .set(lag);
     }
 
     pub fn render(&self) -> String {
@@ -146,7 +167,10 @@ mod tests {
         m.observe(&r, 4, 0.01);
         m.set_consumer_lag("tracking.events", 2, 17);
         let text = m.render();
-        assert!(text.contains("crm_sync_outcomes_total{outcome=\"success\"} 3"), "{text}");
+        assert!(
+            text.contains("crm_sync_outcomes_total{outcome=\"success\"} 3"),
+            "{text}"
+        );
         assert!(text.contains("crm_sync_outcomes_total{outcome=\"stale\"} 0"));
         assert!(text.contains("crm_sync_success_ratio 0.75"));
         assert!(text.contains("crm_sync_event_to_crm_lag_seconds_count 3"));

@@ -1,7 +1,9 @@
 //! `crm-sync dlq replay`: sends chosen dead letters back to their source topic with their replay
 //! count raised, so the pipeline treats them as new attempts rather than duplicates.
 
-use backbone_kafka::{read_dead_letters, KafkaPublisher, KafkaSettings, OutgoingRecord, ReplayFilter, HEADER_REPLAY_COUNT};
+use backbone_kafka::{
+    read_dead_letters, KafkaPublisher, KafkaSettings, OutgoingRecord, ReplayFilter, HEADER_REPLAY_COUNT,
+};
 use serde::Serialize;
 
 #[derive(Debug, Serialize)]
@@ -45,7 +47,12 @@ pub async fn replay_dead_letters(
         })
         .collect();
     if dry_run || letters.is_empty() {
-        return Ok(ReplaySummary { matched: planned.len(), replayed: 0, dry_run, letters: planned });
+        return Ok(ReplaySummary {
+            matched: planned.len(),
+            replayed: 0,
+            dry_run,
+            letters: planned,
+        });
     }
     let publisher = KafkaPublisher::new(kafka)?;
     let records = letters
@@ -57,10 +64,18 @@ pub async fn replay_dead_letters(
             payload: &l.payload,
             headers: vec![
                 (HEADER_REPLAY_COUNT.to_owned(), p.replay_count.to_string()),
-                ("x-replayed-from".to_owned(), format!("{}/{}/{}", kafka.dead_letter_topic, l.partition, l.offset)),
+                (
+                    "x-replayed-from".to_owned(),
+                    format!("{}/{}/{}", kafka.dead_letter_topic, l.partition, l.offset),
+                ),
             ],
         })
         .collect();
     publisher.send_all(records).await?;
-    Ok(ReplaySummary { matched: planned.len(), replayed: planned.len(), dry_run, letters: planned })
+    Ok(ReplaySummary {
+        matched: planned.len(),
+        replayed: planned.len(),
+        dry_run,
+        letters: planned,
+    })
 }

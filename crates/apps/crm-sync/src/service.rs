@@ -26,25 +26,35 @@ struct Health {
 /// Runs the service until `shutdown` is cancelled, then stops intake, finishes the batch in
 /// flight, commits offsets and flushes the producer.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let mapping = cfg.validate().map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+    let mapping = cfg
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
     let pool = backbone_postgres::connect(cfg.postgres.url.expose_secret(), cfg.postgres.max_connections)
         .await
         .context("PostgreSQL")?;
     let ledger = Arc::new(PgLedger::new(pool.clone()));
     if cfg.kafka.create_topics {
-        let topics = [&cfg.kafka.input_topic, &cfg.kafka.outcome_topic, &cfg.kafka.dead_letter_topic];
+        let topics = [
+            &cfg.kafka.input_topic,
+            &cfg.kafka.outcome_topic,
+            &cfg.kafka.dead_letter_topic,
+        ];
         let topics: Vec<&str> = topics.iter().map(|t| t.as_str()).collect();
         backbone_kafka::ensure_topics(&cfg.kafka, &topics, cfg.kafka.topic_partitions).await?;
     }
     let publisher = Arc::new(KafkaPublisher::new(&cfg.kafka)?);
     let crm: Arc<dyn CrmGateway> = match cfg.crm.vendor {
-        Vendor::Generic => Arc::new(GenericRestCrm::new(&cfg.crm.generic, mapping.clone()).map_err(anyhow::Error::msg)?),
+        Vendor::Generic => {
+            Arc::new(GenericRestCrm::new(&cfg.crm.generic, mapping.clone()).map_err(anyhow::Error::msg)?)
+        }
     };
     let metrics = Arc::new(Metrics::new());
     let lag_metrics = metrics.clone();
     let consumer = TrackingConsumer::new(
         &cfg.kafka,
-        Some(Arc::new(move |topic: &str, partition, lag| lag_metrics.set_consumer_lag(topic, partition, lag))),
+        Some(Arc::new(move |topic: &str, partition, lag| {
+            lag_metrics.set_consumer_lag(topic, partition, lag)
+        })),
     )?;
     let engine = SyncEngine::new(
         mapping,
@@ -60,7 +70,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         Box::new(rand::random::<f64>),
     );
 
-    let health = Arc::new(Health { metrics: metrics.clone(), ready: AtomicBool::new(true), pool });
+    let health = Arc::new(Health {
+        metrics: metrics.clone(),
+        ready: AtomicBool::new(true),
+        pool,
+    });
     let listener = tokio::net::TcpListener::bind(cfg.http.listen)
         .await
         .with_context(|| format!("binding {}", cfg.http.listen))?;
@@ -68,10 +82,20 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let http_shutdown = shutdown.clone();
     let app = router(health.clone());
     let http = tokio::spawn(async move {
-        axum::serve(listener, app).with_graceful_shutdown(async move { http_shutdown.cancelled().await }).await
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+            .await
     });
 
-    let pipeline = Pipeline { engine, consumer, ledger, metrics, health: health.clone(), cfg: &cfg, shutdown: shutdown.clone() };
+    let pipeline = Pipeline {
+        engine,
+        consumer,
+        ledger,
+        metrics,
+        health: health.clone(),
+        cfg: &cfg,
+        shutdown: shutdown.clone(),
+    };
     pipeline.run().await;
 
     health.ready.store(false, Ordering::SeqCst);
@@ -85,15 +109,23 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
 
 fn router(health: Arc<Health>) -> Router {
     Router::new()
-        .route("/metrics", get(|State(h): State<Arc<Health>>| async move { h.metrics.render() }))
+        .route(
+            "/metrics",
+            get(|State(h): State<Arc<Health>>| async move { h.metrics.render() }),
+        )
         .route("/health/live", get(|| async { "live" }))
         .route(
             "/health/ready",
             get(|State(h): State<Arc<Health>>| async move {
-                let db = tokio::time::timeout(Duration::from_secs(1), sqlx::query("SELECT 1").execute(&h.pool)).await;
+                let db =
+                    tokio::time::timeout(Duration::from_secs(1), sqlx::query("SELECT 1").execute(&h.pool))
+                        .await;
                 match (h.ready.load(Ordering::SeqCst), db) {
                     (true, Ok(Ok(_))) => (StatusCode::OK, "ready"),
-                    (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "not ready: pipeline stalled or stopping"),
+                    (false, _) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not ready: pipeline stalled or stopping",
+                    ),
                     _ => (StatusCode::SERVICE_UNAVAILABLE, "not ready: database unreachable"),
                 }
             }),
@@ -149,7 +181,8 @@ impl Pipeline<'_> {
         loop {
             match self.engine.process(&batch.records).instrument(span.clone()).await {
                 Ok(report) => {
-                    self.metrics.observe(&report, batch.records.len(), started.elapsed().as_secs_f64());
+                    self.metrics
+                        .observe(&report, batch.records.len(), started.elapsed().as_secs_f64());
                     break;
                 }
                 Err(e) => {
@@ -188,7 +221,12 @@ impl Pipeline<'_> {
         };
         let n = due.len();
         let started = Instant::now();
-        match self.engine.process_due(due).instrument(tracing::info_span!("crm_sync.retry", records = n)).await {
+        match self
+            .engine
+            .process_due(due)
+            .instrument(tracing::info_span!("crm_sync.retry", records = n))
+            .await
+        {
             Ok(report) => self.metrics.observe(&report, n, started.elapsed().as_secs_f64()),
             Err(e) => {
                 self.metrics.pipeline_errors.inc();
@@ -198,7 +236,9 @@ impl Pipeline<'_> {
     }
 
     async fn refresh_gauges(&self) {
-        self.metrics.breaker_state.set(self.engine.breaker_state().as_gauge());
+        self.metrics
+            .breaker_state
+            .set(self.engine.breaker_state().as_gauge());
         match self.ledger.retry_depth().await {
             Ok(depth) => self.metrics.retry_depth.set(depth),
             Err(e) => tracing::warn!(error = %e, "reading the retry queue depth failed"),

@@ -61,7 +61,11 @@ fn free_port() -> anyhow::Result<u16> {
 fn release_bin(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let bin = exe.parent().context("binary directory")?.join(name);
-    anyhow::ensure!(bin.exists(), "{} missing: `cargo build --release -p {name}`", bin.display());
+    anyhow::ensure!(
+        bin.exists(),
+        "{} missing: `cargo build --release -p {name}`",
+        bin.display()
+    );
     Ok(bin)
 }
 
@@ -83,7 +87,12 @@ fn cpu_and_peak_rss(pid: u32) -> anyhow::Result<(f64, f64)> {
 }
 
 async fn outcomes_total(client: &reqwest::Client, port: u16) -> anyhow::Result<f64> {
-    let text = client.get(format!("http://127.0.0.1:{port}/metrics")).send().await?.text().await?;
+    let text = client
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
     Ok(text
         .lines()
         .filter(|l| l.starts_with("crm_sync_outcomes_total{"))
@@ -91,13 +100,21 @@ async fn outcomes_total(client: &reqwest::Client, port: u16) -> anyhow::Result<f
         .sum())
 }
 
-async fn wait_for_outcomes(client: &reqwest::Client, port: u16, target: f64, limit: Duration) -> anyhow::Result<Instant> {
+async fn wait_for_outcomes(
+    client: &reqwest::Client,
+    port: u16,
+    target: f64,
+    limit: Duration,
+) -> anyhow::Result<Instant> {
     let start = Instant::now();
     loop {
         if outcomes_total(client, port).await.unwrap_or(0.0) >= target {
             return Ok(Instant::now());
         }
-        anyhow::ensure!(start.elapsed() < limit, "crm-sync did not reach {target} outcomes in {limit:?}");
+        anyhow::ensure!(
+            start.elapsed() < limit,
+            "crm-sync did not reach {target} outcomes in {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -126,7 +143,10 @@ fn bare_consume(brokers: &str, topic: &str, count: usize, keep: bool) -> anyhow:
     let mut started = None;
     let deadline = Instant::now() + Duration::from_secs(300);
     while seen < count {
-        anyhow::ensure!(Instant::now() < deadline, "bare consumer stalled at {seen}/{count}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "bare consumer stalled at {seen}/{count}"
+        );
         if let Some(m) = consumer.poll(Duration::from_millis(100)) {
             let m = m?;
             started.get_or_insert_with(Instant::now);
@@ -143,9 +163,16 @@ fn bare_consume(brokers: &str, topic: &str, count: usize, keep: bool) -> anyhow:
 /// COPYs the rows one run writes per event (a log row and a processed row) into scratch copies.
 async fn copy_baseline(db_url: &str, events: usize) -> anyhow::Result<f64> {
     let mut conn = PgConnection::connect(db_url).await?;
-    for (scratch, table) in [("scratch_log", "integrations_log"), ("scratch_processed", "processed_events")] {
-        sqlx::query(&format!("DROP TABLE IF EXISTS {scratch}")).execute(&mut conn).await?;
-        sqlx::query(&format!("CREATE TABLE {scratch} (LIKE {table} INCLUDING ALL)")).execute(&mut conn).await?;
+    for (scratch, table) in [
+        ("scratch_log", "integrations_log"),
+        ("scratch_processed", "processed_events"),
+    ] {
+        sqlx::query(&format!("DROP TABLE IF EXISTS {scratch}"))
+            .execute(&mut conn)
+            .await?;
+        sqlx::query(&format!("CREATE TABLE {scratch} (LIKE {table} INCLUDING ALL)"))
+            .execute(&mut conn)
+            .await?;
     }
     let now = OffsetDateTime::now_utc().format(&Rfc3339)?;
     let mut log = String::with_capacity(events * 400);
@@ -171,7 +198,9 @@ async fn copy_baseline(db_url: &str, events: usize) -> anyhow::Result<f64> {
         .await?;
     copy.send(log.as_bytes()).await?;
     copy.finish().await?;
-    let mut copy = tx.copy_in_raw("COPY scratch_processed (event_id, outcome, replay_count, updated_at) FROM STDIN").await?;
+    let mut copy = tx
+        .copy_in_raw("COPY scratch_processed (event_id, outcome, replay_count, updated_at) FROM STDIN")
+        .await?;
     copy.send(processed.as_bytes()).await?;
     copy.finish().await?;
     tx.commit().await?;
@@ -186,15 +215,24 @@ async fn main() -> anyhow::Result<()> {
     let outcomes = format!("bench.crm.sync.{id}");
     let dlq = format!("bench.dead.letters.{id}");
     let db_url = format!("{}/bench_{id}", args.pg);
-    let kafka = backbone_kafka::KafkaSettings { brokers: args.brokers.clone(), ..Default::default() };
+    let kafka = backbone_kafka::KafkaSettings {
+        brokers: args.brokers.clone(),
+        ..Default::default()
+    };
     backbone_kafka::ensure_topics(&kafka, &[&input, &outcomes, &dlq], args.partitions).await?;
 
-    println!("producing {} events to {input} ({} partitions)", args.events, args.partitions);
+    println!(
+        "producing {} events to {input} ({} partitions)",
+        args.events, args.partitions
+    );
     let p = producer(&args.brokers, 20)?;
     let at = OffsetDateTime::now_utc().format(&Rfc3339)?;
     let records = (0..args.events).map(|i| {
         let shipment = format!("ship-{i}");
-        (shipment.clone(), event_json(&format!("ev-{i}"), &shipment, STATUSES[i % 4], &at))
+        (
+            shipment.clone(),
+            event_json(&format!("ev-{i}"), &shipment, STATUSES[i % 4], &at),
+        )
     });
     send_all(&p, &input, records, 50_000).await?;
 
@@ -224,13 +262,19 @@ async fn main() -> anyhow::Result<()> {
         ("CRM_SYNC_KAFKA__OUTCOME_TOPIC", outcomes.clone()),
         ("CRM_SYNC_KAFKA__DEAD_LETTER_TOPIC", dlq.clone()),
         ("CRM_SYNC_POSTGRES__URL", db_url.clone()),
-        ("CRM_SYNC_CRM__GENERIC__BASE_URL", format!("http://127.0.0.1:{sim_port}")),
+        (
+            "CRM_SYNC_CRM__GENERIC__BASE_URL",
+            format!("http://127.0.0.1:{sim_port}"),
+        ),
         ("CRM_SYNC_CRM__GENERIC__TOKEN", TOKEN.into()),
         ("CRM_SYNC_CRM__GENERIC__SIGNING_SECRET", SECRET.into()),
         ("CRM_SYNC_HTTP__LISTEN", format!("127.0.0.1:{metrics_port}")),
         ("RUST_LOG", "warn".into()),
     ];
-    let sync = Command::new(release_bin("crm-sync")?).envs(env).stdout(Stdio::null()).spawn()?;
+    let sync = Command::new(release_bin("crm-sync")?)
+        .envs(env)
+        .stdout(Stdio::null())
+        .spawn()?;
     let sync_pid = sync.id();
     children.0.push(sync);
 
@@ -256,12 +300,19 @@ async fn main() -> anyhow::Result<()> {
         let due = start + interval * i as u32;
         tokio::time::sleep_until(due.into()).await;
         let shipment = format!("lat-ship-{i}");
-        let doc = event_json(&format!("lat-{i}"), &shipment, "IN_TRANSIT", &OffsetDateTime::now_utc().format(&Rfc3339)?);
+        let doc = event_json(
+            &format!("lat-{i}"),
+            &shipment,
+            "IN_TRANSIT",
+            &OffsetDateTime::now_utc().format(&Rfc3339)?,
+        );
         let p = lat_producer.clone();
         let topic = input.clone();
         pending.push(tokio::spawn(async move {
             p.send(
-                rdkafka::producer::FutureRecord::to(&topic).key(&shipment).payload(&doc),
+                rdkafka::producer::FutureRecord::to(&topic)
+                    .key(&shipment)
+                    .payload(&doc),
                 rdkafka::util::Timeout::After(Duration::from_secs(30)),
             )
             .await
@@ -272,7 +323,13 @@ async fn main() -> anyhow::Result<()> {
     for h in pending {
         h.await??;
     }
-    wait_for_outcomes(&client, metrics_port, target + lat_events as f64, Duration::from_secs(120)).await?;
+    wait_for_outcomes(
+        &client,
+        metrics_port,
+        target + lat_events as f64,
+        Duration::from_secs(120),
+    )
+    .await?;
     let (_, peak_rss) = cpu_and_peak_rss(sync_pid)?;
 
     let (_, payloads) = {
@@ -283,7 +340,9 @@ async fn main() -> anyhow::Result<()> {
     let mut lags: Vec<f64> = payloads
         .iter()
         .filter_map(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
-        .filter(|v| v["event_id"].as_str().is_some_and(|id| id.starts_with("lat-")) && v["outcome"] == "success")
+        .filter(|v| {
+            v["event_id"].as_str().is_some_and(|id| id.starts_with("lat-")) && v["outcome"] == "success"
+        })
         .filter_map(|v| v["latency_ms"].as_f64())
         .collect();
     lags.sort_by(f64::total_cmp);
@@ -314,7 +373,9 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(&args.out, serde_json::to_string_pretty(&report)?)?;
     println!("written to {}", args.out.display());
     if let Ok(mut admin) = PgConnection::connect(&format!("{}/postgres", args.pg)).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS bench_{id} WITH (FORCE)")).execute(&mut admin).await;
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS bench_{id} WITH (FORCE)"))
+            .execute(&mut admin)
+            .await;
     }
     Ok(())
 }

@@ -27,7 +27,11 @@ async fn main() -> anyhow::Result<()> {
     for s in 0..args.shipments {
         let shipment = format!("demo-{tag}-{s}");
         // Every third shipment arrives newest-first; every fifth event is delivered twice.
-        let order: Vec<usize> = if s % 3 == 0 { vec![3, 2, 1, 0] } else { vec![0, 1, 2, 3] };
+        let order: Vec<usize> = if s % 3 == 0 {
+            vec![3, 2, 1, 0]
+        } else {
+            vec![0, 1, 2, 3]
+        };
         for i in order {
             let at = (run + Duration::seconds(i as i64)).format(&Rfc3339)?;
             let doc = event_json(&format!("evt-{tag}-{s}-{i}"), &shipment, STATUSES[i], &at);
@@ -38,9 +42,20 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     records.push(("demo-bad".into(), "{this is not json".into()));
-    records.push(("demo-bad".into(), event_json(&format!("evt-{tag}-bad"), "demo-bad", "TELEPORTED", &run.format(&Rfc3339)?)));
+    records.push((
+        "demo-bad".into(),
+        event_json(
+            &format!("evt-{tag}-bad"),
+            "demo-bad",
+            "TELEPORTED",
+            &run.format(&Rfc3339)?,
+        ),
+    ));
     let n = records.len();
     send_all(&producer(&args.brokers, 5)?, &args.topic, records, 1_000).await?;
-    println!("sent {n} events for {} shipments to {} (with duplicates, out-of-order statuses and 2 malformed)", args.shipments, args.topic);
+    println!(
+        "sent {n} events for {} shipments to {} (with duplicates, out-of-order statuses and 2 malformed)",
+        args.shipments, args.topic
+    );
     Ok(())
 }
