@@ -50,7 +50,10 @@ impl Scope {
 
     /// crm-sync configuration for this scope, pointing at `crm_url`.
     pub fn config(&self, crm_url: &str) -> crm_sync::Config {
-        let mut cfg = crm_sync::Config { kafka: self.kafka.clone(), ..Default::default() };
+        let mut cfg = crm_sync::Config {
+            kafka: self.kafka.clone(),
+            ..Default::default()
+        };
         cfg.postgres.url = secrecy::SecretString::from(self.db_url.clone());
         cfg.crm.generic.base_url = crm_url.into();
         cfg.crm.generic.token = secrecy::SecretString::from(TOKEN);

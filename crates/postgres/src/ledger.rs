@@ -63,10 +63,10 @@ impl SyncLedger for PgLedger {
         Ok(out)
     }
 
-    async fn commit(&self, batch: LedgerBatch) -> Result<(), LedgerError> {
+    async fn commit(&self, batch: &LedgerBatch) -> Result<(), LedgerError> {
         let mut tx = self.pool.begin().await.map_err(err("begin"))?;
-        insert_attempts(&mut tx, &batch).await?;
-        upsert_processed(&mut tx, &batch).await?;
+        insert_attempts(&mut tx, batch).await?;
+        upsert_processed(&mut tx, batch).await?;
         if !batch.unpark.is_empty() {
             let ids: Vec<&str> = batch.unpark.iter().map(EventId::as_str).collect();
             sqlx::query("DELETE FROM sync_retry WHERE event_id = ANY($1)")

@@ -115,7 +115,7 @@ pub async fn ledger_contract(ledger: &dyn SyncLedger) {
         ],
         unpark: vec![],
     };
-    ledger.commit(batch).await.expect("commit");
+    ledger.commit(&batch).await.expect("commit");
 
     let rec = ledger
         .recorded(&[id("a"), id("b"), id("zz")])
@@ -143,7 +143,7 @@ pub async fn ledger_contract(ledger: &dyn SyncLedger) {
     let mut again = parked("b", 0, 5, now + Duration::minutes(5));
     again.attempts = 2;
     ledger
-        .commit(LedgerBatch {
+        .commit(&LedgerBatch {
             park: vec![again],
             unpark: vec![id("c")],
             ..LedgerBatch::default()

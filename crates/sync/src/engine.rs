@@ -19,6 +19,7 @@ use crate::mapping::{CrmMapping, CrmStatusWrite};
 use crate::ports::*;
 use crate::retry::{RetryPolicy, RetryStep};
 use crate::rules::{decide, WriteDecision};
+use futures::future::join_all;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -32,6 +33,23 @@ pub struct Inbound {
     pub payload: Vec<u8>,
     /// How many times this record was replayed from `dead.letters` (header `x-replay-count`).
     pub replay_count: u32,
+}
+
+/// Everything a decided batch still has to make durable, in order: dead letters, the ledger
+/// transaction, outcomes.
+#[derive(Debug, Clone)]
+pub struct Effects {
+    ledger: LedgerBatch,
+    outcomes: Vec<OutcomeRecord>,
+    letters: Vec<DeadLetter>,
+    report: BatchReport,
+}
+
+impl Effects {
+    /// What the batch ends in once applied.
+    pub fn report(&self) -> &BatchReport {
+        &self.report
+    }
 }
 
 /// What a batch ended in, for metrics.
@@ -131,9 +149,27 @@ impl SyncEngine {
         &self.ledger
     }
 
-    /// Handles records fresh from the topic. On `Err` nothing may be committed: the caller retries
-    /// the same batch (every step is idempotent).
+    /// Handles records fresh from the topic: [`decide`](Self::decide) then
+    /// [`apply`](Self::apply). On `Err` nothing may be committed: the caller retries the same batch
+    /// (every step is idempotent).
     pub async fn process(&self, inbound: &[Inbound]) -> Result<BatchReport, EngineError> {
+        let effects = self.decide(inbound).await?;
+        self.apply(&effects).await?;
+        Ok(effects.report)
+    }
+
+    /// Handles parked events that are due.
+    pub async fn process_due(&self, parked: Vec<ParkedEvent>) -> Result<BatchReport, EngineError> {
+        let effects = self.decide_due(parked).await;
+        self.apply(&effects).await?;
+        Ok(effects.report)
+    }
+
+    /// Steps 1 and 2 for fresh records: reads the ledger and the CRM and writes to the CRM what is
+    /// needed. The returned effects still have to be [applied](Self::apply), in batch order; the
+    /// next batch may be decided meanwhile (the CRM phase of one batch always ends before the next
+    /// one's begins, so per-shipment order holds).
+    pub async fn decide(&self, inbound: &[Inbound]) -> Result<Effects, EngineError> {
         let mut acc = Accumulator::new(&self.mapping);
         let mut parsed = Vec::with_capacity(inbound.len());
         for m in inbound {
@@ -171,11 +207,11 @@ impl SyncEngine {
                 _ => fresh.push(c),
             }
         }
-        self.sync(fresh, acc).await
+        Ok(self.sync(fresh, acc).await)
     }
 
-    /// Handles parked events that are due.
-    pub async fn process_due(&self, parked: Vec<ParkedEvent>) -> Result<BatchReport, EngineError> {
+    /// Steps 1 and 2 for parked events that are due.
+    pub async fn decide_due(&self, parked: Vec<ParkedEvent>) -> Effects {
         let candidates = parked
             .into_iter()
             .map(|p| Candidate {
@@ -191,11 +227,20 @@ impl SyncEngine {
         self.sync(candidates, Accumulator::new(&self.mapping)).await
     }
 
-    async fn sync(
-        &self,
-        candidates: Vec<Candidate>,
-        mut acc: Accumulator<'_>,
-    ) -> Result<BatchReport, EngineError> {
+    /// Steps 3 to 5: dead letters, the ledger transaction, outcomes. Safe to call again with the
+    /// same effects after a failure.
+    pub async fn apply(&self, effects: &Effects) -> Result<(), EngineError> {
+        if !effects.letters.is_empty() {
+            self.dead_letters.dead_letter(&effects.letters).await?;
+        }
+        self.ledger.commit(&effects.ledger).await?;
+        if !effects.outcomes.is_empty() {
+            self.outcomes.publish(&effects.outcomes).await?;
+        }
+        Ok(())
+    }
+
+    async fn sync(&self, candidates: Vec<Candidate>, mut acc: Accumulator<'_>) -> Effects {
         // Map; an unmapped status is a bad event, not a CRM problem.
         let mut mapped = Vec::with_capacity(candidates.len());
         for c in candidates {
@@ -228,10 +273,19 @@ impl SyncEngine {
             }
         }
 
-        for chunk in chunks(leads, self.crm_batch_limit) {
-            self.sync_chunk(chunk, &mut acc).await;
+        // CRM calls of one batch run concurrently: they touch distinct shipments.
+        let chunk_results = join_all(chunks(leads, self.crm_batch_limit).into_iter().map(
+            |chunk| async move {
+                let mut chunk_acc = Accumulator::new(&self.mapping);
+                self.sync_chunk(chunk, &mut chunk_acc).await;
+                chunk_acc
+            },
+        ))
+        .await;
+        for chunk_acc in chunk_results {
+            acc.merge(chunk_acc);
         }
-        acc.flush(self).await
+        acc.into_effects()
     }
 
     async fn sync_chunk(&self, chunk: Vec<(Candidate, CrmStatusWrite)>, acc: &mut Accumulator<'_>) {
@@ -575,15 +629,29 @@ impl<'a> Accumulator<'a> {
         }
     }
 
-    async fn flush(self, engine: &SyncEngine) -> Result<BatchReport, EngineError> {
-        if !self.letters.is_empty() {
-            engine.dead_letters.dead_letter(&self.letters).await?;
+    fn merge(&mut self, other: Accumulator<'_>) {
+        self.ledger.attempts.extend(other.ledger.attempts);
+        self.ledger.processed.extend(other.ledger.processed);
+        self.ledger.park.extend(other.ledger.park);
+        self.ledger.unpark.extend(other.ledger.unpark);
+        self.outcomes.extend(other.outcomes);
+        self.letters.extend(other.letters);
+        for (o, n) in other.report.counts {
+            *self.report.counts.entry(o).or_default() += n;
         }
-        engine.ledger.commit(self.ledger).await?;
-        if !self.outcomes.is_empty() {
-            engine.outcomes.publish(&self.outcomes).await?;
+        self.report.success_lag_ms.extend(other.report.success_lag_ms);
+        self.report
+            .dead_letter_reasons
+            .extend(other.report.dead_letter_reasons);
+    }
+
+    fn into_effects(self) -> Effects {
+        Effects {
+            ledger: self.ledger,
+            outcomes: self.outcomes,
+            letters: self.letters,
+            report: self.report,
         }
-        Ok(self.report)
     }
 }
 

@@ -157,7 +157,8 @@ impl SyncLedger for MemoryLedger {
             .collect())
     }
 
-    async fn commit(&self, batch: LedgerBatch) -> Result<(), LedgerError> {
+    async fn commit(&self, batch: &LedgerBatch) -> Result<(), LedgerError> {
+        let batch = batch.clone();
         let mut inner = lock(&self.inner);
         if std::mem::take(&mut inner.fail_next_commit) {
             return Err(LedgerError("injected commit failure".into()));

@@ -222,7 +222,7 @@ pub trait SyncLedger: Send + Sync {
     async fn recorded(&self, ids: &[EventId]) -> Result<HashMap<EventId, Recorded>, LedgerError>;
 
     /// Applies the whole batch atomically: either every row is written or none is.
-    async fn commit(&self, batch: LedgerBatch) -> Result<(), LedgerError>;
+    async fn commit(&self, batch: &LedgerBatch) -> Result<(), LedgerError>;
 
     /// Parked events due at `now` whose source partition is one of `partitions` (the partitions
     /// this instance owns, so one shipment is never worked on by two instances at once), oldest

@@ -97,6 +97,9 @@ pub struct PipelineConfig {
     pub retry_poll_ms: u64,
     /// Most parked events taken per poll.
     pub retry_batch: usize,
+    /// Decided batches waiting for their database and broker writes while the next batch is
+    /// decided; bounds memory and the work redone after a crash.
+    pub batches_in_flight: usize,
 }
 
 impl Default for PipelineConfig {
@@ -106,6 +109,7 @@ impl Default for PipelineConfig {
             crm_batch_limit: 500,
             retry_poll_ms: 250,
             retry_batch: 500,
+            batches_in_flight: 2,
         }
     }
 }
@@ -148,8 +152,13 @@ impl Config {
             problems.push("postgres.max_connections must be >= 2".into());
         }
         let p = &self.pipeline;
-        if p.max_batch == 0 || p.crm_batch_limit == 0 || p.retry_batch == 0 || p.retry_poll_ms == 0 {
-            problems.push("pipeline sizes and retry_poll_ms must be > 0".into());
+        if p.max_batch == 0
+            || p.crm_batch_limit == 0
+            || p.retry_batch == 0
+            || p.retry_poll_ms == 0
+            || p.batches_in_flight == 0
+        {
+            problems.push("pipeline sizes, retry_poll_ms and batches_in_flight must be > 0".into());
         }
         match (mapping, problems.is_empty()) {
             (Some(m), true) => Ok(m),

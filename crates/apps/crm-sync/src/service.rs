@@ -8,12 +8,13 @@ use axum::Router;
 use backbone_crm::GenericRestCrm;
 use backbone_kafka::{ConsumedBatch, KafkaPublisher, TrackingConsumer};
 use backbone_postgres::PgLedger;
-use backbone_sync::engine::{EngineSettings, SyncEngine};
+use backbone_sync::engine::{Effects, EngineSettings, SyncEngine};
 use backbone_sync::ports::{CrmGateway, SyncLedger};
 use secrecy::ExposeSecret;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -87,16 +88,41 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             .await
     });
 
+    let engine = Arc::new(engine);
+    let consumer = Arc::new(consumer);
+    let (to_finisher, from_pipeline) = mpsc::channel(cfg.pipeline.batches_in_flight);
+    let due_in_flight = Arc::new(AtomicBool::new(false));
+    let finisher = tokio::spawn(
+        Finisher {
+            engine: engine.clone(),
+            consumer: consumer.clone(),
+            metrics: metrics.clone(),
+            health: health.clone(),
+            due_in_flight: due_in_flight.clone(),
+            shutdown: shutdown.clone(),
+        }
+        .run(from_pipeline),
+    );
     let pipeline = Pipeline {
         engine,
-        consumer,
+        consumer: consumer.clone(),
         ledger,
         metrics,
         health: health.clone(),
         cfg: &cfg,
         shutdown: shutdown.clone(),
+        to_finisher,
+        due_in_flight,
     };
     pipeline.run().await;
+    if let Err(e) = finisher.await {
+        tracing::error!(error = %e, "finisher task failed");
+    }
+    tracing::info!("intake stopped, in-flight batches applied; committing offsets");
+    if let Err(e) = consumer.commit_processed() {
+        tracing::error!(error = %e, "final offset commit failed; the last batches will be redelivered");
+    }
+    consumer.unsubscribe();
 
     health.ready.store(false, Ordering::SeqCst);
     if let Err(e) = publisher.flush(Duration::from_secs(10)) {
@@ -133,17 +159,72 @@ fn router(health: Arc<Health>) -> Router {
         .with_state(health)
 }
 
+/// A decided batch on its way to durability, in consumption order.
+struct Decided {
+    effects: Effects,
+    /// The records whose offsets to commit once applied (none for retries).
+    batch: Option<ConsumedBatch>,
+    records: usize,
+    started: Instant,
+}
+
+/// Applies decided batches strictly in order (dead letters, ledger, outcomes), then commits their
+/// offsets. Runs beside the pipeline so one batch's database and broker work overlaps the next
+/// batch's CRM work.
+struct Finisher {
+    engine: Arc<SyncEngine>,
+    consumer: Arc<TrackingConsumer>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    due_in_flight: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+}
+
+impl Finisher {
+    async fn run(self, mut decided: mpsc::Receiver<Decided>) {
+        while let Some(d) = decided.recv().await {
+            let mut delay = Duration::from_millis(100);
+            while let Err(e) = self.engine.apply(&d.effects).await {
+                // Nothing of this batch or any later one is committed until it is applied; on
+                // shutdown the rest is left to redelivery.
+                self.metrics.pipeline_errors.inc();
+                self.health.ready.store(false, Ordering::SeqCst);
+                tracing::error!(error = %e, retry_in_ms = delay.as_millis() as u64, "applying a batch failed; retrying");
+                tokio::select! {
+                    () = self.shutdown.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            self.health.ready.store(true, Ordering::SeqCst);
+            self.metrics
+                .observe(d.effects.report(), d.records, d.started.elapsed().as_secs_f64());
+            match &d.batch {
+                Some(batch) => {
+                    if let Err(e) = self.consumer.commit(batch) {
+                        tracing::warn!(error = %e, "offset commit failed; records may be redelivered (harmless)");
+                    }
+                }
+                None => self.due_in_flight.store(false, Ordering::SeqCst),
+            }
+        }
+    }
+}
+
 struct Pipeline<'a> {
-    engine: SyncEngine,
-    consumer: TrackingConsumer,
+    engine: Arc<SyncEngine>,
+    consumer: Arc<TrackingConsumer>,
     ledger: Arc<PgLedger>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     cfg: &'a Config,
     shutdown: CancellationToken,
+    to_finisher: mpsc::Sender<Decided>,
+    due_in_flight: Arc<AtomicBool>,
 }
 
 impl Pipeline<'_> {
+    /// Runs until shutdown; dropping `self` closes the finisher's queue.
     async fn run(self) {
         let mut retry_tick = tokio::time::interval(Duration::from_millis(self.cfg.pipeline.retry_poll_ms));
         retry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -166,11 +247,6 @@ impl Pipeline<'_> {
                 _ = gauges_tick.tick() => self.refresh_gauges().await,
             }
         }
-        tracing::info!("intake stopped; committing offsets");
-        if let Err(e) = self.consumer.commit_processed() {
-            tracing::error!(error = %e, "final offset commit failed; the last batches will be redelivered");
-        }
-        self.consumer.unsubscribe();
     }
 
     async fn handle(&self, batch: ConsumedBatch) {
@@ -178,16 +254,11 @@ impl Pipeline<'_> {
         backbone_telemetry::set_parent_from_headers(&span, &batch.trace_headers);
         let started = Instant::now();
         let mut delay = Duration::from_millis(100);
-        loop {
-            match self.engine.process(&batch.records).instrument(span.clone()).await {
-                Ok(report) => {
-                    self.metrics
-                        .observe(&report, batch.records.len(), started.elapsed().as_secs_f64());
-                    break;
-                }
+        let effects = loop {
+            match self.engine.decide(&batch.records).instrument(span.clone()).await {
+                Ok(effects) => break effects,
                 Err(e) => {
-                    // Nothing is committed: the same records are tried again, and every step is
-                    // idempotent. Readiness drops so an orchestrator sees the stall.
+                    // Only the ledger read can fail here; the same records are tried again.
                     self.metrics.pipeline_errors.inc();
                     self.health.ready.store(false, Ordering::SeqCst);
                     tracing::error!(error = %e, retry_in_ms = delay.as_millis() as u64, "batch failed; retrying");
@@ -198,14 +269,24 @@ impl Pipeline<'_> {
                     delay = (delay * 2).min(Duration::from_secs(10));
                 }
             }
-        }
-        self.health.ready.store(true, Ordering::SeqCst);
-        if let Err(e) = self.consumer.commit(&batch) {
-            tracing::warn!(error = %e, "offset commit failed; records may be redelivered (harmless)");
-        }
+        };
+        let records = batch.records.len();
+        let _ = self
+            .to_finisher
+            .send(Decided {
+                effects,
+                batch: Some(batch),
+                records,
+                started,
+            })
+            .await;
     }
 
     async fn handle_due(&self) {
+        // One retry batch at a time: the next poll must see this one's rows unparked.
+        if self.due_in_flight.load(Ordering::SeqCst) {
+            return;
+        }
         let owned = self.consumer.assigned_partitions();
         if owned.is_empty() {
             return;
@@ -219,20 +300,23 @@ impl Pipeline<'_> {
                 return;
             }
         };
-        let n = due.len();
+        let records = due.len();
         let started = Instant::now();
-        match self
+        let effects = self
             .engine
-            .process_due(due)
-            .instrument(tracing::info_span!("crm_sync.retry", records = n))
-            .await
-        {
-            Ok(report) => self.metrics.observe(&report, n, started.elapsed().as_secs_f64()),
-            Err(e) => {
-                self.metrics.pipeline_errors.inc();
-                tracing::warn!(error = %e, "retrying parked events failed; they stay parked");
-            }
-        }
+            .decide_due(due)
+            .instrument(tracing::info_span!("crm_sync.retry", records))
+            .await;
+        self.due_in_flight.store(true, Ordering::SeqCst);
+        let _ = self
+            .to_finisher
+            .send(Decided {
+                effects,
+                batch: None,
+                records,
+                started,
+            })
+            .await;
     }
 
     async fn refresh_gauges(&self) {
