@@ -160,6 +160,68 @@ fn bare_consume(brokers: &str, topic: &str, count: usize, keep: bool) -> anyhow:
     Ok((count as f64 / secs, kept))
 }
 
+/// Produce-to-consume latency of the broker alone at the steady rate: a bare consumer reads
+/// records stamped at send time. Returns the sorted latencies in milliseconds.
+async fn broker_latency(brokers: &str, topic: &str, rate: u64, seconds: u64) -> anyhow::Result<Vec<f64>> {
+    let total = (rate * seconds) as usize;
+    let (b, t) = (brokers.to_owned(), topic.to_owned());
+    let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<f64>> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &b)
+            .set("group.id", format!("bench-latency-{}", uuid::Uuid::new_v4()))
+            .set("auto.offset.reset", "latest")
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "5")
+            .create()?;
+        consumer.subscribe(&[t.as_str()])?;
+        // Join the group before the first record is sent.
+        let ready = Instant::now();
+        while consumer.assignment().map(|a| a.count()).unwrap_or(0) == 0
+            && ready.elapsed() < Duration::from_secs(20)
+        {
+            consumer.poll(Duration::from_millis(50));
+        }
+        let mut lags = Vec::with_capacity(total);
+        let deadline = Instant::now() + Duration::from_secs(seconds + 60);
+        while lags.len() < total && Instant::now() < deadline {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
+                let sent: i128 = std::str::from_utf8(m.payload().unwrap_or_default())?.parse()?;
+                let now = OffsetDateTime::now_utc().unix_timestamp_nanos();
+                lags.push((now - sent) as f64 / 1e6);
+            }
+        }
+        Ok(lags)
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let p = producer(brokers, 0)?;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let start = Instant::now();
+    let mut sends = Vec::with_capacity(total);
+    for i in 0..total {
+        tokio::time::sleep_until((start + interval * i as u32).into()).await;
+        let p = p.clone();
+        let topic = topic.to_owned();
+        sends.push(tokio::spawn(async move {
+            let stamp = OffsetDateTime::now_utc().unix_timestamp_nanos().to_string();
+            p.send(
+                rdkafka::producer::FutureRecord::to(&topic)
+                    .key(&format!("k{}", i % 64))
+                    .payload(&stamp),
+                rdkafka::util::Timeout::After(Duration::from_secs(30)),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| anyhow::anyhow!("{e}"))
+        }));
+    }
+    for s in sends {
+        s.await??;
+    }
+    let mut lags = reader.await??;
+    lags.sort_by(f64::total_cmp);
+    Ok(lags)
+}
+
 /// COPYs the rows one run writes per event (a log row and a processed row) into scratch copies.
 async fn copy_baseline(db_url: &str, events: usize) -> anyhow::Result<f64> {
     let mut conn = PgConnection::connect(db_url).await?;
@@ -213,13 +275,25 @@ async fn main() -> anyhow::Result<()> {
     let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
     let input = format!("bench.tracking.{id}");
     let outcomes = format!("bench.crm.sync.{id}");
+    let latency_topic = format!("bench.latency.{id}");
     let dlq = format!("bench.dead.letters.{id}");
     let db_url = format!("{}/bench_{id}", args.pg);
     let kafka = backbone_kafka::KafkaSettings {
         brokers: args.brokers.clone(),
         ..Default::default()
     };
-    backbone_kafka::ensure_topics(&kafka, &[&input, &outcomes, &dlq], args.partitions).await?;
+    backbone_kafka::ensure_topics(
+        &kafka,
+        &[&input, &outcomes, &dlq, &latency_topic],
+        args.partitions,
+    )
+    .await?;
+
+    println!(
+        "baseline: broker produce-to-consume latency at {} events/s",
+        args.rate
+    );
+    let broker_lags = broker_latency(&args.brokers, &latency_topic, args.rate, args.latency_seconds).await?;
 
     println!(
         "producing {} events to {input} ({} partitions)",
@@ -364,6 +438,8 @@ async fn main() -> anyhow::Result<()> {
         "latency_samples": lags.len(),
         "lag_p50_ms": (percentile(&lags, 0.50) * 100.0).round() / 100.0,
         "lag_p99_ms": (percentile(&lags, 0.99) * 100.0).round() / 100.0,
+        "baseline_broker_p50_ms": (percentile(&broker_lags, 0.50) * 100.0).round() / 100.0,
+        "baseline_broker_p99_ms": (percentile(&broker_lags, 0.99) * 100.0).round() / 100.0,
         "targets": {"end_to_end_events_per_s": 50_000, "ratio": 0.2, "lag_p99_ms": 10, "peak_rss_mib": 256},
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
