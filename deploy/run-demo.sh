@@ -45,13 +45,14 @@ echo "== What reached the CRM (crm-sim) =="
 curl -fs http://127.0.0.1:8081/sim/stats | python3 -c '
 import json, sys
 s = json.load(sys.stdin)
-print(f"writes: {s[\"total_writes\"]}, requests: {s[\"requests\"]}, duplicate writes refused: {s[\"duplicate_writes\"]}")
+print("writes: %d, requests: %d, repeated writes acknowledged without effect: %d"
+      % (s["total_writes"], s["requests"], s["duplicate_writes"]))
 for k, v in sorted(s["writes_per_shipment"].items())[-8:]:
     print(f"  {k}: {v} write(s)")'
 echo
 echo "== Outcomes (integrations_log) =="
-psql -X -q "$DB_URL" -c "SELECT outcome, count(*) FROM integrations_log GROUP BY outcome ORDER BY 2 DESC"
-psql -X -q "$DB_URL" -c "SELECT sent_at::time(0) AS at, event_id, shipment_id, outcome, attempt, http_status AS http, left(coalesce(error, ''), 50) AS error FROM integrations_log ORDER BY id DESC LIMIT 12"
+psql -X -q "$DB_URL" -c "SELECT outcome, count(*) FROM integrations_log WHERE sent_at > now() - interval '2 minutes' GROUP BY outcome ORDER BY 2 DESC"
+psql -X -q "$DB_URL" -c "SELECT sent_at::time(0) AS at, event_id, shipment_id, outcome, attempt, http_status AS http, left(coalesce(error, ''), 50) AS error FROM integrations_log WHERE sent_at > now() - interval '2 minutes' ORDER BY id DESC LIMIT 12"
 
 if [ -n "${DEMO_EXIT:-}" ] || [ ! -t 0 ]; then exit 0; fi
 echo "Running. Send more with: target/debug/tracking-feed; stop with Ctrl-C."
