@@ -32,3 +32,44 @@ async fn migrations_are_reversible(pool: PgPool) {
     assert_eq!(tables, 0);
     backbone_postgres::MIGRATOR.run(&pool).await.unwrap();
 }
+
+#[sqlx::test(migrator = "backbone_postgres::MIGRATOR")]
+async fn log_rows_keep_awkward_text_intact(pool: PgPool) {
+    use backbone_sync::ports::{AttemptRecord, LedgerBatch, Outcome, SyncLedger};
+    let error = "line one\nline two\twith a tab, a \\ backslash and \r a return; ünïcödé";
+    let payload = serde_json::json!({"status": "quote \" and backslash \\ inside"});
+    let row = AttemptRecord {
+        event_id: None,
+        shipment_id: None,
+        client_id: None,
+        correlation_id: None,
+        payload: Some(payload.clone()),
+        http_status: Some(503),
+        response_excerpt: Some("{\"detail\":\"tab\there\"}".into()),
+        outcome: Outcome::RetryScheduled,
+        attempt: 3,
+        error: Some(error.into()),
+        event_time: None,
+        sent_at: time::OffsetDateTime::now_utc(),
+        latency_ms: Some(12.25),
+        source: None,
+    };
+    let ledger = PgLedger::new(pool.clone());
+    ledger
+        .commit(&LedgerBatch {
+            attempts: vec![row],
+            ..LedgerBatch::default()
+        })
+        .await
+        .unwrap();
+    let (e, p, x, l, h): (String, serde_json::Value, String, f64, i16) = sqlx::query_as(
+        "SELECT error, payload, response_excerpt, latency_ms, http_status FROM integrations_log",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(e, error);
+    assert_eq!(p, payload);
+    assert_eq!(x, "{\"detail\":\"tab\there\"}");
+    assert_eq!((l, h), (12.25, 503));
+}
