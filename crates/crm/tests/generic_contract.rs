@@ -1,5 +1,7 @@
 //! The generic REST adapter against the documented HTTP contract (wiremock plays the CRM).
 
+#![allow(clippy::unwrap_used)]
+
 use backbone_crm::signing::verify;
 use backbone_crm::{GenericCrmConfig, GenericRestCrm};
 use backbone_sync::event::{ClientId, EventId, ShipmentId};

@@ -1,5 +1,7 @@
 //! Fault injection with librdkafka's in-process mock cluster: broker outages and request errors.
 
+#![allow(clippy::unwrap_used)]
+
 use backbone_kafka::{KafkaPublisher, KafkaSettings, TrackingConsumer};
 use backbone_sync::event::ShipmentId;
 use backbone_sync::ports::{DeadLetter, DeadLetterSink, OutcomeSink, SourcePosition};

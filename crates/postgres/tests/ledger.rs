@@ -1,5 +1,7 @@
 //! The PostgreSQL ledger against a real server: a fresh database per test (`#[sqlx::test]`).
 
+#![allow(clippy::unwrap_used)]
+
 use backbone_postgres::PgLedger;
 use backbone_sync::contract::ledger_contract;
 use sqlx::PgPool;

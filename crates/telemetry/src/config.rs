@@ -44,6 +44,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail closure signature
     fn env_overrides_file_overrides_defaults_and_errors_name_the_key() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("c.toml", "name = \"file\"\n[inner]\nport = 1\n")?;

@@ -1,5 +1,7 @@
 //! crm-sim speaks the documented contract, and the generic adapter talks to it.
 
+#![allow(clippy::unwrap_used)]
+
 use backbone_crm::{GenericCrmConfig, GenericRestCrm};
 use backbone_sync::event::{ClientId, EventId, ShipmentId};
 use backbone_sync::mapping::{CrmMapping, CrmStatusWrite, MappingConfig};

@@ -8,8 +8,9 @@ use axum::Router;
 use backbone_crm::GenericRestCrm;
 use backbone_kafka::{ConsumedBatch, KafkaPublisher, TrackingConsumer};
 use backbone_postgres::PgLedger;
-use backbone_sync::engine::{Effects, EngineSettings, SyncEngine};
+use backbone_sync::engine::{Effects, EngineError, EngineSettings, SyncEngine};
 use backbone_sync::ports::{CrmGateway, SyncLedger};
+use backon::{ExponentialBuilder, Retryable};
 use secrecy::ExposeSecret;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,6 +18,32 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+
+/// Retries `op` with capped, jittered exponential backoff until it succeeds, keeping readiness
+/// down meanwhile. `None` when shutdown comes first.
+async fn until_done<T, F, Fut>(what: &str, health: &Health, shutdown: &CancellationToken, op: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, EngineError>>,
+{
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .without_max_times();
+    let attempts = op.retry(backoff).sleep(tokio::time::sleep).notify(|e, delay| {
+        health.metrics.pipeline_errors.inc();
+        health.ready.store(false, Ordering::SeqCst);
+        tracing::error!(error = %e, retry_in_ms = delay.as_millis() as u64, "{what} failed; retrying");
+    });
+    tokio::select! {
+        result = attempts => {
+            health.ready.store(true, Ordering::SeqCst);
+            result.ok()
+        }
+        () = shutdown.cancelled() => None,
+    }
+}
 
 struct Health {
     metrics: Arc<Metrics>,
@@ -183,20 +210,14 @@ struct Finisher {
 impl Finisher {
     async fn run(self, mut decided: mpsc::Receiver<Decided>) {
         while let Some(d) = decided.recv().await {
-            let mut delay = Duration::from_millis(100);
-            while let Err(e) = self.engine.apply(&d.effects).await {
-                // Nothing of this batch or any later one is committed until it is applied; on
-                // shutdown the rest is left to redelivery.
-                self.metrics.pipeline_errors.inc();
-                self.health.ready.store(false, Ordering::SeqCst);
-                tracing::error!(error = %e, retry_in_ms = delay.as_millis() as u64, "applying a batch failed; retrying");
-                tokio::select! {
-                    () = self.shutdown.cancelled() => return,
-                    () = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(Duration::from_secs(10));
+            // Nothing of this batch or any later one is committed until it is applied; on
+            // shutdown the rest is left to redelivery.
+            let applied = until_done("applying a batch", &self.health, &self.shutdown, || {
+                self.engine.apply(&d.effects)
+            });
+            if applied.await.is_none() {
+                return;
             }
-            self.health.ready.store(true, Ordering::SeqCst);
             self.metrics
                 .observe(d.effects.report(), d.records, d.started.elapsed().as_secs_f64());
             match &d.batch {
@@ -253,23 +274,11 @@ impl Pipeline<'_> {
         let span = tracing::info_span!("crm_sync.batch", records = batch.records.len());
         backbone_telemetry::set_parent_from_headers(&span, &batch.trace_headers);
         let started = Instant::now();
-        let mut delay = Duration::from_millis(100);
-        let effects = loop {
-            match self.engine.decide(&batch.records).instrument(span.clone()).await {
-                Ok(effects) => break effects,
-                Err(e) => {
-                    // Only the ledger read can fail here; the same records are tried again.
-                    self.metrics.pipeline_errors.inc();
-                    self.health.ready.store(false, Ordering::SeqCst);
-                    tracing::error!(error = %e, retry_in_ms = delay.as_millis() as u64, "batch failed; retrying");
-                    tokio::select! {
-                        () = self.shutdown.cancelled() => return,
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
-            }
-        };
+        // Only the ledger read can fail here; the same records are tried again.
+        let decided = until_done("deciding a batch", &self.health, &self.shutdown, || {
+            self.engine.decide(&batch.records).instrument(span.clone())
+        });
+        let Some(effects) = decided.await else { return };
         let records = batch.records.len();
         let _ = self
             .to_finisher

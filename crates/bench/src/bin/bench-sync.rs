@@ -193,33 +193,51 @@ async fn broker_latency(brokers: &str, topic: &str, rate: u64, seconds: u64) -> 
         Ok(lags)
     });
     tokio::time::sleep(Duration::from_secs(3)).await;
+    paced(brokers, topic, rate, total, |i| {
+        (
+            format!("k{}", i % 64),
+            OffsetDateTime::now_utc().unix_timestamp_nanos().to_string(),
+        )
+    })
+    .await?;
+    let mut lags = reader.await??;
+    lags.sort_by(f64::total_cmp);
+    Ok(lags)
+}
+
+/// Sends `count` records at a steady `rate`, each built at its send time by `record(i)` (so a
+/// timestamp inside is the send time), and waits for every ack.
+async fn paced(
+    brokers: &str,
+    topic: &str,
+    rate: u64,
+    count: usize,
+    record: impl Fn(usize) -> (String, String),
+) -> anyhow::Result<()> {
     let p = producer(brokers, 0)?;
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let start = Instant::now();
-    let mut sends = Vec::with_capacity(total);
-    for i in 0..total {
+    let mut sends = Vec::with_capacity(count);
+    for i in 0..count {
         tokio::time::sleep_until((start + interval * i as u32).into()).await;
-        let p = p.clone();
-        let topic = topic.to_owned();
+        let (key, payload) = record(i);
+        let (p, topic) = (p.clone(), topic.to_owned());
         sends.push(tokio::spawn(async move {
-            let stamp = OffsetDateTime::now_utc().unix_timestamp_nanos().to_string();
             p.send(
                 rdkafka::producer::FutureRecord::to(&topic)
-                    .key(&format!("k{}", i % 64))
-                    .payload(&stamp),
+                    .key(&key)
+                    .payload(&payload),
                 rdkafka::util::Timeout::After(Duration::from_secs(30)),
             )
             .await
             .map(|_| ())
-            .map_err(|(e, _)| anyhow::anyhow!("{e}"))
+            .map_err(|(e, _)| anyhow::anyhow!("produce failed: {e}"))
         }));
     }
     for s in sends {
         s.await??;
     }
-    let mut lags = reader.await??;
-    lags.sort_by(f64::total_cmp);
-    Ok(lags)
+    Ok(())
 }
 
 /// COPYs the rows one run writes per event (a log row and a processed row) into scratch copies.
@@ -366,37 +384,13 @@ async fn main() -> anyhow::Result<()> {
 
     println!("latency: {} events/s for {} s", args.rate, args.latency_seconds);
     let lat_events = (args.rate * args.latency_seconds) as usize;
-    let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
-    let lat_producer = producer(&args.brokers, 0)?;
-    let start = Instant::now();
-    let mut pending = Vec::with_capacity(lat_events);
-    for i in 0..lat_events {
-        let due = start + interval * i as u32;
-        tokio::time::sleep_until(due.into()).await;
+    paced(&args.brokers, &input, args.rate, lat_events, |i| {
         let shipment = format!("lat-ship-{i}");
-        let doc = event_json(
-            &format!("lat-{i}"),
-            &shipment,
-            "IN_TRANSIT",
-            &OffsetDateTime::now_utc().format(&Rfc3339)?,
-        );
-        let p = lat_producer.clone();
-        let topic = input.clone();
-        pending.push(tokio::spawn(async move {
-            p.send(
-                rdkafka::producer::FutureRecord::to(&topic)
-                    .key(&shipment)
-                    .payload(&doc),
-                rdkafka::util::Timeout::After(Duration::from_secs(30)),
-            )
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| anyhow::anyhow!("{e}"))
-        }));
-    }
-    for h in pending {
-        h.await??;
-    }
+        let at = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
+        let doc = event_json(&format!("lat-{i}"), &shipment, "IN_TRANSIT", &at);
+        (shipment, doc)
+    })
+    .await?;
     wait_for_outcomes(
         &client,
         metrics_port,
