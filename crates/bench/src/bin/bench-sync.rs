@@ -172,6 +172,7 @@ async fn broker_latency(brokers: &str, topic: &str, rate: u64, seconds: u64) -> 
             .set("auto.offset.reset", "latest")
             .set("enable.auto.commit", "false")
             .set("fetch.wait.max.ms", "5")
+            .set("fetch.error.backoff.ms", "10")
             .create()?;
         consumer.subscribe(&[t.as_str()])?;
         // Join the group before the first record is sent.
