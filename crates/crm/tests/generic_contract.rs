@@ -215,3 +215,22 @@ fn config_validation_and_debug_never_shows_secrets() {
     };
     assert!(short.validate().unwrap_err().contains("token"));
 }
+
+#[tokio::test]
+async fn the_trace_context_travels_in_crm_request_headers() {
+    use tracing::Instrument;
+    let _guard = backbone_telemetry::propagation_test_guard();
+    let server = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .and(wiremock::matchers::header_exists("traceparent"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let out = crm(&server, 2000)
+        .write_statuses(&[write(1)])
+        .instrument(tracing::info_span!("batch"))
+        .await
+        .unwrap();
+    assert!(out[0].result.is_ok(), "{:?}", out[0]);
+}

@@ -6,7 +6,7 @@ mod config;
 mod propagation;
 
 pub use config::load_config;
-pub use propagation::{current_trace_headers, set_parent_from_headers};
+pub use propagation::{current_trace_headers, propagation_test_guard, set_parent_from_headers};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;

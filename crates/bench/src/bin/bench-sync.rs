@@ -162,7 +162,12 @@ fn bare_consume(brokers: &str, topic: &str, count: usize, keep: bool) -> anyhow:
 
 /// Produce-to-consume latency of the broker alone at the steady rate: a bare consumer reads
 /// records stamped at send time. Returns the sorted latencies in milliseconds.
-async fn broker_latency(brokers: &str, topic: &str, rate: u64, seconds: u64) -> anyhow::Result<Vec<f64>> {
+async fn broker_latency(
+    brokers: &str,
+    topic: &str,
+    rate: u64,
+    seconds: u64,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     let total = (rate * seconds) as usize;
     let (b, t) = (brokers.to_owned(), topic.to_owned());
     let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<f64>> {
@@ -194,7 +199,7 @@ async fn broker_latency(brokers: &str, topic: &str, rate: u64, seconds: u64) -> 
         Ok(lags)
     });
     tokio::time::sleep(Duration::from_secs(3)).await;
-    paced(brokers, topic, rate, total, |i| {
+    let acks = paced(brokers, topic, rate, total, |i| {
         (
             format!("k{}", i % 64),
             OffsetDateTime::now_utc().unix_timestamp_nanos().to_string(),
@@ -203,18 +208,21 @@ async fn broker_latency(brokers: &str, topic: &str, rate: u64, seconds: u64) -> 
     .await?;
     let mut lags = reader.await??;
     lags.sort_by(f64::total_cmp);
-    Ok(lags)
+    let mut acks = acks;
+    acks.sort_by(f64::total_cmp);
+    Ok((lags, acks))
 }
 
 /// Sends `count` records at a steady `rate`, each built at its send time by `record(i)` (so a
-/// timestamp inside is the send time), and waits for every ack.
+/// timestamp inside is the send time), and waits for every ack. Returns each record's send-to-ack
+/// latency in milliseconds, in send order.
 async fn paced(
     brokers: &str,
     topic: &str,
     rate: u64,
     count: usize,
     record: impl Fn(usize) -> (String, String),
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<f64>> {
     let p = producer(brokers, 0)?;
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let start = Instant::now();
@@ -224,21 +232,21 @@ async fn paced(
         let (key, payload) = record(i);
         let (p, topic) = (p.clone(), topic.to_owned());
         sends.push(tokio::spawn(async move {
-            p.send(
-                rdkafka::producer::FutureRecord::to(&topic)
-                    .key(&key)
-                    .payload(&payload),
-                rdkafka::util::Timeout::After(Duration::from_secs(30)),
-            )
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| anyhow::anyhow!("produce failed: {e}"))
+            let sent = Instant::now();
+            let record = rdkafka::producer::FutureRecord::to(&topic)
+                .key(&key)
+                .payload(&payload);
+            p.send(record, rdkafka::util::Timeout::After(Duration::from_secs(30)))
+                .await
+                .map(|_| sent.elapsed().as_secs_f64() * 1000.0)
+                .map_err(|(e, _)| anyhow::anyhow!("produce failed: {e}"))
         }));
     }
+    let mut acks = Vec::with_capacity(count);
     for s in sends {
-        s.await??;
+        acks.push(s.await??);
     }
-    Ok(())
+    Ok(acks)
 }
 
 /// COPYs the rows one run writes per event (a log row and a processed row) into scratch copies.
@@ -312,7 +320,8 @@ async fn main() -> anyhow::Result<()> {
         "baseline: broker produce-to-consume latency at {} events/s",
         args.rate
     );
-    let broker_lags = broker_latency(&args.brokers, &latency_topic, args.rate, args.latency_seconds).await?;
+    let (broker_lags, broker_acks) =
+        broker_latency(&args.brokers, &latency_topic, args.rate, args.latency_seconds).await?;
 
     println!(
         "producing {} events to {input} ({} partitions)",
@@ -385,7 +394,7 @@ async fn main() -> anyhow::Result<()> {
 
     println!("latency: {} events/s for {} s", args.rate, args.latency_seconds);
     let lat_events = (args.rate * args.latency_seconds) as usize;
-    paced(&args.brokers, &input, args.rate, lat_events, |i| {
+    let event_acks = paced(&args.brokers, &input, args.rate, lat_events, |i| {
         let shipment = format!("lat-ship-{i}");
         let at = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
         let doc = event_json(&format!("lat-{i}"), &shipment, "IN_TRANSIT", &at);
@@ -406,14 +415,19 @@ async fn main() -> anyhow::Result<()> {
         let n = args.events + lat_events;
         tokio::task::spawn_blocking(move || bare_consume(&b, &t, n, true)).await??
     };
-    let mut lags: Vec<f64> = payloads
+    // Per latency event: event time to CRM ack, and the same minus the broker's produce ack
+    // (what the pipeline adds once the record is in the log).
+    let (mut lags, mut after_ack): (Vec<f64>, Vec<f64>) = payloads
         .iter()
         .filter_map(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
-        .filter(|v| {
-            v["event_id"].as_str().is_some_and(|id| id.starts_with("lat-")) && v["outcome"] == "success"
+        .filter(|v| v["outcome"] == "success")
+        .filter_map(|v| {
+            let i: usize = v["event_id"].as_str()?.strip_prefix("lat-")?.parse().ok()?;
+            let lag = v["latency_ms"].as_f64()?;
+            Some((lag, (lag - event_acks.get(i)?).max(0.0)))
         })
-        .filter_map(|v| v["latency_ms"].as_f64())
-        .collect();
+        .unzip();
+    after_ack.sort_by(f64::total_cmp);
     lags.sort_by(f64::total_cmp);
     drop(children);
 
@@ -433,8 +447,12 @@ async fn main() -> anyhow::Result<()> {
         "latency_samples": lags.len(),
         "lag_p50_ms": (percentile(&lags, 0.50) * 100.0).round() / 100.0,
         "lag_p99_ms": (percentile(&lags, 0.99) * 100.0).round() / 100.0,
+        "lag_after_broker_ack_p50_ms": (percentile(&after_ack, 0.50) * 100.0).round() / 100.0,
+        "lag_after_broker_ack_p99_ms": (percentile(&after_ack, 0.99) * 100.0).round() / 100.0,
         "baseline_broker_p50_ms": (percentile(&broker_lags, 0.50) * 100.0).round() / 100.0,
         "baseline_broker_p99_ms": (percentile(&broker_lags, 0.99) * 100.0).round() / 100.0,
+        "baseline_broker_produce_ack_p50_ms": (percentile(&broker_acks, 0.50) * 100.0).round() / 100.0,
+        "baseline_broker_produce_ack_p99_ms": (percentile(&broker_acks, 0.99) * 100.0).round() / 100.0,
         "targets": {"end_to_end_events_per_s": 50_000, "ratio": 0.2, "lag_p99_ms": 10, "peak_rss_mib": 256},
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
