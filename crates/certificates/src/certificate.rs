@@ -1,0 +1,498 @@
+//! A gift certificate: its state machine, balance and holds. Every operation carries an
+//! operation id; repeating an id replays the first result and changes nothing.
+
+use crate::money::{Amount, Currency};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use time::OffsetDateTime;
+
+/// Lifecycle states. `Active`, `PartiallyRedeemed` and `Redeemed` follow from the balance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum State {
+    Issued,
+    Active,
+    PartiallyRedeemed,
+    Redeemed,
+    Refunded,
+    Cancelled,
+}
+
+impl State {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, State::Refunded | State::Cancelled)
+    }
+}
+
+/// What an operation asks for; used for idempotency (same id, same request) and audit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    Activate,
+    Authorize {
+        amount: i64,
+        expires_at: OffsetDateTime,
+    },
+    Capture {
+        hold: OperationId,
+        amount: i64,
+    },
+    /// Releases an active hold, or reverses (refunds) a capture.
+    Void {
+        target: OperationId,
+    },
+    /// Refund of the sale itself: only while nothing was spent.
+    Refund,
+    Cancel,
+    /// A hold that ran out, released by the sweeper.
+    Expire {
+        hold: OperationId,
+    },
+}
+
+impl Action {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Activate => "activate",
+            Action::Authorize { .. } => "authorize",
+            Action::Capture { .. } => "capture",
+            Action::Void { .. } => "void",
+            Action::Refund => "refund",
+            Action::Cancel => "cancel",
+            Action::Expire { .. } => "expire",
+        }
+    }
+}
+
+/// Caller-chosen id of one operation (the HTTP `Idempotency-Key`, or a source event id).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct OperationId(String);
+
+impl OperationId {
+    pub fn parse(raw: impl Into<String>) -> Result<Self, CertificateError> {
+        let raw = raw.into();
+        if raw.is_empty() || raw.len() > 128 || raw.chars().any(char::is_control) {
+            return Err(CertificateError::BadOperationId);
+        }
+        Ok(Self(raw))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for OperationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertificateError {
+    #[error("operation id must be 1..=128 printable characters")]
+    BadOperationId,
+    #[error("{action} is not allowed in state {state:?}")]
+    InvalidTransition { state: State, action: &'static str },
+    #[error("currency {got} does not match the certificate's {expected}")]
+    CurrencyMismatch { expected: Currency, got: Currency },
+    #[error("insufficient funds: {available} available, {requested} requested")]
+    InsufficientFunds { available: i64, requested: i64 },
+    #[error("no hold or capture {0}")]
+    UnknownOperation(OperationId),
+    #[error("hold {0} has expired")]
+    HoldExpired(OperationId),
+    #[error("hold {0} is no longer active")]
+    HoldNotActive(OperationId),
+    #[error("capture of {requested} exceeds the hold of {held}")]
+    CaptureExceedsHold { held: i64, requested: i64 },
+    #[error("capture {0} was already reversed")]
+    AlreadyReversed(OperationId),
+    #[error("a hold must expire in the future")]
+    HoldExpiryInPast,
+    #[error("the certificate expired at {0}")]
+    CertificateExpired(OffsetDateTime),
+    #[error("the certificate has been spent from or has active holds")]
+    InUse,
+    #[error("operation id {0} was already used for a different request")]
+    IdempotencyConflict(OperationId),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HoldStatus {
+    Active,
+    Captured { amount: i64 },
+    Released,
+    Expired,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub amount: i64,
+    pub expires_at: OffsetDateTime,
+    pub status: HoldStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capture {
+    pub hold: OperationId,
+    pub amount: i64,
+    pub reversed: bool,
+}
+
+/// What one operation did: the basis of the audit row and the transaction event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Effect {
+    pub operation: OperationId,
+    pub action: Action,
+    /// Money moved by this operation (held, captured, released or returned), if any.
+    pub amount: Option<i64>,
+    pub balance_before: i64,
+    pub balance_after: i64,
+    pub state_before: State,
+    pub state_after: State,
+    pub at: OffsetDateTime,
+}
+
+/// Links to the sale that activated the certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaleLinks {
+    pub client_id: Option<String>,
+    pub order_id: Option<String>,
+    pub payment_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Certificate {
+    currency: Currency,
+    nominal: i64,
+    balance: i64,
+    state: State,
+    expires_at: Option<OffsetDateTime>,
+    links: SaleLinks,
+    holds: BTreeMap<OperationId, Hold>,
+    captures: BTreeMap<OperationId, Capture>,
+    /// Every applied operation, for replay.
+    applied: BTreeMap<OperationId, Effect>,
+}
+
+impl Certificate {
+    /// A newly issued certificate worth `nominal`.
+    pub fn issue(nominal: Amount, expires_at: Option<OffsetDateTime>) -> Self {
+        Self {
+            currency: nominal.currency(),
+            nominal: nominal.minor(),
+            balance: nominal.minor(),
+            state: State::Issued,
+            expires_at,
+            links: SaleLinks::default(),
+            holds: BTreeMap::new(),
+            captures: BTreeMap::new(),
+            applied: BTreeMap::new(),
+        }
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    pub fn currency(&self) -> Currency {
+        self.currency
+    }
+
+    pub fn nominal(&self) -> i64 {
+        self.nominal
+    }
+
+    pub fn balance(&self) -> i64 {
+        self.balance
+    }
+
+    pub fn links(&self) -> &SaleLinks {
+        &self.links
+    }
+
+    pub fn holds(&self) -> &BTreeMap<OperationId, Hold> {
+        &self.holds
+    }
+
+    pub fn captures(&self) -> &BTreeMap<OperationId, Capture> {
+        &self.captures
+    }
+
+    /// Balance less active holds that have not expired at `now`.
+    pub fn available(&self, now: OffsetDateTime) -> i64 {
+        self.balance - self.held(now)
+    }
+
+    fn held(&self, now: OffsetDateTime) -> i64 {
+        self.holds
+            .values()
+            .filter(|h| h.status == HoldStatus::Active && h.expires_at > now)
+            .map(|h| h.amount)
+            .sum()
+    }
+
+    pub fn activate(
+        &mut self,
+        op: OperationId,
+        links: SaleLinks,
+        now: OffsetDateTime,
+    ) -> Result<Effect, CertificateError> {
+        self.apply(op, Action::Activate, now, |c| {
+            c.require(&[State::Issued], "activate")?;
+            c.require_not_expired(now)?;
+            c.links = links;
+            c.state = State::Active;
+            Ok(None)
+        })
+    }
+
+    pub fn authorize(
+        &mut self,
+        op: OperationId,
+        amount: Amount,
+        expires_at: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<Effect, CertificateError> {
+        let action = Action::Authorize {
+            amount: amount.minor(),
+            expires_at,
+        };
+        self.apply(op.clone(), action, now, |c| {
+            c.require(&[State::Active, State::PartiallyRedeemed], "authorize")?;
+            c.require_not_expired(now)?;
+            c.require_currency(amount.currency())?;
+            if expires_at <= now {
+                return Err(CertificateError::HoldExpiryInPast);
+            }
+            let available = c.available(now);
+            if amount.minor() > available {
+                return Err(CertificateError::InsufficientFunds {
+                    available,
+                    requested: amount.minor(),
+                });
+            }
+            c.holds.insert(
+                op,
+                Hold {
+                    amount: amount.minor(),
+                    expires_at,
+                    status: HoldStatus::Active,
+                },
+            );
+            Ok(Some(amount.minor()))
+        })
+    }
+
+    /// Debits up to the held amount; the rest of the hold is released.
+    pub fn capture(
+        &mut self,
+        op: OperationId,
+        hold: OperationId,
+        amount: Amount,
+        now: OffsetDateTime,
+    ) -> Result<Effect, CertificateError> {
+        let action = Action::Capture {
+            hold: hold.clone(),
+            amount: amount.minor(),
+        };
+        self.apply(op.clone(), action, now, |c| {
+            c.require(&[State::Active, State::PartiallyRedeemed], "capture")?;
+            c.require_currency(amount.currency())?;
+            let h = c
+                .holds
+                .get_mut(&hold)
+                .ok_or_else(|| CertificateError::UnknownOperation(hold.clone()))?;
+            if h.status != HoldStatus::Active {
+                return Err(CertificateError::HoldNotActive(hold.clone()));
+            }
+            if h.expires_at <= now {
+                return Err(CertificateError::HoldExpired(hold.clone()));
+            }
+            if amount.minor() > h.amount {
+                return Err(CertificateError::CaptureExceedsHold {
+                    held: h.amount,
+                    requested: amount.minor(),
+                });
+            }
+            h.status = HoldStatus::Captured {
+                amount: amount.minor(),
+            };
+            c.balance -= amount.minor();
+            c.captures.insert(
+                op,
+                Capture {
+                    hold,
+                    amount: amount.minor(),
+                    reversed: false,
+                },
+            );
+            c.state = c.state_for_balance();
+            Ok(Some(amount.minor()))
+        })
+    }
+
+    /// Releases an active hold, or reverses a capture (the money returns to the balance).
+    pub fn void(
+        &mut self,
+        op: OperationId,
+        target: OperationId,
+        now: OffsetDateTime,
+    ) -> Result<Effect, CertificateError> {
+        self.apply(
+            op,
+            Action::Void {
+                target: target.clone(),
+            },
+            now,
+            |c| {
+                c.require(
+                    &[State::Active, State::PartiallyRedeemed, State::Redeemed],
+                    "void",
+                )?;
+                if let Some(h) = c.holds.get_mut(&target) {
+                    if h.status != HoldStatus::Active {
+                        return Err(CertificateError::HoldNotActive(target.clone()));
+                    }
+                    h.status = HoldStatus::Released;
+                    return Ok(Some(h.amount));
+                }
+                let capture = c
+                    .captures
+                    .get_mut(&target)
+                    .ok_or_else(|| CertificateError::UnknownOperation(target.clone()))?;
+                if capture.reversed {
+                    return Err(CertificateError::AlreadyReversed(target.clone()));
+                }
+                capture.reversed = true;
+                let amount = capture.amount;
+                c.balance += amount;
+                c.state = c.state_for_balance();
+                Ok(Some(amount))
+            },
+        )
+    }
+
+    /// Refunds the sale of a certificate that was never spent from.
+    pub fn refund(&mut self, op: OperationId, now: OffsetDateTime) -> Result<Effect, CertificateError> {
+        self.apply(op, Action::Refund, now, |c| {
+            c.require(&[State::Active], "refund")?;
+            if c.held(now) > 0 || c.balance != c.nominal {
+                return Err(CertificateError::InUse);
+            }
+            c.state = State::Refunded;
+            Ok(Some(c.nominal))
+        })
+    }
+
+    /// Ends the certificate; active holds are released.
+    pub fn cancel(&mut self, op: OperationId, now: OffsetDateTime) -> Result<Effect, CertificateError> {
+        self.apply(op, Action::Cancel, now, |c| {
+            if c.state.is_terminal() {
+                return Err(CertificateError::InvalidTransition {
+                    state: c.state,
+                    action: "cancel",
+                });
+            }
+            for h in c.holds.values_mut().filter(|h| h.status == HoldStatus::Active) {
+                h.status = HoldStatus::Released;
+            }
+            c.state = State::Cancelled;
+            Ok(None)
+        })
+    }
+
+    /// Releases every active hold that has expired at `now`; one effect per hold, under an
+    /// operation id derived from the hold (`expire:<hold>`), so a second sweep is a replay.
+    pub fn expire_holds(&mut self, now: OffsetDateTime) -> Vec<Effect> {
+        let due: Vec<OperationId> = self
+            .holds
+            .iter()
+            .filter(|(_, h)| h.status == HoldStatus::Active && h.expires_at <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        due.into_iter()
+            .filter_map(|hold| {
+                let op = OperationId(format!("expire:{}", hold.as_str()));
+                self.apply(op, Action::Expire { hold: hold.clone() }, now, |c| {
+                    let h = c
+                        .holds
+                        .get_mut(&hold)
+                        .ok_or_else(|| CertificateError::UnknownOperation(hold.clone()))?;
+                    h.status = HoldStatus::Expired;
+                    Ok(Some(h.amount))
+                })
+                .ok()
+            })
+            .collect()
+    }
+
+    /// Runs `change` on a copy, so a refused operation leaves no trace, and records the effect.
+    fn apply(
+        &mut self,
+        op: OperationId,
+        action: Action,
+        now: OffsetDateTime,
+        change: impl FnOnce(&mut Self) -> Result<Option<i64>, CertificateError>,
+    ) -> Result<Effect, CertificateError> {
+        if let Some(previous) = self.applied.get(&op) {
+            return if previous.action == action {
+                Ok(previous.clone())
+            } else {
+                Err(CertificateError::IdempotencyConflict(op))
+            };
+        }
+        let mut next = self.clone();
+        let amount = change(&mut next)?;
+        let effect = Effect {
+            operation: op.clone(),
+            action,
+            amount,
+            balance_before: self.balance,
+            balance_after: next.balance,
+            state_before: self.state,
+            state_after: next.state,
+            at: now,
+        };
+        next.applied.insert(op, effect.clone());
+        *self = next;
+        Ok(effect)
+    }
+
+    fn require(&self, states: &[State], action: &'static str) -> Result<(), CertificateError> {
+        if states.contains(&self.state) {
+            Ok(())
+        } else {
+            Err(CertificateError::InvalidTransition {
+                state: self.state,
+                action,
+            })
+        }
+    }
+
+    fn require_currency(&self, got: Currency) -> Result<(), CertificateError> {
+        if got == self.currency {
+            Ok(())
+        } else {
+            Err(CertificateError::CurrencyMismatch {
+                expected: self.currency,
+                got,
+            })
+        }
+    }
+
+    fn require_not_expired(&self, now: OffsetDateTime) -> Result<(), CertificateError> {
+        match self.expires_at {
+            Some(at) if at <= now => Err(CertificateError::CertificateExpired(at)),
+            _ => Ok(()),
+        }
+    }
+
+    fn state_for_balance(&self) -> State {
+        match self.balance {
+            0 => State::Redeemed,
+            b if b == self.nominal => State::Active,
+            _ => State::PartiallyRedeemed,
+        }
+    }
+}
