@@ -20,12 +20,14 @@ fn crm_sync_binary() -> std::path::PathBuf {
     bin
 }
 
-fn spawn(scope: &Scope, crm_url: &str, port: u16) -> std::io::Result<Child> {
+/// Starts crm-sync; its JSON log goes to `<tmp>/<scope>-<run>.log` for post-mortems.
+fn spawn(scope: &Scope, crm_url: &str, port: u16, run: u32) -> std::io::Result<Child> {
+    let log = std::fs::File::create(std::env::temp_dir().join(format!("{}-{run}.log", scope.id)))?;
     Command::new(crm_sync_binary())
         .envs(scope.env(crm_url, port))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .env("RUST_LOG", "info")
+        .stdout(log)
+        .stderr(Stdio::null())
         .spawn()
 }
 
@@ -70,7 +72,7 @@ async fn kill_9_mid_stream_then_restart_loses_nothing_and_doubles_nothing() -> a
     }
 
     let port = free_port();
-    let mut first = spawn(&scope, &crm_url, port)?;
+    let mut first = spawn(&scope, &crm_url, port, 1)?;
     let pool = scope.wait_for_schema().await?;
     let count = |sql: &'static str| {
         let pool = pool.clone();
@@ -101,7 +103,7 @@ async fn kill_9_mid_stream_then_restart_loses_nothing_and_doubles_nothing() -> a
         "the kill must land mid-stream ({before_restart} done)"
     );
 
-    let mut second = spawn(&scope, &crm_url, port)?;
+    let mut second = spawn(&scope, &crm_url, port, 2)?;
     eventually(
         Duration::from_secs(120),
         "every event processed after the restart",
@@ -128,10 +130,20 @@ async fn kill_9_mid_stream_then_restart_loses_nothing_and_doubles_nothing() -> a
     let logged: i64 = count("SELECT count(DISTINCT event_id) FROM integrations_log").await?;
     assert_eq!(logged, ids.len() as i64, "every event has a log row");
 
-    // Offsets were committed at shutdown: a third run finds nothing new to log.
+    // Offsets were committed at shutdown: a third run logs only a sentinel sent after it
+    // started, nothing that came before.
     let rows_before: i64 = count("SELECT count(*) FROM integrations_log").await?;
-    let mut third = spawn(&scope, &crm_url, port)?;
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut third = spawn(&scope, &crm_url, port, 3)?;
+    let sentinel = event_json("sentinel", "ship-sentinel", "CREATED", "2026-11-01T11:00:00Z");
+    send(&producer, &scope.kafka.input_topic, "ship-sentinel", &sentinel).await?;
+    eventually(
+        Duration::from_secs(60),
+        "the sentinel processed by the third run",
+        || async {
+            Ok(count("SELECT count(*) FROM processed_events WHERE event_id = 'sentinel'").await? == 1)
+        },
+    )
+    .await?;
     Command::new("kill")
         .args(["-TERM", &third.id().to_string()])
         .status()?;
@@ -139,8 +151,8 @@ async fn kill_9_mid_stream_then_restart_loses_nothing_and_doubles_nothing() -> a
     assert!(exit.success());
     assert_eq!(
         count("SELECT count(*) FROM integrations_log").await?,
-        rows_before,
-        "committed records came back"
+        rows_before + 1,
+        "records committed before the restart came back"
     );
     scope.drop_database().await;
     Ok(())

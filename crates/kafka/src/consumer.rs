@@ -2,7 +2,7 @@ use crate::{KafkaError, KafkaSettings, HEADER_REPLAY_COUNT};
 use backbone_sync::engine::Inbound;
 use backbone_sync::ports::SourcePosition;
 use futures::FutureExt;
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -12,8 +12,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 /// Receives `(topic, partition, lag)` from the client's periodic statistics.
 pub type LagObserver = Arc<dyn Fn(&str, i32, i64) + Send + Sync>;
 
+/// The consumer's callbacks: lag from statistics, and the assignment as the group hands it out.
+/// The assignment is tracked here rather than asked for with `assignment()`, which blocks on the
+/// client's group thread and can wait forever while a rebalance is pending.
 pub struct StatsContext {
     lag: Option<LagObserver>,
+    assigned: Mutex<Vec<(String, i32)>>,
+    /// Next offset per partition of every batch handled so far.
+    processed: Arc<Mutex<BTreeMap<(String, i32), i64>>>,
 }
 
 impl ClientContext for StatsContext {
@@ -30,14 +36,44 @@ impl ClientContext for StatsContext {
     }
 }
 
-impl ConsumerContext for StatsContext {}
+impl ConsumerContext for StatsContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let mut assigned = self.assigned.lock().unwrap_or_else(PoisonError::into_inner);
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                *assigned = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition()))
+                    .collect();
+                tracing::info!(partitions = ?*assigned, "partitions assigned");
+            }
+            Rebalance::Revoke(tpl) => {
+                // Offsets of revoked partitions are no longer ours to commit.
+                let revoked: Vec<(String, i32)> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition()))
+                    .collect();
+                assigned.retain(|p| !revoked.contains(p));
+                self.processed
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .retain(|p, _| !revoked.contains(p));
+                tracing::info!(partitions = ?revoked, "partitions revoked");
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance failed"),
+        }
+    }
+}
 
 /// A consumer-group member of the input topic that hands out batches and commits them only when
 /// told to (after their effects are durable).
 pub struct TrackingConsumer {
     consumer: StreamConsumer<StatsContext>,
-    /// Next offset per partition of every batch handled so far.
-    processed: Mutex<BTreeMap<(String, i32), i64>>,
+    /// Next offset per partition of every batch handled so far (shared with the context, which
+    /// forgets revoked partitions).
+    processed: Arc<Mutex<BTreeMap<(String, i32), i64>>>,
 }
 
 /// Records received together, with the offsets to commit once they are handled.
@@ -50,6 +86,7 @@ pub struct ConsumedBatch {
 
 impl TrackingConsumer {
     pub fn new(settings: &KafkaSettings, lag: Option<LagObserver>) -> Result<Self, KafkaError> {
+        let processed = Arc::new(Mutex::new(BTreeMap::new()));
         let consumer: StreamConsumer<StatsContext> = settings
             .client_config()
             .set("group.id", &settings.group_id)
@@ -61,12 +98,13 @@ impl TrackingConsumer {
             .set("fetch.error.backoff.ms", "10")
             .set("statistics.interval.ms", "5000")
             .set("session.timeout.ms", "10000")
-            .create_with_context(StatsContext { lag })?;
+            .create_with_context(StatsContext {
+                lag,
+                assigned: Mutex::default(),
+                processed: processed.clone(),
+            })?;
         consumer.subscribe(&[settings.input_topic.as_str()])?;
-        Ok(Self {
-            consumer,
-            processed: Mutex::default(),
-        })
+        Ok(Self { consumer, processed })
     }
 
     /// Waits for at least one record, then takes whatever else is already buffered, up to `max`.
@@ -138,14 +176,12 @@ impl TrackingConsumer {
 
     /// Partitions this member owns now.
     pub fn assigned_partitions(&self) -> Vec<(String, i32)> {
-        match self.consumer.assignment() {
-            Ok(tpl) => tpl
-                .elements()
-                .iter()
-                .map(|e| (e.topic().to_owned(), e.partition()))
-                .collect(),
-            Err(_) => Vec::new(),
-        }
+        self.consumer
+            .context()
+            .assigned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub fn unsubscribe(&self) {

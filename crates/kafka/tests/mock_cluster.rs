@@ -93,21 +93,23 @@ async fn an_uncommitted_batch_is_redelivered_to_the_next_member() {
             .unwrap();
     }
 
-    // First member: handles (and commits) the first batch only, then dies.
+    // First member: takes two batches, handles (and commits) only the first, then dies.
     let first = TrackingConsumer::new(&s, None).unwrap();
-    let batches = take(&first, 1, 3).await;
+    let batches = take(&first, 2, 3).await;
+    assert_eq!(batches.len(), 2);
     let committed = &batches[0];
     assert!(committed.records.len() <= 3);
-    let committed_offsets: Vec<i64> = committed.records.iter().map(|r| r.source.offset).collect();
+    let last_committed = committed.records.last().unwrap().source.offset;
+    assert!(batches[1].records[0].source.offset > last_committed);
     first.commit(committed).unwrap();
     first.commit_processed().unwrap();
     drop(first);
 
-    // Second member of the same group starts right after the committed records.
+    // Second member of the same group starts right after the committed records: the second
+    // batch, received but never committed, is delivered again.
     let second = TrackingConsumer::new(&s, None).unwrap();
     let next = take(&second, 1, 100).await;
-    let first_offset = next[0].records[0].source.offset;
-    assert_eq!(first_offset, committed_offsets.last().unwrap() + 1);
+    assert_eq!(next[0].records[0].source.offset, last_committed + 1);
 }
 
 #[tokio::test]

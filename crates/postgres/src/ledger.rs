@@ -20,8 +20,18 @@ impl PgLedger {
         Self { pool }
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+    /// Creates the database if needed, connects and applies pending migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, crate::ConnectError> {
+        Ok(Self::new(crate::connect(url, max_connections).await?))
+    }
+
+    /// A cheap round trip, for readiness checks.
+    pub async fn ping(&self) -> Result<(), LedgerError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(err("ping"))
     }
 }
 
@@ -158,7 +168,8 @@ async fn insert_attempts(tx: &mut Transaction<'_, Postgres>, batch: &LedgerBatch
             copy_text(&mut buf, f);
         }
         copy_text(&mut buf, payload.as_deref());
-        copy_text(&mut buf, r.http_status.map(|s| s.to_string()).as_deref());
+        let status = r.http_status.filter(|s| (100..=599).contains(s));
+        copy_text(&mut buf, status.map(|s| s.to_string()).as_deref());
         copy_text(&mut buf, r.response_excerpt.as_deref());
         copy_text(&mut buf, Some(r.outcome.as_str()));
         copy_text(&mut buf, Some(&r.attempt.to_string()));
@@ -200,6 +211,8 @@ fn copy_text(buf: &mut String, value: Option<&str>) {
         Some(v) => {
             for ch in v.chars() {
                 match ch {
+                    // PostgreSQL text cannot hold NUL; a CRM answer that has one loses it here.
+                    '\0' => {}
                     '\\' => buf.push_str("\\\\"),
                     '\t' => buf.push_str("\\t"),
                     '\n' => buf.push_str("\\n"),
@@ -231,7 +244,10 @@ async fn upsert_processed(
         "INSERT INTO processed_events (event_id, outcome, replay_count)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::int[])
          ON CONFLICT (event_id) DO UPDATE
-            SET outcome = EXCLUDED.outcome, replay_count = EXCLUDED.replay_count, updated_at = now()",
+            SET outcome = EXCLUDED.outcome, replay_count = EXCLUDED.replay_count, updated_at = now()
+            -- A final outcome stands, unless a replay from dead.letters replaces it.
+            WHERE processed_events.outcome IN ('retry_scheduled', 'dead_lettered')
+               OR EXCLUDED.replay_count > processed_events.replay_count",
     )
     .bind(&ids)
     .bind(&outcomes)
@@ -295,7 +311,7 @@ mod tests {
     #[test]
     fn copy_text_escapes_what_copy_would_misread() {
         let mut buf = String::new();
-        copy_text(&mut buf, Some("a\tb\nc\\d\re"));
+        copy_text(&mut buf, Some("a\tb\nc\\d\re\0"));
         copy_text(&mut buf, None);
         assert_eq!(buf, "a\\tb\\nc\\\\d\\re\t\\N\t");
     }

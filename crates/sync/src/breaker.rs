@@ -24,6 +24,9 @@ impl Default for BreakerPolicy {
     }
 }
 
+/// How long callers wait while the single half-open probe is in flight.
+const PROBE_WAIT: Duration = Duration::from_millis(500);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {
     Closed { consecutive_failures: u32 },
@@ -65,7 +68,9 @@ impl CircuitBreaker {
     /// Whether a call may go out now. `Err(wait)` says how long until the next probe.
     pub fn admit(&mut self, now: Instant) -> Result<(), Duration> {
         match self.state {
-            BreakerState::Closed { .. } | BreakerState::HalfOpen => Ok(()),
+            BreakerState::Closed { .. } => Ok(()),
+            // The probe is out: others wait for its verdict.
+            BreakerState::HalfOpen => Err(PROBE_WAIT),
             BreakerState::Open { until } if now >= until => {
                 self.state = BreakerState::HalfOpen;
                 Ok(())
@@ -127,6 +132,10 @@ mod tests {
         assert_eq!(b.admit(t0 + Duration::from_secs(4)), Err(Duration::from_secs(6)));
         assert!(b.admit(t0 + Duration::from_secs(10)).is_ok());
         assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert!(
+            b.admit(t0 + Duration::from_secs(10)).is_err(),
+            "one probe at a time"
+        );
         b.on_success();
         assert_eq!(b.state().as_gauge(), 0);
     }

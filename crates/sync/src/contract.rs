@@ -130,6 +130,37 @@ pub async fn ledger_contract(ledger: &dyn SyncLedger) {
         },
         "last write wins"
     );
+
+    // A final outcome stands against a later retry_scheduled; a replay may replace it.
+    let again = |outcome, replay_count| LedgerBatch {
+        processed: vec![(
+            id("a"),
+            Recorded {
+                outcome,
+                replay_count,
+            },
+        )],
+        ..LedgerBatch::default()
+    };
+    ledger
+        .commit(&again(Outcome::RetryScheduled, 2))
+        .await
+        .expect("commit");
+    assert_eq!(
+        ledger.recorded(&[id("a")]).await.expect("recorded")[&id("a")].outcome,
+        Outcome::Success
+    );
+    ledger
+        .commit(&again(Outcome::DeadLettered, 3))
+        .await
+        .expect("commit");
+    assert_eq!(
+        ledger.recorded(&[id("a")]).await.expect("recorded")[&id("a")],
+        Recorded {
+            outcome: Outcome::DeadLettered,
+            replay_count: 3
+        }
+    );
     assert_eq!(ledger.retry_depth().await.expect("depth"), 4);
 
     let due = ledger.due(&owned, now, 10).await.expect("due");

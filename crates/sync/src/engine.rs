@@ -21,6 +21,7 @@ use crate::retry::{RetryPolicy, RetryStep};
 use crate::rules::{decide, WriteDecision};
 use futures::future::join_all;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
@@ -37,12 +38,15 @@ pub struct Inbound {
 
 /// Everything a decided batch still has to make durable, in order: dead letters, the ledger
 /// transaction, outcomes.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Effects {
     ledger: LedgerBatch,
     outcomes: Vec<OutcomeRecord>,
     letters: Vec<DeadLetter>,
     report: BatchReport,
+    /// Steps already done (0 none, 1 dead letters, 2 ledger, 3 outcomes), so a retried apply
+    /// resumes where the failed one stopped instead of writing the log rows again.
+    done: AtomicU8,
 }
 
 impl Effects {
@@ -104,7 +108,6 @@ struct Candidate {
     payload: Vec<u8>,
     attempt: u32,
     replay_count: u32,
-    from_retry: bool,
 }
 
 #[derive(Default)]
@@ -145,10 +148,6 @@ impl SyncEngine {
             .state()
     }
 
-    pub fn ledger(&self) -> &Arc<dyn SyncLedger> {
-        &self.ledger
-    }
-
     /// Handles records fresh from the topic: [`decide`](Self::decide) then
     /// [`apply`](Self::apply). On `Err` nothing may be committed: the caller retries the same batch
     /// (every step is idempotent).
@@ -181,7 +180,6 @@ impl SyncEngine {
                     payload: m.payload.clone(),
                     attempt: 1,
                     replay_count: m.replay_count,
-                    from_retry: false,
                 }),
                 Err(invalid) => acc.invalid(m, &invalid),
             }
@@ -221,7 +219,6 @@ impl SyncEngine {
                 source: p.source,
                 attempt: p.attempts + 1,
                 replay_count: p.replay_count,
-                from_retry: true,
             })
             .collect();
         self.sync(candidates, Accumulator::new(&self.mapping)).await
@@ -230,13 +227,19 @@ impl SyncEngine {
     /// Steps 3 to 5: dead letters, the ledger transaction, outcomes. Safe to call again with the
     /// same effects after a failure.
     pub async fn apply(&self, effects: &Effects) -> Result<(), EngineError> {
-        if !effects.letters.is_empty() {
+        let done = |step| effects.done.load(Ordering::SeqCst) >= step;
+        if !done(1) && !effects.letters.is_empty() {
             self.dead_letters.dead_letter(&effects.letters).await?;
         }
-        self.ledger.commit(&effects.ledger).await?;
-        if !effects.outcomes.is_empty() {
+        effects.done.fetch_max(1, Ordering::SeqCst);
+        if !done(2) {
+            self.ledger.commit(&effects.ledger).await?;
+        }
+        effects.done.fetch_max(2, Ordering::SeqCst);
+        if !done(3) && !effects.outcomes.is_empty() {
             self.outcomes.publish(&effects.outcomes).await?;
         }
+        effects.done.fetch_max(3, Ordering::SeqCst);
         Ok(())
     }
 
@@ -317,7 +320,10 @@ impl SyncEngine {
                 states
             }
             Err(err) => {
-                self.breaker_result(!err.is_transient());
+                // A failed call says nothing about the records in it (a rotated token, clock skew
+                // or one broken record in the answer): park them all, count it against the CRM.
+                let err = err.as_transient();
+                self.breaker_result(false);
                 for (c, w) in &chunk {
                     let call = Call {
                         http_status: err.http_status,
@@ -373,7 +379,7 @@ impl SyncEngine {
             Err(err) => vec![
                 ItemResult {
                     http_status: err.http_status,
-                    result: Err(err),
+                    result: Err(err.as_transient()),
                     response_excerpt: None
                 };
                 writes.len()
@@ -554,7 +560,9 @@ impl<'a> Accumulator<'a> {
                 replay_count: c.replay_count,
             },
         ));
-        if c.from_retry && outcome.is_final() {
+        // A final outcome clears any parked copy (one may have been parked by an overlapping
+        // batch); deleting a row that is not there costs an index probe.
+        if outcome.is_final() {
             self.ledger.unpark.push(c.event.event_id.clone());
         }
         self.outcomes
@@ -651,6 +659,7 @@ impl<'a> Accumulator<'a> {
             outcomes: self.outcomes,
             letters: self.letters,
             report: self.report,
+            done: AtomicU8::new(0),
         }
     }
 }

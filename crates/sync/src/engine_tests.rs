@@ -381,3 +381,64 @@ async fn a_crash_after_the_crm_write_and_before_the_commit_writes_nothing_twice(
 async fn memory_ledger_meets_the_ledger_contract() {
     crate::contract::ledger_contract(&MemoryLedger::default()).await;
 }
+
+#[tokio::test]
+async fn a_failed_whole_call_parks_its_events_even_when_permanent() {
+    // A rotated token (401) or a broken answer says nothing about the records: park, don't DLQ.
+    let h = harness(5, 5);
+    h.crm
+        .fail_next_calls([CrmError::from_status(401, None, "token rejected")]);
+    let r = h
+        .engine
+        .process(&[event("e1", "s1", "IN_TRANSIT", 0)])
+        .await
+        .unwrap();
+    assert_eq!(r.count(Outcome::RetryScheduled), 1);
+    assert!(h.topics.dead_letters().is_empty());
+}
+
+#[tokio::test]
+async fn a_retried_apply_resumes_after_the_step_that_failed() {
+    let h = harness(5, 5);
+    let effects = h
+        .engine
+        .decide(&[raw("k", b"{bad"), event("e1", "s1", "IN_TRANSIT", 0)])
+        .await
+        .unwrap();
+    h.ledger.fail_next_commit();
+    assert!(h.engine.apply(&effects).await.is_err());
+    h.engine.apply(&effects).await.unwrap();
+    assert_eq!(
+        h.topics.dead_letters().len(),
+        1,
+        "dead letters were not published twice"
+    );
+    assert_eq!(h.ledger.log().len(), 2);
+    h.engine.apply(&effects).await.unwrap();
+    assert_eq!(h.ledger.log().len(), 2, "an applied batch is not written again");
+    assert_eq!(h.topics.outcomes().len(), 1);
+}
+
+#[tokio::test]
+async fn a_final_outcome_clears_a_parked_copy_from_an_overlapping_batch() {
+    let h = harness(5, 5);
+    h.crm.fail_next_calls([CrmError::transient("down")]);
+    let first = h
+        .engine
+        .decide(&[event("e1", "s1", "IN_TRANSIT", 0)])
+        .await
+        .unwrap();
+    // The next batch is decided before the first is applied, and carries a copy of e1.
+    let second = h
+        .engine
+        .decide(&[event("e1", "s1", "IN_TRANSIT", 0)])
+        .await
+        .unwrap();
+    h.engine.apply(&first).await.unwrap();
+    h.engine.apply(&second).await.unwrap();
+    assert!(
+        h.ledger.parked().is_empty(),
+        "the success removed the parked copy"
+    );
+    assert_eq!(h.crm.writes().len(), 1);
+}

@@ -154,11 +154,11 @@ impl TryFrom<TrackingEventWire> for TrackingEvent {
         }
         let event_id = EventId::parse(wire.event_id)?;
         let correlation_id = match wire.correlation_id {
-            Some(c) if !c.trim().is_empty() && c.len() <= MAX_ID_LEN => c,
+            Some(c) if !c.trim().is_empty() && c.len() <= MAX_ID_LEN && !c.chars().any(char::is_control) => c,
             Some(_) => {
                 return Err(InvalidEvent::InvalidField {
                     field: "correlation_id",
-                    reason: "must be 1..=128 bytes".into(),
+                    reason: "must be 1..=128 printable bytes".into(),
                 })
             }
             None => event_id.0.clone(),
@@ -213,6 +213,7 @@ mod tests {
             (doc(r#"{"event_id": ""}"#), "invalid_field"),
             (doc(r#"{"shipment_id": "a\u0000b"}"#), "invalid_field"),
             (doc(r#"{"version": 2}"#), "unsupported_version"),
+            (doc(r#"{"correlation_id": "x\u0000y"}"#), "invalid_field"),
             (doc(r#"{"occurred_at": "yesterday"}"#), "malformed_json"),
             (doc(r#"{"occurred_at": "1970-01-01T00:00:00Z"}"#), "invalid_field"),
             (

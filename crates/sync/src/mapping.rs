@@ -156,12 +156,22 @@ impl CrmMapping {
             .statuses
             .get(event.status.as_str())
             .ok_or_else(|| InvalidEvent::UnmappedStatus(event.status.to_string()))?;
+        // Compare and write at the precision the CRM stores, or an older event within the same
+        // millisecond would look newer than what the CRM shows.
+        let timestamp = match self.config.timestamp_format {
+            TimestampFormat::Rfc3339 => event.occurred_at,
+            TimestampFormat::UnixMillis => {
+                let nanos = event.occurred_at.unix_timestamp_nanos();
+                OffsetDateTime::from_unix_timestamp_nanos(nanos - nanos.rem_euclid(1_000_000))
+                    .unwrap_or(event.occurred_at)
+            }
+        };
         Ok(CrmStatusWrite {
             event_id: event.event_id.clone(),
             shipment_id: event.shipment_id.clone(),
             client_id: event.client_id.clone(),
             crm_status: crm_status.clone(),
-            timestamp: event.occurred_at,
+            timestamp,
             correlation_id: event.correlation_id.clone(),
         })
     }
@@ -247,6 +257,21 @@ mod tests {
         assert_eq!(obj["stage"], "in_transit");
         assert_eq!(obj["timestamp"], 1_793_527_200_123_i64);
         assert_eq!(m.parse_state(&obj).unwrap().updated_at, w.timestamp);
+    }
+
+    #[test]
+    fn millisecond_crms_compare_at_millisecond_precision() {
+        let cfg = MappingConfig {
+            timestamp_format: TimestampFormat::UnixMillis,
+            ..MappingConfig::default()
+        };
+        let m = CrmMapping::new(cfg).unwrap();
+        let mut e = event("IN_TRANSIT");
+        e.occurred_at = datetime!(2026-11-01 10:00:00.123_900 UTC);
+        let w = m.to_crm(&e).unwrap();
+        assert_eq!(w.timestamp, datetime!(2026-11-01 10:00:00.123 UTC));
+        let shown = m.parse_state(&m.render(&w)).unwrap();
+        assert_eq!(shown.updated_at, w.timestamp, "what is written reads back equal");
     }
 
     #[test]

@@ -164,7 +164,15 @@ impl SyncLedger for MemoryLedger {
             return Err(LedgerError("injected commit failure".into()));
         }
         inner.log.extend(batch.attempts);
-        inner.processed.extend(batch.processed);
+        for (id, r) in batch.processed {
+            let replaceable = inner.processed.get(&id).is_none_or(|old| {
+                matches!(old.outcome, Outcome::RetryScheduled | Outcome::DeadLettered)
+                    || r.replay_count > old.replay_count
+            });
+            if replaceable {
+                inner.processed.insert(id, r);
+            }
+        }
         for id in batch.unpark {
             inner.retry.remove(&id);
         }

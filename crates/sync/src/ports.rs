@@ -122,6 +122,14 @@ impl CrmError {
         }
     }
 
+    /// The same error, to be retried: a whole call that failed is retried, whatever its status.
+    pub fn as_transient(&self) -> Self {
+        Self {
+            kind: CrmErrorKind::Transient,
+            ..self.clone()
+        }
+    }
+
     pub fn is_transient(&self) -> bool {
         self.kind == CrmErrorKind::Transient
     }
@@ -203,7 +211,8 @@ pub struct ParkedEvent {
 #[derive(Debug, Default, Clone)]
 pub struct LedgerBatch {
     pub attempts: Vec<AttemptRecord>,
-    /// Latest outcome per event id (inserted or overwritten).
+    /// Latest outcome per event id. An existing `success`, `stale` or `unchanged` is kept unless
+    /// the new record has a higher replay count (a deliberate replay).
     pub processed: Vec<(EventId, Recorded)>,
     /// Inserted or rescheduled in the retry queue.
     pub park: Vec<ParkedEvent>,

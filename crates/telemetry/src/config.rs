@@ -22,7 +22,35 @@ pub fn load_config<T: Serialize + DeserializeOwned + Default>(
     figment = figment.merge(Env::prefixed(env_prefix).ignore(&["config"]).split("__"));
     figment
         .extract()
-        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
+        .map_err(|e| anyhow::anyhow!("invalid configuration:\n{}", describe(e)))
+}
+
+/// One line per problem, naming the key and where its value came from but never the value: it may
+/// be a secret (a numeric token parsed as a number, say).
+fn describe(errors: figment::Error) -> String {
+    use figment::error::Kind;
+    errors
+        .into_iter()
+        .map(|e| {
+            let what = match &e.kind {
+                Kind::InvalidType(_, expected) => format!("invalid type, expected {expected}"),
+                Kind::InvalidValue(_, expected) => format!("invalid value, expected {expected}"),
+                other => other.to_string(),
+            };
+            let key = if e.path.is_empty() {
+                "(root)".to_owned()
+            } else {
+                e.path.join(".")
+            };
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| format!(" (from {})", m.name))
+                .unwrap_or_default();
+            format!("  {key}: {what}{source}")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[cfg(test)]
@@ -62,7 +90,11 @@ mod tests {
             let err = load_config::<Cfg>(Some(Path::new("c.toml")), "TCFG_")
                 .unwrap_err()
                 .to_string();
-            assert!(err.contains("port"), "{err}");
+            assert!(err.contains("inner.port"), "{err}");
+            assert!(
+                !err.contains("not-a-port"),
+                "values never appear in errors: {err}"
+            );
             assert!(load_config::<Cfg>(Some(Path::new("missing.toml")), "TCFG_").is_err());
             Ok(())
         });

@@ -19,13 +19,28 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-/// Retries `op` with capped, jittered exponential backoff until it succeeds, keeping readiness
-/// down meanwhile. `None` when shutdown comes first.
-async fn until_done<T, F, Fut>(what: &str, health: &Health, shutdown: &CancellationToken, op: F) -> Option<T>
+/// Runs `op` to completion, then, if it failed, retries it with capped, jittered exponential
+/// backoff until it succeeds, keeping readiness down meanwhile. Shutdown never interrupts an
+/// attempt (a batch in flight is finished); it only stops further retries (`None`), leaving the
+/// batch to redelivery.
+async fn until_done<T, F, Fut>(
+    what: &str,
+    health: &Health,
+    shutdown: &CancellationToken,
+    mut op: F,
+) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, EngineError>>,
 {
+    match op().await {
+        Ok(v) => return Some(v),
+        Err(e) => {
+            health.metrics.pipeline_errors.inc();
+            health.ready.store(false, Ordering::SeqCst);
+            tracing::error!(error = %e, "{what} failed; retrying");
+        }
+    }
     let backoff = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
         .with_max_delay(Duration::from_secs(10))
@@ -48,7 +63,7 @@ where
 struct Health {
     metrics: Arc<Metrics>,
     ready: AtomicBool,
-    pool: sqlx::PgPool,
+    ledger: Arc<PgLedger>,
 }
 
 /// Runs the service until `shutdown` is cancelled, then stops intake, finishes the batch in
@@ -57,10 +72,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let mapping = cfg
         .validate()
         .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
-    let pool = backbone_postgres::connect(cfg.postgres.url.expose_secret(), cfg.postgres.max_connections)
-        .await
-        .context("PostgreSQL")?;
-    let ledger = Arc::new(PgLedger::new(pool.clone()));
+    let ledger = Arc::new(
+        PgLedger::connect(cfg.postgres.url.expose_secret(), cfg.postgres.max_connections)
+            .await
+            .context("PostgreSQL")?,
+    );
     if cfg.kafka.create_topics {
         let topics = [
             &cfg.kafka.input_topic,
@@ -101,7 +117,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let health = Arc::new(Health {
         metrics: metrics.clone(),
         ready: AtomicBool::new(true),
-        pool,
+        ledger: ledger.clone(),
     });
     let listener = tokio::net::TcpListener::bind(cfg.http.listen)
         .await
@@ -170,9 +186,7 @@ fn router(health: Arc<Health>) -> Router {
         .route(
             "/health/ready",
             get(|State(h): State<Arc<Health>>| async move {
-                let db =
-                    tokio::time::timeout(Duration::from_secs(1), sqlx::query("SELECT 1").execute(&h.pool))
-                        .await;
+                let db = tokio::time::timeout(Duration::from_secs(1), h.ledger.ping()).await;
                 match (h.ready.load(Ordering::SeqCst), db) {
                     (true, Ok(Ok(_))) => (StatusCode::OK, "ready"),
                     (false, _) => (
@@ -258,19 +272,28 @@ impl Pipeline<'_> {
                 biased;
                 () = self.shutdown.cancelled() => break,
                 batch = self.consumer.next_batch(self.cfg.pipeline.max_batch) => match batch {
-                    Ok(batch) => self.handle(batch).await,
+                    Ok(batch) => {
+                        if !self.handle(batch).await {
+                            break;
+                        }
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "kafka receive failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
-                _ = retry_tick.tick() => self.handle_due().await,
+                _ = retry_tick.tick() => {
+                    if !self.handle_due().await {
+                        break;
+                    }
+                }
                 _ = gauges_tick.tick() => self.refresh_gauges().await,
             }
         }
     }
 
-    async fn handle(&self, batch: ConsumedBatch) {
+    /// Decides a batch and queues it for the finisher; `false` when the pipeline must stop.
+    async fn handle(&self, batch: ConsumedBatch) -> bool {
         let span = tracing::info_span!("crm_sync.batch", records = batch.records.len());
         backbone_telemetry::set_parent_from_headers(&span, &batch.trace_headers);
         let started = Instant::now();
@@ -278,35 +301,46 @@ impl Pipeline<'_> {
         let decided = until_done("deciding a batch", &self.health, &self.shutdown, || {
             self.engine.decide(&batch.records).instrument(span.clone())
         });
-        let Some(effects) = decided.await else { return };
+        let Some(effects) = decided.await else {
+            return false;
+        };
         let records = batch.records.len();
-        let _ = self
-            .to_finisher
-            .send(Decided {
-                effects,
-                batch: Some(batch),
-                records,
-                started,
-            })
-            .await;
+        let decided = Decided {
+            effects,
+            batch: Some(batch),
+            records,
+            started,
+        };
+        self.queue(decided).await
     }
 
-    async fn handle_due(&self) {
+    async fn queue(&self, decided: Decided) -> bool {
+        if self.to_finisher.send(decided).await.is_err() {
+            tracing::error!(
+                "the finisher stopped; stopping intake (uncommitted records will be redelivered)"
+            );
+            return false;
+        }
+        true
+    }
+
+    /// Decides the parked events that are due and queues them; `false` when the pipeline must stop.
+    async fn handle_due(&self) -> bool {
         // One retry batch at a time: the next poll must see this one's rows unparked.
         if self.due_in_flight.load(Ordering::SeqCst) {
-            return;
+            return true;
         }
         let owned = self.consumer.assigned_partitions();
         if owned.is_empty() {
-            return;
+            return true;
         }
         let now = time::OffsetDateTime::now_utc();
         let due = match self.ledger.due(&owned, now, self.cfg.pipeline.retry_batch).await {
-            Ok(due) if due.is_empty() => return,
+            Ok(due) if due.is_empty() => return true,
             Ok(due) => due,
             Err(e) => {
                 tracing::warn!(error = %e, "reading the retry queue failed");
-                return;
+                return true;
             }
         };
         let records = due.len();
@@ -317,15 +351,13 @@ impl Pipeline<'_> {
             .instrument(tracing::info_span!("crm_sync.retry", records))
             .await;
         self.due_in_flight.store(true, Ordering::SeqCst);
-        let _ = self
-            .to_finisher
-            .send(Decided {
-                effects,
-                batch: None,
-                records,
-                started,
-            })
-            .await;
+        self.queue(Decided {
+            effects,
+            batch: None,
+            records,
+            started,
+        })
+        .await
     }
 
     async fn refresh_gauges(&self) {
