@@ -157,12 +157,8 @@ pub async fn start_sim() -> anyhow::Result<(Sim, String)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let router = sim.router();
-    tokio::spawn(async move { axum_serve(listener, router).await });
+    tokio::spawn(crm_sim::serve(listener, router));
     Ok((sim, url))
-}
-
-async fn axum_serve(listener: tokio::net::TcpListener, router: crm_sim::Router) {
-    let _ = crm_sim::serve(listener, router).await;
 }
 
 pub fn producer() -> anyhow::Result<FutureProducer> {

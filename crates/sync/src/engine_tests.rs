@@ -84,6 +84,17 @@ fn outcomes_of(h: &Harness, event_id: &str) -> Vec<Outcome> {
         .collect()
 }
 
+/// Makes every parked event due and runs one retry batch over them.
+async fn retry_all_parked(h: &Harness) -> crate::engine::BatchReport {
+    h.ledger.make_all_due();
+    let due = h
+        .ledger
+        .due(&partitions(), time::OffsetDateTime::now_utc(), 10)
+        .await
+        .unwrap();
+    h.engine.process_due(due).await.unwrap()
+}
+
 fn partitions() -> Vec<(String, i32)> {
     vec![("tracking.events".into(), 0)]
 }
@@ -216,13 +227,7 @@ async fn transient_failures_park_then_succeed() {
         .await
         .unwrap()
         .is_empty());
-    h.ledger.make_all_due();
-    let due = h
-        .ledger
-        .due(&partitions(), time::OffsetDateTime::now_utc(), 10)
-        .await
-        .unwrap();
-    let r = h.engine.process_due(due).await.unwrap();
+    let r = retry_all_parked(&h).await;
     assert_eq!(r.count(Outcome::Success), 1);
     assert!(h.ledger.parked().is_empty());
     let attempts: Vec<u32> = h.ledger.log().iter().map(|a| a.attempt).collect();
@@ -253,13 +258,7 @@ async fn exhausted_attempts_dead_letter_and_leave_the_queue() {
         .process(&[event("e1", "s1", "IN_TRANSIT", 0)])
         .await
         .unwrap();
-    h.ledger.make_all_due();
-    let due = h
-        .ledger
-        .due(&partitions(), time::OffsetDateTime::now_utc(), 10)
-        .await
-        .unwrap();
-    let r = h.engine.process_due(due).await.unwrap();
+    let r = retry_all_parked(&h).await;
     assert_eq!(r.dead_letter_reasons, ["attempts_exhausted"]);
     assert_eq!(h.topics.dead_letters()[0].attempts, 2);
     assert!(h.ledger.parked().is_empty());
@@ -280,13 +279,7 @@ async fn a_parked_event_overtaken_by_a_newer_one_ends_stale() {
         .process(&[event("e2", "s1", "DELIVERED", 2)])
         .await
         .unwrap();
-    h.ledger.make_all_due();
-    let due = h
-        .ledger
-        .due(&partitions(), time::OffsetDateTime::now_utc(), 10)
-        .await
-        .unwrap();
-    h.engine.process_due(due).await.unwrap();
+    retry_all_parked(&h).await;
     assert_eq!(h.crm.state(&sid("s1")).unwrap().status, "delivered");
     assert_eq!(outcomes_of(&h, "e1"), [Outcome::RetryScheduled, Outcome::Stale]);
     assert_eq!(h.crm.writes().len(), 1);
