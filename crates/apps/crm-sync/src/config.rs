@@ -1,7 +1,7 @@
 //! crm-sync configuration: defaults, then a TOML file, then `CRM_SYNC_*` environment variables
 //! (`CRM_SYNC_CRM__GENERIC__TOKEN` sets `crm.generic.token`). Validated as a whole at start-up.
 
-use backbone_crm::GenericCrmConfig;
+use backbone_crm::{Bitrix24Config, GenericCrmConfig, KommoConfig, SalesforceConfig};
 use backbone_kafka::KafkaSettings;
 use backbone_sync::breaker::BreakerPolicy;
 use backbone_sync::mapping::{CrmMapping, MappingConfig};
@@ -77,13 +77,34 @@ impl std::fmt::Debug for PostgresConfig {
 pub enum Vendor {
     #[default]
     Generic,
+    Bitrix24,
+    Salesforce,
+    Kommo,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CrmConfig {
     pub vendor: Vendor,
+    /// Check the mapping against the vendor's field list at start-up (vendors only).
+    pub verify_mapping: bool,
     pub generic: GenericCrmConfig,
+    pub bitrix24: Bitrix24Config,
+    pub salesforce: SalesforceConfig,
+    pub kommo: KommoConfig,
+}
+
+impl Default for CrmConfig {
+    fn default() -> Self {
+        Self {
+            vendor: Vendor::Generic,
+            verify_mapping: true,
+            generic: GenericCrmConfig::default(),
+            bitrix24: Bitrix24Config::default(),
+            salesforce: SalesforceConfig::default(),
+            kommo: KommoConfig::default(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -138,11 +159,19 @@ impl Config {
         if let Err(e) = self.kafka.validate() {
             problems.push(e);
         }
-        match self.crm.vendor {
-            Vendor::Generic => {
-                if let Err(e) = self.crm.generic.validate() {
-                    problems.push(e);
-                }
+        let vendor = match self.crm.vendor {
+            Vendor::Generic => self.crm.generic.validate(),
+            Vendor::Bitrix24 => self.crm.bitrix24.validate(),
+            Vendor::Salesforce => self.crm.salesforce.validate(),
+            Vendor::Kommo => self.crm.kommo.validate(),
+        };
+        if let Err(e) = vendor {
+            problems.push(e);
+        }
+        // The vendor's own naming rules for the mapped fields (no network needed).
+        if let (Some(m), true) = (&mapping, problems.is_empty()) {
+            if let Err(e) = crate::crm::CrmAdapter::build(&self.crm, m.clone()) {
+                problems.push(e);
             }
         }
         if !self.postgres.url.expose_secret().starts_with("postgres") {
@@ -184,6 +213,29 @@ mod tests {
         c.kafka.brokers = String::new();
         let err = c.validate().unwrap_err();
         assert_eq!(err.lines().count(), 3, "{err}");
+    }
+
+    #[test]
+    fn the_vendor_is_chosen_by_configuration_and_its_mapping_checked() {
+        let mut c = Config::default();
+        c.crm.vendor = Vendor::Bitrix24;
+        c.crm.bitrix24.webhook_token = SecretString::from("abcdef0123456789");
+        c.mapping.fields.status = "STAGE_ID".into();
+        let err = c.validate().unwrap_err();
+        assert!(
+            err.contains("camelCase"),
+            "crm.deal names are ignored by crm.item: {err}"
+        );
+        c.mapping.fields.client_id = "ufCrmClientId".into();
+        c.mapping.fields.shipment_id = "title".into();
+        c.mapping.fields.status = "stageId".into();
+        c.mapping.fields.event_id = "ufCrmEventId".into();
+        c.mapping.fields.timestamp = "ufCrmStatusAt".into();
+        assert!(c.validate().is_ok());
+        c.crm.vendor = Vendor::Kommo;
+        assert!(c.validate().unwrap_err().contains("crm.kommo.access_token"));
+        let parsed: CrmConfig = serde_json::from_value(serde_json::json!({"vendor": "salesforce"})).unwrap();
+        assert_eq!(parsed.vendor, Vendor::Salesforce);
     }
 
     #[test]

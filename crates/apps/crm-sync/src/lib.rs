@@ -2,6 +2,7 @@
 //! and health, and drains cleanly on shutdown.
 
 pub mod config;
+pub mod crm;
 pub mod metrics;
 mod replay;
 mod service;

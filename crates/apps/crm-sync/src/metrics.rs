@@ -16,6 +16,8 @@ pub struct Metrics {
     dead_letters: IntCounterVec,
     consumer_lag: IntGaugeVec,
     pub breaker_state: IntGauge,
+    /// 1 while the CRM vendor has told us to stop calling (quota spent, account blocked).
+    pub crm_paused: IntGauge,
     batch_size: Histogram,
     batch_duration: Histogram,
     pub pipeline_errors: IntCounter,
@@ -66,6 +68,10 @@ impl Metrics {
             "crm_sync_breaker_state",
             "CRM circuit breaker: 0 closed, 1 half-open, 2 open",
         ));
+        let crm_paused = must(IntGauge::new(
+            "crm_sync_crm_paused",
+            "1 while the CRM vendor refuses calls (quota spent, account blocked) and intake is held",
+        ));
         let batch_size = must(Histogram::with_opts(
             HistogramOpts::new("crm_sync_batch_size", "Records per batch")
                 .buckets(must(exponential_buckets(1.0, 2.0, 13))),
@@ -89,6 +95,7 @@ impl Metrics {
             Box::new(dead_letters.clone()),
             Box::new(consumer_lag.clone()),
             Box::new(breaker_state.clone()),
+            Box::new(crm_paused.clone()),
             Box::new(batch_size.clone()),
             Box::new(batch_duration.clone()),
             Box::new(pipeline_errors.clone()),
@@ -107,6 +114,7 @@ impl Metrics {
             dead_letters,
             consumer_lag,
             breaker_state,
+            crm_paused,
             batch_size,
             batch_duration,
             pipeline_errors,

@@ -1,15 +1,15 @@
-use crate::config::{Config, Vendor};
+use crate::config::Config;
+use crate::crm::CrmAdapter;
 use crate::metrics::Metrics;
 use anyhow::Context;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
-use backbone_crm::GenericRestCrm;
 use backbone_kafka::{ConsumedBatch, KafkaPublisher, TrackingConsumer};
 use backbone_postgres::PgLedger;
 use backbone_sync::engine::{Effects, EngineError, EngineSettings, SyncEngine};
-use backbone_sync::ports::{CrmGateway, SyncLedger};
+use backbone_sync::ports::SyncLedger;
 use backon::{ExponentialBuilder, Retryable};
 use secrecy::ExposeSecret;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -87,11 +87,13 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         backbone_kafka::ensure_topics(&cfg.kafka, &topics, cfg.kafka.topic_partitions).await?;
     }
     let publisher = Arc::new(KafkaPublisher::new(&cfg.kafka)?);
-    let crm: Arc<dyn CrmGateway> = match cfg.crm.vendor {
-        Vendor::Generic => {
-            Arc::new(GenericRestCrm::new(&cfg.crm.generic, mapping.clone()).map_err(anyhow::Error::msg)?)
-        }
-    };
+    let crm = Arc::new(CrmAdapter::build(&cfg.crm, mapping.clone()).map_err(anyhow::Error::msg)?);
+    if cfg.crm.verify_mapping {
+        crm.verify_mapping(&cfg.mapping)
+            .await
+            .map_err(|e| anyhow::anyhow!("the mapping does not fit the CRM:\n{e}"))?;
+    }
+    tracing::info!(vendor = ?cfg.crm.vendor, "CRM adapter ready");
     let metrics = Arc::new(Metrics::new());
     let lag_metrics = metrics.clone();
     let consumer = TrackingConsumer::new(
@@ -107,7 +109,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             breaker: cfg.breaker.clone(),
             crm_batch_limit: cfg.pipeline.crm_batch_limit,
         },
-        crm,
+        crm.clone(),
         ledger.clone(),
         publisher.clone(),
         publisher.clone(),
@@ -148,6 +150,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     );
     let pipeline = Pipeline {
         engine,
+        crm,
         consumer: consumer.clone(),
         ledger,
         metrics,
@@ -248,6 +251,7 @@ impl Finisher {
 
 struct Pipeline<'a> {
     engine: Arc<SyncEngine>,
+    crm: Arc<CrmAdapter>,
     consumer: Arc<TrackingConsumer>,
     ledger: Arc<PgLedger>,
     metrics: Arc<Metrics>,
@@ -266,6 +270,22 @@ impl Pipeline<'_> {
         let mut gauges_tick = tokio::time::interval(Duration::from_secs(1));
         gauges_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // The vendor told us to stop (daily quota spent, account blocked): take no work, so
+            // waiting costs no retry attempts and nothing is dead-lettered for it.
+            if let Some(p) = self.crm.paused() {
+                self.metrics.crm_paused.set(1);
+                tracing::warn!(
+                    reason = p.reason,
+                    remaining_s = p.remaining.as_secs(),
+                    "CRM paused: intake held"
+                );
+                tokio::select! {
+                    () = self.shutdown.cancelled() => break,
+                    () = tokio::time::sleep(p.remaining.min(Duration::from_secs(5))) => {}
+                }
+                continue;
+            }
+            self.metrics.crm_paused.set(0);
             // Batches are handled inside the select arm, so shutdown only ever lands between
             // batches: the one in flight is always finished and committed.
             tokio::select! {

@@ -1,0 +1,76 @@
+//! The CRM adapter this deployment talks to, chosen by `crm.vendor` at start-up.
+
+use crate::config::{CrmConfig, Vendor};
+use async_trait::async_trait;
+use backbone_crm::{Bitrix24Crm, GenericRestCrm, KommoCrm, PauseState, SalesforceCrm};
+use backbone_sync::event::ShipmentId;
+use backbone_sync::mapping::{CrmMapping, CrmShipmentState, CrmStatusWrite, MappingConfig};
+use backbone_sync::ports::{CrmError, CrmGateway, ItemResult};
+use std::collections::HashMap;
+
+pub enum CrmAdapter {
+    Generic(GenericRestCrm),
+    Bitrix24(Bitrix24Crm),
+    Salesforce(SalesforceCrm),
+    Kommo(KommoCrm),
+}
+
+impl CrmAdapter {
+    /// Builds the configured adapter; every static check of its configuration and of the
+    /// mapping against the vendor's naming rules happens here.
+    pub fn build(cfg: &CrmConfig, mapping: CrmMapping) -> Result<Self, String> {
+        Ok(match cfg.vendor {
+            Vendor::Generic => Self::Generic(GenericRestCrm::new(&cfg.generic, mapping)?),
+            Vendor::Bitrix24 => Self::Bitrix24(Bitrix24Crm::new(&cfg.bitrix24, mapping)?),
+            Vendor::Salesforce => Self::Salesforce(SalesforceCrm::new(&cfg.salesforce, mapping)?),
+            Vendor::Kommo => Self::Kommo(KommoCrm::new(&cfg.kommo, mapping)?),
+        })
+    }
+
+    /// Checks the mapping against the vendor's own field list (start-up, when
+    /// `crm.verify_mapping` is on): a field the vendor does not know stops the service.
+    pub async fn verify_mapping(&self, mapping: &MappingConfig) -> Result<(), String> {
+        match self {
+            Self::Generic(_) => Ok(()),
+            Self::Bitrix24(c) => c.verify_mapping().await,
+            Self::Salesforce(c) => c.verify_mapping().await,
+            Self::Kommo(c) => {
+                c.verify_mapping(mapping.statuses.values().map(String::as_str))
+                    .await
+            }
+        }
+    }
+
+    /// Set while the vendor has told us to stop calling (quota spent, account blocked).
+    pub fn paused(&self) -> Option<PauseState> {
+        match self {
+            Self::Generic(_) => None,
+            Self::Bitrix24(c) => c.paused(),
+            Self::Salesforce(c) => c.paused(),
+            Self::Kommo(c) => c.paused(),
+        }
+    }
+
+    fn gateway(&self) -> &dyn CrmGateway {
+        match self {
+            Self::Generic(c) => c,
+            Self::Bitrix24(c) => c,
+            Self::Salesforce(c) => c,
+            Self::Kommo(c) => c,
+        }
+    }
+}
+
+#[async_trait]
+impl CrmGateway for CrmAdapter {
+    async fn read_states(
+        &self,
+        shipments: &[ShipmentId],
+    ) -> Result<HashMap<ShipmentId, CrmShipmentState>, CrmError> {
+        self.gateway().read_states(shipments).await
+    }
+
+    async fn write_statuses(&self, writes: &[CrmStatusWrite]) -> Result<Vec<ItemResult>, CrmError> {
+        self.gateway().write_statuses(writes).await
+    }
+}
