@@ -19,6 +19,30 @@ pub enum State {
 }
 
 impl State {
+    pub const ALL: [State; 6] = [
+        State::Issued,
+        State::Active,
+        State::PartiallyRedeemed,
+        State::Redeemed,
+        State::Refunded,
+        State::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Issued => "Issued",
+            State::Active => "Active",
+            State::PartiallyRedeemed => "PartiallyRedeemed",
+            State::Redeemed => "Redeemed",
+            State::Refunded => "Refunded",
+            State::Cancelled => "Cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<State> {
+        State::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
     pub fn is_terminal(self) -> bool {
         matches!(self, State::Refunded | State::Cancelled)
     }
@@ -117,6 +141,27 @@ pub enum CertificateError {
     IdempotencyConflict(OperationId),
 }
 
+impl CertificateError {
+    /// A stable, machine-readable code for the refusal (the problem type of the HTTP API).
+    pub fn code(&self) -> &'static str {
+        match self {
+            CertificateError::BadOperationId => "bad-operation-id",
+            CertificateError::InvalidTransition { .. } => "wrong-state",
+            CertificateError::CurrencyMismatch { .. } => "currency-mismatch",
+            CertificateError::InsufficientFunds { .. } => "insufficient-funds",
+            CertificateError::UnknownOperation(_) => "unknown-hold",
+            CertificateError::HoldExpired(_) => "hold-expired",
+            CertificateError::HoldNotActive(_) => "hold-not-active",
+            CertificateError::CaptureExceedsHold { .. } => "capture-exceeds-hold",
+            CertificateError::AlreadyReversed(_) => "already-reversed",
+            CertificateError::HoldExpiryInPast => "bad-hold-expiry",
+            CertificateError::CertificateExpired(_) => "certificate-expired",
+            CertificateError::InUse => "certificate-in-use",
+            CertificateError::IdempotencyConflict(_) => "operation-id-reused",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HoldStatus {
     Active,
@@ -175,7 +220,69 @@ pub struct Certificate {
     applied: BTreeMap<OperationId, Effect>,
 }
 
+/// Everything a certificate is made of, for storage adapters: they load the parts an operation
+/// needs (the row, its active holds, the hold or capture it targets, an earlier effect under the
+/// same operation id) and persist what changed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CertificateParts {
+    pub currency: Option<Currency>,
+    pub nominal: i64,
+    pub balance: i64,
+    pub state: Option<State>,
+    pub expires_at: Option<OffsetDateTime>,
+    pub links: SaleLinks,
+    pub holds: BTreeMap<OperationId, Hold>,
+    pub captures: BTreeMap<OperationId, Capture>,
+    pub applied: BTreeMap<OperationId, Effect>,
+}
+
 impl Certificate {
+    /// Rebuilds a certificate from stored parts; `None` if a required part is missing or the
+    /// balance is outside `0..=nominal`.
+    pub fn from_parts(p: CertificateParts) -> Option<Self> {
+        if p.nominal <= 0 || p.balance < 0 || p.balance > p.nominal {
+            return None;
+        }
+        Some(Self {
+            currency: p.currency?,
+            nominal: p.nominal,
+            balance: p.balance,
+            state: p.state?,
+            expires_at: p.expires_at,
+            links: p.links,
+            holds: p.holds,
+            captures: p.captures,
+            applied: p.applied,
+        })
+    }
+
+    pub fn into_parts(self) -> CertificateParts {
+        CertificateParts {
+            currency: Some(self.currency),
+            nominal: self.nominal,
+            balance: self.balance,
+            state: Some(self.state),
+            expires_at: self.expires_at,
+            links: self.links,
+            holds: self.holds,
+            captures: self.captures,
+            applied: self.applied,
+        }
+    }
+
+    pub fn expires_at(&self) -> Option<OffsetDateTime> {
+        self.expires_at
+    }
+
+    /// Sum of active holds, expired or not: what storage keeps as `held`.
+    pub fn held_total(&self) -> i64 {
+        self.holds
+            .values()
+            .filter(|h| h.status == HoldStatus::Active)
+            .map(|h| h.amount)
+            .sum()
+    }
+
     /// A newly issued certificate worth `nominal`.
     pub fn issue(nominal: Amount, expires_at: Option<OffsetDateTime>) -> Self {
         Self {

@@ -86,6 +86,15 @@ pub struct ConsumedBatch {
 
 impl TrackingConsumer {
     pub fn new(settings: &KafkaSettings, lag: Option<LagObserver>) -> Result<Self, KafkaError> {
+        Self::for_topics(settings, &[settings.input_topic.as_str()], lag)
+    }
+
+    /// A member of `settings.group_id` reading `topics` (records keep their source topic).
+    pub fn for_topics(
+        settings: &KafkaSettings,
+        topics: &[&str],
+        lag: Option<LagObserver>,
+    ) -> Result<Self, KafkaError> {
         let processed = Arc::new(Mutex::new(BTreeMap::new()));
         let consumer: StreamConsumer<StatsContext> = settings
             .client_config()
@@ -103,7 +112,7 @@ impl TrackingConsumer {
                 assigned: Mutex::default(),
                 processed: processed.clone(),
             })?;
-        consumer.subscribe(&[settings.input_topic.as_str()])?;
+        consumer.subscribe(topics)?;
         Ok(Self { consumer, processed })
     }
 

@@ -9,7 +9,10 @@ mod producer;
 pub use config::KafkaSettings;
 pub use consumer::{ConsumedBatch, LagObserver, TrackingConsumer};
 pub use dlq::{read_dead_letters, DeadLetterView, ReplayFilter, HEADER_REPLAY_COUNT};
-pub use producer::{KafkaPublisher, OutgoingRecord};
+pub use producer::{
+    KafkaPublisher, OutgoingRecord, HEADER_ATTEMPTS, HEADER_EVENT_ID, HEADER_REASON, HEADER_REASON_CODE,
+    HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC,
+};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;

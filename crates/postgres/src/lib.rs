@@ -1,7 +1,9 @@
 //! PostgreSQL adapters. No sqlx type leaves this crate: errors become port errors here.
 
+pub mod certificates;
 mod ledger;
 
+pub use certificates::{PgCertificates, PgOutbox};
 pub use ledger::PgLedger;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

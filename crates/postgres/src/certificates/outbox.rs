@@ -1,0 +1,94 @@
+//! The outbox relay's side of the table. One relay leads at a time (a session advisory lock on a
+//! dedicated connection), reads rows in id order and deletes them only after the broker
+//! acknowledged them, so events are never lost and a certificate's events keep their order.
+
+use super::unavailable;
+use backbone_certificates::ApplyError;
+use sqlx::{ConnectOptions, PgConnection, PgPool};
+
+const LEADER_LOCK: i64 = 0x6763_6f75_7462_6f78; // "gcoutbox"
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRecord {
+    pub id: i64,
+    pub topic: String,
+    pub key: String,
+    pub payload: String,
+}
+
+#[derive(Clone)]
+pub struct PgOutbox {
+    pool: PgPool,
+}
+
+/// Held while this process is the relay; dropping it (or losing the connection) hands over.
+pub struct Leadership {
+    connection: tokio::sync::Mutex<PgConnection>,
+}
+
+impl Leadership {
+    /// Whether the session holding the lock is still there.
+    pub async fn is_alive(&self) -> bool {
+        let mut connection = self.connection.lock().await;
+        sqlx::query("SELECT 1").execute(&mut *connection).await.is_ok()
+    }
+}
+
+impl PgOutbox {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// `Some` if this process became the relay.
+    pub async fn try_lead(&self) -> Result<Option<Leadership>, ApplyError> {
+        // A connection of its own, outside the pool: the lock lives as long as this session.
+        let mut connection = self.pool.connect_options().connect().await.map_err(unavailable)?;
+        let led: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(LEADER_LOCK)
+            .fetch_one(&mut connection)
+            .await
+            .map_err(unavailable)?;
+        if !led {
+            return Ok(None);
+        }
+        Ok(Some(Leadership {
+            connection: tokio::sync::Mutex::new(connection),
+        }))
+    }
+
+    pub async fn next(&self, limit: i64) -> Result<Vec<OutboxRecord>, ApplyError> {
+        sqlx::query_as::<_, (i64, String, String, String)>(
+            "SELECT id, topic, key, payload::text FROM outbox ORDER BY id LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map(|rows| {
+            rows.into_iter()
+                .map(|(id, topic, key, payload)| OutboxRecord {
+                    id,
+                    topic,
+                    key,
+                    payload,
+                })
+                .collect()
+        })
+        .map_err(unavailable)
+    }
+
+    pub async fn delete(&self, ids: &[i64]) -> Result<(), ApplyError> {
+        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+            .bind(ids)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    pub async fn pending(&self) -> Result<i64, ApplyError> {
+        sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)
+    }
+}

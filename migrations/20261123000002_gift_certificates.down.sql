@@ -1,0 +1,10 @@
+DROP TABLE IF EXISTS certificate_batch_job;
+DROP TABLE IF EXISTS sms_delivery;
+DROP TABLE IF EXISTS sale_payment;
+DROP TABLE IF EXISTS certificate_sale;
+DROP TABLE IF EXISTS outbox;
+DROP TABLE IF EXISTS idempotency_key;
+DROP TABLE IF EXISTS audit_log;
+DROP TABLE IF EXISTS gift_certificate_operation;
+DROP TABLE IF EXISTS gift_certificate_hold;
+DROP TABLE IF EXISTS gift_certificate;
