@@ -1,0 +1,404 @@
+//! `load`: stream the file, validate every row, write rejects, cut the rest into jobs and send
+//! them, skipping jobs the progress file says were acknowledged.
+//!
+//! Jobs are numbered from 0 and hold `job_size` accepted rows each, in file order, so the same file
+//! and job size always give the same jobs with byte-identical bodies. A reading thread feeds a
+//! bounded queue; at most `concurrency` jobs are in flight; memory is the de-duplication set plus
+//! a few jobs, whatever the file size.
+
+use crate::checkpoint::{job_digest, Checkpoint, JobDigest};
+use crate::contract::{UploadAck, UploadJob, CONTRACT_VERSION, MAX_JOB_SIZE};
+use crate::dedup::SeenCodes;
+use crate::format::{validate_row, Columns, RejectReason};
+use crate::progress::{Counters, Progress, ProgressMode};
+use crate::sink::{OutgoingJob, SendError, Sink};
+use anyhow::Context;
+use rand::Rng;
+use std::fs::{File, OpenOptions};
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub file: PathBuf,
+    pub batch_id: String,
+    pub job_size: usize,
+    pub rejects: PathBuf,
+    /// Jobs in flight at once.
+    pub concurrency: usize,
+    /// Tries per job before the run stops (it can be resumed).
+    pub max_attempts: u32,
+    /// First backoff; doubles per try, with jitter, up to 30 s.
+    pub retry_base: Duration,
+    pub progress: ProgressMode,
+    pub progress_every: Duration,
+}
+
+impl LoadOptions {
+    pub fn new(file: impl Into<PathBuf>, batch_id: impl Into<String>) -> Self {
+        let file = file.into();
+        let batch_id = batch_id.into();
+        Self {
+            rejects: default_rejects_path(&file, &batch_id),
+            file,
+            batch_id,
+            job_size: 1_000,
+            concurrency: 4,
+            max_attempts: 8,
+            retry_base: Duration::from_millis(200),
+            progress: ProgressMode::Auto,
+            progress_every: Duration::from_secs(5),
+        }
+    }
+
+    /// The progress file: next to the reject file.
+    pub fn progress_path(&self) -> PathBuf {
+        let mut p = self.rejects.clone().into_os_string();
+        p.push(".progress");
+        p.into()
+    }
+}
+
+/// `FILE.BATCH_ID.rejects.csv`: each batch of a file has its own reject and progress files.
+pub fn default_rejects_path(file: &Path, batch_id: &str) -> PathBuf {
+    let mut p = file.as_os_str().to_owned();
+    p.push(format!(".{batch_id}.rejects.csv"));
+    p.into()
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub rows: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub duplicates_in_file: u64,
+    pub jobs: u64,
+    pub jobs_sent: u64,
+    /// Acknowledged by an earlier run and not sent again.
+    pub jobs_skipped: u64,
+    /// Issued and already-existing codes as the service counted them (HTTP only).
+    pub issued: Option<u64>,
+    pub duplicates_at_service: Option<u64>,
+    pub elapsed: Duration,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let opt = |v: Option<u64>| v.map_or("n/a".to_owned(), |n| n.to_string());
+        write!(
+            f,
+            "rows {} accepted {} rejected {} (duplicates in file {}) jobs {} (sent {}, skipped as acknowledged {}) \
+             issued {} duplicates at service {} time {:.2}s",
+            self.rows,
+            self.accepted,
+            self.rejected,
+            self.duplicates_in_file,
+            self.jobs,
+            self.jobs_sent,
+            self.jobs_skipped,
+            opt(self.issued),
+            opt(self.duplicates_at_service),
+            self.elapsed.as_secs_f64()
+        )
+    }
+}
+
+/// A job the service or broker acknowledged: number, digest, the service's counts (HTTP).
+type Sent = (u32, JobDigest, Option<UploadAck>);
+
+struct ReadyJob {
+    job: OutgoingJob,
+    digest: JobDigest,
+}
+
+#[derive(Default)]
+struct ReadTotals {
+    rows: u64,
+    accepted: u64,
+    rejected: u64,
+    duplicates_in_file: u64,
+    jobs: u64,
+}
+
+fn create_private(path: &Path) -> std::io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    o.open(path)
+}
+
+/// The reading side, on a blocking thread.
+fn read_file(
+    options: &LoadOptions,
+    tx: mpsc::Sender<ReadyJob>,
+    counters: &Counters,
+) -> anyhow::Result<ReadTotals> {
+    let file = File::open(&options.file).with_context(|| format!("{}", options.file.display()))?;
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .from_reader(BufReader::with_capacity(1 << 18, file));
+    let columns = Columns::from_header(reader.byte_headers()?)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", options.file.display()))?;
+    // The reject file holds rejected rows, CVCs included: owner-only like the input.
+    let rejects_file = create_private(&options.rejects)
+        .with_context(|| format!("reject file {}", options.rejects.display()))?;
+    let mut rejects = csv::Writer::from_writer(std::io::BufWriter::new(rejects_file));
+    rejects.write_record(["line", "reason", "record"])?;
+
+    let mut seen = SeenCodes::new();
+    let mut totals = ReadTotals::default();
+    let mut current = Vec::with_capacity(options.job_size);
+    let mut record = csv::ByteRecord::new();
+    let mut next_job: u32 = 0;
+    let emit = |certificates: Vec<_>, job: u32| -> anyhow::Result<ReadyJob> {
+        let job_body = UploadJob {
+            version: CONTRACT_VERSION,
+            batch_id: options.batch_id.clone(),
+            job,
+            certificates,
+        };
+        let body = serde_json::to_vec(&job_body)?;
+        Ok(ReadyJob {
+            digest: job_digest(&body),
+            job: OutgoingJob {
+                job,
+                certificates: job_body.certificates.len(),
+                body,
+            },
+        })
+    };
+    loop {
+        if !reader.read_byte_record(&mut record)? {
+            break;
+        }
+        totals.rows += 1;
+        let line = record.position().map_or(0, |p| p.line());
+        counters.rows.fetch_add(1, Ordering::Relaxed);
+        counters
+            .bytes
+            .store(record.position().map_or(0, |p| p.byte()), Ordering::Relaxed);
+        let outcome = validate_row(&record, &columns).and_then(|(code, cert)| {
+            if seen.insert(code.expose()) {
+                Ok(cert)
+            } else {
+                Err(RejectReason::DuplicateInFile)
+            }
+        });
+        match outcome {
+            Ok(cert) => {
+                totals.accepted += 1;
+                counters.accepted.fetch_add(1, Ordering::Relaxed);
+                current.push(cert);
+                if current.len() == options.job_size {
+                    let full = std::mem::replace(&mut current, Vec::with_capacity(options.job_size));
+                    let ready = emit(full, next_job)?;
+                    next_job += 1;
+                    totals.jobs += 1;
+                    if tx.blocking_send(ready).is_err() {
+                        // The sending side stopped on an error; it reports it.
+                        break;
+                    }
+                }
+            }
+            Err(reason) => {
+                totals.rejected += 1;
+                if reason == RejectReason::DuplicateInFile {
+                    totals.duplicates_in_file += 1;
+                }
+                counters.rejected.fetch_add(1, Ordering::Relaxed);
+                let raw: Vec<String> = record
+                    .iter()
+                    .map(|f| String::from_utf8_lossy(f).into_owned())
+                    .collect();
+                rejects.write_record([line.to_string(), reason.code().to_owned(), raw.join(",")])?;
+            }
+        }
+    }
+    if !current.is_empty() {
+        let ready = emit(std::mem::take(&mut current), next_job)?;
+        totals.jobs += 1;
+        let _ = tx.blocking_send(ready);
+    }
+    counters.bytes.store(reader.position().byte(), Ordering::Relaxed);
+    let file = rejects
+        .into_inner()
+        .map_err(|e| anyhow::anyhow!("reject file: {}", e.error()))?
+        .into_inner()
+        .map_err(|e| anyhow::anyhow!("reject file: {}", e.error()))?;
+    file.sync_all()?;
+    Ok(totals)
+}
+
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    let exp = base
+        .saturating_mul(1 << attempt.min(16))
+        .min(Duration::from_secs(30));
+    // Full jitter on the upper half keeps retries of parallel jobs apart.
+    let half = exp / 2;
+    half + half.mul_f64(rand::rng().random::<f64>())
+}
+
+async fn send_with_retries(
+    sink: Arc<Sink>,
+    ready: ReadyJob,
+    options: Arc<LoadOptions>,
+    progress: Arc<Progress>,
+) -> Result<Sent, SendError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match sink.send(&ready.job).await {
+            Ok(ack) => return Ok((ready.job.job, ready.digest, ack)),
+            Err(SendError::Retryable { reason, retry_after }) if attempt < options.max_attempts => {
+                let wait = retry_after
+                    .unwrap_or_else(|| backoff(options.retry_base, attempt - 1))
+                    .min(Duration::from_secs(30));
+                progress.counters.retries.fetch_add(1, Ordering::Relaxed);
+                progress.note(&format!(
+                    "{reason}; try {attempt} of {}, again in {} ms",
+                    options.max_attempts,
+                    wait.as_millis()
+                ));
+                tokio::time::sleep(wait).await;
+            }
+            Err(SendError::Retryable { reason, .. }) => {
+                return Err(SendError::Fatal(format!(
+                    "{reason}; gave up after {attempt} tries"
+                )))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Runs a load. An error leaves the progress file with every job acknowledged so far; running
+/// again with the same file, batch id and job size finishes the batch.
+pub async fn load(options: LoadOptions, sink: Arc<Sink>) -> anyhow::Result<Summary> {
+    let started = Instant::now();
+    crate::contract::validate_batch_id(&options.batch_id).map_err(anyhow::Error::msg)?;
+    if !(1..=MAX_JOB_SIZE).contains(&options.job_size) {
+        anyhow::bail!("--job-size must be 1..={MAX_JOB_SIZE}");
+    }
+    if options.concurrency == 0 || options.max_attempts == 0 {
+        anyhow::bail!("--concurrency and --max-attempts must be at least 1");
+    }
+    let total_bytes = std::fs::metadata(&options.file)
+        .with_context(|| format!("{}", options.file.display()))?
+        .len();
+    let mut checkpoint = Checkpoint::open(&options.progress_path(), &options.batch_id, options.job_size)?;
+    let options = Arc::new(options);
+    let progress = Arc::new(Progress::start(
+        options.progress,
+        total_bytes,
+        options.progress_every,
+    ));
+
+    let (tx, mut rx) = mpsc::channel::<ReadyJob>(options.concurrency * 2);
+    let reader = tokio::task::spawn_blocking({
+        let options = options.clone();
+        let progress = progress.clone();
+        move || read_file(&options, tx, &progress.counters)
+    });
+
+    let mut summary = Summary::default();
+    let mut counts = (0u64, 0u64, false);
+    let mut failure: Option<anyhow::Error> = None;
+    let mut inflight = JoinSet::new();
+    let finished = |result: Result<Result<Sent, SendError>, tokio::task::JoinError>,
+                    checkpoint: &mut Checkpoint,
+                    summary: &mut Summary,
+                    counts: &mut (u64, u64, bool)|
+     -> anyhow::Result<()> {
+        let (job, digest, ack) = result??;
+        checkpoint.record(job, digest, ack.as_ref())?;
+        summary.jobs_sent += 1;
+        progress.counters.jobs_sent.fetch_add(1, Ordering::Relaxed);
+        match ack {
+            Some(a) => {
+                counts.0 += a.issued;
+                counts.1 += a.duplicates;
+            }
+            None => counts.2 = true,
+        }
+        Ok(())
+    };
+
+    'receive: while let Some(ready) = rx.recv().await {
+        if let Some(prev) = checkpoint.acknowledged(ready.job.job) {
+            if prev.digest != ready.digest {
+                failure = Some(anyhow::anyhow!(
+                    "job {} differs from the one acknowledged earlier for batch {}: the file, its order or \
+                     the job size changed; load it under a new batch id",
+                    ready.job.job,
+                    options.batch_id
+                ));
+                break;
+            }
+            summary.jobs_skipped += 1;
+            progress.counters.jobs_skipped.fetch_add(1, Ordering::Relaxed);
+            match (prev.issued, prev.duplicates) {
+                (Some(i), Some(d)) => {
+                    counts.0 += i;
+                    counts.1 += d;
+                }
+                _ => counts.2 = true,
+            }
+            continue;
+        }
+        while inflight.len() >= options.concurrency {
+            if let Some(done) = inflight.join_next().await {
+                if let Err(e) = finished(done, &mut checkpoint, &mut summary, &mut counts) {
+                    failure = Some(e);
+                    break 'receive;
+                }
+            }
+        }
+        inflight.spawn(send_with_retries(
+            sink.clone(),
+            ready,
+            options.clone(),
+            progress.clone(),
+        ));
+    }
+    // Stop the reader if we broke off, then record whatever is still in flight.
+    drop(rx);
+    while let Some(done) = inflight.join_next().await {
+        if let Err(e) = finished(done, &mut checkpoint, &mut summary, &mut counts) {
+            failure.get_or_insert(e);
+        }
+    }
+    if let Sink::Kafka(k) = sink.as_ref() {
+        k.flush();
+    }
+    let read = reader.await?;
+    progress.finish().await;
+    if let Some(e) = failure {
+        return Err(e.context(format!(
+            "batch {} stopped; acknowledged jobs are in {}; run the same command again to continue",
+            options.batch_id,
+            checkpoint.path().display()
+        )));
+    }
+    let read = read?;
+    summary.rows = read.rows;
+    summary.accepted = read.accepted;
+    summary.rejected = read.rejected;
+    summary.duplicates_in_file = read.duplicates_in_file;
+    summary.jobs = read.jobs;
+    if !counts.2 {
+        summary.issued = Some(counts.0);
+        summary.duplicates_at_service = Some(counts.1);
+    }
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}

@@ -1,0 +1,116 @@
+//! The Kafka path against librdkafka's mock cluster: one record per job on the upload topic, keyed
+//! by batch id, the job JSON as value; a re-run publishes nothing new.
+#![allow(clippy::unwrap_used)]
+
+use backbone_kafka::KafkaSettings;
+use batch_loader::contract::UploadJob;
+use batch_loader::generate::{generate, GenerateOptions};
+use batch_loader::load::{load, LoadOptions};
+use batch_loader::progress::ProgressMode;
+use batch_loader::sink::{KafkaSink, Sink};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::mocking::MockCluster;
+use rdkafka::{ClientConfig, Message};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Every record on the topic: (key, idempotency header, value).
+fn read_all(brokers: &str, topic: &str, expected: usize) -> Vec<(String, String, Vec<u8>)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("check-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    // Read until the expected count, then a little longer to see any extra record.
+    let mut quiet_until: Option<Instant> = None;
+    while Instant::now() < deadline {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m.unwrap();
+            let header = m
+                .headers()
+                .and_then(|h| h.iter().find(|h| h.key == "idempotency-key"))
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8(v.to_vec()).unwrap())
+                .unwrap_or_default();
+            out.push((
+                String::from_utf8(m.key().unwrap().to_vec()).unwrap(),
+                header,
+                m.payload().unwrap().to_vec(),
+            ));
+        }
+        if out.len() >= expected {
+            let until = *quiet_until.get_or_insert_with(|| Instant::now() + Duration::from_millis(500));
+            if Instant::now() > until {
+                break;
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn jobs_are_published_keyed_by_batch_and_not_again_on_a_rerun() {
+    let cluster = MockCluster::new(1).unwrap();
+    let topic = "GiftCertificateUpload";
+    cluster.create_topic(topic, 3, 1).unwrap();
+    let settings = KafkaSettings {
+        brokers: cluster.bootstrap_servers(),
+        ..KafkaSettings::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("batch.csv");
+    generate(
+        &file,
+        &GenerateOptions {
+            count: 250,
+            nominal_minor: 300_000,
+            currency: "RUB".into(),
+            expires_at: None,
+            overwrite: false,
+        },
+    )
+    .unwrap();
+    let options = LoadOptions {
+        job_size: 100,
+        progress: ProgressMode::Off,
+        ..LoadOptions::new(&file, "kafka-1")
+    };
+    let sink = || Arc::new(Sink::Kafka(KafkaSink::new(&settings, topic, "kafka-1").unwrap()));
+
+    let summary = load(options.clone(), sink()).await.unwrap();
+    assert_eq!((summary.accepted, summary.jobs, summary.jobs_sent), (250, 3, 3));
+    assert_eq!(
+        summary.issued, None,
+        "the broker does not know what the service issued"
+    );
+
+    let records = read_all(&settings.brokers, topic, 3);
+    assert_eq!(records.len(), 3);
+    let mut jobs: Vec<UploadJob> = records
+        .iter()
+        .map(|(key, header, value)| {
+            assert_eq!(key, "kafka-1");
+            let job: UploadJob = serde_json::from_slice(value).unwrap();
+            assert_eq!(header, &format!("kafka-1:{}", job.job));
+            job
+        })
+        .collect();
+    jobs.sort_by_key(|j| j.job);
+    let sizes: Vec<usize> = jobs.iter().map(|j| j.certificates.len()).collect();
+    assert_eq!(sizes, [100, 100, 50]);
+    assert!(jobs.iter().all(|j| j.version == 1 && j.batch_id == "kafka-1"));
+
+    let again = load(options, sink()).await.unwrap();
+    assert_eq!((again.jobs_sent, again.jobs_skipped), (0, 3));
+    assert_eq!(
+        read_all(&settings.brokers, topic, 3).len(),
+        3,
+        "nothing new on the topic"
+    );
+}

@@ -1,0 +1,299 @@
+//! gift-certificates configuration: defaults, then a TOML file, then `GIFT_CERTIFICATES_*`
+//! environment variables (`GIFT_CERTIFICATES_TOKENS__POS` sets the POS channel's token).
+//! Validated as a whole at start-up; errors name the setting, never its value.
+
+use crate::auth::Channel;
+use backbone_kafka::KafkaSettings;
+use backbone_redis::AttemptPolicy;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+pub const ENV_PREFIX: &str = "GIFT_CERTIFICATES_";
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub postgres: PostgresConfig,
+    pub redis: RedisConfig,
+    pub kafka: KafkaSettings,
+    pub topics: Topics,
+    pub keys: KeysConfig,
+    /// Service token per channel. A channel without a token cannot call the API.
+    #[serde(skip_serializing)]
+    pub tokens: BTreeMap<Channel, SecretString>,
+    pub holds: HoldsConfig,
+    pub attempts: AttemptPolicy,
+    pub sms: SmsConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// The API, `/openapi.json`, `/metrics` and the health endpoints.
+    pub listen: SocketAddr,
+    /// Largest request body accepted (upload batches are the largest).
+    pub max_body_bytes: usize,
+    /// How long an `Idempotency-Key` and its response are kept.
+    pub idempotency_retention_hours: u32,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8088)),
+            max_body_bytes: 8 * 1024 * 1024,
+            idempotency_retention_hours: 24 * 7,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    #[serde(skip_serializing, default = "default_pg_url")]
+    pub url: SecretString,
+    pub max_connections: u32,
+}
+
+fn default_pg_url() -> SecretString {
+    SecretString::from("postgres://postgres:postgres@127.0.0.1:5432/gift_certificates")
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            url: default_pg_url(),
+            max_connections: 24,
+        }
+    }
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &"[redacted]")
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    #[serde(skip_serializing, default = "default_redis_url")]
+    pub url: SecretString,
+    /// Prefix of every key this service writes.
+    pub key_prefix: String,
+    /// How long a cached balance may be served.
+    pub balance_ttl_seconds: u64,
+}
+
+fn default_redis_url() -> SecretString {
+    SecretString::from("redis://127.0.0.1:6379")
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: default_redis_url(),
+            key_prefix: "gc:".into(),
+            balance_ttl_seconds: 30,
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &"[redacted]")
+            .field("key_prefix", &self.key_prefix)
+            .field("balance_ttl_seconds", &self.balance_ttl_seconds)
+            .finish()
+    }
+}
+
+/// Topic names; the defaults are the ones the other services use.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Topics {
+    pub orders: String,
+    pub payments: String,
+    pub uploads: String,
+    pub dead_letters: String,
+    /// Consumer group of the order, payment and upload consumers.
+    pub group_id: String,
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Self {
+            orders: "All_SalesOrder".into(),
+            payments: "All_Payments".into(),
+            uploads: "GiftCertificateUpload".into(),
+            dead_letters: "dead.letters".into(),
+            group_id: "gift-certificates".into(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    /// Local master key file (development KMS adapter). `make run` creates one.
+    pub key_file: PathBuf,
+    /// Earlier master keys, still able to open what they sealed.
+    pub retired_key_files: Vec<PathBuf>,
+    /// Key id the code digests derive from, once the master key has been rotated.
+    pub digest_key_id: Option<String>,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self {
+            key_file: PathBuf::from(".stack/keys/master.key"),
+            retired_key_files: Vec::new(),
+            digest_key_id: None,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HoldsConfig {
+    /// Hold lifetime when the caller does not ask for one.
+    pub default_ttl_seconds: i64,
+    /// Longest lifetime a caller may ask for.
+    pub max_ttl_seconds: i64,
+    /// How often the sweeper releases expired holds.
+    pub sweep_interval_ms: u64,
+}
+
+impl Default for HoldsConfig {
+    fn default() -> Self {
+        Self {
+            default_ttl_seconds: 15 * 60,
+            max_ttl_seconds: 7 * 24 * 3600,
+            sweep_interval_ms: 1000,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmsConfig {
+    /// The provider's base URL; `/v1/messages` is appended. Empty disables sending (deliveries
+    /// stay queued).
+    pub base_url: String,
+    #[serde(skip_serializing, default = "empty_secret")]
+    pub token: SecretString,
+    pub sender: Option<String>,
+    pub timeout_ms: u64,
+    /// Attempts before a delivery is dead-lettered.
+    pub max_attempts: u32,
+    /// First retry delay; doubles with jitter up to `max_backoff_ms`.
+    pub min_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    pub poll_interval_ms: u64,
+    /// Text of the message; `{cvc}` and `{last4}` are replaced.
+    pub template: String,
+}
+
+fn empty_secret() -> SecretString {
+    SecretString::from("")
+}
+
+impl Default for SmsConfig {
+    fn default() -> Self {
+        Self {
+            base_url: String::new(),
+            token: empty_secret(),
+            sender: None,
+            timeout_ms: 10_000,
+            max_attempts: 8,
+            min_backoff_ms: 1_000,
+            max_backoff_ms: 300_000,
+            poll_interval_ms: 500,
+            template: "Your gift certificate ****{last4}: security code {cvc}".into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for SmsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmsConfig")
+            .field("base_url", &self.base_url)
+            .field("token", &"[redacted]")
+            .field("sender", &self.sender)
+            .field("max_attempts", &self.max_attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    pub otlp_endpoint: Option<String>,
+}
+
+impl Config {
+    /// Every problem at once, one per line.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        if self.tokens.is_empty() {
+            problems.push("tokens: at least one channel needs a service token".to_owned());
+        }
+        for (channel, token) in &self.tokens {
+            if token.expose_secret().len() < 24 {
+                problems.push(format!(
+                    "tokens.{channel}: a service token needs at least 24 characters"
+                ));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for token in self.tokens.values() {
+            if !seen.insert(token.expose_secret()) {
+                problems.push("tokens: two channels share a token".to_owned());
+            }
+        }
+        if self.postgres.max_connections < 2 {
+            problems.push("postgres.max_connections must be >= 2".into());
+        }
+        if !(1..=self.holds.max_ttl_seconds).contains(&self.holds.default_ttl_seconds) {
+            problems.push("holds.default_ttl_seconds must be in 1..=holds.max_ttl_seconds".into());
+        }
+        if self.attempts.per_certificate == 0 || self.attempts.per_channel == 0 {
+            problems.push("attempts limits must be >= 1".into());
+        }
+        if !self.sms.base_url.is_empty() {
+            if let Err(e) = self.sms_provider().validate() {
+                problems.push(e.0);
+            }
+        }
+        if self.sms.max_attempts == 0 || self.sms.min_backoff_ms > self.sms.max_backoff_ms {
+            problems.push("sms: max_attempts >= 1 and min_backoff_ms <= max_backoff_ms".into());
+        }
+        if !self.sms.template.contains("{cvc}") {
+            problems.push("sms.template must contain {cvc}".into());
+        }
+        if let Err(e) = self.kafka.validate() {
+            problems.push(e);
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("\n"))
+        }
+    }
+
+    pub fn sms_provider(&self) -> backbone_sms::SmsProviderConfig {
+        let mut c = backbone_sms::SmsProviderConfig::new(self.sms.base_url.clone(), self.sms.token.clone());
+        c.sender = self.sms.sender.clone();
+        c.timeout_ms = self.sms.timeout_ms;
+        c
+    }
+}

@@ -1,0 +1,327 @@
+//! gift-certificates: the master service for gift certificates. HTTP API for the channels,
+//! sales from order and payment events, events out through a transactional outbox, the CVC sent
+//! once by SMS, a Redis cache for balance checks.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod metrics;
+pub mod problem;
+pub mod relay;
+pub mod sales;
+pub mod sms;
+pub mod upload;
+
+use crate::auth::Tokens;
+use crate::config::{Config, HoldsConfig};
+use crate::metrics::Metrics;
+use crate::problem::Problem;
+use anyhow::Context;
+use axum::routing::{get, post};
+use axum::Router;
+use backbone_certificates::events::Origin;
+use backbone_certificates::{
+    CertificateRef, CertificateRepository, CodeDigest, CodeKeys, Command, OperationId, OperationRequest,
+};
+use backbone_postgres::certificates::BalanceView;
+use backbone_postgres::{PgCertificates, PgOutbox};
+use backbone_redis::{AttemptLimiter, BalanceCache, Redis};
+use secrecy::ExposeSecret;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
+
+/// Everything a request handler needs.
+pub struct AppState {
+    pub repository: PgCertificates,
+    pub keys: Arc<dyn CodeKeys>,
+    pub cache: BalanceCache,
+    pub limiter: AttemptLimiter,
+    pub tokens: Tokens,
+    pub holds: HoldsConfig,
+    pub idempotency_retention_hours: u32,
+    pub metrics: Metrics,
+    pub outbox_wakeup: Arc<Notify>,
+    pub sms_wakeup: Arc<Notify>,
+}
+
+impl AppState {
+    /// After a committed change: drop the cached balance and wake the relay.
+    pub async fn after_commit(&self, digest_hex: &str) {
+        if let Err(e) = self.cache.invalidate(digest_hex).await {
+            // The entry expires by itself; balance checks may be stale until then, debits never
+            // read the cache.
+            tracing::warn!(error = %e, "balance cache invalidation failed");
+        }
+        self.outbox_wakeup.notify_one();
+    }
+
+    /// Read-through: Redis first, PostgreSQL on a miss or when Redis is down.
+    pub async fn balance_view(
+        &self,
+        digest: &CodeDigest,
+        digest_hex: &str,
+    ) -> Result<Option<BalanceView>, Problem> {
+        match self.cache.get::<BalanceView>(digest_hex).await {
+            Ok(Some(view)) => {
+                self.metrics.cache.with_label_values(&["hit"]).inc();
+                return Ok(Some(view));
+            }
+            Ok(None) => self.metrics.cache.with_label_values(&["miss"]).inc(),
+            Err(e) => {
+                self.metrics.cache.with_label_values(&["error"]).inc();
+                tracing::warn!(error = %e, "balance cache unavailable");
+            }
+        }
+        let view = self.repository.balance(digest).await.map_err(api::apply_error)?;
+        if let Some(view) = &view {
+            if let Err(e) = self.cache.put(digest_hex, view).await {
+                tracing::warn!(error = %e, "balance cache write failed");
+            }
+        }
+        Ok(view)
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "gift-certificates", version = "1.0.0",
+         description = "Master service for gift certificates. Every POST needs an Idempotency-Key; errors are RFC 9457 problem details."),
+    paths(api::authorize, api::capture, api::void, api::activate, api::refund, api::cancel, api::balance, api::view,
+          upload::upload_batch, upload::batch_status),
+    components(schemas(problem::Problem, api::OperationResponse, api::BalanceResponse, api::AuthorizeRequest,
+                       api::CaptureRequest, api::VoidRequest, api::ActivateRequest, upload::UploadJob, upload::UploadRow,
+                       upload::UploadResponse, upload::RejectedRow)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document, as served at `/openapi.json` and committed under `docs/openapi/`.
+pub fn openapi_json() -> String {
+    ApiDoc::openapi().to_pretty_json().unwrap_or_default()
+}
+
+async fn render_metrics(axum::extract::State(state): axum::extract::State<Arc<AppState>>) -> String {
+    if let Ok(pending) = state.repository_outbox_pending().await {
+        state.metrics.outbox_pending.set(pending);
+    }
+    backbone_telemetry::render_metrics(&state.metrics.registry)
+}
+
+impl AppState {
+    async fn repository_outbox_pending(&self) -> Result<i64, backbone_certificates::ApplyError> {
+        PgOutbox::new(self.repository.pool().clone()).pending().await
+    }
+}
+
+pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
+    use tower_http::trace::TraceLayer;
+    Router::new()
+        .route("/certificates/upload/batch", post(upload::upload_batch))
+        .route("/certificates/upload/batches/{id}", get(upload::batch_status))
+        .route("/certificates/{code}/activate", post(api::activate))
+        .route("/certificates/{code}/authorize", post(api::authorize))
+        .route("/certificates/{code}/capture", post(api::capture))
+        .route("/certificates/{code}/void", post(api::void))
+        .route("/certificates/{code}/refund", post(api::refund))
+        .route("/certificates/{code}/cancel", post(api::cancel))
+        .route("/certificates/{code}/balance", get(api::balance))
+        .route("/certificates/{code}", get(api::view))
+        .route(
+            "/openapi.json",
+            get(|| async { ([("content-type", "application/json")], openapi_json()) }),
+        )
+        .route("/metrics", get(render_metrics))
+        .route("/health/live", get(|| async { "ok" }))
+        .route("/health/ready", get(ready))
+        .fallback(|| async { Problem::new("bad-request", Some("no such endpoint".into())) })
+        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+        // Spans name the route template (`/certificates/{code}/balance`), never the code itself.
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+                let route = req
+                    .extensions()
+                    .get::<axum::extract::MatchedPath>()
+                    .map(|p| p.as_str().to_owned())
+                    .unwrap_or_else(|| "unmatched".into());
+                tracing::info_span!("http", method = %req.method(), route = %route)
+            }),
+        )
+        .with_state(state)
+}
+
+async fn ready(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+) -> Result<&'static str, Problem> {
+    sqlx_ping(&state)
+        .await
+        .map_err(|_| Problem::new("unavailable", Some("PostgreSQL".into())))?;
+    Ok("ready")
+}
+
+async fn sqlx_ping(state: &AppState) -> Result<(), backbone_certificates::ApplyError> {
+    state.repository.with_expired_holds(0).await.map(|_| ())
+}
+
+/// Releases expired holds: each becomes an `expire` transaction event.
+pub async fn sweep_once(state: &AppState) -> Result<usize, backbone_certificates::ApplyError> {
+    let due = state.repository.with_expired_holds(200).await?;
+    let mut released = 0;
+    for id in due {
+        let request = OperationRequest {
+            certificate: CertificateRef::Id(id),
+            operation: OperationId::parse(format!("sweep:{}", uuid::Uuid::now_v7()))
+                .map_err(|e| backbone_certificates::ApplyError::Unavailable(e.to_string()))?,
+            command: Command::Sweep,
+            origin: Origin {
+                channel: "internal".into(),
+                initiator: Some("hold-sweeper".into()),
+                source_event: None,
+            },
+            idempotency: None,
+            cvc_verifier: None,
+            cvc_sms_to: None,
+        };
+        let applied = state.repository.apply(request).await?;
+        released += applied.effects.len();
+        if let Some(digest) = applied.code_digest {
+            state.after_commit(&hex::encode(digest.0)).await;
+        }
+    }
+    Ok(released)
+}
+
+/// Builds the shared state from configuration (connects to PostgreSQL and Redis, loads keys).
+pub async fn build_state(cfg: &Config) -> anyhow::Result<Arc<AppState>> {
+    let pool = backbone_postgres::connect(cfg.postgres.url.expose_secret(), cfg.postgres.max_connections)
+        .await
+        .context("PostgreSQL")?;
+    let redis = Redis::connect(cfg.redis.url.expose_secret(), &cfg.redis.key_prefix)
+        .await
+        .context("Redis")?;
+    let mut kms = backbone_kms::LocalKmsConfig::new(&cfg.keys.key_file);
+    kms.retired_key_files = cfg.keys.retired_key_files.clone();
+    kms.digest_key_id = cfg.keys.digest_key_id.clone();
+    let keys = backbone_kms::load_local(&kms).context("master key file")?;
+    Ok(Arc::new(AppState {
+        repository: PgCertificates::new(pool),
+        keys: Arc::new(keys),
+        cache: BalanceCache::new(redis.clone(), Duration::from_secs(cfg.redis.balance_ttl_seconds)),
+        limiter: AttemptLimiter::new(redis, cfg.attempts),
+        tokens: Tokens::new(&cfg.tokens),
+        holds: HoldsConfig {
+            default_ttl_seconds: cfg.holds.default_ttl_seconds,
+            max_ttl_seconds: cfg.holds.max_ttl_seconds,
+            sweep_interval_ms: cfg.holds.sweep_interval_ms,
+        },
+        idempotency_retention_hours: cfg.http.idempotency_retention_hours,
+        metrics: Metrics::new(),
+        outbox_wakeup: Arc::new(Notify::new()),
+        sms_wakeup: Arc::new(Notify::new()),
+    }))
+}
+
+/// Runs the API, the outbox relay, the order/payment/upload consumer, the SMS sender and the
+/// hold sweeper until `shutdown`; then drains: stops intake, finishes in-flight work, relays
+/// what was committed, commits offsets.
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    cfg.validate()
+        .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+    let state = build_state(&cfg).await?;
+    let mut kafka = cfg.kafka.clone();
+    kafka.group_id = cfg.topics.group_id.clone();
+    if kafka.create_topics {
+        let topics = [
+            cfg.topics.orders.as_str(),
+            cfg.topics.payments.as_str(),
+            cfg.topics.uploads.as_str(),
+            cfg.topics.dead_letters.as_str(),
+            backbone_certificates::events::STATE_TOPIC,
+            backbone_certificates::events::TRANSACTION_TOPIC,
+            backbone_certificates::events::BI_TOPIC,
+        ];
+        backbone_kafka::ensure_topics(&kafka, &topics, kafka.topic_partitions).await?;
+    }
+    let publisher = backbone_kafka::KafkaPublisher::new(&kafka)?;
+    let listener = tokio::net::TcpListener::bind(cfg.http.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.http.listen))?;
+    tracing::info!(listen = %cfg.http.listen, "gift-certificates listening");
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let workers = CancellationToken::new();
+    tasks.spawn(relay::run(
+        PgOutbox::new(state.repository.pool().clone()),
+        publisher.clone(),
+        state.clone(),
+        workers.clone(),
+    ));
+    tasks.spawn(sales::run(
+        kafka.clone(),
+        cfg.topics.clone(),
+        publisher.clone(),
+        state.clone(),
+        shutdown.clone(),
+    ));
+    let sender: Option<Arc<dyn backbone_certificates::SmsSender>> = if cfg.sms.base_url.is_empty() {
+        tracing::warn!("sms.base_url is empty: CVC deliveries stay queued");
+        None
+    } else {
+        Some(Arc::new(backbone_sms::HttpSmsSender::new(&cfg.sms_provider())?))
+    };
+    tasks.spawn(sms::run(
+        state.clone(),
+        sender,
+        sms::SmsSettings::from(&cfg),
+        shutdown.clone(),
+    ));
+    let sweeper_state = state.clone();
+    let sweeper_stop = shutdown.clone();
+    let interval = Duration::from_millis(cfg.holds.sweep_interval_ms.max(10));
+    tasks.spawn(async move {
+        while !sweeper_stop.is_cancelled() {
+            if let Err(e) = sweep_once(&sweeper_state).await {
+                tracing::warn!(error = %e, "hold sweep failed");
+            }
+            if let Err(e) = sweeper_state.repository.prune_idempotency_keys().await {
+                tracing::warn!(error = %e, "pruning idempotency keys failed");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = sweeper_stop.cancelled() => {}
+            }
+        }
+    });
+
+    let app = router(state.clone(), cfg.http.max_body_bytes);
+    let http_stop = shutdown.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { http_stop.cancelled().await })
+        .await?;
+    // Intake has stopped; let consumers and the SMS sender finish, then relay what they wrote.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    workers.cancel();
+    while let Some(done) = tasks.join_next().await {
+        if let Err(e) = done {
+            tracing::error!(error = %e, "a worker panicked");
+        }
+    }
+    publisher.flush(Duration::from_secs(10))?;
+    tracing::info!("gift-certificates stopped");
+    Ok(())
+}

@@ -1,0 +1,119 @@
+use clap::{Parser, Subcommand};
+use gift_certificates::config::{Config, ENV_PREFIX};
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+/// The master service for gift certificates.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// TOML configuration file; `GIFT_CERTIFICATES_*` environment variables override it.
+    #[arg(long, short, env = "GIFT_CERTIFICATES_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (the default).
+    Run,
+    /// Load and validate the configuration, print it without secrets, and exit.
+    CheckConfig,
+    /// Print the OpenAPI document.
+    Openapi,
+    /// Master keys of the local key-file KMS.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// CVC SMS deliveries.
+    Sms {
+        #[command(subcommand)]
+        command: SmsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a new master key file (refuses to overwrite one).
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum SmsCommand {
+    /// Put dead-lettered deliveries back in the queue.
+    Requeue {
+        /// Only this certificate (id); all failed deliveries when absent.
+        #[arg(long)]
+        certificate: Option<uuid::Uuid>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Run);
+    if let Command::Openapi = command {
+        println!("{}", gift_certificates::openapi_json());
+        return Ok(());
+    }
+    if let Command::Keys {
+        command: KeysCommand::Generate { out },
+    } = &command
+    {
+        if let Some(dir) = out.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let key = backbone_kms::generate_key_file(out)?;
+        println!("created master key {} in {}", key.id(), out.display());
+        return Ok(());
+    }
+    let cfg: Config = backbone_telemetry::load_config(cli.config.as_deref(), ENV_PREFIX)?;
+    match command {
+        Command::CheckConfig => {
+            cfg.validate()
+                .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+            println!("{cfg:#?}");
+            Ok(())
+        }
+        Command::Sms {
+            command: SmsCommand::Requeue { certificate },
+        } => {
+            let state = gift_certificates::build_state(&cfg).await?;
+            let n = state.repository.requeue_failed_sms(certificate).await?;
+            println!("{n} deliveries queued again");
+            Ok(())
+        }
+        Command::Run => {
+            let _telemetry =
+                backbone_telemetry::init("gift-certificates", cfg.telemetry.otlp_endpoint.as_deref())?;
+            let shutdown = CancellationToken::new();
+            let signal = shutdown.clone();
+            tokio::spawn(async move {
+                let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot listen for SIGTERM");
+                        return;
+                    }
+                };
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM: draining"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: draining"),
+                }
+                signal.cancel();
+            });
+            let result = gift_certificates::run(cfg, shutdown).await;
+            if let Err(e) = &result {
+                tracing::error!(error = format!("{e:#}"), "gift-certificates failed");
+            }
+            result
+        }
+        Command::Openapi | Command::Keys { .. } => Ok(()),
+    }
+}

@@ -1,0 +1,180 @@
+//! Sends each activated certificate's CVC by SMS, once: the job is leased, the CVC opened only
+//! in memory for the message, and the ciphertext erased in the transaction that records the
+//! delivery. Provider failures retry with jittered exponential backoff; after `max_attempts` the
+//! job is parked as failed and a dead letter (no CVC, no full phone number) is published;
+//! `gift-certificates sms requeue` puts it back.
+
+use crate::config::Config;
+use crate::AppState;
+use backbone_certificates::{KeyError, SmsError, SmsMessage, SmsSender};
+use backbone_postgres::certificates::{SmsJob, SmsOutcome};
+use backon::{BackoffBuilder, ExponentialBuilder};
+use std::sync::Arc;
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+pub fn valid_phone(phone: &str) -> bool {
+    phone
+        .strip_prefix('+')
+        .is_some_and(|d| (8..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[derive(Debug, Clone)]
+pub struct SmsSettings {
+    pub max_attempts: u32,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    pub poll: Duration,
+    pub template: String,
+    pub dead_letter_topic: String,
+    /// How long a claimed job is reserved for this sender.
+    pub lease: time::Duration,
+}
+
+impl From<&Config> for SmsSettings {
+    fn from(cfg: &Config) -> Self {
+        Self {
+            max_attempts: cfg.sms.max_attempts,
+            min_backoff: Duration::from_millis(cfg.sms.min_backoff_ms),
+            max_backoff: Duration::from_millis(cfg.sms.max_backoff_ms),
+            poll: Duration::from_millis(cfg.sms.poll_interval_ms),
+            template: cfg.sms.template.clone(),
+            dead_letter_topic: cfg.topics.dead_letters.clone(),
+            lease: time::Duration::seconds((cfg.sms.timeout_ms / 1000 + 30) as i64),
+        }
+    }
+}
+
+impl SmsSettings {
+    fn backoff(&self, attempt: u32) -> Duration {
+        ExponentialBuilder::default()
+            .with_min_delay(self.min_backoff)
+            .with_max_delay(self.max_backoff)
+            .with_jitter()
+            .without_max_times()
+            .build()
+            .nth(attempt.saturating_sub(1) as usize)
+            .unwrap_or(self.max_backoff)
+    }
+}
+
+/// What one attempt at `job` ended in.
+pub async fn attempt(
+    state: &AppState,
+    sender: &dyn SmsSender,
+    settings: &SmsSettings,
+    job: &SmsJob,
+) -> SmsOutcome {
+    let Some(sealed) = &job.sealed else {
+        return SmsOutcome::Failed {
+            error: "the CVC is no longer stored".into(),
+        };
+    };
+    let retry_or_fail = |error: String| {
+        if job.attempts >= settings.max_attempts as i32 {
+            SmsOutcome::Failed {
+                error: format!("gave up after {} attempts: {error}", job.attempts),
+            }
+        } else {
+            let delay = settings.backoff(job.attempts as u32);
+            SmsOutcome::Retry {
+                error,
+                next_at: OffsetDateTime::now_utc() + delay,
+            }
+        }
+    };
+    let cvc = match state.keys.open_cvc(&job.code_digest, sealed) {
+        Ok(cvc) => cvc,
+        Err(KeyError::Unavailable(e)) => return retry_or_fail(format!("key service: {e}")),
+        Err(e @ KeyError::Open) => return SmsOutcome::Failed { error: e.to_string() },
+    };
+    let message = SmsMessage {
+        to: job.phone.clone(),
+        text: settings
+            .template
+            .replace("{last4}", &job.code_last4)
+            .replace("{cvc}", cvc.expose()),
+        idempotency_key: format!("cvc-sms:{}", job.certificate_id),
+    };
+    match sender.send(&message).await {
+        Ok(receipt) => SmsOutcome::Sent {
+            provider_id: receipt.provider_id,
+        },
+        Err(SmsError::Transient(e)) => retry_or_fail(e),
+        Err(SmsError::Rejected(e)) => SmsOutcome::Failed {
+            error: format!("provider refused: {e}"),
+        },
+    }
+}
+
+/// Claims and sends due jobs once; returns how many were handled.
+pub async fn send_due(
+    state: &AppState,
+    sender: &dyn SmsSender,
+    settings: &SmsSettings,
+) -> Result<usize, backbone_certificates::ApplyError> {
+    let jobs = state.repository.claim_sms(16, settings.lease).await?;
+    for job in &jobs {
+        let outcome = attempt(state, sender, settings, job).await;
+        let label = match &outcome {
+            SmsOutcome::Sent { .. } => "sent",
+            SmsOutcome::Retry { error, .. } => {
+                tracing::warn!(certificate_id = %job.certificate_id, attempts = job.attempts, error = %error, "CVC SMS failed; will retry");
+                "retry"
+            }
+            SmsOutcome::Failed { error } => {
+                tracing::error!(certificate_id = %job.certificate_id, attempts = job.attempts, error = %error, "CVC SMS dead-lettered");
+                state
+                    .metrics
+                    .dead_letters
+                    .with_label_values(&["sms_failed"])
+                    .inc();
+                "failed"
+            }
+        };
+        state.metrics.sms.with_label_values(&[label]).inc();
+        state
+            .repository
+            .finish_sms(job, &outcome, &settings.dead_letter_topic)
+            .await?;
+        if label == "failed" {
+            state.outbox_wakeup.notify_one();
+        }
+    }
+    Ok(jobs.len())
+}
+
+pub async fn run(
+    state: Arc<AppState>,
+    sender: Option<Arc<dyn SmsSender>>,
+    settings: SmsSettings,
+    stop: CancellationToken,
+) {
+    let Some(sender) = sender else { return };
+    while !stop.is_cancelled() {
+        match send_due(&state, sender.as_ref(), &settings).await {
+            Ok(n) if n > 0 => continue,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "SMS queue unavailable"),
+        }
+        tokio::select! {
+            _ = state.sms_wakeup.notified() => {}
+            _ = tokio::time::sleep(settings.poll) => {}
+            _ = stop.cancelled() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phones_are_e164() {
+        assert!(valid_phone("+79991234567"));
+        for bad in ["79991234567", "+7999", "+7999123456789012", "+7999-123-45-67", ""] {
+            assert!(!valid_phone(bad), "{bad}");
+        }
+    }
+}
