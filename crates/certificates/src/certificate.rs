@@ -410,8 +410,10 @@ impl Certificate {
                 .holds
                 .get_mut(&hold)
                 .ok_or_else(|| CertificateError::UnknownOperation(hold.clone()))?;
-            if h.status != HoldStatus::Active {
-                return Err(CertificateError::HoldNotActive(hold.clone()));
+            match h.status {
+                HoldStatus::Active => {}
+                HoldStatus::Expired => return Err(CertificateError::HoldExpired(hold.clone())),
+                _ => return Err(CertificateError::HoldNotActive(hold.clone())),
             }
             if h.expires_at <= now {
                 return Err(CertificateError::HoldExpired(hold.clone()));

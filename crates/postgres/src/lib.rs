@@ -7,7 +7,7 @@ pub use certificates::{PgCertificates, PgOutbox};
 pub use ledger::PgLedger;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+pub use sqlx::PgPool;
 use std::str::FromStr;
 use std::time::Duration;
 

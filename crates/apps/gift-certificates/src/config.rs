@@ -127,6 +127,25 @@ pub struct Topics {
     pub dead_letters: String,
     /// Consumer group of the order, payment and upload consumers.
     pub group_id: String,
+    /// Out: every state change.
+    pub state: String,
+    /// Out: every authorize, capture, void, refund and expiry.
+    pub transactions: String,
+    /// Out: the aggregated view for BI.
+    pub bi: String,
+}
+
+impl Topics {
+    /// Where an outbox record written for `topic` (an `events::*_TOPIC` name) is published.
+    pub fn out<'a>(&'a self, topic: &'a str) -> &'a str {
+        use backbone_certificates::events::{BI_TOPIC, STATE_TOPIC, TRANSACTION_TOPIC};
+        match topic {
+            STATE_TOPIC => &self.state,
+            TRANSACTION_TOPIC => &self.transactions,
+            BI_TOPIC => &self.bi,
+            other => other,
+        }
+    }
 }
 
 impl Default for Topics {
@@ -137,6 +156,9 @@ impl Default for Topics {
             uploads: "GiftCertificateUpload".into(),
             dead_letters: "dead.letters".into(),
             group_id: "gift-certificates".into(),
+            state: backbone_certificates::events::STATE_TOPIC.into(),
+            transactions: backbone_certificates::events::TRANSACTION_TOPIC.into(),
+            bi: backbone_certificates::events::BI_TOPIC.into(),
         }
     }
 }

@@ -211,6 +211,11 @@ pub async fn build_state(cfg: &Config) -> anyhow::Result<Arc<AppState>> {
     let pool = backbone_postgres::connect(cfg.postgres.url.expose_secret(), cfg.postgres.max_connections)
         .await
         .context("PostgreSQL")?;
+    state_with_pool(cfg, pool).await
+}
+
+/// The shared state over an existing (migrated) pool: connects to Redis and loads the keys.
+pub async fn state_with_pool(cfg: &Config, pool: backbone_postgres::PgPool) -> anyhow::Result<Arc<AppState>> {
     let redis = Redis::connect(cfg.redis.url.expose_secret(), &cfg.redis.key_prefix)
         .await
         .context("Redis")?;
@@ -236,10 +241,22 @@ pub async fn build_state(cfg: &Config) -> anyhow::Result<Arc<AppState>> {
     }))
 }
 
+/// Binds `http.listen` and runs the service until `shutdown` (see [`serve`]).
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(cfg.http.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.http.listen))?;
+    serve(cfg, listener, shutdown).await
+}
+
 /// Runs the API, the outbox relay, the order/payment/upload consumer, the SMS sender and the
 /// hold sweeper until `shutdown`; then drains: stops intake, finishes in-flight work, relays
 /// what was committed, commits offsets.
-pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    cfg: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     cfg.validate()
         .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
     let state = build_state(&cfg).await?;
@@ -251,23 +268,21 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             cfg.topics.payments.as_str(),
             cfg.topics.uploads.as_str(),
             cfg.topics.dead_letters.as_str(),
-            backbone_certificates::events::STATE_TOPIC,
-            backbone_certificates::events::TRANSACTION_TOPIC,
-            backbone_certificates::events::BI_TOPIC,
+            cfg.topics.state.as_str(),
+            cfg.topics.transactions.as_str(),
+            cfg.topics.bi.as_str(),
         ];
         backbone_kafka::ensure_topics(&kafka, &topics, kafka.topic_partitions).await?;
     }
     let publisher = backbone_kafka::KafkaPublisher::new(&kafka)?;
-    let listener = tokio::net::TcpListener::bind(cfg.http.listen)
-        .await
-        .with_context(|| format!("binding {}", cfg.http.listen))?;
-    tracing::info!(listen = %cfg.http.listen, "gift-certificates listening");
+    tracing::info!(listen = %listener.local_addr()?, "gift-certificates listening");
 
     let mut tasks = tokio::task::JoinSet::new();
     let workers = CancellationToken::new();
     tasks.spawn(relay::run(
         PgOutbox::new(state.repository.pool().clone()),
         publisher.clone(),
+        cfg.topics.clone(),
         state.clone(),
         workers.clone(),
     ));

@@ -3,6 +3,7 @@
 //! the delete publishes those events again (consumers de-duplicate by `event_id`); nothing is
 //! lost, and a certificate's events never overtake each other.
 
+use crate::config::Topics;
 use crate::AppState;
 use backbone_kafka::{KafkaPublisher, OutgoingRecord};
 use backbone_postgres::PgOutbox;
@@ -14,7 +15,11 @@ const BATCH: i64 = 2000;
 const IDLE_POLL: Duration = Duration::from_millis(250);
 
 /// Publishes what is in the outbox now; returns how many events went out.
-pub async fn drain_once(outbox: &PgOutbox, publisher: &KafkaPublisher) -> anyhow::Result<usize> {
+pub async fn drain_once(
+    outbox: &PgOutbox,
+    publisher: &KafkaPublisher,
+    topics: &Topics,
+) -> anyhow::Result<usize> {
     let rows = outbox.next(BATCH).await?;
     if rows.is_empty() {
         return Ok(0);
@@ -22,7 +27,7 @@ pub async fn drain_once(outbox: &PgOutbox, publisher: &KafkaPublisher) -> anyhow
     let records = rows
         .iter()
         .map(|r| OutgoingRecord {
-            topic: &r.topic,
+            topic: topics.out(&r.topic),
             key: Some(r.key.as_bytes()),
             payload: r.payload.as_bytes(),
             headers: vec![("content-type".into(), "application/json".into())],
@@ -34,7 +39,13 @@ pub async fn drain_once(outbox: &PgOutbox, publisher: &KafkaPublisher) -> anyhow
     Ok(ids.len())
 }
 
-pub async fn run(outbox: PgOutbox, publisher: KafkaPublisher, state: Arc<AppState>, stop: CancellationToken) {
+pub async fn run(
+    outbox: PgOutbox,
+    publisher: KafkaPublisher,
+    topics: Topics,
+    state: Arc<AppState>,
+    stop: CancellationToken,
+) {
     loop {
         let leadership = match outbox.try_lead().await {
             Ok(Some(l)) => l,
@@ -55,7 +66,7 @@ pub async fn run(outbox: PgOutbox, publisher: KafkaPublisher, state: Arc<AppStat
         };
         tracing::info!("outbox relay leading");
         loop {
-            match drain_once(&outbox, &publisher).await {
+            match drain_once(&outbox, &publisher, &topics).await {
                 Ok(0) => {
                     if stop.is_cancelled() {
                         drop(leadership);

@@ -1,6 +1,6 @@
-//! Gift certificates in PostgreSQL. One operation is four round trips inside one transaction:
+//! Gift certificates in PostgreSQL. One operation is four statements inside one transaction:
 //! an advisory lock on the idempotency key (so a concurrent duplicate gets `InFlight` at once),
-//! one read that locks the certificate row and loads what the operation needs, and one write
+//! a row lock on the certificate, one read of what the operation needs, and one write
 //! statement that updates the certificate (version-guarded, CHECK-constrained), upserts changed
 //! holds, and inserts the operation, audit, outbox and idempotency rows. The statements are
 //! public so the benchmark can replay exactly them with pgbench.
@@ -34,12 +34,17 @@ pub use sms::{SmsJob, SmsOutcome};
 /// Serialises concurrent requests with the same idempotency key; `false` = in flight elsewhere.
 pub const LOCK_SQL: &str = "SELECT pg_try_advisory_xact_lock($1)";
 
-/// Locks the certificate and loads its active holds, the hold or capture `$2` names, an earlier
-/// effect under operation id `$3`, and the idempotency record (`$4`, `$5`).
-macro_rules! load_sql {
-    ($filter:literal) => {
-        concat!(
-            "SELECT c.id, c.code_digest, c.code_last4, c.currency, c.nominal, c.balance, c.state, c.expires_at,
+/// Locks the certificate's row; a concurrent operation on it waits here.
+pub const LOCK_BY_CODE_SQL: &str = "SELECT id FROM gift_certificate WHERE code_digest = $1 FOR UPDATE";
+pub const LOCK_BY_ID_SQL: &str = "SELECT id FROM gift_certificate WHERE id = $1 FOR UPDATE";
+
+/// Loads the locked certificate with its active holds, the hold or capture `$2` names, an
+/// earlier effect under operation id `$3`, and the idempotency record (`$4`, `$5`). A statement
+/// of its own, after the lock: under READ COMMITTED it then reads what the transaction it
+/// waited for committed (a lock and a read in one statement would read the holds as of before
+/// the wait).
+pub const LOAD_SQL: &str =
+    "SELECT c.id, c.code_digest, c.code_last4, c.currency, c.nominal, c.balance, c.state, c.expires_at,
        c.client_id, c.order_id, c.payment_id, c.cvc_verifier, c.version,
        (SELECT coalesce(jsonb_agg(to_jsonb(h)), '[]'::jsonb) FROM gift_certificate_hold h
          WHERE h.certificate_id = c.id AND (h.status = 'active' OR h.hold_id = $2 OR h.capture_id = $2)) AS holds,
@@ -47,14 +52,7 @@ macro_rules! load_sql {
          WHERE o.certificate_id = c.id AND o.operation_id = $3) AS applied,
        (SELECT jsonb_build_object('hash', encode(k.request_hash, 'hex'), 'outcome', k.outcome, 'result', k.result)
           FROM idempotency_key k WHERE k.channel = $4 AND k.key = $5) AS idempotency
-  FROM gift_certificate c WHERE ",
-            $filter,
-            " FOR UPDATE OF c"
-        )
-    };
-}
-pub const LOAD_BY_CODE_SQL: &str = load_sql!("c.code_digest = $1");
-pub const LOAD_BY_ID_SQL: &str = load_sql!("c.id = $1");
+  FROM gift_certificate c WHERE c.id = $1";
 
 /// Everything an operation changed, in one statement. Nothing is written unless the version
 /// still matches.
@@ -93,7 +91,8 @@ pub const WRITE_SQL: &str = "WITH cert AS (
 ), events AS (
     INSERT INTO outbox (topic, key, payload)
     SELECT e.topic, e.key, e.payload
-      FROM cert, jsonb_to_recordset($14) WITH ORDINALITY AS e(topic text, key text, payload jsonb, n)
+      FROM cert, ROWS FROM (jsonb_to_recordset($14) AS (topic text, key text, payload jsonb))
+           WITH ORDINALITY AS e(topic, key, payload, n)
      ORDER BY e.n
 ), idempotency AS (
     INSERT INTO idempotency_key (channel, key, request_hash, outcome, result, expires_at)
@@ -362,11 +361,17 @@ impl PgCertificates {
             }
         }
         let target = request.command.target().map(OperationId::as_str);
-        let query = match request.certificate {
-            CertificateRef::Code(digest) => sqlx::query(LOAD_BY_CODE_SQL).bind(digest.0.to_vec()),
-            CertificateRef::Id(id) => sqlx::query(LOAD_BY_ID_SQL).bind(id),
+        let lock = match request.certificate {
+            CertificateRef::Code(digest) => sqlx::query_scalar(LOCK_BY_CODE_SQL).bind(digest.0.to_vec()),
+            CertificateRef::Id(id) => sqlx::query_scalar(LOCK_BY_ID_SQL).bind(id),
         };
-        let row = query
+        let id: Uuid = lock
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(unavailable)?
+            .ok_or(ApplyError::NotFound)?;
+        let row = sqlx::query(LOAD_SQL)
+            .bind(id)
             .bind(target)
             .bind(request.operation.as_str())
             .bind(channel)

@@ -1,0 +1,235 @@
+//! The service on a random port over a fresh database (`#[sqlx::test]`), the real Redis (a
+//! key prefix per test) and a key file in a temporary directory. Kafka is only needed by the
+//! event tests, which run the whole service with [`gift_certificates::serve`].
+
+use backbone_certificates::code::{GiftCode, ALPHABET};
+use gift_certificates::auth::Channel;
+use gift_certificates::config::Config;
+use gift_certificates::AppState;
+use reqwest::{RequestBuilder, StatusCode};
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use std::sync::{Arc, Mutex, OnceLock};
+
+pub const CHANNELS: [(Channel, &str); 5] = [
+    (Channel::OnlineStore, "test-online-store-token-000000001"),
+    (Channel::Pos, "test-pos-token-0000000000000000002"),
+    (Channel::Payments, "test-payments-token-0000000000003"),
+    (Channel::BatchLoader, "test-batch-loader-token-000000004"),
+    (Channel::Internal, "test-internal-token-00000000000005"),
+];
+
+pub fn token(channel: Channel) -> &'static str {
+    CHANNELS
+        .iter()
+        .find(|(c, _)| *c == channel)
+        .map(|(_, t)| *t)
+        .expect("every channel has a test token")
+}
+
+/// Everything logged by this test binary, for the masking test.
+pub fn logs() -> &'static LogBuffer {
+    static LOGS: OnceLock<LogBuffer> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = LogBuffer::default();
+        let writer = buffer.clone();
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter("debug")
+            .with_writer(move || writer.clone())
+            .try_init();
+        buffer
+    })
+}
+
+#[derive(Clone, Default)]
+pub struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl LogBuffer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("log buffer")).into_owned()
+    }
+}
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(buf);
+        if std::env::var_os("TEST_LOG").is_some() {
+            std::io::stderr().write_all(buf)?;
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A fresh, valid code: 15 random payload characters and the check character.
+pub fn new_code() -> String {
+    let bytes = *uuid::Uuid::new_v4().as_bytes();
+    let mut payload = [0u8; 15];
+    for (i, p) in payload.iter_mut().enumerate() {
+        *p = ALPHABET[usize::from(bytes[i]) % ALPHABET.len()];
+    }
+    GiftCode::from_payload(&payload)
+        .expect("alphabet payload")
+        .expose()
+        .to_owned()
+}
+
+/// A configuration for tests: every channel's token, a Redis prefix of its own, a key file.
+pub fn config(keys: &tempfile::TempDir) -> Config {
+    let mut cfg = Config::default();
+    for (channel, token) in CHANNELS {
+        cfg.tokens.insert(channel, SecretString::from(token));
+    }
+    cfg.redis.key_prefix = format!("gc-test-{}:", uuid::Uuid::new_v4().simple());
+    cfg.keys.key_file = keys.path().join("master.key");
+    if !cfg.keys.key_file.exists() {
+        backbone_kms::generate_key_file(&cfg.keys.key_file).expect("key file");
+    }
+    cfg.http.listen = "127.0.0.1:0".parse().expect("static address");
+    cfg
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub state: Arc<AppState>,
+    pub pool: PgPool,
+    _keys: tempfile::TempDir,
+}
+
+impl TestApp {
+    pub async fn start(pool: PgPool) -> Self {
+        Self::start_with(pool, |_| {}).await
+    }
+
+    pub async fn start_with(pool: PgPool, tune: impl FnOnce(&mut Config)) -> Self {
+        logs();
+        let keys = tempfile::tempdir().expect("temp dir");
+        let mut cfg = config(&keys);
+        tune(&mut cfg);
+        cfg.validate().expect("valid test configuration");
+        let state = gift_certificates::state_with_pool(&cfg, pool.clone())
+            .await
+            .expect("state");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("address"));
+        let app = gift_certificates::router(state.clone(), cfg.http.max_body_bytes);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self {
+            base,
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(200)
+                .build()
+                .expect("client"),
+            state,
+            pool,
+            _keys: keys,
+        }
+    }
+
+    pub fn post(&self, channel: Channel, path: &str, key: &str, body: &Value) -> RequestBuilder {
+        self.http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token(channel))
+            .header("idempotency-key", key)
+            .json(body)
+    }
+
+    pub fn get(&self, channel: Channel, path: &str) -> RequestBuilder {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(token(channel))
+    }
+
+    /// Uploads `codes` (with their CVCs) as one job of a batch; returns the response body.
+    pub async fn upload(&self, batch: &str, job: u32, rows: &[(String, String)], nominal: i64) -> Value {
+        let certificates: Vec<Value> = rows
+            .iter()
+            .map(|(code, cvc)| json!({"code": code, "cvc": cvc, "nominal_minor": nominal, "currency": "RUB"}))
+            .collect();
+        let body = json!({"version": 1, "batch_id": batch, "job": job, "certificates": certificates});
+        let response = self
+            .post(
+                Channel::BatchLoader,
+                "/certificates/upload/batch",
+                &format!("{batch}:{job}"),
+                &body,
+            )
+            .send()
+            .await
+            .expect("upload");
+        assert_eq!(response.status(), StatusCode::OK, "upload refused");
+        response.json().await.expect("upload body")
+    }
+
+    /// Issues and activates one certificate; returns its code and CVC.
+    pub async fn active_certificate(&self, nominal: i64) -> (String, String) {
+        let code = new_code();
+        let cvc = format!("{:04}", uuid::Uuid::new_v4().as_u128() % 10_000);
+        let batch = format!("b-{}", uuid::Uuid::new_v4().simple());
+        let issued = self
+            .upload(&batch, 0, &[(code.clone(), cvc.clone())], nominal)
+            .await;
+        assert_eq!(issued["issued"], 1, "{issued}");
+        let (status, body) = self
+            .call(self.post(
+                Channel::Payments,
+                &format!("/certificates/{code}/activate"),
+                &format!("activate-{code}"),
+                &json!({"client_id": "client-1", "order_id": "order-1", "payment_id": "payment-1"}),
+            ))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["state"], "Active");
+        (code, cvc)
+    }
+
+    /// Sends a request; returns the status and the JSON body (`null` when there is none).
+    pub async fn call(&self, request: RequestBuilder) -> (StatusCode, Value) {
+        let response = request.send().await.expect("request");
+        let status = response.status();
+        let body = response.bytes().await.expect("body");
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    pub async fn authorize(&self, code: &str, cvc: &str, amount: i64, key: &str) -> (StatusCode, Value) {
+        self.call(self.post(
+            Channel::Pos,
+            &format!("/certificates/{code}/authorize"),
+            key,
+            &json!({"amount_minor": amount, "currency": "RUB", "cvc": cvc}),
+        ))
+        .await
+    }
+
+    pub async fn capture(&self, code: &str, hold: &str, amount: i64, key: &str) -> (StatusCode, Value) {
+        self.call(self.post(
+            Channel::Pos,
+            &format!("/certificates/{code}/capture"),
+            key,
+            &json!({"hold_id": hold, "amount_minor": amount, "currency": "RUB"}),
+        ))
+        .await
+    }
+
+    pub async fn balance(&self, code: &str, cvc: &str) -> (StatusCode, Value) {
+        self.call(
+            self.get(Channel::Pos, &format!("/certificates/{code}/balance"))
+                .header("x-certificate-cvc", cvc),
+        )
+        .await
+    }
+
+    /// The certificate's row as PostgreSQL has it: (balance, state).
+    pub async fn stored(&self, certificate_id: &str) -> (i64, String) {
+        sqlx::query_as("SELECT balance, state FROM gift_certificate WHERE id = $1::uuid")
+            .bind(certificate_id)
+            .fetch_one(&self.pool)
+            .await
+            .expect("certificate row")
+    }
+}

@@ -1,0 +1,10 @@
+//! gift-certificates against the real PostgreSQL (a fresh database per test), Redis and, for
+//! the event tests, the local Kafka-protocol broker; the SMS provider is a wiremock server.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod api;
+mod concurrency;
+mod events;
+mod harness;
+mod upload;
