@@ -540,3 +540,33 @@ async fn logs_never_show_codes_or_cvcs(pool: PgPool) {
         assert!(!text.contains(&pattern), "the CVC reached the logs as {pattern}");
     }
 }
+
+/// The committed document is what the code generates (`UPDATE_OPENAPI=1` rewrites it), and the
+/// service serves the same at `/openapi.json`.
+#[sqlx::test(migrator = "backbone_postgres::MIGRATOR")]
+async fn the_openapi_document_is_committed_and_served(pool: PgPool) {
+    let committed = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../docs/openapi/gift-certificates-v1.json");
+    let generated = gift_certificates::openapi_json() + "\n";
+    if std::env::var_os("UPDATE_OPENAPI").is_some() {
+        std::fs::write(committed, &generated).unwrap();
+    }
+    let on_disk = std::fs::read_to_string(committed).unwrap_or_default();
+    assert!(
+        on_disk == generated,
+        "docs/openapi/gift-certificates-v1.json is out of date: run UPDATE_OPENAPI=1 cargo test -p gift-certificates --test service openapi"
+    );
+    let app = TestApp::start(pool).await;
+    let served: Value = app.http.get(format!("{}/openapi.json", app.base)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(served, serde_json::from_str::<Value>(&generated).unwrap());
+    for path in [
+        "/certificates/upload/batch",
+        "/certificates/{code}/activate",
+        "/certificates/{code}/authorize",
+        "/certificates/{code}/capture",
+        "/certificates/{code}/void",
+        "/certificates/{code}/balance",
+        "/certificates/{code}",
+    ] {
+        assert!(served["paths"][path].is_object(), "{path} is not documented");
+    }
+}
