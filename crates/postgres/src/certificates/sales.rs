@@ -71,11 +71,24 @@ pub struct SaleActivation {
     pub duplicate: bool,
 }
 
+/// Serialises the order's events across instances: without it, an order and its last payment
+/// stored at the same moment by two consumers would each miss the other's uncommitted row, and
+/// the sale would never complete.
+async fn lock_order(tx: &mut Transaction<'_, Postgres>, order_id: &str) -> Result<(), ApplyError> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('sale:' || $1, 0))")
+        .bind(order_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(unavailable)?;
+    Ok(())
+}
+
 impl PgCertificates {
     /// Records an order with certificate lines; activates them if payments already cover it.
     pub async fn record_order(&self, order: &SaleOrder) -> Result<Option<SaleActivation>, ApplyError> {
         let total = order.total_minor;
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        lock_order(&mut tx, &order.order_id).await?;
         let inserted = sqlx::query(
             "INSERT INTO certificate_sale (order_id, client_id, phone, currency, total_minor, lines, source_event)
              VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (order_id) DO NOTHING",
@@ -108,6 +121,7 @@ impl PgCertificates {
         payment: &PaymentRecord,
     ) -> Result<Option<SaleActivation>, ApplyError> {
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        lock_order(&mut tx, &payment.order_id).await?;
         sqlx::query(
             "INSERT INTO sale_payment (payment_id, order_id, currency, amount_minor, source_event)
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT (payment_id) DO NOTHING",

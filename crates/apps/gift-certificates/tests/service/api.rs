@@ -545,7 +545,10 @@ async fn logs_never_show_codes_or_cvcs(pool: PgPool) {
 /// service serves the same at `/openapi.json`.
 #[sqlx::test(migrator = "backbone_postgres::MIGRATOR")]
 async fn the_openapi_document_is_committed_and_served(pool: PgPool) {
-    let committed = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../docs/openapi/gift-certificates-v1.json");
+    let committed = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../docs/openapi/gift-certificates-v1.json"
+    );
     let generated = gift_certificates::openapi_json() + "\n";
     if std::env::var_os("UPDATE_OPENAPI").is_some() {
         std::fs::write(committed, &generated).unwrap();
@@ -556,7 +559,15 @@ async fn the_openapi_document_is_committed_and_served(pool: PgPool) {
         "docs/openapi/gift-certificates-v1.json is out of date: run UPDATE_OPENAPI=1 cargo test -p gift-certificates --test service openapi"
     );
     let app = TestApp::start(pool).await;
-    let served: Value = app.http.get(format!("{}/openapi.json", app.base)).send().await.unwrap().json().await.unwrap();
+    let served: Value = app
+        .http
+        .get(format!("{}/openapi.json", app.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(served, serde_json::from_str::<Value>(&generated).unwrap());
     for path in [
         "/certificates/upload/batch",

@@ -25,8 +25,11 @@ fn brokers() -> String {
 }
 
 fn pg_base() -> String {
-    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into());
-    url.rsplit_once('/').map(|(base, _)| base.to_owned()).unwrap_or(url)
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into());
+    url.rsplit_once('/')
+        .map(|(base, _)| base.to_owned())
+        .unwrap_or(url)
 }
 
 /// The service running in this process with topics, group and database of its own.
@@ -84,7 +87,10 @@ impl Service {
                 }
             }
             assert!(!task.is_finished(), "the service stopped during start-up");
-            assert!(started.elapsed() < Duration::from_secs(60), "the service did not become ready");
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the service did not become ready"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let pool = PgPool::connect(&db_url).await.unwrap();
@@ -104,12 +110,18 @@ impl Service {
     async fn stop(self) {
         self.stop.cancel();
         let result = tokio::time::timeout(Duration::from_secs(30), self.task).await;
-        assert!(matches!(result, Ok(Ok(Ok(())))), "the service did not stop cleanly: {result:?}");
+        assert!(
+            matches!(result, Ok(Ok(Ok(())))),
+            "the service did not stop cleanly: {result:?}"
+        );
         self.pool.close().await;
         if let Ok(admin) = PgPool::connect(&format!("{}/postgres", pg_base())).await {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"gc_e2e_{}\" WITH (FORCE)", self.id))
-                .execute(&admin)
-                .await;
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS \"gc_e2e_{}\" WITH (FORCE)",
+                self.id
+            ))
+            .execute(&admin)
+            .await;
         }
         let _ = self.db_url;
     }
@@ -149,7 +161,10 @@ impl Service {
             if view["state"] == state {
                 return view;
             }
-            assert!(started.elapsed() < Duration::from_secs(30), "never {state}: {view}");
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "never {state}: {view}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -196,7 +211,9 @@ async fn read_until(topic: &str, done: impl Fn(&[Received]) -> bool) -> Vec<Rece
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "{topic}: only {:?}",
-            got.iter().map(|r: &Received| r.payload.clone()).collect::<Vec<_>>()
+            got.iter()
+                .map(|r: &Received| r.payload.clone())
+                .collect::<Vec<_>>()
         );
         if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await {
             let headers = m
@@ -239,9 +256,7 @@ async fn sms_provider(status: u16) -> MockServer {
     let sms = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/v1/messages"))
-        .respond_with(
-            ResponseTemplate::new(status).set_body_json(json!({"id": "msg-1", "status": "queued"})),
-        )
+        .respond_with(ResponseTemplate::new(status).set_body_json(json!({"id": "msg-1", "status": "queued"})))
         .mount(&sms)
         .await;
     sms
@@ -267,7 +282,13 @@ async fn a_paid_order_activates_the_certificate_and_sends_the_cvc_once() {
     let order_id = format!("order-{}", service.id);
 
     // The payment arrives first, in two parts; then the order, twice.
-    send(&producer, &t.payments, &order_id, &payment("p1", &order_id, 4_000)).await;
+    send(
+        &producer,
+        &t.payments,
+        &order_id,
+        &payment("p1", &order_id, 4_000),
+    )
+    .await;
     let started = Instant::now();
     loop {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM sale_payment")
@@ -277,11 +298,26 @@ async fn a_paid_order_activates_the_certificate_and_sends_the_cvc_once() {
         if n == 1 {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "the payment was not recorded");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the payment was not recorded"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    send(&producer, &t.orders, &order_id, &order(&order_id, &code, 10_000, "+79990001122")).await;
-    send(&producer, &t.orders, &order_id, &order(&order_id, &code, 10_000, "+79990001122")).await;
+    send(
+        &producer,
+        &t.orders,
+        &order_id,
+        &order(&order_id, &code, 10_000, "+79990001122"),
+    )
+    .await;
+    send(
+        &producer,
+        &t.orders,
+        &order_id,
+        &order(&order_id, &code, 10_000, "+79990001122"),
+    )
+    .await;
     let started = Instant::now();
     loop {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM certificate_sale")
@@ -291,12 +327,31 @@ async fn a_paid_order_activates_the_certificate_and_sends_the_cvc_once() {
         if n == 1 {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "the order was not recorded");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the order was not recorded"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(service.view(&code).await["state"], "Issued", "4,000 of 10,000 paid");
-    send(&producer, &t.payments, &order_id, &payment("p2", &order_id, 6_000)).await;
-    send(&producer, &t.payments, &order_id, &payment("p2", &order_id, 6_000)).await;
+    assert_eq!(
+        service.view(&code).await["state"],
+        "Issued",
+        "4,000 of 10,000 paid"
+    );
+    send(
+        &producer,
+        &t.payments,
+        &order_id,
+        &payment("p2", &order_id, 6_000),
+    )
+    .await;
+    send(
+        &producer,
+        &t.payments,
+        &order_id,
+        &payment("p2", &order_id, 6_000),
+    )
+    .await;
 
     let view = service.wait_for_state(&code, "Active").await;
     assert_eq!(view["order_id"], order_id.as_str());
@@ -305,21 +360,24 @@ async fn a_paid_order_activates_the_certificate_and_sends_the_cvc_once() {
     // The CVC goes out once; then its ciphertext is erased.
     let started = Instant::now();
     while service.view(&code).await["cvc_pending_delivery"] != false {
-        assert!(started.elapsed() < Duration::from_secs(30), "the SMS was never delivered");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the SMS was never delivered"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let texts = sms_texts(&sms).await;
     assert_eq!(texts.len(), 1, "{texts:?}");
     assert_eq!(texts[0]["to"], "+79990001122");
     assert!(texts[0]["text"].as_str().unwrap().contains(cvc), "{}", texts[0]);
-    assert!(!texts[0]["text"].as_str().unwrap().contains(&code), "the SMS shows the whole code");
+    assert!(
+        !texts[0]["text"].as_str().unwrap().contains(&code),
+        "the SMS shows the whole code"
+    );
 
     // Events: Issued then Active for this certificate, and one activate transaction.
     let id = view["certificate_id"].as_str().unwrap().to_owned();
-    let states = read_until(&t.state, |got| {
-        got.iter().filter(|r| r.key == id).count() >= 2
-    })
-    .await;
+    let states = read_until(&t.state, |got| got.iter().filter(|r| r.key == id).count() >= 2).await;
     let states: Vec<Value> = states
         .iter()
         .filter(|r| r.key == id)
@@ -328,12 +386,23 @@ async fn a_paid_order_activates_the_certificate_and_sends_the_cvc_once() {
     assert_eq!(states[0]["state"], "Issued", "{states:?}");
     assert_eq!(states[1]["state"], "Active", "{states:?}");
     let transactions = read_until(&t.transactions, |got| got.iter().any(|r| r.key == id)).await;
-    let activate: Value = serde_json::from_str(&transactions.iter().find(|r| r.key == id).unwrap().payload).unwrap();
+    let activate: Value =
+        serde_json::from_str(&transactions.iter().find(|r| r.key == id).unwrap().payload).unwrap();
     assert_eq!(activate["type"], "activate");
-    let bi = read_until(&t.bi, |got| got.iter().any(|r| r.key == id && r.payload.contains(&order_id))).await;
+    let bi = read_until(&t.bi, |got| {
+        got.iter().any(|r| r.key == id && r.payload.contains(&order_id))
+    })
+    .await;
     assert!(!bi.is_empty());
-    for r in states.iter().map(Value::to_string).chain(transactions.iter().map(|r| r.payload.clone())) {
-        assert!(!r.contains(&code) && !r.contains(cvc), "an event carries a secret: {r}");
+    for r in states
+        .iter()
+        .map(Value::to_string)
+        .chain(transactions.iter().map(|r| r.payload.clone()))
+    {
+        assert!(
+            !r.contains(&code) && !r.contains(cvc),
+            "an event carries a secret: {r}"
+        );
     }
     // The duplicates changed nothing: one activation in the history.
     let activations: i64 =
@@ -361,18 +430,36 @@ async fn sms_failures_are_dead_lettered_without_the_cvc_and_can_be_requeued() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let id = service.view(&code).await["certificate_id"].as_str().unwrap().to_owned();
+    let id = service.view(&code).await["certificate_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let letters = read_until(&service.cfg_topics.dead_letters, |got| !got.is_empty()).await;
     let letter = &letters[0];
-    assert!(!letter.payload.contains(cvc), "the dead letter carries the CVC: {}", letter.payload);
-    assert!(letter.payload.contains(&id) || letter.key == id, "{}", letter.payload);
     assert!(
-        letter.headers.values().any(|v| v.contains("503") || v.to_lowercase().contains("unavailable")),
+        !letter.payload.contains(cvc),
+        "the dead letter carries the CVC: {}",
+        letter.payload
+    );
+    assert!(
+        letter.payload.contains(&id) || letter.key == id,
+        "{}",
+        letter.payload
+    );
+    assert!(
+        letter
+            .headers
+            .values()
+            .any(|v| v.contains("503") || v.to_lowercase().contains("unavailable")),
         "the reason is missing: {:?}",
         letter.headers
     );
     assert!(sms_texts(&sms).await.len() >= 2, "retried before giving up");
-    assert_eq!(service.view(&code).await["cvc_pending_delivery"], true, "kept for a requeue");
+    assert_eq!(
+        service.view(&code).await["cvc_pending_delivery"],
+        true,
+        "kept for a requeue"
+    );
 
     // The provider recovers; an operator requeues.
     sms.reset().await;
@@ -385,7 +472,10 @@ async fn sms_failures_are_dead_lettered_without_the_cvc_and_can_be_requeued() {
     assert_eq!(repository.requeue_failed_sms(None).await.unwrap(), 1);
     let started = Instant::now();
     while service.view(&code).await["cvc_pending_delivery"] != false {
-        assert!(started.elapsed() < Duration::from_secs(30), "the requeued SMS was never delivered");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the requeued SMS was never delivered"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let texts = sms_texts(&sms).await;
@@ -411,7 +501,13 @@ async fn uploads_over_kafka_issue_and_bad_records_are_dead_lettered() {
     // The same job again (a loader resumed after a crash): nothing issued twice.
     send(&producer, &t.uploads, &batch, &job).await;
     send(&producer, &t.orders, "bad", "{not json").await;
-    send(&producer, &t.payments, "bad", &json!({"version": 9, "event_id": "x"}).to_string()).await;
+    send(
+        &producer,
+        &t.payments,
+        "bad",
+        &json!({"version": 9, "event_id": "x"}).to_string(),
+    )
+    .await;
 
     let started = Instant::now();
     loop {
@@ -428,13 +524,20 @@ async fn uploads_over_kafka_issue_and_bad_records_are_dead_lettered() {
                 break;
             }
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "the upload was not issued");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the upload was not issued"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let letters = read_until(&t.dead_letters, |got| got.len() >= 2).await;
     let codes_of: Vec<&str> = letters
         .iter()
-        .filter_map(|l| l.headers.get(backbone_kafka::HEADER_REASON_CODE).map(String::as_str))
+        .filter_map(|l| {
+            l.headers
+                .get(backbone_kafka::HEADER_REASON_CODE)
+                .map(String::as_str)
+        })
         .collect();
     assert!(codes_of.contains(&"malformed_json"), "{codes_of:?}");
     assert!(codes_of.contains(&"unsupported_version"), "{codes_of:?}");
@@ -454,7 +557,10 @@ async fn uploads_over_kafka_issue_and_bad_records_are_dead_lettered() {
         if n == 1 {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "the later job was not issued");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the later job was not issued"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let issued: i64 = sqlx::query_scalar("SELECT count(*) FROM gift_certificate WHERE batch_id = $1")

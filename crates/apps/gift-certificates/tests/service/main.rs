@@ -7,4 +7,5 @@ mod api;
 mod concurrency;
 mod events;
 mod harness;
+mod sales;
 mod upload;
