@@ -91,8 +91,18 @@ pub enum Handled {
 }
 
 pub fn order_from(state: &AppState, payload: &[u8]) -> Result<Option<SaleOrder>, Rejection> {
-    let e: OrderEvent =
-        serde_json::from_slice(payload).map_err(|e| reject("malformed_json", format!("order event: {e}")))?;
+    let e: OrderEvent = serde_json::from_slice(payload).map_err(|e| {
+        // serde may quote a value, which could be a code: name the place, not the content.
+        reject(
+            "malformed_json",
+            format!(
+                "order event: {:?} error at line {} column {}",
+                e.classify(),
+                e.line(),
+                e.column()
+            ),
+        )
+    })?;
     if e.version != 1 {
         return Err(reject(
             "unsupported_version",
@@ -241,6 +251,33 @@ async fn upload(state: &AppState, payload: &[u8]) -> Result<Handled, backbone_ce
     })
 }
 
+/// A rejected order keeps its shape in the dead letter, but not its certificate codes (bearer
+/// secrets): each `certificate_code` keeps only its last four characters. A record that is not
+/// JSON cannot be masked, so it is withheld; its source position is in the headers.
+pub fn redacted_order(payload: &[u8]) -> Vec<u8> {
+    let Ok(mut order) = serde_json::from_slice::<serde_json::Value>(payload) else {
+        return br#"{"withheld":"not JSON; it may carry certificate codes: read it at its source position"}"#
+            .to_vec();
+    };
+    if let Some(lines) = order.get_mut("lines").and_then(serde_json::Value::as_array_mut) {
+        for line in lines {
+            if let Some(code) = line.get_mut("certificate_code") {
+                let text = code.as_str().unwrap_or_default();
+                let tail: String = text
+                    .chars()
+                    .rev()
+                    .take(4)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                *code = backbone_certificates::code::mask_last4(&tail).into();
+            }
+        }
+    }
+    serde_json::to_vec(&order).unwrap_or_default()
+}
+
 fn dead_letter_headers(
     source: &backbone_sync::ports::SourcePosition,
     r: &Rejection,
@@ -315,6 +352,9 @@ pub async fn run(
                 }
             };
             let letter = match &handled {
+                Handled::Rejected(r) if record.source.topic == topics.orders => {
+                    Some((r.clone(), redacted_order(&record.payload)))
+                }
                 Handled::Rejected(r) => Some((r.clone(), record.payload.clone())),
                 Handled::Uploaded { rejected_rows, .. } if !rejected_rows.is_empty() => Some((
                     reject("rejected_rows", format!("{} rows rejected", rejected_rows.len())),
@@ -345,17 +385,27 @@ pub async fn run(
                     .with_label_values(&[rejection.code])
                     .inc();
                 tracing::warn!(topic = %record.source.topic, offset = record.source.offset, reason = %rejection.reason, "dead-lettering a record");
-                let headers = dead_letter_headers(&record.source, &rejection);
-                let sent = publisher
-                    .send_all(vec![OutgoingRecord {
+                let publish = || {
+                    publisher.send_all(vec![OutgoingRecord {
                         topic: &topics.dead_letters,
                         key: record.key.as_deref(),
                         payload: &payload,
-                        headers,
+                        headers: dead_letter_headers(&record.source, &rejection),
                     }])
+                };
+                let sent = publish
+                    .retry(
+                        ExponentialBuilder::default()
+                            .with_min_delay(Duration::from_millis(100))
+                            .with_max_delay(Duration::from_secs(5))
+                            .with_jitter()
+                            .without_max_times(),
+                    )
+                    .when(|_| !stop.is_cancelled())
+                    .notify(|e, after| tracing::warn!(error = %e, retry_in = ?after, "dead letter not published; retrying"))
                     .await;
-                if let Err(e) = sent {
-                    tracing::error!(error = %e, "dead letter not published; the record will be redelivered");
+                if sent.is_err() {
+                    // Shutdown before the broker took it: the record is redelivered.
                     complete = false;
                     break;
                 }
@@ -371,5 +421,21 @@ pub async fn run(
     }
     if let Err(e) = consumer.commit_processed() {
         tracing::warn!(error = %e, "final offset commit failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted_order;
+
+    #[test]
+    fn dead_lettered_orders_keep_their_shape_but_not_their_codes() {
+        let order = br#"{"order_id":"o1","lines":[{"line_id":"1","certificate_code":"ABCD-EFGH-JKLM-NPQ7"},{"line_id":"2"}]}"#;
+        let out: serde_json::Value = serde_json::from_slice(&redacted_order(order)).unwrap_or_default();
+        assert_eq!(out["order_id"], "o1");
+        assert_eq!(out["lines"][0]["certificate_code"], "****-****-****-NPQ7");
+        assert!(out["lines"][1].get("certificate_code").is_none());
+        let garbage = redacted_order(b"ABCDEFGHJKLMNPQ7 not json");
+        assert!(!String::from_utf8_lossy(&garbage).contains("ABCDEFGHJKLMNPQ7"));
     }
 }
