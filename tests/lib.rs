@@ -2,6 +2,8 @@
 //! on the real local stack (`deploy/stack.sh up`), an in-process crm-sim on a random port, and
 //! crm-sync either in process or as a child process (for kill -9).
 
+pub mod gift;
+
 use backbone_kafka::KafkaSettings;
 use crm_sim::Sim;
 use rdkafka::producer::{FutureProducer, FutureRecord};

@@ -1,7 +1,10 @@
-//! End-to-end: real broker, real PostgreSQL, crm-sim over HTTP.
+//! End-to-end: real broker, real PostgreSQL and Redis; crm-sim and a wiremock SMS provider over
+//! HTTP; crm-sync, gift-certificates and batch-loader.
 
 #![allow(clippy::unwrap_used)]
 
+mod certificates;
 mod crash;
+mod loader;
 mod pipeline;
 mod replay;

@@ -5,7 +5,6 @@
 
 mod api;
 mod concurrency;
-mod events;
 mod harness;
 mod sales;
 mod upload;

@@ -1,0 +1,297 @@
+//! gift-certificates in this process with topics, consumer group and database of its own, on
+//! the real local stack; helpers to produce and read records and to fake the SMS provider.
+
+use backbone_certificates::code::{GiftCode, ALPHABET};
+pub use gift_certificates::auth::Channel;
+use gift_certificates::config::Config;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::ClientConfig;
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::{brokers, pg_base};
+
+pub const CHANNELS: [(Channel, &str); 5] = [
+    (Channel::OnlineStore, "e2e-online-store-token-0000000001"),
+    (Channel::Pos, "e2e-pos-token-000000000000000000002"),
+    (Channel::Payments, "e2e-payments-token-00000000000003"),
+    (Channel::BatchLoader, "e2e-batch-loader-token-000000004"),
+    (Channel::Internal, "e2e-internal-token-00000000000005"),
+];
+
+pub fn token(channel: Channel) -> &'static str {
+    CHANNELS
+        .iter()
+        .find(|(c, _)| *c == channel)
+        .map(|(_, t)| *t)
+        .expect("every channel has a test token")
+}
+
+/// A fresh, valid code: 15 random payload characters and the check character.
+pub fn new_code() -> String {
+    let bytes = *uuid::Uuid::new_v4().as_bytes();
+    let mut payload = [0u8; 15];
+    for (i, p) in payload.iter_mut().enumerate() {
+        *p = ALPHABET[usize::from(bytes[i]) % ALPHABET.len()];
+    }
+    GiftCode::from_payload(&payload)
+        .expect("alphabet payload")
+        .expose()
+        .to_owned()
+}
+
+/// The service running in this process with topics, group and database of its own.
+pub struct Service {
+    pub id: String,
+    pub topics: gift_certificates::config::Topics,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub pool: PgPool,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// The master key file: tests compute code digests with it.
+    pub key_file: std::path::PathBuf,
+    _keys: tempfile::TempDir,
+}
+
+impl Service {
+    pub async fn start(sms_url: &str, tune: impl FnOnce(&mut Config)) -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let keys = tempfile::tempdir().expect("test setup");
+        let mut cfg = Config::default();
+        for (channel, token) in CHANNELS {
+            cfg.tokens.insert(channel, SecretString::from(token));
+        }
+        cfg.redis.key_prefix = format!("gc-e2e-{id}:");
+        cfg.keys.key_file = keys.path().join("master.key");
+        backbone_kms::generate_key_file(&cfg.keys.key_file).expect("key file");
+        cfg.kafka.brokers = brokers();
+        cfg.kafka.create_topics = true;
+        cfg.kafka.topic_partitions = 3;
+        cfg.topics.orders = format!("All_SalesOrder.{id}");
+        cfg.topics.payments = format!("All_Payments.{id}");
+        cfg.topics.uploads = format!("GiftCertificateUpload.{id}");
+        cfg.topics.dead_letters = format!("dead.letters.{id}");
+        cfg.topics.state = format!("GiftCertificateState.{id}");
+        cfg.topics.transactions = format!("GiftCertificateTransaction.{id}");
+        cfg.topics.bi = format!("GiftCertificateBI.{id}");
+        cfg.topics.group_id = format!("gift-certificates-{id}");
+        let db_url = format!("{}/gc_e2e_{id}", pg_base());
+        cfg.postgres.url = SecretString::from(db_url.clone());
+        cfg.postgres.max_connections = 8;
+        cfg.sms.base_url = sms_url.into();
+        cfg.sms.token = SecretString::from("sms-provider-test-token");
+        cfg.sms.min_backoff_ms = 20;
+        cfg.sms.max_backoff_ms = 100;
+        cfg.sms.poll_interval_ms = 50;
+        cfg.sms.timeout_ms = 2_000;
+        cfg.holds.sweep_interval_ms = 100;
+        tune(&mut cfg);
+        let cfg_key_file = cfg.keys.key_file.clone();
+        let topics = cfg.topics.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("test setup");
+        let base = format!("http://{}", listener.local_addr().expect("test setup"));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(gift_certificates::serve(cfg, listener, stop.clone()));
+        let http = reqwest::Client::new();
+        let started = Instant::now();
+        loop {
+            if let Ok(r) = http.get(format!("{base}/health/ready")).send().await {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            assert!(!task.is_finished(), "the service stopped during start-up");
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the service did not become ready"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let pool = PgPool::connect(&db_url).await.expect("test setup");
+        Self {
+            id,
+            topics,
+            base,
+            http,
+            pool,
+            stop,
+            task,
+            key_file: cfg_key_file,
+            _keys: keys,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let result = tokio::time::timeout(Duration::from_secs(30), self.task).await;
+        assert!(
+            matches!(result, Ok(Ok(Ok(())))),
+            "the service did not stop cleanly: {result:?}"
+        );
+        self.pool.close().await;
+        if let Ok(admin) = PgPool::connect(&format!("{}/postgres", pg_base())).await {
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS \"gc_e2e_{}\" WITH (FORCE)",
+                self.id
+            ))
+            .execute(&admin)
+            .await;
+        }
+    }
+
+    pub async fn upload(&self, code: &str, cvc: &str, nominal: i64) {
+        let batch = format!("e2e-{}", uuid::Uuid::new_v4().simple());
+        let body = json!({"version": 1, "batch_id": batch, "job": 0,
+            "certificates": [{"code": code, "cvc": cvc, "nominal_minor": nominal, "currency": "RUB"}]});
+        let response = self
+            .http
+            .post(format!("{}/certificates/upload/batch", self.base))
+            .bearer_auth(token(Channel::BatchLoader))
+            .header("idempotency-key", format!("{batch}:0"))
+            .json(&body)
+            .send()
+            .await
+            .expect("test setup");
+        assert_eq!(response.status(), 200);
+    }
+
+    pub async fn view(&self, code: &str) -> Value {
+        self.http
+            .get(format!("{}/certificates/{code}", self.base))
+            .bearer_auth(token(Channel::Internal))
+            .send()
+            .await
+            .expect("test setup")
+            .json()
+            .await
+            .expect("test setup")
+    }
+
+    pub async fn wait_for_state(&self, code: &str, state: &str) -> Value {
+        let started = Instant::now();
+        loop {
+            let view = self.view(code).await;
+            if view["state"] == state {
+                return view;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "never {state}: {view}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+pub fn producer() -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("test setup")
+}
+
+pub async fn send(producer: &FutureProducer, topic: &str, key: &str, payload: &str) {
+    producer
+        .send(
+            FutureRecord::to(topic).key(key).payload(payload),
+            Timeout::After(Duration::from_secs(10)),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("test setup");
+}
+
+pub struct Received {
+    pub key: String,
+    pub payload: String,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Reads `topic` from the beginning until `done` holds for what was read (or 30 s pass).
+pub async fn read_until(topic: &str, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("test setup");
+    consumer.subscribe(&[topic]).expect("test setup");
+    let mut got = Vec::new();
+    let started = Instant::now();
+    while !done(&got) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{topic}: only {:?}",
+            got.iter()
+                .map(|r: &Received| r.payload.clone())
+                .collect::<Vec<_>>()
+        );
+        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await {
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|x| {
+                            (
+                                x.key.to_owned(),
+                                String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            got.push(Received {
+                key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                payload: String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                headers,
+            });
+        }
+    }
+    got
+}
+
+pub fn order(order_id: &str, code: &str, amount: i64, phone: &str) -> String {
+    json!({"version": 1, "event_id": format!("order-event-{order_id}"), "order_id": order_id,
+        "client_id": "client-77", "currency": "RUB", "total_minor": amount, "recipient_phone": phone,
+        "lines": [{"line_id": "1", "kind": "gift_certificate", "certificate_code": code, "amount_minor": amount}]})
+    .to_string()
+}
+
+pub fn payment(payment_id: &str, order_id: &str, amount: i64) -> String {
+    json!({"version": 1, "event_id": format!("payment-event-{payment_id}"), "payment_id": payment_id,
+        "order_id": order_id, "status": "captured", "amount_minor": amount, "currency": "RUB"})
+    .to_string()
+}
+
+pub async fn sms_provider(status: u16) -> MockServer {
+    let sms = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/messages"))
+        .respond_with(ResponseTemplate::new(status).set_body_json(json!({"id": "msg-1", "status": "queued"})))
+        .mount(&sms)
+        .await;
+    sms
+}
+
+pub async fn sms_texts(sms: &MockServer) -> Vec<Value> {
+    sms.received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).expect("the SMS request is JSON"))
+        .collect()
+}
