@@ -8,74 +8,14 @@
 
 use crate::config::Topics;
 use crate::AppState;
-use backbone_certificates::{Currency, GiftCode};
 use backbone_kafka::{KafkaPublisher, KafkaSettings, OutgoingRecord, TrackingConsumer};
 use backbone_postgres::certificates::{OrderLine, PaymentRecord, SaleActivation, SaleOrder};
 use backon::{ExponentialBuilder, Retryable};
-use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-#[derive(Debug, Deserialize)]
-pub struct OrderEvent {
-    pub version: u16,
-    pub event_id: String,
-    pub order_id: String,
-    pub client_id: Option<String>,
-    pub currency: String,
-    /// What the payments must add up to.
-    pub total_minor: i64,
-    /// Where the CVC of each certificate sold goes.
-    pub recipient_phone: Option<String>,
-    pub lines: Vec<OrderLineEvent>,
-}
-
-#[derive(Deserialize)]
-pub struct OrderLineEvent {
-    pub line_id: String,
-    /// `gift_certificate` lines are ours; other kinds are ignored.
-    pub kind: String,
-    pub certificate_code: Option<String>,
-    pub amount_minor: i64,
-}
-
-impl std::fmt::Debug for OrderLineEvent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OrderLineEvent")
-            .field("line_id", &self.line_id)
-            .field("kind", &self.kind)
-            .field("certificate_code", &self.certificate_code.as_ref().map(|_| "***"))
-            .field("amount_minor", &self.amount_minor)
-            .finish()
-    }
-}
-
-#[derive(Debug, Deserialize)]
-pub struct PaymentEvent {
-    pub version: u16,
-    pub event_id: String,
-    pub payment_id: String,
-    pub order_id: String,
-    /// Only `captured` payments count towards a sale.
-    pub status: String,
-    pub amount_minor: i64,
-    pub currency: String,
-}
-
-/// Why a record was dead-lettered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    pub code: &'static str,
-    pub reason: String,
-}
-
-fn reject(code: &'static str, reason: impl Into<String>) -> Rejection {
-    Rejection {
-        code,
-        reason: reason.into(),
-    }
-}
+pub use backbone_orders::{reject, Rejection};
 
 /// What became of one record.
 #[derive(Debug, PartialEq, Eq)]
@@ -90,94 +30,37 @@ pub enum Handled {
     Rejected(Rejection),
 }
 
+/// An order event as a sale to record: codes become their keyed digests here.
 pub fn order_from(state: &AppState, payload: &[u8]) -> Result<Option<SaleOrder>, Rejection> {
-    let e: OrderEvent = serde_json::from_slice(payload).map_err(|e| {
-        // serde may quote a value, which could be a code: name the place, not the content.
-        reject(
-            "malformed_json",
-            format!(
-                "order event: {:?} error at line {} column {}",
-                e.classify(),
-                e.line(),
-                e.column()
-            ),
-        )
-    })?;
-    if e.version != 1 {
-        return Err(reject(
-            "unsupported_version",
-            format!("order event version {}", e.version),
-        ));
-    }
-    let currency = Currency::parse(&e.currency).map_err(|_| reject("invalid_field", "currency"))?;
-    let mut lines = Vec::new();
-    for line in e.lines.iter().filter(|l| l.kind == "gift_certificate") {
-        let code = line
-            .certificate_code
-            .as_deref()
-            .and_then(|c| GiftCode::parse(c).ok())
-            .ok_or_else(|| {
-                reject(
-                    "invalid_field",
-                    format!("line {}: certificate_code", line.line_id),
-                )
-            })?;
-        if line.amount_minor <= 0 {
-            return Err(reject(
-                "invalid_field",
-                format!("line {}: amount_minor", line.line_id),
-            ));
-        }
-        lines.push(OrderLine {
-            line_id: line.line_id.clone(),
-            code_digest: state.keys.code_digest(&code),
-            amount_minor: line.amount_minor,
-        });
-    }
-    if lines.is_empty() {
+    let Some(order) = backbone_orders::parse_order(payload)? else {
         return Ok(None);
-    }
-    if e.total_minor <= 0 {
-        return Err(reject("invalid_field", "total_minor"));
-    }
-    if let Some(phone) = &e.recipient_phone {
-        if !crate::sms::valid_phone(phone) {
-            return Err(reject("invalid_field", "recipient_phone is not E.164"));
-        }
-    }
+    };
     Ok(Some(SaleOrder {
-        order_id: e.order_id,
-        client_id: e.client_id,
-        phone: e.recipient_phone,
-        currency: currency.to_string(),
-        total_minor: e.total_minor,
-        lines,
-        source_event: e.event_id,
+        lines: order
+            .lines
+            .iter()
+            .map(|line| OrderLine {
+                line_id: line.line_id.clone(),
+                code_digest: state.keys.code_digest(&line.code),
+                amount_minor: line.amount_minor,
+            })
+            .collect(),
+        order_id: order.order_id,
+        client_id: order.client_id,
+        phone: order.phone,
+        currency: order.currency.to_string(),
+        total_minor: order.total_minor,
+        source_event: order.event_id,
     }))
 }
 
 pub fn payment_from(payload: &[u8]) -> Result<Option<PaymentRecord>, Rejection> {
-    let e: PaymentEvent = serde_json::from_slice(payload)
-        .map_err(|e| reject("malformed_json", format!("payment event: {e}")))?;
-    if e.version != 1 {
-        return Err(reject(
-            "unsupported_version",
-            format!("payment event version {}", e.version),
-        ));
-    }
-    if e.status != "captured" {
-        return Ok(None);
-    }
-    let currency = Currency::parse(&e.currency).map_err(|_| reject("invalid_field", "currency"))?;
-    if e.amount_minor <= 0 {
-        return Err(reject("invalid_field", "amount_minor"));
-    }
-    Ok(Some(PaymentRecord {
-        payment_id: e.payment_id,
-        order_id: e.order_id,
-        currency: currency.to_string(),
-        amount_minor: e.amount_minor,
-        source_event: e.event_id,
+    Ok(backbone_orders::parse_payment(payload)?.map(|p| PaymentRecord {
+        payment_id: p.payment_id,
+        order_id: p.order_id,
+        currency: p.currency.to_string(),
+        amount_minor: p.amount_minor,
+        source_event: p.event_id,
     }))
 }
 

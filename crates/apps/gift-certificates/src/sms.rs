@@ -14,11 +14,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-pub fn valid_phone(phone: &str) -> bool {
-    phone
-        .strip_prefix('+')
-        .is_some_and(|d| (8..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()))
-}
+pub use backbone_orders::valid_phone;
 
 #[derive(Debug, Clone)]
 pub struct SmsSettings {

@@ -148,11 +148,10 @@ impl PgCertificates {
         payment_id: Option<&str>,
     ) -> Result<Option<SaleActivation>, ApplyError> {
         let Some(sale) = sqlx::query(
-            "SELECT s.client_id, s.phone, s.total_minor, s.lines, s.source_event,
-                    (SELECT coalesce(sum(p.amount_minor), 0)::bigint FROM sale_payment p
-                      WHERE p.order_id = s.order_id AND p.currency = s.currency) AS paid,
-                    (SELECT string_agg(p.payment_id, ',' ORDER BY p.payment_id) FROM sale_payment p
-                      WHERE p.order_id = s.order_id) AS payments
+            "SELECT s.client_id, s.phone, s.total_minor, s.currency, s.lines, s.source_event,
+                    (SELECT coalesce(jsonb_agg(jsonb_build_array(p.payment_id, p.currency, p.amount_minor)
+                                               ORDER BY p.payment_id), '[]'::jsonb)
+                       FROM sale_payment p WHERE p.order_id = s.order_id) AS payments
                FROM certificate_sale s
               WHERE s.order_id = $1 AND s.activated_at IS NULL
                 FOR UPDATE",
@@ -164,19 +163,28 @@ impl PgCertificates {
         else {
             return Ok(None);
         };
-        let paid: i64 = sale.try_get("paid").map_err(unavailable)?;
         let total: i64 = sale.try_get("total_minor").map_err(unavailable)?;
-        if paid < total {
+        let currency: String = sale.try_get("currency").map_err(unavailable)?;
+        let payments: serde_json::Value = sale.try_get("payments").map_err(unavailable)?;
+        let payments: Vec<(String, String, i64)> = serde_json::from_value(payments).map_err(unavailable)?;
+        let counted = payments
+            .iter()
+            .map(|(id, cur, amount)| (id.as_str(), cur.as_str(), *amount));
+        if !backbone_orders::settles(total, &currency, counted) {
             return Ok(None);
         }
+        let payment_ids = payments
+            .iter()
+            .map(|(id, _, _)| id.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
         let lines: serde_json::Value = sale.try_get("lines").map_err(unavailable)?;
         let lines: Vec<OrderLine> = serde_json::from_value(lines).map_err(unavailable)?;
         let phone: Option<String> = sale.try_get("phone").map_err(unavailable)?;
-        let payments: Option<String> = sale.try_get("payments").map_err(unavailable)?;
         let links = SaleLinks {
             client_id: sale.try_get("client_id").map_err(unavailable)?,
             order_id: Some(order_id.to_owned()),
-            payment_id: payment_id.map(str::to_owned).or(payments),
+            payment_id: payment_id.map(str::to_owned).or(Some(payment_ids)),
         };
         let mut activation = SaleActivation {
             order_id: order_id.to_owned(),

@@ -1,0 +1,327 @@
+//! Orders and payments as the gift-certificates service sees them: the versioned event
+//! contracts of `All_SalesOrder` and `All_Payments` (`docs/events/gift-certificates-in-v1.md`),
+//! their validation into domain values, and the settlement rule: a sale completes once distinct
+//! captured payments in the order's currency add up to its total. Pure: no I/O.
+
+use backbone_certificates::{Currency, GiftCode};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// The only version of both contracts this crate reads.
+pub const CONTRACT_VERSION: u16 = 1;
+
+/// `All_SalesOrder`, version 1.
+#[derive(Debug, Deserialize)]
+pub struct OrderEvent {
+    pub version: u16,
+    pub event_id: String,
+    pub order_id: String,
+    pub client_id: Option<String>,
+    pub currency: String,
+    /// What the payments must add up to.
+    pub total_minor: i64,
+    /// Where the CVC of each certificate sold goes (E.164).
+    pub recipient_phone: Option<String>,
+    pub lines: Vec<OrderLineEvent>,
+}
+
+#[derive(Deserialize)]
+pub struct OrderLineEvent {
+    pub line_id: String,
+    /// `gift_certificate` lines are ours; other kinds are ignored.
+    pub kind: String,
+    pub certificate_code: Option<String>,
+    pub amount_minor: i64,
+}
+
+impl std::fmt::Debug for OrderLineEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrderLineEvent")
+            .field("line_id", &self.line_id)
+            .field("kind", &self.kind)
+            .field("certificate_code", &self.certificate_code.as_ref().map(|_| "***"))
+            .field("amount_minor", &self.amount_minor)
+            .finish()
+    }
+}
+
+/// `All_Payments`, version 1.
+#[derive(Debug, Deserialize)]
+pub struct PaymentEvent {
+    pub version: u16,
+    pub event_id: String,
+    pub payment_id: String,
+    pub order_id: String,
+    /// Only `captured` payments count towards a sale.
+    pub status: String,
+    pub amount_minor: i64,
+    pub currency: String,
+}
+
+/// Why an event cannot be taken: a stable code for the dead-letter header and a reason that
+/// names fields, never the values of codes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub code: &'static str,
+    pub reason: String,
+}
+
+pub fn reject(code: &'static str, reason: impl Into<String>) -> Rejection {
+    Rejection {
+        code,
+        reason: reason.into(),
+    }
+}
+
+/// An order that sells certificates.
+#[derive(Debug, Clone)]
+pub struct CertificateOrder {
+    pub event_id: String,
+    pub order_id: String,
+    pub client_id: Option<String>,
+    pub phone: Option<String>,
+    pub currency: Currency,
+    pub total_minor: i64,
+    pub lines: Vec<CertificateLine>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CertificateLine {
+    pub line_id: String,
+    pub code: GiftCode,
+    pub amount_minor: i64,
+}
+
+/// A captured payment towards an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payment {
+    pub event_id: String,
+    pub payment_id: String,
+    pub order_id: String,
+    pub currency: Currency,
+    pub amount_minor: i64,
+}
+
+/// E.164: `+` and 8 to 15 digits.
+pub fn valid_phone(phone: &str) -> bool {
+    phone
+        .strip_prefix('+')
+        .is_some_and(|d| (8..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Parses and validates an order event. `Ok(None)`: an order without certificate lines.
+pub fn parse_order(payload: &[u8]) -> Result<Option<CertificateOrder>, Rejection> {
+    let e: OrderEvent = serde_json::from_slice(payload).map_err(|e| {
+        // serde may quote a value, which could be a code: name the place, not the content.
+        reject(
+            "malformed_json",
+            format!(
+                "order event: {:?} error at line {} column {}",
+                e.classify(),
+                e.line(),
+                e.column()
+            ),
+        )
+    })?;
+    if e.version != CONTRACT_VERSION {
+        return Err(reject(
+            "unsupported_version",
+            format!("order event version {}", e.version),
+        ));
+    }
+    let currency = Currency::parse(&e.currency).map_err(|_| reject("invalid_field", "currency"))?;
+    let mut lines = Vec::new();
+    for line in e.lines.iter().filter(|l| l.kind == "gift_certificate") {
+        let code = line
+            .certificate_code
+            .as_deref()
+            .and_then(|c| GiftCode::parse(c).ok())
+            .ok_or_else(|| {
+                reject(
+                    "invalid_field",
+                    format!("line {}: certificate_code", line.line_id),
+                )
+            })?;
+        if line.amount_minor <= 0 {
+            return Err(reject(
+                "invalid_field",
+                format!("line {}: amount_minor", line.line_id),
+            ));
+        }
+        lines.push(CertificateLine {
+            line_id: line.line_id.clone(),
+            code,
+            amount_minor: line.amount_minor,
+        });
+    }
+    if lines.is_empty() {
+        return Ok(None);
+    }
+    if e.total_minor <= 0 {
+        return Err(reject("invalid_field", "total_minor"));
+    }
+    if let Some(phone) = &e.recipient_phone {
+        if !valid_phone(phone) {
+            return Err(reject("invalid_field", "recipient_phone is not E.164"));
+        }
+    }
+    Ok(Some(CertificateOrder {
+        event_id: e.event_id,
+        order_id: e.order_id,
+        client_id: e.client_id,
+        phone: e.recipient_phone,
+        currency,
+        total_minor: e.total_minor,
+        lines,
+    }))
+}
+
+/// Parses and validates a payment event. `Ok(None)`: not captured (yet), so it does not count.
+pub fn parse_payment(payload: &[u8]) -> Result<Option<Payment>, Rejection> {
+    let e: PaymentEvent = serde_json::from_slice(payload)
+        .map_err(|e| reject("malformed_json", format!("payment event: {e}")))?;
+    if e.version != CONTRACT_VERSION {
+        return Err(reject(
+            "unsupported_version",
+            format!("payment event version {}", e.version),
+        ));
+    }
+    if e.status != "captured" {
+        return Ok(None);
+    }
+    let currency = Currency::parse(&e.currency).map_err(|_| reject("invalid_field", "currency"))?;
+    if e.amount_minor <= 0 {
+        return Err(reject("invalid_field", "amount_minor"));
+    }
+    Ok(Some(Payment {
+        event_id: e.event_id,
+        payment_id: e.payment_id,
+        order_id: e.order_id,
+        currency,
+        amount_minor: e.amount_minor,
+    }))
+}
+
+/// What distinct payments in the order's currency add up to. A payment delivered twice counts
+/// once (by `payment_id`; a redelivery keeps the first amount); payments in another currency do
+/// not count.
+pub fn paid_towards<'a>(currency: &str, payments: impl IntoIterator<Item = (&'a str, &'a str, i64)>) -> i64 {
+    let mut distinct: BTreeMap<&str, i64> = BTreeMap::new();
+    for (payment_id, payment_currency, amount) in payments {
+        if payment_currency.trim() == currency.trim() && amount > 0 {
+            distinct.entry(payment_id).or_insert(amount);
+        }
+    }
+    distinct.values().fold(0i64, |sum, a| sum.saturating_add(*a))
+}
+
+/// Whether the payments settle an order of `total` in `currency`.
+pub fn settles<'a>(
+    total: i64,
+    currency: &str,
+    payments: impl IntoIterator<Item = (&'a str, &'a str, i64)>,
+) -> bool {
+    paid_towards(currency, payments) >= total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn code() -> String {
+        GiftCode::from_payload(b"ABCDEFGHJKLMNPQ")
+            .map(|c| c.expose().to_owned())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn an_order_with_a_certificate_line_parses() {
+        let payload = format!(
+            r#"{{"version":1,"event_id":"e1","order_id":"o1","client_id":"c1","currency":"RUB","total_minor":1500,
+                "recipient_phone":"+79990001122","lines":[{{"line_id":"1","kind":"gift_certificate","certificate_code":"{}","amount_minor":1000}},
+                {{"line_id":"2","kind":"goods","certificate_code":null,"amount_minor":500}}]}}"#,
+            code()
+        );
+        let order = parse_order(payload.as_bytes()).ok().flatten();
+        let order = order.as_ref();
+        assert_eq!(order.map(|o| o.lines.len()), Some(1));
+        assert_eq!(order.map(|o| o.total_minor), Some(1500));
+    }
+
+    #[test]
+    fn bad_orders_are_rejected_with_a_code_and_without_the_code_value() {
+        let bad_code = "ABCDEFGHJKLMNPQA";
+        let cases = [
+            ("{not json".to_owned(), "malformed_json"),
+            (
+                r#"{"version":2,"event_id":"e","order_id":"o","currency":"RUB","total_minor":1,"lines":[]}"#
+                    .to_owned(),
+                "unsupported_version",
+            ),
+            (
+                format!(
+                    r#"{{"version":1,"event_id":"e","order_id":"o","currency":"RUB","total_minor":1,"lines":[{{"line_id":"1","kind":"gift_certificate","certificate_code":"{bad_code}","amount_minor":1}}]}}"#
+                ),
+                "invalid_field",
+            ),
+            (
+                format!(
+                    r#"{{"version":1,"event_id":"e","order_id":"o","currency":"RUB","total_minor":1,"recipient_phone":"555","lines":[{{"line_id":"1","kind":"gift_certificate","certificate_code":"{}","amount_minor":1}}]}}"#,
+                    code()
+                ),
+                "invalid_field",
+            ),
+            (
+                format!(
+                    r#"{{"version":1,"event_id":"e","order_id":"o","currency":"RUB","total_minor":1,"lines":[{{"line_id":"1","kind":"gift_certificate","certificate_code":{{"x":"{bad_code}"}},"amount_minor":1}}]}}"#
+                ),
+                "malformed_json",
+            ),
+        ];
+        for (payload, expected) in cases {
+            match parse_order(payload.as_bytes()) {
+                Err(r) => {
+                    assert_eq!(r.code, expected, "{payload}");
+                    assert!(!r.reason.contains(bad_code), "{}", r.reason);
+                }
+                Ok(o) => panic!("accepted {payload}: {o:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn only_captured_payments_count() {
+        let pending = br#"{"version":1,"event_id":"e","payment_id":"p","order_id":"o","status":"pending","amount_minor":5,"currency":"RUB"}"#;
+        assert_eq!(parse_payment(pending), Ok(None));
+        let negative = br#"{"version":1,"event_id":"e","payment_id":"p","order_id":"o","status":"captured","amount_minor":-5,"currency":"RUB"}"#;
+        assert_eq!(parse_payment(negative).map_err(|r| r.code), Err("invalid_field"));
+    }
+
+    proptest! {
+        /// Whatever the order of arrival and however often each payment is delivered, the sale
+        /// is settled exactly when distinct same-currency payments reach the total.
+        #[test]
+        fn settlement_ignores_order_and_duplicates(
+            amounts in proptest::collection::vec((1i64..5_000, any::<bool>()), 0..8),
+            total in 1i64..20_000,
+            deliveries in proptest::collection::vec(any::<prop::sample::Index>(), 0..24),
+        ) {
+            let payments: Vec<(String, &str, i64)> = amounts
+                .iter()
+                .enumerate()
+                .map(|(i, (a, rub))| (format!("p{i}"), if *rub { "RUB" } else { "EUR" }, *a))
+                .collect();
+            let expected: i64 = payments.iter().filter(|p| p.1 == "RUB").map(|p| p.2).sum();
+            // Every payment once and random redeliveries, read back to front: redeliveries first.
+            let mut stream: Vec<&(String, &str, i64)> = payments.iter().collect();
+            if !payments.is_empty() {
+                stream.extend(deliveries.iter().map(|i| &payments[i.index(payments.len())]));
+                stream.reverse();
+            }
+            let seen = stream.iter().map(|p| (p.0.as_str(), p.1, p.2));
+            prop_assert_eq!(paid_towards("RUB", seen.clone()), expected);
+            prop_assert_eq!(settles(total, "RUB", seen), expected >= total);
+        }
+    }
+}
