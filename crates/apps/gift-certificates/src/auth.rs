@@ -6,15 +6,20 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use subtle::ConstantTimeEq;
 
-/// The callers of the API.
+/// The callers of the API. Names as in the seed (`OnlineStore`, `POS`, ...); the lower-case
+/// forms are accepted too, since environment variables reach the configuration lower-cased
+/// (`GIFT_CERTIFICATES_TOKENS__POS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Channel {
+    #[serde(alias = "onlinestore", alias = "online_store")]
     OnlineStore,
-    #[serde(rename = "POS")]
+    #[serde(rename = "POS", alias = "pos")]
     Pos,
+    #[serde(alias = "payments")]
     Payments,
+    #[serde(alias = "batchloader", alias = "batch_loader")]
     BatchLoader,
-    #[serde(rename = "internal")]
+    #[serde(rename = "internal", alias = "Internal")]
     Internal,
 }
 
@@ -116,6 +121,27 @@ impl Tokens {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn channel_names_are_read_in_either_case() {
+        let parsed: Result<BTreeMap<Channel, String>, _> = serde_json::from_str(
+            r#"{"pos":"a","onlinestore":"b","payments":"c","batch_loader":"d","internal":"e"}"#,
+        );
+        let keys: Vec<Channel> = parsed.map(|m| m.into_keys().collect()).unwrap_or_default();
+        assert_eq!(
+            keys,
+            [
+                Channel::OnlineStore,
+                Channel::Pos,
+                Channel::Payments,
+                Channel::BatchLoader,
+                Channel::Internal
+            ]
+        );
+        let seed: Result<BTreeMap<Channel, String>, _> =
+            serde_json::from_str(r#"{"POS":"a","OnlineStore":"b","BatchLoader":"d"}"#);
+        assert_eq!(seed.map(|m| m.len()).unwrap_or_default(), 3);
+    }
 
     #[test]
     fn tokens_map_to_channels_and_scopes() {
