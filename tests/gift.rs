@@ -295,3 +295,109 @@ pub async fn sms_texts(sms: &MockServer) -> Vec<Value> {
         .map(|r| serde_json::from_slice(&r.body).expect("the SMS request is JSON"))
         .collect()
 }
+
+/// The service as a child process (for kill -9), configured through environment variables.
+pub struct ChildConfig {
+    pub id: String,
+    pub port: u16,
+    pub db_url: String,
+    pub key_file: std::path::PathBuf,
+    pub topics: gift_certificates::config::Topics,
+}
+
+impl ChildConfig {
+    pub fn new(dir: &std::path::Path) -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let key_file = dir.join("master.key");
+        backbone_kms::generate_key_file(&key_file).expect("key file");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let topics = gift_certificates::config::Topics {
+            orders: format!("All_SalesOrder.{id}"),
+            payments: format!("All_Payments.{id}"),
+            uploads: format!("GiftCertificateUpload.{id}"),
+            dead_letters: format!("dead.letters.{id}"),
+            group_id: format!("gift-certificates-{id}"),
+            state: format!("GiftCertificateState.{id}"),
+            transactions: format!("GiftCertificateTransaction.{id}"),
+            bi: format!("GiftCertificateBI.{id}"),
+        };
+        Self {
+            db_url: format!("{}/gc_crash_{id}", pg_base()),
+            id,
+            port,
+            key_file,
+            topics,
+        }
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn env(&self) -> Vec<(String, String)> {
+        let t = &self.topics;
+        let mut env: Vec<(String, String)> = [
+            ("HTTP__LISTEN", format!("127.0.0.1:{}", self.port)),
+            ("POSTGRES__URL", self.db_url.clone()),
+            ("REDIS__KEY_PREFIX", format!("gc-crash-{}:", self.id)),
+            ("KEYS__KEY_FILE", self.key_file.display().to_string()),
+            ("KAFKA__BROKERS", brokers()),
+            ("KAFKA__CREATE_TOPICS", "true".into()),
+            ("TOPICS__ORDERS", t.orders.clone()),
+            ("TOPICS__PAYMENTS", t.payments.clone()),
+            ("TOPICS__UPLOADS", t.uploads.clone()),
+            ("TOPICS__DEAD_LETTERS", t.dead_letters.clone()),
+            ("TOPICS__GROUP_ID", t.group_id.clone()),
+            ("TOPICS__STATE", t.state.clone()),
+            ("TOPICS__TRANSACTIONS", t.transactions.clone()),
+            ("TOPICS__BI", t.bi.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("{}{k}", gift_certificates::config::ENV_PREFIX), v))
+        .collect();
+        for (channel, token) in CHANNELS {
+            env.push((
+                format!(
+                    "{}TOKENS__{}",
+                    gift_certificates::config::ENV_PREFIX,
+                    channel.as_str()
+                ),
+                token.to_owned(),
+            ));
+        }
+        env
+    }
+
+    /// Starts the binary and waits until it answers `/health/ready`.
+    pub async fn spawn(&self, binary: &std::path::Path, log: &std::path::Path) -> std::process::Child {
+        let log = std::fs::File::create(log).expect("log file");
+        let mut child = std::process::Command::new(binary)
+            .envs(self.env())
+            .env("RUST_LOG", "info")
+            .stdout(log)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn gift-certificates");
+        let http = reqwest::Client::new();
+        let started = Instant::now();
+        loop {
+            if let Ok(r) = http.get(format!("{}/health/ready", self.base())).send().await {
+                if r.status().is_success() {
+                    return child;
+                }
+            }
+            assert!(
+                child.try_wait().expect("child status").is_none(),
+                "gift-certificates exited during start-up"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "gift-certificates did not become ready"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod certificates;
+mod certificates_crash;
 mod crash;
 mod loader;
 mod pipeline;
