@@ -109,8 +109,34 @@ pub fn valid_phone(phone: &str) -> bool {
         .is_some_and(|d| (8..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// The version is read first, so a record of another version is reported as such rather than
+/// as malformed.
+fn check_version(payload: &[u8], what: &str) -> Result<(), Rejection> {
+    #[derive(Deserialize)]
+    struct Versioned {
+        version: u16,
+    }
+    match serde_json::from_slice::<Versioned>(payload) {
+        Ok(v) if v.version == CONTRACT_VERSION => Ok(()),
+        Ok(v) => Err(reject(
+            "unsupported_version",
+            format!("{what} event version {}", v.version),
+        )),
+        Err(e) => Err(reject(
+            "malformed_json",
+            format!(
+                "{what} event: {:?} error at line {} column {} (a version number is required)",
+                e.classify(),
+                e.line(),
+                e.column()
+            ),
+        )),
+    }
+}
+
 /// Parses and validates an order event. `Ok(None)`: an order without certificate lines.
 pub fn parse_order(payload: &[u8]) -> Result<Option<CertificateOrder>, Rejection> {
+    check_version(payload, "order")?;
     let e: OrderEvent = serde_json::from_slice(payload).map_err(|e| {
         // serde may quote a value, which could be a code: name the place, not the content.
         reject(
@@ -178,6 +204,7 @@ pub fn parse_order(payload: &[u8]) -> Result<Option<CertificateOrder>, Rejection
 
 /// Parses and validates a payment event. `Ok(None)`: not captured (yet), so it does not count.
 pub fn parse_payment(payload: &[u8]) -> Result<Option<Payment>, Rejection> {
+    check_version(payload, "payment")?;
     let e: PaymentEvent = serde_json::from_slice(payload)
         .map_err(|e| reject("malformed_json", format!("payment event: {e}")))?;
     if e.version != CONTRACT_VERSION {
@@ -294,6 +321,11 @@ mod tests {
     fn only_captured_payments_count() {
         let pending = br#"{"version":1,"event_id":"e","payment_id":"p","order_id":"o","status":"pending","amount_minor":5,"currency":"RUB"}"#;
         assert_eq!(parse_payment(pending), Ok(None));
+        let future = br#"{"version":9,"event_id":"x"}"#;
+        assert_eq!(
+            parse_payment(future).map_err(|r| r.code),
+            Err("unsupported_version")
+        );
         let negative = br#"{"version":1,"event_id":"e","payment_id":"p","order_id":"o","status":"captured","amount_minor":-5,"currency":"RUB"}"#;
         assert_eq!(parse_payment(negative).map_err(|r| r.code), Err("invalid_field"));
     }

@@ -30,7 +30,9 @@ pub async fn drain_once(
             topic: topics.out(&r.topic),
             key: Some(r.key.as_bytes()),
             payload: r.payload.as_bytes(),
-            headers: vec![("content-type".into(), "application/json".into())],
+            headers: std::iter::once(("content-type".to_owned(), "application/json".to_owned()))
+                .chain(r.headers.iter().cloned())
+                .collect(),
         })
         .collect();
     publisher.send_all(records).await?;

@@ -130,9 +130,23 @@ pub async fn send_due(
             }
         };
         state.metrics.sms.with_label_values(&[label]).inc();
+        let headers = match &outcome {
+            SmsOutcome::Failed { error } => vec![
+                (backbone_kafka::HEADER_REASON.to_owned(), error.clone()),
+                (
+                    backbone_kafka::HEADER_REASON_CODE.to_owned(),
+                    "sms_failed".to_owned(),
+                ),
+                (
+                    backbone_kafka::HEADER_ATTEMPTS.to_owned(),
+                    job.attempts.to_string(),
+                ),
+            ],
+            _ => Vec::new(),
+        };
         state
             .repository
-            .finish_sms(job, &outcome, &settings.dead_letter_topic)
+            .finish_sms(job, &outcome, &settings.dead_letter_topic, &headers)
             .await?;
         if label == "failed" {
             state.outbox_wakeup.notify_one();

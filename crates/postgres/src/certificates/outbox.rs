@@ -14,6 +14,7 @@ pub struct OutboxRecord {
     pub topic: String,
     pub key: String,
     pub payload: String,
+    pub headers: Vec<(String, String)>,
 }
 
 #[derive(Clone)]
@@ -57,19 +58,27 @@ impl PgOutbox {
     }
 
     pub async fn next(&self, limit: i64) -> Result<Vec<OutboxRecord>, ApplyError> {
-        sqlx::query_as::<_, (i64, String, String, String)>(
-            "SELECT id, topic, key, payload::text FROM outbox ORDER BY id LIMIT $1",
-        )
+        sqlx::query_as::<
+            _,
+            (
+                i64,
+                String,
+                String,
+                String,
+                sqlx::types::Json<std::collections::BTreeMap<String, String>>,
+            ),
+        >("SELECT id, topic, key, payload::text, headers FROM outbox ORDER BY id LIMIT $1")
         .bind(limit)
         .fetch_all(&self.pool)
         .await
         .map(|rows| {
             rows.into_iter()
-                .map(|(id, topic, key, payload)| OutboxRecord {
+                .map(|(id, topic, key, payload, headers)| OutboxRecord {
                     id,
                     topic,
                     key,
                     payload,
+                    headers: headers.0.into_iter().collect(),
                 })
                 .collect()
         })

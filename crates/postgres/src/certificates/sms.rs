@@ -117,6 +117,7 @@ impl PgCertificates {
         job: &SmsJob,
         outcome: &SmsOutcome,
         dlq_topic: &str,
+        dlq_headers: &[(String, String)],
     ) -> Result<(), ApplyError> {
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         match outcome {
@@ -179,10 +180,15 @@ impl PgCertificates {
                     "attempts": job.attempts,
                     "reason": error,
                 });
-                sqlx::query("INSERT INTO outbox (topic, key, payload) VALUES ($1, $2, $3)")
+                let headers: serde_json::Map<String, serde_json::Value> = dlq_headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone().into()))
+                    .collect();
+                sqlx::query("INSERT INTO outbox (topic, key, payload, headers) VALUES ($1, $2, $3, $4)")
                     .bind(dlq_topic)
                     .bind(job.certificate_id.to_string())
                     .bind(letter)
+                    .bind(serde_json::Value::Object(headers))
                     .execute(&mut *tx)
                     .await
                     .map_err(unavailable)?;
