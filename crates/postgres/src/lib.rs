@@ -27,7 +27,10 @@ pub enum ConnectError {
 /// Creates the database if it does not exist, opens a pool and applies pending migrations.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, ConnectError> {
     use sqlx::migrate::MigrateDatabase;
-    let options = PgConnectOptions::from_str(url).map_err(|e| ConnectError::Url(e.to_string()))?;
+    let options = PgConnectOptions::from_str(url)
+        .map_err(|e| ConnectError::Url(e.to_string()))?
+        // A transaction abandoned half-way (its task cancelled) must not hold locks for long.
+        .options([("idle_in_transaction_session_timeout", "30s")]);
     let exists = sqlx::Postgres::database_exists(url)
         .await
         .map_err(|e| ConnectError::Connect(e.to_string()))?;

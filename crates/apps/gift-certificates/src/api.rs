@@ -318,7 +318,12 @@ async fn run_with_sms(state: &AppState, op: Operation<'_>, cvc_sms_to: Option<St
         .operation_seconds
         .with_label_values(&[op.route])
         .start_timer();
-    let result = state.repository.apply(request).await;
+    // Detached: a client that hangs up must not cancel the transaction half-way (a dropped
+    // transaction would keep its locks until its connection is reused).
+    let repository = state.repository.clone();
+    let result = tokio::spawn(async move { repository.apply(request).await })
+        .await
+        .unwrap_or_else(|e| Err(ApplyError::Unavailable(format!("operation task failed: {e}"))));
     timer.observe_duration();
     match result {
         Ok(applied) => {

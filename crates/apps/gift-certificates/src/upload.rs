@@ -204,11 +204,15 @@ pub async fn upload_batch(
         request_hash,
         retention: time::Duration::hours(i64::from(state.idempotency_retention_hours)),
     };
-    let outcome = state
-        .repository
-        .issue(&batch, Some(&claim))
-        .await
-        .map_err(apply_error)?;
+    // Detached, like every write: a client that hangs up does not cancel the transaction.
+    let repository = state.repository.clone();
+    let (outcome, batch) = tokio::spawn(async move {
+        let outcome = repository.issue(&batch, Some(&claim)).await;
+        (outcome, batch)
+    })
+    .await
+    .map_err(|e| apply_error(backbone_certificates::ApplyError::Unavailable(e.to_string())))?;
+    let outcome = outcome.map_err(apply_error)?;
     if !outcome.replayed {
         state.metrics.issued.inc_by(outcome.issued);
         state.outbox_wakeup.notify_one();
