@@ -86,6 +86,13 @@ fn load(service: &Service, file: &Path, batch: &str, via: &str) -> Command {
     cmd
 }
 
+/// Runs the loader to its end off the runtime's threads: the service under test runs on them.
+async fn run_to_end(mut cmd: Command) -> std::process::Output {
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
 async fn issued_in(service: &Service, batch: &str) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM gift_certificate WHERE batch_id = $1")
         .bind(batch)
@@ -142,7 +149,7 @@ async fn load_killed_then_resumed(
         .status()
         .unwrap();
     let _ = child.wait();
-    let output = load(service, file, batch, via).output().unwrap();
+    let output = run_to_end(load(service, file, batch, via)).await;
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
@@ -152,7 +159,7 @@ async fn load_killed_then_resumed(
     stdout
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_load_killed_midway_resumes_without_issuing_twice() {
     let sms = sms_provider(200).await;
     let service = Service::start(&sms.uri(), |_| {}).await;
@@ -213,7 +220,7 @@ async fn an_http_load_killed_midway_resumes_without_issuing_twice() {
     }
     std::fs::write(&overlap, text).unwrap();
     let second = format!("overlap-{}", service.id);
-    let output = load(&service, &overlap, &second, "http").output().unwrap();
+    let output = run_to_end(load(&service, &overlap, &second, "http")).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}");
     assert_eq!(issued_in(&service, &second).await, 50);
@@ -233,7 +240,7 @@ async fn an_http_load_killed_midway_resumes_without_issuing_twice() {
     service.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kafka_load_killed_midway_resumes_without_issuing_twice() {
     let sms = sms_provider(200).await;
     let service = Service::start(&sms.uri(), |_| {}).await;
