@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# `make run`: crm-sim and crm-sync on the local stack, demo events in, then what reached the CRM
-# and the log. Runs until Ctrl-C (or exits after the report with DEMO_EXIT=1).
+# `make run`: crm-sim, crm-sync and gift-certificates on the local stack. Demo events in, then
+# what reached the CRM and the log; then a batch of gift certificates loaded with batch-loader,
+# one activated, held, captured and read back. Runs until Ctrl-C (or exits after the report with
+# DEMO_EXIT=1, or when standard input is not a terminal).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -8,7 +10,7 @@ STATE_DIR=${STATE_DIR:-$ROOT/.stack}
 mkdir -p "$STATE_DIR"
 DB_URL=${CRM_SYNC_POSTGRES__URL:-postgres://postgres:postgres@127.0.0.1:5432/crm_sync}
 
-cargo build --quiet -p crm-sync -p crm-sim -p backbone-bench --bins
+cargo build --quiet -p crm-sync -p crm-sim -p backbone-bench -p gift-certificates -p batch-loader --bins
 
 # Fresh secrets for this run only: never written to disk, never printed.
 TOKEN=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
@@ -21,20 +23,39 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+# Background services run in their own session (setsid) without the terminal's input, so that
+# Ctrl-C reaches only this script, which stops them with SIGTERM.
 CRM_SIM_TOKEN=$TOKEN CRM_SIM_SIGNING_SECRET=$SECRET RUST_LOG=warn \
-  target/debug/crm-sim --listen 127.0.0.1:8081 >"$STATE_DIR/crm-sim.log" 2>&1 &
+  setsid target/debug/crm-sim --listen 127.0.0.1:8081 </dev/null >"$STATE_DIR/crm-sim.log" 2>&1 &
 pids+=($!)
 
 CRM_SYNC_CRM__GENERIC__TOKEN=$TOKEN CRM_SYNC_CRM__GENERIC__SIGNING_SECRET=$SECRET \
 CRM_SYNC_POSTGRES__URL=$DB_URL RUST_LOG=${RUST_LOG:-info} \
-  target/debug/crm-sync --config config/crm-sync.local.toml >"$STATE_DIR/crm-sync.log" 2>&1 &
-pids+=($!)
+  setsid target/debug/crm-sync --config config/crm-sync.local.toml </dev/null >"$STATE_DIR/crm-sync.log" 2>&1 &
+crm_sync_pid=$!
+pids+=("$crm_sync_pid")
 
-for _ in $(seq 1 150); do
-  curl -fs http://127.0.0.1:9464/health/ready >/dev/null 2>&1 && break
-  kill -0 "${pids[1]}" 2>/dev/null || { echo "crm-sync failed to start:"; tail -n 20 "$STATE_DIR/crm-sync.log"; exit 1; }
-  sleep 0.2
-done
+# gift-certificates: tokens from its local configuration, master key created once.
+GC_CONFIG=config/gift-certificates.local.toml
+GC_URL=http://127.0.0.1:8088
+GC_KEY_FILE=.stack/keys/master.key # keys.key_file of $GC_CONFIG
+[ -f "$GC_KEY_FILE" ] || target/debug/gift-certificates keys generate --out "$GC_KEY_FILE"
+RUST_LOG=${RUST_LOG:-info} \
+  setsid target/debug/gift-certificates --config "$GC_CONFIG" </dev/null >"$STATE_DIR/gift-certificates.log" 2>&1 &
+gc_pid=$!
+pids+=("$gc_pid")
+
+# wait_ready NAME URL PID LOG
+wait_ready() {
+  for _ in $(seq 1 150); do
+    curl -fs "$2" >/dev/null 2>&1 && return 0
+    kill -0 "$3" 2>/dev/null || { echo "$1 failed to start:"; tail -n 20 "$4"; exit 1; }
+    sleep 0.2
+  done
+  echo "$1 is not ready after 30 s:"; tail -n 20 "$4"; exit 1
+}
+
+wait_ready crm-sync http://127.0.0.1:9464/health/ready "$crm_sync_pid" "$STATE_DIR/crm-sync.log"
 echo "crm-sync is ready (metrics: http://127.0.0.1:9464/metrics, logs: $STATE_DIR/crm-sync.log)"
 
 target/debug/tracking-feed --brokers 127.0.0.1:9092 --topic tracking.events --shipments 20
@@ -51,9 +72,67 @@ for k, v in sorted(s["writes_per_shipment"].items())[-8:]:
     print(f"  {k}: {v} write(s)")'
 echo
 echo "== Outcomes (integrations_log) =="
-psql -X -q "$DB_URL" -c "SELECT outcome, count(*) FROM integrations_log WHERE sent_at > now() - interval '2 minutes' GROUP BY outcome ORDER BY 2 DESC"
-psql -X -q "$DB_URL" -c "SELECT sent_at::time(0) AS at, event_id, shipment_id, outcome, attempt, http_status AS http, left(coalesce(error, ''), 50) AS error FROM integrations_log WHERE sent_at > now() - interval '2 minutes' ORDER BY id DESC LIMIT 12"
+psql -X -q -P pager=off "$DB_URL" -c "SELECT outcome, count(*) FROM integrations_log WHERE sent_at > now() - interval '2 minutes' GROUP BY outcome ORDER BY 2 DESC"
+psql -X -q -P pager=off "$DB_URL" -c "SELECT sent_at::time(0) AS at, event_id, shipment_id, outcome, attempt, http_status AS http, left(coalesce(error, ''), 50) AS error FROM integrations_log WHERE sent_at > now() - interval '2 minutes' ORDER BY id DESC LIMIT 12"
+
+echo
+echo "== gift-certificates =="
+wait_ready gift-certificates "$GC_URL/health/ready" "$gc_pid" "$STATE_DIR/gift-certificates.log"
+echo "gift-certificates is ready (API and metrics: $GC_URL, logs: $STATE_DIR/gift-certificates.log)"
+
+gc_token() { # the channel's token from $GC_CONFIG
+  awk -F'"' -v k="$1" '/^\[/ { t = ($0 == "[tokens]") } t && $1 ~ ("^" k " *= *$") { print $2 }' "$GC_CONFIG"
+}
+DEMO_DIR=$STATE_DIR/demo
+mkdir -p "$DEMO_DIR"
+RUN_ID=$(date -u +%Y%m%d%H%M%S)
+BATCH_FILE=$DEMO_DIR/gift-$RUN_ID.csv
+
+# gc_call STEP EXPECTED_STATUS METHOD PATH CHANNEL [curl args...]: prints one line per call.
+gc_call() {
+  local step=$1 expected=$2 method=$3 path=$4 channel=$5 status
+  shift 5
+  status=$(curl -sS -X "$method" "$GC_URL$path" -H "authorization: Bearer $(gc_token "$channel")" \
+    -H 'content-type: application/json' -D "$DEMO_DIR/headers" -o "$DEMO_DIR/body" -w '%{http_code}' "$@")
+  if [ "$status" != "$expected" ]; then
+    echo "$step: HTTP $status, expected $expected:"; cat "$DEMO_DIR/body"; echo; exit 1
+  fi
+  python3 - "$step" "$status" "$DEMO_DIR/body" "$DEMO_DIR/headers" <<'PY'
+import json, sys
+step, status, body, headers = sys.argv[1:5]
+b = json.load(open(body))
+replayed = "idempotent-replayed: true" in open(headers).read().lower()
+keys = ["action", "operation_id", "amount_minor", "state", "balance_minor", "available_minor"]
+print(f"  {step:<22} HTTP {status}{' (replayed)' if replayed else ''}: "
+      + ", ".join(f"{k}={b[k]}" for k in keys if b.get(k) is not None))
+PY
+}
+
+target/debug/batch-loader generate --count 5 --nominal 500000 --currency RUB --out "$BATCH_FILE"
+BATCH_LOADER_TOKEN=$(gc_token BatchLoader) target/debug/batch-loader load "$BATCH_FILE" \
+  --batch-id "demo-$RUN_ID" --via http --url "$GC_URL" --progress off
+read -r CODE CVC < <(python3 -c 'import csv, sys; r = next(csv.DictReader(open(sys.argv[1]))); print(r["code"], r["cvc"])' "$BATCH_FILE")
+rm -f "$BATCH_FILE" "$BATCH_FILE".* # the file holds codes and CVCs in clear
+echo "certificate ****-****-****-${CODE: -4} (5,000.00 RUB):"
+
+gc_call activate 200 POST "/certificates/$CODE/activate" Payments \
+  -H "idempotency-key: demo-$RUN_ID-activate" -d "{\"order_id\": \"demo-order-$RUN_ID\", \"client_id\": \"demo-client\"}"
+gc_call "authorize 1,500.00" 201 POST "/certificates/$CODE/authorize" POS \
+  -H "idempotency-key: demo-$RUN_ID-authorize" -d "{\"amount_minor\": 150000, \"currency\": \"RUB\", \"cvc\": \"$CVC\"}"
+HOLD=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["operation_id"])' "$DEMO_DIR/body")
+for _ in 1 2; do # the second call repeats the first with the same Idempotency-Key
+  gc_call "capture 1,200.00" 200 POST "/certificates/$CODE/capture" POS \
+    -H "idempotency-key: demo-$RUN_ID-capture" -d "{\"hold_id\": \"$HOLD\", \"amount_minor\": 120000, \"currency\": \"RUB\"}"
+done
+gc_call balance 200 GET "/certificates/$CODE/balance" POS -H "x-certificate-cvc: $CVC"
+gc_call view 200 GET "/certificates/$CODE" internal
+echo "GET /certificates/{code}:"
+python3 -m json.tool "$DEMO_DIR/body"
+rm -f "$DEMO_DIR/body" "$DEMO_DIR/headers"
+sleep 1
+curl -fs "$GC_URL/metrics" | grep -E '^gift_certificates_(outbox_pending|outbox_published_total|issued_total)' || true
 
 if [ -n "${DEMO_EXIT:-}" ] || [ ! -t 0 ]; then exit 0; fi
-echo "Running. Send more with: target/debug/tracking-feed; stop with Ctrl-C."
+echo "Running. Send more with: target/debug/tracking-feed; gift-certificates API on $GC_URL"
+echo "(docs/gift-certificates.md); stop with Ctrl-C."
 wait

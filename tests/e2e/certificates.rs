@@ -239,6 +239,11 @@ async fn uploads_over_kafka_issue_and_bad_records_are_dead_lettered() {
     // The same job again (a loader resumed after a crash): nothing issued twice.
     send(&producer, &t.uploads, &batch, &job).await;
     send(&producer, &t.orders, "bad", "{not json").await;
+    // A job that cannot be taken: its codes and CVCs must not be copied to the dead letters.
+    let secret = new_code();
+    let bad_job = json!({"version": 1, "batch_id": batch, "job": 1, "extra": true,
+        "certificates": [{"code": secret, "cvc": "8642", "nominal_minor": 1, "currency": "RUB"}]});
+    send(&producer, &t.uploads, &batch, &bad_job.to_string()).await;
     send(
         &producer,
         &t.payments,
@@ -268,7 +273,14 @@ async fn uploads_over_kafka_issue_and_bad_records_are_dead_lettered() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let letters = read_until(&t.dead_letters, |got| got.len() >= 2).await;
+    let letters = read_until(&t.dead_letters, |got| got.len() >= 3).await;
+    for letter in &letters {
+        assert!(
+            !letter.payload.contains(&secret) && !letter.payload.contains("8642"),
+            "a dead letter carries a code or CVC: {}",
+            letter.payload
+        );
+    }
     let codes_of: Vec<&str> = letters
         .iter()
         .filter_map(|l| {

@@ -335,6 +335,12 @@ async fn run_with_sms(state: &AppState, op: Operation<'_>, cvc_sms_to: Option<St
             if !applied.replayed {
                 state.after_commit(&op.digest_hex).await;
             }
+            // The right CVC ends the certificate's run of failures.
+            if op.cvc.is_some() {
+                if let Err(e) = state.limiter.clear(&op.digest_hex).await {
+                    tracing::warn!(error = %e, "cannot reset the failed-attempt count");
+                }
+            }
             Ok(render(&applied, op.status))
         }
         Err(e) => {

@@ -154,7 +154,7 @@ impl Default for Topics {
             orders: "All_SalesOrder".into(),
             payments: "All_Payments".into(),
             uploads: "GiftCertificateUpload".into(),
-            dead_letters: "dead.letters".into(),
+            dead_letters: "gift-certificates.dead.letters".into(),
             group_id: "gift-certificates".into(),
             state: backbone_certificates::events::STATE_TOPIC.into(),
             transactions: backbone_certificates::events::TRANSACTION_TOPIC.into(),

@@ -65,7 +65,6 @@ pub const TABLE: &[(&str, u16, &str)] = &[
     ("hold-expired", 422, "The hold has expired"),
     ("bad-hold-expiry", 422, "The hold lifetime is out of range"),
     ("certificate-expired", 422, "The certificate has expired"),
-    ("invalid-rows", 422, "Some certificates in the batch are invalid"),
     ("bad-operation-id", 422, "The operation id is not valid"),
     (
         "operation-id-reused",
@@ -94,7 +93,7 @@ pub struct Problem {
     pub code: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
-    /// Extra members, such as `invalid_rows` or `retry_after_seconds`.
+    /// Extra members, such as `retry_after_seconds`.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Object)]
     pub extra: Option<serde_json::Map<String, serde_json::Value>>,

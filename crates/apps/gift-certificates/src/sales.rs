@@ -208,7 +208,12 @@ pub async fn run(
         let batch = match batch {
             Ok(b) => b,
             Err(e) => {
+                // The broker is away: wait a little instead of spinning on the error.
                 tracing::warn!(error = %e, "sales consumer error");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = stop.cancelled() => {}
+                }
                 continue;
             }
         };
@@ -238,6 +243,12 @@ pub async fn run(
                 Handled::Rejected(r) if record.source.topic == topics.orders => {
                     Some((r.clone(), redacted_order(&record.payload)))
                 }
+                // An upload job is codes and CVCs: never copied; its position is in the headers.
+                Handled::Rejected(r) if record.source.topic == topics.uploads => Some((
+                    r.clone(),
+                    br#"{"withheld":"an upload job carries codes and CVCs: read it at its source position"}"#
+                        .to_vec(),
+                )),
                 Handled::Rejected(r) => Some((r.clone(), record.payload.clone())),
                 Handled::Uploaded { rejected_rows, .. } if !rejected_rows.is_empty() => Some((
                     reject("rejected_rows", format!("{} rows rejected", rejected_rows.len())),
