@@ -112,7 +112,10 @@ impl Service {
                     break;
                 }
             }
-            assert!(!task.is_finished(), "the service stopped during start-up");
+            if task.is_finished() {
+                let result = task.await;
+                panic!("the service stopped during start-up: {result:?}");
+            }
             assert!(
                 started.elapsed() < Duration::from_secs(60),
                 "the service did not become ready"
