@@ -169,11 +169,15 @@ async fn a_key_still_in_flight_is_409(pool: PgPool) {
     // Wait until the first request holds the key's lock.
     let mut waited = 0;
     loop {
-        let locks: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted")
-                .fetch_one(&app.pool)
-                .await
-                .unwrap();
+        // Waiting on the row lock means it already holds its key (this database only: other
+        // tests hold locks of their own).
+        let locks: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
         if locks > 0 {
             break;
         }
