@@ -29,9 +29,18 @@ CRM_SIM_TOKEN=$TOKEN CRM_SIM_SIGNING_SECRET=$SECRET RUST_LOG=warn \
   setsid target/debug/crm-sim --listen 127.0.0.1:8081 </dev/null >"$STATE_DIR/crm-sim.log" 2>&1 &
 pids+=($!)
 
+# VENDOR=bitrix24|salesforce|kommo make run: crm-sync speaks that vendor's dialect to crm-sim.
+VENDOR=${VENDOR:-generic}
+case "$VENDOR" in
+  generic) CRM_SYNC_CONFIG=config/crm-sync.local.toml; STATS_PATH=/sim/stats ;;
+  bitrix24|salesforce|kommo) CRM_SYNC_CONFIG=config/crm-sync.$VENDOR.local.toml; STATS_PATH=/sim/vendors/$VENDOR/stats ;;
+  *) echo "VENDOR must be generic, bitrix24, salesforce or kommo" >&2; exit 2 ;;
+esac
 CRM_SYNC_CRM__GENERIC__TOKEN=$TOKEN CRM_SYNC_CRM__GENERIC__SIGNING_SECRET=$SECRET \
+CRM_SYNC_CRM__BITRIX24__WEBHOOK_TOKEN=$TOKEN CRM_SYNC_CRM__SALESFORCE__CLIENT_SECRET=$TOKEN \
+CRM_SYNC_CRM__KOMMO__ACCESS_TOKEN=$TOKEN \
 CRM_SYNC_POSTGRES__URL=$DB_URL RUST_LOG=${RUST_LOG:-info} \
-  setsid target/debug/crm-sync --config config/crm-sync.local.toml </dev/null >"$STATE_DIR/crm-sync.log" 2>&1 &
+  setsid target/debug/crm-sync --config "$CRM_SYNC_CONFIG" </dev/null >"$STATE_DIR/crm-sync.log" 2>&1 &
 crm_sync_pid=$!
 pids+=("$crm_sync_pid")
 
@@ -62,8 +71,8 @@ target/debug/tracking-feed --brokers 127.0.0.1:9092 --topic tracking.events --sh
 sleep 5
 
 echo
-echo "== What reached the CRM (crm-sim) =="
-curl -fs http://127.0.0.1:8081/sim/stats | python3 -c '
+echo "== What reached the CRM (crm-sim, $VENDOR dialect) =="
+curl -fs "http://127.0.0.1:8081$STATS_PATH" | python3 -c '
 import json, sys
 s = json.load(sys.stdin)
 print("writes: %d, requests: %d, repeated writes acknowledged without effect: %d"

@@ -9,3 +9,4 @@ mod crash;
 mod loader;
 mod pipeline;
 mod replay;
+mod vendors;

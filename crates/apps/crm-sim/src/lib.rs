@@ -1,6 +1,15 @@
-//! crm-sim: the generic CRM API (`docs/openapi/crm-generic-v1.yaml`) in memory, for local runs,
-//! end-to-end tests and benchmarks. It checks the bearer token and the request signature, applies
-//! writes idempotently by `eventId`, counts writes per shipment and injects faults on demand.
+//! crm-sim: an in-memory CRM for local runs, end-to-end tests and benchmarks. One process serves
+//! every dialect crm-sync speaks, each on its own paths:
+//!
+//! - the generic CRM API (`docs/openapi/crm-generic-v1.yaml`), `/api/v1/...`: checks the bearer
+//!   token and the request signature and applies writes idempotently by `eventId`;
+//! - Bitrix24 REST ([`bitrix24`]), `/rest/...` and `/oauth/token/`;
+//! - Salesforce REST ([`salesforce`]), `/services/...`;
+//! - Kommo API v4 ([`kommo`]), `/api/v4/...` and `/oauth2/access_token`.
+//!
+//! Each dialect keeps its own records, found by our external id (the shipment id), counts
+//! writes per shipment, keeps every record's history, and answers injected faults in its
+//! vendor's documented shape. `/sim/...` reads all of it back.
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -17,9 +26,69 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
+mod auth;
+pub mod bitrix24;
+pub mod kommo;
+pub mod salesforce;
+mod table;
+
+pub use bitrix24::Bitrix24Schema;
+pub use kommo::KommoSchema;
+pub use salesforce::SalesforceSchema;
+
 pub const MAX_BATCH: usize = 500;
 
-/// Faults applied to `/api/v1` requests; zero disables each one.
+/// How long an access token issued by a vendor dialect's token endpoint stays valid, unless
+/// [`Sim::with_token_ttl`] says otherwise.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
+/// The daily API request allowance reported in Salesforce's `Sforce-Limit-Info` when
+/// [`Faults::api_quota`] is not set.
+pub const DEFAULT_API_QUOTA: u64 = 5_000_000;
+
+/// The API dialects crm-sim speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dialect {
+    Generic,
+    Bitrix24,
+    Salesforce,
+    Kommo,
+}
+
+impl Dialect {
+    pub const ALL: [Dialect; 4] = [
+        Dialect::Generic,
+        Dialect::Bitrix24,
+        Dialect::Salesforce,
+        Dialect::Kommo,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Dialect::Generic => "generic",
+            Dialect::Bitrix24 => "bitrix24",
+            Dialect::Salesforce => "salesforce",
+            Dialect::Kommo => "kommo",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|d| d.name() == s)
+    }
+}
+
+/// What each vendor dialect's account looks like: its objects, fields and stages. The defaults
+/// fit `config/crm-sync.<vendor>.local.toml`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Schemas {
+    pub bitrix24: Bitrix24Schema,
+    pub salesforce: SalesforceSchema,
+    pub kommo: KommoSchema,
+}
+
+/// Faults applied to the data calls of every dialect (not to token endpoints or `/sim`), each
+/// answered in its vendor's shape; zero disables each one.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Faults {
@@ -33,18 +102,29 @@ pub struct Faults {
     pub rate_limit_rps: u64,
     /// `Retry-After` sent with 429 and 503.
     pub retry_after_s: u64,
+    /// Salesforce only: the org's daily API request allowance. Above it every call is refused
+    /// with 403 `REQUEST_LIMIT_EXCEEDED` (`TotalRequests Limit exceeded.`); it is also the
+    /// maximum reported in `Sforce-Limit-Info`. Zero: no limit.
+    pub api_quota: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+/// Counters of one dialect. For the vendor dialects a write is one record created or updated,
+/// and a repeated write is one that carries an event id already written to that shipment.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Stats {
     pub total_writes: u64,
     pub requests: u64,
     pub duplicate_writes: u64,
     pub rejected_requests: u64,
     pub writes_per_shipment: BTreeMap<String, u64>,
+    /// Records created (the generic API: shipments written for the first time).
+    #[serde(default)]
+    pub creates: u64,
+    /// Records held now.
+    #[serde(default)]
+    pub records: u64,
 }
 
-#[derive(Default)]
 struct Store {
     records: HashMap<String, Map<String, Value>>,
     history: HashMap<String, Vec<Map<String, Value>>>,
@@ -52,26 +132,137 @@ struct Store {
     stats: Stats,
     faults: Faults,
     outage_until: Option<Instant>,
-    window: (u64, u64),
+    windows: HashMap<Dialect, (u64, u64)>,
+    bitrix24: table::Table,
+    salesforce: table::Table,
+    kommo: table::Table,
+    grants: HashMap<Dialect, auth::Grants>,
+    /// Salesforce API requests counted against [`Faults::api_quota`].
+    api_used: u64,
 }
 
-/// Shared simulator state; clone freely.
+impl Store {
+    fn new(schemas: &Schemas) -> Self {
+        Self {
+            records: HashMap::new(),
+            history: HashMap::new(),
+            seen_events: HashSet::new(),
+            stats: Stats::default(),
+            faults: Faults::default(),
+            outage_until: None,
+            windows: HashMap::new(),
+            bitrix24: bitrix24::table(&schemas.bitrix24),
+            salesforce: salesforce::table(&schemas.salesforce),
+            kommo: kommo::table(&schemas.kommo),
+            grants: HashMap::new(),
+            api_used: 0,
+        }
+    }
+
+    fn table(&self, d: Dialect) -> Option<&table::Table> {
+        match d {
+            Dialect::Generic => None,
+            Dialect::Bitrix24 => Some(&self.bitrix24),
+            Dialect::Salesforce => Some(&self.salesforce),
+            Dialect::Kommo => Some(&self.kommo),
+        }
+    }
+
+    fn stats_mut(&mut self, d: Dialect) -> &mut Stats {
+        match d {
+            Dialect::Generic => &mut self.stats,
+            Dialect::Bitrix24 => &mut self.bitrix24.stats,
+            Dialect::Salesforce => &mut self.salesforce.stats,
+            Dialect::Kommo => &mut self.kommo.stats,
+        }
+    }
+
+    fn grants(&mut self, d: Dialect) -> &mut auth::Grants {
+        self.grants.entry(d).or_default()
+    }
+}
+
+/// Why a call is refused by an injected fault; each dialect answers it in its vendor's shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    Outage,
+    RateLimited,
+    Failure,
+    QuotaSpent,
+}
+
+/// The verdict of the fault injection on one call.
+pub(crate) struct Gate {
+    pub refusal: Option<Refusal>,
+    pub retry_after: Option<u64>,
+    /// Salesforce `api-usage`: requests so far and the allowance.
+    pub api_usage: (u64, u64),
+}
+
+/// Compares two secrets in constant time.
+pub(crate) fn same(a: &str, b: &str) -> bool {
+    bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+/// Shared simulator state; clone freely (after the `with_*` calls).
 #[derive(Clone)]
 pub struct Sim {
     token: Arc<str>,
     secret: Arc<str>,
+    vendor_secret: Arc<str>,
+    schemas: Arc<Schemas>,
+    token_ttl: Duration,
     store: Arc<Mutex<Store>>,
     started: Instant,
 }
 
 impl Sim {
+    /// A simulator whose generic API wants `token` and `signing_secret`; the vendor dialects
+    /// accept `token` as their secret too until [`Sim::with_vendor_secret`] says otherwise.
     pub fn new(token: &str, signing_secret: &str) -> Self {
+        let schemas = Schemas::default();
         Self {
             token: token.into(),
             secret: signing_secret.into(),
-            store: Arc::default(),
+            vendor_secret: token.into(),
+            store: Arc::new(Mutex::new(Store::new(&schemas))),
+            schemas: Arc::new(schemas),
+            token_ttl: DEFAULT_TOKEN_TTL,
             started: Instant::now(),
         }
+    }
+
+    /// The one secret every vendor dialect accepts: the Bitrix24 webhook code, the OAuth client
+    /// secret of Bitrix24, Salesforce and Kommo, the Kommo long-lived token, and the first
+    /// (install-time) refresh token of Bitrix24 and Kommo.
+    pub fn with_vendor_secret(mut self, secret: &str) -> Self {
+        self.vendor_secret = secret.into();
+        self
+    }
+
+    /// The vendor accounts' objects and fields. Starts the records over: call it first.
+    pub fn with_schemas(mut self, schemas: Schemas) -> Self {
+        self.store = Arc::new(Mutex::new(Store::new(&schemas)));
+        self.schemas = Arc::new(schemas);
+        self
+    }
+
+    /// Lifetime of the access tokens the vendor token endpoints issue.
+    pub fn with_token_ttl(mut self, ttl: Duration) -> Self {
+        self.token_ttl = ttl;
+        self
+    }
+
+    pub fn schemas(&self) -> &Schemas {
+        &self.schemas
+    }
+
+    pub(crate) fn vendor_secret(&self) -> &str {
+        &self.vendor_secret
+    }
+
+    pub(crate) fn token_ttl(&self) -> Duration {
+        self.token_ttl
     }
 
     fn lock(&self) -> MutexGuard<'_, Store> {
@@ -85,16 +276,113 @@ impl Sim {
         s.faults = faults;
     }
 
+    /// Counters of the generic API.
     pub fn stats(&self) -> Stats {
-        self.lock().stats.clone()
+        self.stats_of(Dialect::Generic)
     }
 
+    /// Counters of one dialect.
+    pub fn stats_of(&self, d: Dialect) -> Stats {
+        let s = self.lock();
+        match s.table(d) {
+            Some(t) => t.stats(),
+            None => Stats {
+                records: s.records.len() as u64,
+                ..s.stats.clone()
+            },
+        }
+    }
+
+    /// The generic API's record of a shipment.
     pub fn record(&self, shipment: &str) -> Option<Map<String, Value>> {
         self.lock().records.get(shipment).cloned()
     }
 
+    /// The generic API's history of a shipment.
     pub fn history(&self, shipment: &str) -> Vec<Map<String, Value>> {
         self.lock().history.get(shipment).cloned().unwrap_or_default()
+    }
+
+    /// Every record of a dialect that carries this shipment id, as flat field maps with the
+    /// record id under `id` (Bitrix24 `originId`, the Salesforce External ID field, the Kommo
+    /// external-id custom field as `cf:<id>`). More than one means the vendor holds duplicates.
+    pub fn records_of(&self, d: Dialect, shipment: &str) -> Vec<Map<String, Value>> {
+        let s = self.lock();
+        let Some(t) = s.table(d) else {
+            return s.records.get(shipment).cloned().into_iter().collect();
+        };
+        t.find(shipment)
+            .into_iter()
+            .filter_map(|id| {
+                let mut r = t.get(id)?.clone();
+                r.insert("id".into(), self.record_id(d, id));
+                Some(r)
+            })
+            .collect()
+    }
+
+    fn record_id(&self, d: Dialect, id: u64) -> Value {
+        match d {
+            Dialect::Salesforce => Value::from(salesforce::record_id(id)),
+            _ => Value::from(id),
+        }
+    }
+
+    /// The status a dialect holds for a shipment: the schema's status field of its oldest
+    /// record (for the generic API, `status`).
+    pub fn status_of(&self, d: Dialect, shipment: &str) -> Option<String> {
+        self.field_of(d, shipment, self.status_field(d))
+    }
+
+    /// One field of the oldest record of a shipment, as text.
+    pub fn field_of(&self, d: Dialect, shipment: &str, field: &str) -> Option<String> {
+        self.records_of(d, shipment)
+            .first()
+            .and_then(|r| r.get(field))
+            .and_then(table::text)
+    }
+
+    fn status_field(&self, d: Dialect) -> &str {
+        match d {
+            Dialect::Generic => "status",
+            Dialect::Bitrix24 => &self.schemas.bitrix24.status_field,
+            Dialect::Salesforce => &self.schemas.salesforce.status_field,
+            Dialect::Kommo => &self.schemas.kommo.status_field,
+        }
+    }
+
+    /// Snapshots of a shipment's record after each write to it, oldest first.
+    pub fn history_of(&self, d: Dialect, shipment: &str) -> Vec<Map<String, Value>> {
+        let s = self.lock();
+        match s.table(d) {
+            Some(t) => t.history(shipment),
+            None => s.history.get(shipment).cloned().unwrap_or_default(),
+        }
+    }
+
+    /// Shipment ids with at least one record in this dialect (Salesforce: lower-cased, as it
+    /// matches them).
+    pub fn shipments_of(&self, d: Dialect) -> Vec<String> {
+        let s = self.lock();
+        match s.table(d) {
+            Some(t) => t.shipments(),
+            None => {
+                let mut ids: Vec<String> = s.records.keys().cloned().collect();
+                ids.sort();
+                ids
+            }
+        }
+    }
+
+    /// Access tokens a dialect's token endpoint has issued so far.
+    pub fn tokens_issued(&self, d: Dialect) -> u64 {
+        self.lock().grants.get(&d).map_or(0, |g| g.issued)
+    }
+
+    /// Every access token of a dialect stops working now, as when the vendor expires or revokes
+    /// sessions; refresh tokens stay valid.
+    pub fn expire_tokens(&self, d: Dialect) {
+        self.lock().grants(d).expire_access();
     }
 
     pub fn router(&self) -> Router {
@@ -108,8 +396,71 @@ impl Sim {
             )
             .route("/sim/faults", post(set_faults))
             .route("/sim/shipments/{id}/history", get(history))
+            .route("/sim/vendors/{dialect}/stats", get(dialect_stats))
+            .route("/sim/vendors/{dialect}/shipments", get(dialect_shipments))
+            .route("/sim/vendors/{dialect}/shipments/{id}", get(dialect_records))
+            .route(
+                "/sim/vendors/{dialect}/shipments/{id}/history",
+                get(dialect_history),
+            )
+            .route("/sim/vendors/{dialect}/expire-tokens", post(dialect_expire))
             .route("/health", get(|| async { "ok" }))
+            .merge(bitrix24::routes())
+            .merge(salesforce::routes())
+            .merge(kommo::routes())
             .with_state(self.clone())
+    }
+
+    /// Counts the call and applies the injected faults (latency included) for one dialect.
+    pub(crate) async fn gate(&self, d: Dialect) -> Gate {
+        let (latency, gate) = {
+            let mut s = self.lock();
+            s.stats_mut(d).requests += 1;
+            if d == Dialect::Salesforce {
+                s.api_used += 1;
+            }
+            let second = self.started.elapsed().as_secs();
+            let window = s.windows.entry(d).or_default();
+            if window.0 != second {
+                *window = (second, 0);
+            }
+            window.1 += 1;
+            let in_window = window.1;
+            let f = &s.faults;
+            let refusal = if s.outage_until.is_some_and(|u| Instant::now() < u) {
+                Some(Refusal::Outage)
+            } else if f.rate_limit_rps > 0 && in_window > f.rate_limit_rps {
+                Some(Refusal::RateLimited)
+            } else if d == Dialect::Salesforce && f.api_quota > 0 && s.api_used > f.api_quota {
+                Some(Refusal::QuotaSpent)
+            } else if f.error_rate > 0.0 && rand::random::<f64>() < f.error_rate {
+                Some(Refusal::Failure)
+            } else {
+                None
+            };
+            let quota = if f.api_quota > 0 {
+                f.api_quota
+            } else {
+                DEFAULT_API_QUOTA
+            };
+            (
+                f.latency_ms,
+                Gate {
+                    refusal,
+                    retry_after: Some(f.retry_after_s).filter(|s| *s > 0),
+                    api_usage: (s.api_used, quota),
+                },
+            )
+        };
+        if latency > 0 {
+            tokio::time::sleep(Duration::from_millis(latency)).await;
+        }
+        gate
+    }
+
+    /// Counts a call refused for its credentials.
+    pub(crate) fn reject(&self, d: Dialect) {
+        self.lock().stats_mut(d).rejected_requests += 1;
     }
 
     /// Token, signature and faults, in that order. `Err` is the response to send instead.
@@ -118,7 +469,7 @@ impl Sim {
         let token = header("authorization")
             .strip_prefix("Bearer ")
             .unwrap_or_default();
-        if !bool::from(token.as_bytes().ct_eq(self.token.as_bytes())) {
+        if !same(token, &self.token) {
             self.lock().stats.rejected_requests += 1;
             return Err(problem(
                 StatusCode::UNAUTHORIZED,
@@ -143,45 +494,29 @@ impl Sim {
                 None,
             ));
         }
-        let (latency, verdict) = {
-            let mut s = self.lock();
-            s.stats.requests += 1;
-            let retry = Some(s.faults.retry_after_s);
-            let second = self.started.elapsed().as_secs();
-            if s.window.0 != second {
-                s.window = (second, 0);
-            }
-            s.window.1 += 1;
-            let verdict = if s.outage_until.is_some_and(|u| Instant::now() < u) {
-                Err(problem(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "simulated outage",
-                    retry,
-                ))
-            } else if s.faults.rate_limit_rps > 0 && s.window.1 > s.faults.rate_limit_rps {
-                Err(problem(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    "simulated rate limit",
-                    retry,
-                ))
-            } else if s.faults.error_rate > 0.0 && rand::random::<f64>() < s.faults.error_rate {
-                Err(problem(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "simulated failure",
-                    retry,
-                ))
-            } else {
-                Ok(())
-            };
-            (s.faults.latency_ms, verdict)
-        };
-        if latency > 0 {
-            tokio::time::sleep(Duration::from_millis(latency)).await;
+        let gate = self.gate(Dialect::Generic).await;
+        let retry = gate.retry_after;
+        match gate.refusal {
+            None => Ok(()),
+            Some(Refusal::RateLimited) => Err(problem(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "simulated rate limit",
+                retry,
+            )),
+            Some(Refusal::Outage) => Err(problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "simulated outage",
+                retry,
+            )),
+            Some(Refusal::Failure | Refusal::QuotaSpent) => Err(problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "simulated failure",
+                retry,
+            )),
         }
-        verdict
     }
 
     /// Applies one write; a repeated `eventId` is acknowledged without a second write.
@@ -208,6 +543,9 @@ impl Sim {
             return Ok(200);
         }
         store.stats.total_writes += 1;
+        if !store.records.contains_key(&shipment) {
+            store.stats.creates += 1;
+        }
         *store
             .stats
             .writes_per_shipment
@@ -381,6 +719,93 @@ async fn set_faults(State(sim): State<Sim>, body: Bytes) -> Response {
 
 async fn history(State(sim): State<Sim>, Path(id): Path<String>) -> Response {
     Json(sim.history(&id)).into_response()
+}
+
+fn unknown_dialect() -> Response {
+    problem(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "unknown dialect: generic, bitrix24, salesforce or kommo",
+        None,
+    )
+}
+
+async fn dialect_stats(State(sim): State<Sim>, Path(d): Path<String>) -> Response {
+    match Dialect::parse(&d) {
+        Some(d) => Json(sim.stats_of(d)).into_response(),
+        None => unknown_dialect(),
+    }
+}
+
+async fn dialect_shipments(State(sim): State<Sim>, Path(d): Path<String>) -> Response {
+    match Dialect::parse(&d) {
+        Some(d) => {
+            let out: BTreeMap<String, Option<String>> = sim
+                .shipments_of(d)
+                .into_iter()
+                .map(|s| {
+                    let status = sim.status_of(d, &s);
+                    (s, status)
+                })
+                .collect();
+            Json(out).into_response()
+        }
+        None => unknown_dialect(),
+    }
+}
+
+async fn dialect_records(State(sim): State<Sim>, Path((d, id)): Path<(String, String)>) -> Response {
+    match Dialect::parse(&d) {
+        Some(d) => Json(sim.records_of(d, &id)).into_response(),
+        None => unknown_dialect(),
+    }
+}
+
+async fn dialect_history(State(sim): State<Sim>, Path((d, id)): Path<(String, String)>) -> Response {
+    match Dialect::parse(&d) {
+        Some(d) => Json(sim.history_of(d, &id)).into_response(),
+        None => unknown_dialect(),
+    }
+}
+
+async fn dialect_expire(State(sim): State<Sim>, Path(d): Path<String>) -> Response {
+    match Dialect::parse(&d) {
+        Some(d) => {
+            sim.expire_tokens(d);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        None => unknown_dialect(),
+    }
+}
+
+/// The `Host` a request was sent to, for URLs the vendor puts in its answers (Salesforce
+/// `instance_url`, Kommo `_links`).
+pub(crate) fn origin(headers: &HeaderMap) -> String {
+    let host = headers
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    format!("http://{host}")
+}
+
+/// The bearer token of a request, if any.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+/// JSON with a given status and content type.
+pub(crate) fn json_response(status: StatusCode, content_type: &'static str, body: &Value) -> Response {
+    (status, [("content-type", content_type)], body.to_string()).into_response()
+}
+
+pub(crate) fn with_retry_after(mut resp: Response, retry_after: Option<u64>) -> Response {
+    if let Some(secs) = retry_after.filter(|s| *s > 0) {
+        resp.headers_mut().insert("retry-after", HeaderValue::from(secs));
+    }
+    resp
 }
 
 /// Serves the simulator on `listener` until the task is dropped.
