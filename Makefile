@@ -16,7 +16,9 @@ stack-down:
 ## Every test: unit, property, adapter (PostgreSQL, broker, wiremock) and end to end.
 test: stack
 	$(CARGO) build --workspace --bins --quiet
-	$(CARGO) test --workspace --no-fail-fast
+	$(CARGO) test --workspace --exclude backbone-tests --no-fail-fast
+	# End-to-end tests each run whole services against one local broker: two at a time.
+	$(CARGO) test -p backbone-tests --no-fail-fast -- --test-threads=2
 
 lint:
 	$(CARGO) fmt --all -- --check
