@@ -5,7 +5,7 @@ CARGO ?= cargo
 export KAFKA_BROKERS ?= 127.0.0.1:9092
 export DATABASE_URL ?= postgres://postgres:postgres@127.0.0.1:5432/postgres
 
-.PHONY: stack stack-down test lint fmt run bench-sync check-rules
+.PHONY: stack stack-down test lint fmt run bench-sync bench-certificates bench-loader check-rules
 
 stack:
 	deploy/stack.sh up
@@ -36,6 +36,20 @@ bench-sync: stack
 	$(CARGO) build --release --quiet -p crm-sync -p crm-sim -p backbone-bench
 	KAFKA_PORT=9094 BROKER_STORAGE=memory STATE_DIR=$(CURDIR)/.stack/bench deploy/stack.sh up
 	target/release/bench-sync --brokers 127.0.0.1:9094 --out target/bench/crm-sync.json
+
+## gift-certificates: authorize+capture pairs/s, latency at 500 requests/s, cached balance checks,
+## RSS, with a same-run pgbench baseline of the same SQL (see docs/benchmarks.md).
+bench-certificates: stack
+	$(CARGO) build --release --quiet -p gift-certificates -p backbone-bench
+	KAFKA_PORT=9094 BROKER_STORAGE=memory STATE_DIR=$(CURDIR)/.stack/bench deploy/stack.sh up
+	target/release/bench-certificates --brokers 127.0.0.1:9094 --out target/bench/certificates.json
+
+## batch-loader: a generated file to every row issued, with a same-run PostgreSQL COPY baseline.
+## COUNT=20000 for a quick run (default 1,000,000); VIA=http,kafka to measure Kafka too.
+bench-loader: stack
+	$(CARGO) build --release --quiet -p gift-certificates -p batch-loader -p backbone-bench
+	KAFKA_PORT=9094 BROKER_STORAGE=memory STATE_DIR=$(CURDIR)/.stack/bench deploy/stack.sh up
+	target/release/bench-loader --brokers 127.0.0.1:9094 $(if $(COUNT),--count $(COUNT)) $(if $(VIA),--via $(VIA)) --out target/bench/batch-loader.json
 
 ## Prometheus rules check (needs promtool: apt-get install prometheus).
 check-rules:

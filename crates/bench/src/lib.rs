@@ -1,5 +1,8 @@
 //! Shared pieces of the benchmarks and the demo feeder.
 
+pub mod gift;
+pub mod procfs;
+
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::ClientConfig;

@@ -1,0 +1,1 @@
+DROP INDEX gift_certificate_hold_active_idx;
