@@ -1,5 +1,6 @@
 //! Shared pieces of the benchmarks and the demo feeder.
 
+pub mod crm_vendors;
 pub mod gift;
 pub mod procfs;
 

@@ -4,9 +4,13 @@
 //!   published, offsets committed), CPU seconds per 1,000 events and peak RSS of crm-sync;
 //! - p50/p99 event-to-CRM lag at a steady rate;
 //! - baselines: a bare rdkafka consumer reading the same topic, and PostgreSQL alone taking the
-//!   same rows (COPY into scratch copies of `integrations_log` and `processed_events`).
+//!   same rows (COPY into scratch copies of `integrations_log` and `processed_events`);
+//! - per CRM vendor dialect (`--vendors`), end-to-end events/s against crm-sim's dialect next to
+//!   the ceiling the adapter's client-side rate limit implies, with the generic API as the
+//!   same-run baseline (see `vendor_phase`).
 
 use anyhow::Context;
+use backbone_bench::crm_vendors::{self, round};
 use backbone_bench::{event_json, producer, send_all};
 use clap::Parser;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -37,6 +41,32 @@ struct Args {
     pg: String,
     #[arg(long, default_value = "target/bench/crm-sync.json")]
     out: PathBuf,
+    /// Vendor dialects measured one after the other (empty: none).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "generic,bitrix24,salesforce,kommo"
+    )]
+    vendors: Vec<String>,
+    /// Only the per-vendor phase.
+    #[arg(long)]
+    vendors_only: bool,
+    /// Measurement window per vendor; extended until at least two commits fall inside it.
+    #[arg(long, default_value_t = 10)]
+    vendor_seconds: u64,
+    /// Time after a vendor's first committed outcome before its window opens (spends bursts).
+    #[arg(long, default_value_t = 5)]
+    vendor_warmup_seconds: u64,
+    /// Events produced per vendor (the window closes early if crm-sync drains them).
+    #[arg(long, default_value_t = 100_000)]
+    vendor_events: usize,
+    /// crm-sync `pipeline.max_batch` of the vendor runs; default: the vendor's records per
+    /// write request (generic: crm-sync's default).
+    #[arg(long)]
+    vendor_max_batch: Option<usize>,
+    /// Directory of the `crm-sync.<vendor>.local.toml` files.
+    #[arg(long, default_value = "config")]
+    config_dir: PathBuf,
 }
 
 const TOKEN: &str = "bench-token-0123456789";
@@ -296,9 +326,8 @@ async fn copy_baseline(db_url: &str, events: usize) -> anyhow::Result<f64> {
     Ok(events as f64 / started.elapsed().as_secs_f64())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+/// The generic end-to-end run with its baselines and the latency phase.
+async fn main_phase(args: &Args) -> anyhow::Result<serde_json::Value> {
     let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
     let input = format!("bench.tracking.{id}");
     let outcomes = format!("bench.crm.sync.{id}");
@@ -455,16 +484,297 @@ async fn main() -> anyhow::Result<()> {
         "baseline_broker_produce_ack_p99_ms": (percentile(&broker_acks, 0.99) * 100.0).round() / 100.0,
         "targets": {"end_to_end_events_per_s": 50_000, "ratio": 0.2, "lag_p99_ms": 10, "peak_rss_mib": 256},
     });
+    if let Ok(mut admin) = PgConnection::connect(&format!("{}/postgres", args.pg)).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS bench_{id} WITH (FORCE)"))
+            .execute(&mut admin)
+            .await;
+    }
+    Ok(report)
+}
+
+/// What the vendor dialects of crm-sim accept (webhook code, client secret, token): letters and
+/// digits, as a Bitrix24 webhook code is.
+const VENDOR_SECRET: &str = "benchVendorSecret0123456789";
+
+/// `crm_sync_outcomes_total{outcome="success"}`.
+async fn successes(client: &reqwest::Client, port: u16) -> anyhow::Result<f64> {
+    let text = client
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("crm_sync_outcomes_total{outcome=\"success\"}"))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum())
+}
+
+/// Records written and requests served by one crm-sim dialect, and when that was read.
+struct SimCounts {
+    at: Instant,
+    writes: f64,
+    requests: f64,
+}
+
+async fn sim_counts(client: &reqwest::Client, port: u16, vendor: &str) -> anyhow::Result<SimCounts> {
+    let v: serde_json::Value = client
+        .get(format!("http://127.0.0.1:{port}/sim/vendors/{vendor}/stats"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(SimCounts {
+        at: Instant::now(),
+        writes: v["total_writes"].as_f64().unwrap_or(0.0),
+        requests: v["requests"].as_f64().unwrap_or(0.0),
+    })
+}
+
+/// One vendor: a fresh topic and database, crm-sync configured from
+/// `crm-sync.<vendor>.local.toml` against crm-sim's dialect, a backlog of events for shipments
+/// the CRM has not seen, and a window over committed successes.
+///
+/// Outcomes are committed per batch, so the window runs from one commit to a later one: it
+/// opens at the first commit after the warm-up and closes at the first commit at least
+/// `vendor_seconds` later (or when the backlog is drained).
+async fn measure_vendor(args: &Args, vendor: &str, sim_port: u16) -> anyhow::Result<serde_json::Value> {
+    let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
+    let input = format!("bench.vendor.tracking.{id}");
+    let outcomes = format!("bench.vendor.crm.sync.{id}");
+    let dlq = format!("bench.vendor.dead.letters.{id}");
+    let db_url = format!("{}/bench_{id}", args.pg);
+    let kafka = backbone_kafka::KafkaSettings {
+        brokers: args.brokers.clone(),
+        ..Default::default()
+    };
+    backbone_kafka::ensure_topics(&kafka, &[&input, &outcomes, &dlq], args.partitions).await?;
+    let p = producer(&args.brokers, 20)?;
+    let at = OffsetDateTime::now_utc().format(&Rfc3339)?;
+    let records = (0..args.vendor_events).map(|i| {
+        let shipment = format!("{vendor}-{id}-{i}");
+        (
+            shipment.clone(),
+            event_json(&format!("ev-{id}-{i}"), &shipment, STATUSES[i % 4], &at),
+        )
+    });
+    send_all(&p, &input, records, 50_000).await?;
+
+    let max_batch = args
+        .vendor_max_batch
+        .or_else(|| crm_vendors::default_max_batch(vendor));
+    let chunk = max_batch.unwrap_or(2000).min(crm_vendors::CRM_BATCH_LIMIT);
+    let config = match vendor {
+        "generic" => args.config_dir.join("crm-sync.local.toml"),
+        v => args.config_dir.join(format!("crm-sync.{v}.local.toml")),
+    };
+    let sim = format!("http://127.0.0.1:{sim_port}");
+    let metrics_port = free_port()?;
+    let mut env = vec![
+        ("CRM_SYNC_KAFKA__BROKERS", args.brokers.clone()),
+        ("CRM_SYNC_KAFKA__GROUP_ID", format!("bench-{id}")),
+        ("CRM_SYNC_KAFKA__INPUT_TOPIC", input.clone()),
+        ("CRM_SYNC_KAFKA__OUTCOME_TOPIC", outcomes.clone()),
+        ("CRM_SYNC_KAFKA__DEAD_LETTER_TOPIC", dlq.clone()),
+        ("CRM_SYNC_POSTGRES__URL", db_url.clone()),
+        ("CRM_SYNC_HTTP__LISTEN", format!("127.0.0.1:{metrics_port}")),
+        ("RUST_LOG", "warn".into()),
+    ];
+    if let Some(b) = max_batch {
+        env.push(("CRM_SYNC_PIPELINE__MAX_BATCH", b.to_string()));
+    }
+    match vendor {
+        "bitrix24" => {
+            env.push(("CRM_SYNC_CRM__BITRIX24__PORTAL_URL", sim));
+            env.push(("CRM_SYNC_CRM__BITRIX24__WEBHOOK_TOKEN", VENDOR_SECRET.into()));
+        }
+        "salesforce" => {
+            env.push(("CRM_SYNC_CRM__SALESFORCE__LOGIN_URL", sim));
+            env.push(("CRM_SYNC_CRM__SALESFORCE__CLIENT_SECRET", VENDOR_SECRET.into()));
+        }
+        "kommo" => {
+            env.push(("CRM_SYNC_CRM__KOMMO__BASE_URL", sim));
+            env.push(("CRM_SYNC_CRM__KOMMO__ACCESS_TOKEN", VENDOR_SECRET.into()));
+        }
+        _ => {
+            env.push(("CRM_SYNC_CRM__GENERIC__BASE_URL", sim));
+            env.push(("CRM_SYNC_CRM__GENERIC__TOKEN", TOKEN.into()));
+            env.push(("CRM_SYNC_CRM__GENERIC__SIGNING_SECRET", SECRET.into()));
+        }
+    }
+    let sync = Command::new(release_bin("crm-sync")?)
+        .arg("--config")
+        .arg(&config)
+        .envs(env)
+        .stdout(Stdio::null())
+        .spawn()?;
+    let sync_pid = sync.id();
+    let children = Children(vec![sync]);
+
+    let client = reqwest::Client::new();
+    let total = args.vendor_events as f64;
+    println!(
+        "{vendor}: crm-sync (max_batch {}) on a backlog of {} new shipments",
+        max_batch.map_or("default".into(), |b| b.to_string()),
+        args.vendor_events
+    );
+    let started = Instant::now();
+    while successes(&client, metrics_port).await.unwrap_or(0.0) < 1.0 {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(180),
+            "{vendor}: no event committed in 180 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Bursts are spent in the warm-up; the generic API has none and drains a backlog fast.
+    let warmup = match crm_vendors::limit(vendor) {
+        Some(_) => args.vendor_warmup_seconds,
+        None => args.vendor_warmup_seconds.min(1),
+    };
+    tokio::time::sleep(Duration::from_secs(warmup)).await;
+
+    let window = Duration::from_secs(args.vendor_seconds);
+    let give_up = Instant::now() + window * 6 + Duration::from_secs(120);
+    let poll = Duration::from_millis(50);
+    // The window opens at a commit...
+    let base = successes(&client, metrics_port).await?;
+    let (t0, o0) = loop {
+        let o = successes(&client, metrics_port).await?;
+        anyhow::ensure!(
+            o < total,
+            "{vendor}: the backlog was drained in the warm-up: raise --vendor-events"
+        );
+        if o > base {
+            break (Instant::now(), o);
+        }
+        anyhow::ensure!(Instant::now() < give_up, "{vendor}: no commit after the warm-up");
+        tokio::time::sleep(poll).await;
+    };
+    let c0 = sim_counts(&client, sim_port, vendor).await?;
+    let (cpu0, _) = cpu_and_peak_rss(sync_pid)?;
+    // ...and closes at the first commit at least a window later.
+    let (mut t1, mut o1) = (t0, o0);
+    while o1 < total {
+        let o = successes(&client, metrics_port).await?;
+        if o > o1 {
+            (t1, o1) = (Instant::now(), o);
+            if t1 - t0 >= window {
+                break;
+            }
+        }
+        if Instant::now() > give_up {
+            break;
+        }
+        tokio::time::sleep(poll).await;
+    }
+    let c1 = sim_counts(&client, sim_port, vendor).await?;
+    let (cpu1, peak_rss) = cpu_and_peak_rss(sync_pid)?;
+    drop(children);
+
+    let secs = (t1 - t0).as_secs_f64();
+    anyhow::ensure!(o1 > o0 && secs > 0.0, "{vendor}: no commit inside the window");
+    let rate = (o1 - o0) / secs;
+    let sim_secs = (c1.at - c0.at).as_secs_f64();
+    let writes_per_s = (c1.writes - c0.writes) / sim_secs;
+    let requests_per_s = (c1.requests - c0.requests) / sim_secs;
+    let per_request = (c1.writes - c0.writes) / (c1.requests - c0.requests);
+    let mut out = json!({
+        "events_per_s": round(rate, 2),
+        "window_s": round(secs, 2),
+        "window_events": o1 - o0,
+        "drained": o1 >= total,
+        "max_batch": max_batch,
+        "crm_sim_writes_per_s": round(writes_per_s, 1),
+        "crm_sim_requests_per_s": round(requests_per_s, 2),
+        "observed_records_per_request": round(per_request, 3),
+        "cpu_seconds_per_1000_events": round((cpu1 - cpu0) / ((o1 - o0) / 1000.0), 3),
+        "crm_sync_peak_rss_mib": round(peak_rss, 1),
+        "limit": crm_vendors::limit_json(vendor, chunk),
+    });
+    if let Some((_, ceiling)) = crm_vendors::ceiling(vendor, chunk) {
+        out["ceiling_events_per_s"] = json!(round(ceiling, 2));
+        out["ratio_to_ceiling"] = json!(round(rate / ceiling, 3));
+        out["limited_by"] = json!("the vendor's documented rate limit, enforced client-side by the adapter");
+    } else {
+        out["limited_by"] = json!("crm-sync and the machine (no client-side limit)");
+    }
+    if let Ok(mut admin) = PgConnection::connect(&format!("{}/postgres", args.pg)).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS bench_{id} WITH (FORCE)"))
+            .execute(&mut admin)
+            .await;
+    }
+    Ok(out)
+}
+
+/// Every vendor of `--vendors` against one crm-sim, then each figure next to the generic one.
+async fn vendor_phase(args: &Args) -> anyhow::Result<serde_json::Value> {
+    let sim_port = free_port()?;
+    let _sim = Children(vec![Command::new(release_bin("crm-sim")?)
+        .args(["--listen", &format!("127.0.0.1:{sim_port}")])
+        .env("CRM_SIM_TOKEN", TOKEN)
+        .env("CRM_SIM_SIGNING_SECRET", SECRET)
+        .env("CRM_SIM_VENDOR_SECRET", VENDOR_SECRET)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()?]);
+    let client = reqwest::Client::new();
+    let up = Instant::now();
+    while sim_counts(&client, sim_port, "generic").await.is_err() {
+        anyhow::ensure!(up.elapsed() < Duration::from_secs(20), "crm-sim did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut out = serde_json::Map::new();
+    for vendor in args.vendors.iter().filter(|v| !v.is_empty()) {
+        let figures = measure_vendor(args, vendor, sim_port).await?;
+        println!(
+            "{vendor}: {} events/s (ceiling {}, ratio {})",
+            figures["events_per_s"], figures["ceiling_events_per_s"], figures["ratio_to_ceiling"]
+        );
+        out.insert(vendor.clone(), figures);
+    }
+    if let Some(generic) = out.get("generic").and_then(|g| g["events_per_s"].as_f64()) {
+        for (_, figures) in out.iter_mut().filter(|(v, _)| v.as_str() != "generic") {
+            if let Some(rate) = figures["events_per_s"].as_f64() {
+                figures["ratio_to_generic_baseline"] = json!(round(rate / generic, 5));
+            }
+        }
+    }
+    out.insert(
+        "workload".into(),
+        json!(
+            "each event a shipment the CRM has not seen (first-sight path: read, look up, create); \
+               crm-sim adds no latency and no limit of its own; ceiling = requests/s of the \
+               adapter's client-side limit x records per request of that path"
+        ),
+    );
+    Ok(serde_json::Value::Object(out))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    for v in args.vendors.iter().filter(|v| !v.is_empty()) {
+        anyhow::ensure!(
+            crm_vendors::VENDORS.contains(&v.as_str()),
+            "unknown vendor {v}: one of {:?}",
+            crm_vendors::VENDORS
+        );
+    }
+    let mut report = if args.vendors_only {
+        json!({})
+    } else {
+        main_phase(&args).await?
+    };
+    if args.vendors.iter().any(|v| !v.is_empty()) {
+        report["vendors"] = vendor_phase(&args).await?;
+    }
     println!("{}", serde_json::to_string_pretty(&report)?);
     if let Some(dir) = args.out.parent() {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(&args.out, serde_json::to_string_pretty(&report)?)?;
     println!("written to {}", args.out.display());
-    if let Ok(mut admin) = PgConnection::connect(&format!("{}/postgres", args.pg)).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS bench_{id} WITH (FORCE)"))
-            .execute(&mut admin)
-            .await;
-    }
     Ok(())
 }
