@@ -138,14 +138,20 @@ impl AttemptLimiter {
     }
 
     /// `true` when the channel or the certificate may not try again now.
+    /// Both counters in one round trip.
     pub async fn is_blocked(&self, channel: &str, certificate: Option<&str>) -> Result<bool, RedisError> {
-        if self.count(&self.redis.key("fail:ch", channel)).await? >= self.policy.per_channel {
-            return Ok(true);
-        }
-        match certificate {
-            Some(id) => Ok(self.count(&self.redis.key("fail:gc", id)).await? >= self.policy.per_certificate),
-            None => Ok(false),
-        }
+        let channel_key = self.redis.key("fail:ch", channel);
+        let Some(id) = certificate else {
+            return Ok(self.count(&channel_key).await? >= self.policy.per_channel);
+        };
+        let mut c = self.redis.connection.clone();
+        let (on_channel, on_certificate): (Option<u32>, Option<u32>) = redis::cmd("MGET")
+            .arg(&channel_key)
+            .arg(self.redis.key("fail:gc", id))
+            .query_async(&mut c)
+            .await?;
+        Ok(on_channel.unwrap_or(0) >= self.policy.per_channel
+            || on_certificate.unwrap_or(0) >= self.policy.per_certificate)
     }
 
     /// Records a failed attempt; returns the certificate's failure count, if one was named.

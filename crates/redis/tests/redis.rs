@@ -63,5 +63,11 @@ async fn a_channel_is_blocked_after_its_window_budget() {
         limiter.record_failure("OnlineStore", None).await.unwrap();
     }
     assert!(limiter.is_blocked("OnlineStore", None).await.unwrap());
+    // A blocked channel is blocked whatever certificate it names.
+    assert!(limiter
+        .is_blocked("OnlineStore", Some("gc-untouched"))
+        .await
+        .unwrap());
     assert!(!limiter.is_blocked("POS", None).await.unwrap());
+    assert!(!limiter.is_blocked("POS", Some("gc-untouched")).await.unwrap());
 }
