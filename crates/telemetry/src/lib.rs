@@ -81,3 +81,24 @@ pub fn render_metrics(registry: &Registry) -> String {
     }
     String::from_utf8(buf).unwrap_or_default()
 }
+
+/// A token cancelled on SIGTERM or Ctrl-C: the services drain when it fires.
+pub fn shutdown_on_signal() -> tokio_util::sync::CancellationToken {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: draining"),
+        }
+        signal.cancel();
+    });
+    shutdown
+}

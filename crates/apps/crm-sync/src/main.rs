@@ -3,7 +3,6 @@ use crm_sync::config::{Config, ENV_PREFIX};
 use std::path::PathBuf;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
-use tokio_util::sync::CancellationToken;
 
 /// Syncs parcel statuses from Kafka to the CRM, exactly once in effect.
 #[derive(Parser)]
@@ -92,23 +91,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Run => {
             let _telemetry = backbone_telemetry::init("crm-sync", cfg.telemetry.otlp_endpoint.as_deref())?;
-            let shutdown = CancellationToken::new();
-            let signal = shutdown.clone();
-            tokio::spawn(async move {
-                let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                {
-                    Ok(t) => t,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot listen for SIGTERM");
-                        return;
-                    }
-                };
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM: draining"),
-                    _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: draining"),
-                }
-                signal.cancel();
-            });
+            let shutdown = backbone_telemetry::shutdown_on_signal();
             let result = crm_sync::run(cfg, shutdown).await;
             if let Err(e) = &result {
                 tracing::error!(error = format!("{e:#}"), "crm-sync failed");

@@ -1,7 +1,6 @@
 use clap::{Parser, Subcommand};
 use gift_certificates::config::{Config, ENV_PREFIX};
 use std::path::PathBuf;
-use tokio_util::sync::CancellationToken;
 
 /// The master service for gift certificates.
 #[derive(Parser)]
@@ -91,23 +90,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Run => {
             let _telemetry =
                 backbone_telemetry::init("gift-certificates", cfg.telemetry.otlp_endpoint.as_deref())?;
-            let shutdown = CancellationToken::new();
-            let signal = shutdown.clone();
-            tokio::spawn(async move {
-                let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                {
-                    Ok(t) => t,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot listen for SIGTERM");
-                        return;
-                    }
-                };
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM: draining"),
-                    _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: draining"),
-                }
-                signal.cancel();
-            });
+            let shutdown = backbone_telemetry::shutdown_on_signal();
             let result = gift_certificates::run(cfg, shutdown).await;
             if let Err(e) = &result {
                 tracing::error!(error = format!("{e:#}"), "gift-certificates failed");
