@@ -182,6 +182,28 @@ impl Service {
             .expect("test setup")
     }
 
+    /// Waits until the count `sql` (with `$1` bound to `param`, if any) returns `n`.
+    pub async fn wait_for_count(&self, sql: &str, param: Option<&str>, n: i64, what: &str) {
+        crate::eventually(Duration::from_secs(30), what, || async {
+            let mut query = sqlx::query_scalar::<_, i64>(sql);
+            if let Some(p) = param {
+                query = query.bind(p);
+            }
+            Ok(query.fetch_one(&self.pool).await? == n)
+        })
+        .await
+        .expect(what);
+    }
+
+    /// Waits until the certificate's CVC was delivered (its ciphertext erased).
+    pub async fn wait_until_cvc_delivered(&self, code: &str) {
+        crate::eventually(Duration::from_secs(30), "the CVC SMS delivered", || async {
+            Ok(self.view(code).await["cvc_pending_delivery"] == false)
+        })
+        .await
+        .expect("the CVC SMS delivered");
+    }
+
     pub async fn wait_for_state(&self, code: &str, state: &str) -> Value {
         let started = Instant::now();
         loop {

@@ -27,21 +27,14 @@ async fn a_paid_order_activates_the_certificate_and_sends_the_cvc_once() {
         &payment("p1", &order_id, 4_000),
     )
     .await;
-    let started = Instant::now();
-    loop {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM sale_payment")
-            .fetch_one(&service.pool)
-            .await
-            .unwrap();
-        if n == 1 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the payment was not recorded"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    service
+        .wait_for_count(
+            "SELECT count(*) FROM sale_payment",
+            None,
+            1,
+            "the payment was not recorded",
+        )
+        .await;
     send(
         &producer,
         &t.orders,
@@ -56,21 +49,14 @@ async fn a_paid_order_activates_the_certificate_and_sends_the_cvc_once() {
         &order(&order_id, &code, 10_000, "+79990001122"),
     )
     .await;
-    let started = Instant::now();
-    loop {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM certificate_sale")
-            .fetch_one(&service.pool)
-            .await
-            .unwrap();
-        if n == 1 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the order was not recorded"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    service
+        .wait_for_count(
+            "SELECT count(*) FROM certificate_sale",
+            None,
+            1,
+            "the order was not recorded",
+        )
+        .await;
     assert_eq!(
         service.view(&code).await["state"],
         "Issued",
@@ -96,14 +82,7 @@ async fn a_paid_order_activates_the_certificate_and_sends_the_cvc_once() {
     assert_eq!(view["client_id"], "client-77");
 
     // The CVC goes out once; then its ciphertext is erased.
-    let started = Instant::now();
-    while service.view(&code).await["cvc_pending_delivery"] != false {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the SMS was never delivered"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    service.wait_until_cvc_delivered(&code).await;
     let texts = sms_texts(&sms).await;
     assert_eq!(texts.len(), 1, "{texts:?}");
     assert_eq!(texts[0]["to"], "+79990001122");
@@ -208,14 +187,7 @@ async fn sms_failures_are_dead_lettered_without_the_cvc_and_can_be_requeued() {
         .await;
     let repository = backbone_postgres::PgCertificates::new(service.pool.clone());
     assert_eq!(repository.requeue_failed_sms(None).await.unwrap(), 1);
-    let started = Instant::now();
-    while service.view(&code).await["cvc_pending_delivery"] != false {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the requeued SMS was never delivered"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    service.wait_until_cvc_delivered(&code).await;
     let texts = sms_texts(&sms).await;
     assert_eq!(texts.len(), 1);
     assert!(texts[0]["text"].as_str().unwrap().contains(cvc));
@@ -297,22 +269,14 @@ async fn uploads_over_kafka_issue_and_bad_records_are_dead_lettered() {
     let job = json!({"version": 1, "batch_id": sentinel, "job": 0,
         "certificates": [{"code": new_code(), "cvc": "123", "nominal_minor": 100, "currency": "RUB"}]});
     send(&producer, &t.uploads, &batch, &job.to_string()).await;
-    let started = Instant::now();
-    loop {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM gift_certificate WHERE batch_id = $1")
-            .bind(&sentinel)
-            .fetch_one(&service.pool)
-            .await
-            .unwrap();
-        if n == 1 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the later job was not issued"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    service
+        .wait_for_count(
+            "SELECT count(*) FROM gift_certificate WHERE batch_id = $1",
+            Some(&sentinel),
+            1,
+            "the later job was not issued",
+        )
+        .await;
     let issued: i64 = sqlx::query_scalar("SELECT count(*) FROM gift_certificate WHERE batch_id = $1")
         .bind(&batch)
         .fetch_one(&service.pool)

@@ -93,6 +93,20 @@ async fn run_to_end(mut cmd: Command) -> std::process::Output {
         .unwrap()
 }
 
+/// `GET /certificates/upload/batches/{batch}`.
+async fn batch_status(service: &Service, batch: &str) -> serde_json::Value {
+    service
+        .http
+        .get(format!("{}/certificates/upload/batches/{batch}", service.base))
+        .bearer_auth(token(Channel::BatchLoader))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn issued_in(service: &Service, batch: &str) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM gift_certificate WHERE batch_id = $1")
         .bind(batch)
@@ -196,16 +210,7 @@ async fn an_http_load_killed_midway_resumes_without_issuing_twice() {
     );
     assert!(lines[2].starts_with(&format!("{},", total + 3)), "{rejects}");
 
-    let status: serde_json::Value = service
-        .http
-        .get(format!("{}/certificates/upload/batches/{batch}", service.base))
-        .bearer_auth(token(Channel::BatchLoader))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = batch_status(&service, &batch).await;
     assert_eq!(status["issued"], total, "{status}");
 
     // A second batch repeating half of the first: duplicates, never overwritten.
@@ -225,16 +230,7 @@ async fn an_http_load_killed_midway_resumes_without_issuing_twice() {
     assert!(output.status.success(), "{stdout}");
     assert_eq!(issued_in(&service, &second).await, 50);
     assert_eq!(present(&service, &all[..100]).await, [(Some(batch.clone()), 100)]);
-    let status: serde_json::Value = service
-        .http
-        .get(format!("{}/certificates/upload/batches/{second}", service.base))
-        .bearer_auth(token(Channel::BatchLoader))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = batch_status(&service, &second).await;
     assert_eq!(status["duplicates"], 100, "{status}");
     assert_eq!(status["issued"], 50, "{status}");
     service.stop().await;
