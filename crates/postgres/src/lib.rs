@@ -1,18 +1,15 @@
 //! PostgreSQL adapters. No sqlx type leaves this crate: errors become port errors here.
 
 pub mod certificates;
-mod ledger;
+pub mod sync;
 
 pub use certificates::{PgCertificates, PgOutbox};
-pub use ledger::PgLedger;
+pub use sync::PgLedger;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 pub use sqlx::PgPool;
 use std::str::FromStr;
 use std::time::Duration;
-
-/// The workspace's migrations, embedded at build time.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -24,8 +21,13 @@ pub enum ConnectError {
     Migrate(String),
 }
 
-/// Creates the database if it does not exist, opens a pool and applies pending migrations.
-pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, ConnectError> {
+/// Creates the database if it does not exist, opens a pool and applies `migrator`'s pending
+/// migrations (each service owns its schema: [`sync::MIGRATOR`], [`certificates::MIGRATOR`]).
+pub(crate) async fn connect(
+    url: &str,
+    max_connections: u32,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<PgPool, ConnectError> {
     use sqlx::migrate::MigrateDatabase;
     let options = PgConnectOptions::from_str(url)
         .map_err(|e| ConnectError::Url(e.to_string()))?
@@ -48,7 +50,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, ConnectE
         .connect_with(options)
         .await
         .map_err(|e| ConnectError::Connect(e.to_string()))?;
-    MIGRATOR
+    migrator
         .run(&pool)
         .await
         .map_err(|e| ConnectError::Migrate(e.to_string()))?;

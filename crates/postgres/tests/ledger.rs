@@ -6,7 +6,7 @@ use backbone_postgres::PgLedger;
 use backbone_sync::contract::ledger_contract;
 use sqlx::PgPool;
 
-#[sqlx::test(migrator = "backbone_postgres::MIGRATOR")]
+#[sqlx::test(migrator = "backbone_postgres::sync::MIGRATOR")]
 async fn pg_ledger_meets_the_ledger_contract(pool: PgPool) {
     ledger_contract(&PgLedger::new(pool.clone())).await;
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM integrations_log")
@@ -22,9 +22,9 @@ async fn pg_ledger_meets_the_ledger_contract(pool: PgPool) {
     assert_eq!(payload["status"], "in_transit");
 }
 
-#[sqlx::test(migrator = "backbone_postgres::MIGRATOR")]
+#[sqlx::test(migrator = "backbone_postgres::sync::MIGRATOR")]
 async fn migrations_are_reversible(pool: PgPool) {
-    backbone_postgres::MIGRATOR.undo(&pool, 0).await.unwrap();
+    backbone_postgres::sync::MIGRATOR.undo(&pool, 0).await.unwrap();
     let tables: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM information_schema.tables WHERE table_name IN ('integrations_log', 'processed_events', 'sync_retry')",
     )
@@ -32,10 +32,10 @@ async fn migrations_are_reversible(pool: PgPool) {
     .await
     .unwrap();
     assert_eq!(tables, 0);
-    backbone_postgres::MIGRATOR.run(&pool).await.unwrap();
+    backbone_postgres::sync::MIGRATOR.run(&pool).await.unwrap();
 }
 
-#[sqlx::test(migrator = "backbone_postgres::MIGRATOR")]
+#[sqlx::test(migrator = "backbone_postgres::sync::MIGRATOR")]
 async fn log_rows_keep_awkward_text_intact(pool: PgPool) {
     use backbone_sync::ports::{AttemptRecord, LedgerBatch, Outcome, SyncLedger};
     let error = "line one\nline two\twith a tab, a \\ backslash and \r a return; ünïcödé";

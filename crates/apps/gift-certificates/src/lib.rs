@@ -208,9 +208,12 @@ pub async fn sweep_once(state: &AppState) -> Result<usize, backbone_certificates
 
 /// Builds the shared state from configuration (connects to PostgreSQL and Redis, loads keys).
 pub async fn build_state(cfg: &Config) -> anyhow::Result<Arc<AppState>> {
-    let pool = backbone_postgres::connect(cfg.postgres.url.expose_secret(), cfg.postgres.max_connections)
-        .await
-        .context("PostgreSQL")?;
+    let pool = backbone_postgres::certificates::connect(
+        cfg.postgres.url.expose_secret(),
+        cfg.postgres.max_connections,
+    )
+    .await
+    .context("PostgreSQL")?;
     state_with_pool(cfg, pool).await
 }
 

@@ -105,6 +105,19 @@ pub const REFUSAL_SQL: &str =
     "INSERT INTO idempotency_key (channel, key, request_hash, outcome, result, expires_at)
 VALUES ($1, $2, $3, 'refused', $4, now() + make_interval(secs => $5))";
 
+/// gift-certificates' migrations (`migrations/gift-certificates/`), embedded at build time.
+/// Databases made before the schemas were split have crm-sync's migration recorded too: it is
+/// ignored, never undone.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate::Migrator {
+    ignore_missing: true,
+    ..sqlx::migrate!("../../migrations/gift-certificates")
+};
+
+/// Creates the database if needed, connects and applies gift-certificates' pending migrations.
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, crate::ConnectError> {
+    crate::connect(url, max_connections, &MIGRATOR).await
+}
+
 #[derive(Clone)]
 pub struct PgCertificates {
     pool: PgPool,

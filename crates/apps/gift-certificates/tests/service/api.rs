@@ -15,7 +15,7 @@ fn assert_problem(status: StatusCode, body: &Value, expected_status: u16, code: 
     assert!(body["title"].as_str().is_some_and(|t| !t.is_empty()), "{body}");
 }
 
-#[sqlx::test(migrator = "backbone_postgres::MIGRATOR")]
+#[sqlx::test(migrator = "backbone_postgres::certificates::MIGRATOR")]
 async fn authorize_capture_void_and_history(pool: PgPool) {
     let app = TestApp::start(pool).await;
     let (code, cvc) = app.active_certificate(10_000).await;
@@ -98,7 +98,7 @@ async fn authorize_capture_void_and_history(pool: PgPool) {
     assert_eq!(transactions, ["activate", "authorize", "capture", "void"]);
 }
 
-#[sqlx::test(migrator = "backbone_postgres::MIGRATOR")]
+#[sqlx::test(migrator = "backbone_postgres::certificates::MIGRATOR")]
 async fn the_same_key_replays_and_a_different_body_is_refused(pool: PgPool) {
     let app = TestApp::start(pool).await;
     let (code, cvc) = app.active_certificate(10_000).await;
@@ -140,7 +140,7 @@ async fn the_same_key_replays_and_a_different_body_is_refused(pool: PgPool) {
     assert_problem(status, &again, 422, "insufficient-funds");
 }
 
-#[sqlx::test(migrator = "backbone_postgres::MIGRATOR")]
+#[sqlx::test(migrator = "backbone_postgres::certificates::MIGRATOR")]
 async fn a_key_still_in_flight_is_409(pool: PgPool) {
     let app = TestApp::start(pool).await;
     let (code, cvc) = app.active_certificate(10_000).await;
@@ -197,7 +197,7 @@ async fn a_key_still_in_flight_is_409(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrator = "backbone_postgres::MIGRATOR")]
+#[sqlx::test(migrator = "backbone_postgres::certificates::MIGRATOR")]
 async fn every_bad_input_is_a_4xx_problem(pool: PgPool) {
     let app = TestApp::start(pool).await;
     let (code, cvc) = app.active_certificate(10_000).await;
@@ -353,7 +353,7 @@ async fn every_bad_input_is_a_4xx_problem(pool: PgPool) {
     assert_eq!(balance["balance_minor"], 10_000);
 }
 
-#[sqlx::test(migrator = "backbone_postgres::MIGRATOR")]
+#[sqlx::test(migrator = "backbone_postgres::certificates::MIGRATOR")]
 async fn wrong_state_and_expired_hold_are_refused(pool: PgPool) {
     let app = TestApp::start(pool).await;
     // Issued, not sold yet: nothing can be spent from it.
@@ -404,7 +404,7 @@ async fn wrong_state_and_expired_hold_are_refused(pool: PgPool) {
     assert_problem(status, &body, 409, "wrong-state");
 }
 
-#[sqlx::test(migrator = "backbone_postgres::MIGRATOR")]
+#[sqlx::test(migrator = "backbone_postgres::certificates::MIGRATOR")]
 async fn the_sweeper_releases_expired_holds_with_an_event(pool: PgPool) {
     let app = TestApp::start(pool).await;
     let (code, cvc) = app.active_certificate(5_000).await;
@@ -441,7 +441,7 @@ async fn the_sweeper_releases_expired_holds_with_an_event(pool: PgPool) {
     assert_eq!(expired[0]["target_id"], hold["operation_id"], "{}", expired[0]);
 }
 
-#[sqlx::test(migrator = "backbone_postgres::MIGRATOR")]
+#[sqlx::test(migrator = "backbone_postgres::certificates::MIGRATOR")]
 async fn wrong_cvcs_lock_the_certificate_with_a_generic_error(pool: PgPool) {
     let app = TestApp::start(pool).await;
     let (code, cvc) = app.active_certificate(5_000).await;
@@ -469,7 +469,7 @@ async fn wrong_cvcs_lock_the_certificate_with_a_generic_error(pool: PgPool) {
     assert_eq!(status, StatusCode::CREATED);
 }
 
-#[sqlx::test(migrator = "backbone_postgres::MIGRATOR")]
+#[sqlx::test(migrator = "backbone_postgres::certificates::MIGRATOR")]
 async fn a_stale_cache_cannot_allow_overspending(pool: PgPool) {
     use backbone_postgres::certificates::BalanceView;
     let app = TestApp::start(pool).await;
@@ -509,7 +509,7 @@ async fn a_stale_cache_cannot_allow_overspending(pool: PgPool) {
     assert_eq!(fresh["available_minor"], 500);
 }
 
-#[sqlx::test(migrator = "backbone_postgres::MIGRATOR")]
+#[sqlx::test(migrator = "backbone_postgres::certificates::MIGRATOR")]
 async fn logs_never_show_codes_or_cvcs(pool: PgPool) {
     let app = TestApp::start(pool).await;
     let (code, cvc) = app.active_certificate(5_000).await;
@@ -554,7 +554,7 @@ async fn logs_never_show_codes_or_cvcs(pool: PgPool) {
 
 /// The committed document is what the code generates (`UPDATE_OPENAPI=1` rewrites it), and the
 /// service serves the same at `/openapi.json`.
-#[sqlx::test(migrator = "backbone_postgres::MIGRATOR")]
+#[sqlx::test(migrator = "backbone_postgres::certificates::MIGRATOR")]
 async fn the_openapi_document_is_committed_and_served(pool: PgPool) {
     let committed = concat!(
         env!("CARGO_MANIFEST_DIR"),

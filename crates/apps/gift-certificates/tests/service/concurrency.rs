@@ -19,7 +19,7 @@ struct Outcome {
     captured: bool,
 }
 
-#[sqlx::test(migrator = "backbone_postgres::MIGRATOR")]
+#[sqlx::test(migrator = "backbone_postgres::certificates::MIGRATOR")]
 async fn concurrent_authorize_capture_never_overspends(pool: PgPool) {
     let app = Arc::new(TestApp::start(pool).await);
     let (code, cvc) = app.active_certificate(NOMINAL).await;

@@ -33,7 +33,7 @@ fn paid(order_id: &str, n: u8, amount: i64) -> PaymentRecord {
     }
 }
 
-#[sqlx::test(migrator = "backbone_postgres::MIGRATOR")]
+#[sqlx::test(migrator = "backbone_postgres::certificates::MIGRATOR")]
 async fn orders_and_payments_at_the_same_moment_activate_exactly_once(pool: PgPool) {
     let app = TestApp::start(pool).await;
     let repository = &app.state.repository;
@@ -91,7 +91,7 @@ async fn orders_and_payments_at_the_same_moment_activate_exactly_once(pool: PgPo
     assert!(again.is_none_or(|a| a.activated.is_empty()));
 }
 
-#[sqlx::test(migrator = "backbone_postgres::MIGRATOR")]
+#[sqlx::test(migrator = "backbone_postgres::certificates::MIGRATOR")]
 async fn an_order_for_an_unknown_or_sold_certificate_is_reported(pool: PgPool) {
     let app = TestApp::start(pool).await;
     let repository = &app.state.repository;

@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use sqlx::PgPool;
 
-#[sqlx::test(migrator = "backbone_postgres::MIGRATOR")]
+#[sqlx::test(migrator = "backbone_postgres::certificates::MIGRATOR")]
 async fn duplicates_across_batches_are_reported_never_overwritten(pool: PgPool) {
     let app = TestApp::start(pool).await;
     let codes: Vec<(String, String)> = (0..3).map(|i| (new_code(), format!("{i}{i}{i}"))).collect();
@@ -79,7 +79,7 @@ async fn duplicates_across_batches_are_reported_never_overwritten(pool: PgPool) 
     assert_eq!(status, StatusCode::NOT_FOUND, "{missing}");
 }
 
-#[sqlx::test(migrator = "backbone_postgres::MIGRATOR")]
+#[sqlx::test(migrator = "backbone_postgres::certificates::MIGRATOR")]
 async fn invalid_rows_are_listed_with_reasons_and_never_echoed(pool: PgPool) {
     let app = TestApp::start(pool).await;
     let good = new_code();

@@ -22,7 +22,9 @@ impl PgLedger {
 
     /// Creates the database if needed, connects and applies pending migrations.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, crate::ConnectError> {
-        Ok(Self::new(crate::connect(url, max_connections).await?))
+        Ok(Self::new(
+            crate::connect(url, max_connections, &super::MIGRATOR).await?,
+        ))
     }
 
     /// A cheap round trip, for readiness checks.
