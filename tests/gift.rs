@@ -74,9 +74,9 @@ impl Service {
         cfg.redis.key_prefix = format!("gc-e2e-{id}:");
         cfg.keys.key_file = keys.path().join("master.key");
         backbone_kms::generate_key_file(&cfg.keys.key_file).expect("key file");
-        cfg.kafka.brokers = brokers();
-        cfg.kafka.create_topics = true;
-        cfg.kafka.topic_partitions = 3;
+        cfg.kafka.client.brokers = brokers();
+        cfg.kafka.client.create_topics = true;
+        cfg.kafka.client.topic_partitions = 3;
         cfg.topics.orders = format!("All_SalesOrder.{id}");
         cfg.topics.payments = format!("All_Payments.{id}");
         cfg.topics.uploads = format!("GiftCertificateUpload.{id}");

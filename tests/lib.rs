@@ -6,6 +6,7 @@ pub mod gift;
 
 use backbone_kafka::KafkaSettings;
 use crm_sim::Sim;
+use crm_sync::kafka::KafkaConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::ClientConfig;
@@ -26,22 +27,24 @@ pub fn pg_base() -> String {
 /// Names unique to one test.
 pub struct Scope {
     pub id: String,
-    pub kafka: KafkaSettings,
+    pub kafka: KafkaConfig,
     pub db_url: String,
 }
 
 impl Scope {
     pub fn new(name: &str) -> Self {
         let id = format!("{name}_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let kafka = KafkaSettings {
-            brokers: brokers(),
-            group_id: format!("crm-sync-{id}"),
+        let kafka = KafkaConfig {
+            client: KafkaSettings {
+                brokers: brokers(),
+                group_id: Some(format!("crm-sync-{id}")),
+                create_topics: true,
+                topic_partitions: 3,
+                ..KafkaSettings::default()
+            },
             input_topic: format!("tracking.events.{id}"),
             outcome_topic: format!("crm.sync.{id}"),
             dead_letter_topic: format!("dead.letters.{id}"),
-            create_topics: true,
-            topic_partitions: 3,
-            ..KafkaSettings::default()
         };
         Self {
             db_url: format!("{}/e2e_{id}", pg_base()),
@@ -74,13 +77,16 @@ impl Scope {
     pub fn env(&self, crm_url: &str, metrics_port: u16) -> Vec<(String, String)> {
         let k = &self.kafka;
         [
-            ("CRM_SYNC_KAFKA__BROKERS", k.brokers.clone()),
-            ("CRM_SYNC_KAFKA__GROUP_ID", k.group_id.clone()),
+            ("CRM_SYNC_KAFKA__BROKERS", k.client.brokers.clone()),
+            ("CRM_SYNC_KAFKA__GROUP_ID", k.group().to_owned()),
             ("CRM_SYNC_KAFKA__INPUT_TOPIC", k.input_topic.clone()),
             ("CRM_SYNC_KAFKA__OUTCOME_TOPIC", k.outcome_topic.clone()),
             ("CRM_SYNC_KAFKA__DEAD_LETTER_TOPIC", k.dead_letter_topic.clone()),
             ("CRM_SYNC_KAFKA__CREATE_TOPICS", "true".into()),
-            ("CRM_SYNC_KAFKA__TOPIC_PARTITIONS", k.topic_partitions.to_string()),
+            (
+                "CRM_SYNC_KAFKA__TOPIC_PARTITIONS",
+                k.client.topic_partitions.to_string(),
+            ),
             ("CRM_SYNC_POSTGRES__URL", self.db_url.clone()),
             ("CRM_SYNC_CRM__GENERIC__BASE_URL", crm_url.into()),
             ("CRM_SYNC_CRM__GENERIC__TOKEN", TOKEN.into()),
@@ -104,7 +110,7 @@ impl Scope {
             k.outcome_topic.as_str(),
             k.dead_letter_topic.as_str(),
         ];
-        backbone_kafka::ensure_topics(k, &topics, k.topic_partitions).await?;
+        backbone_kafka::ensure_topics(&k.client, &topics, k.client.topic_partitions).await?;
         Ok(())
     }
 

@@ -2,16 +2,19 @@ use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// `[kafka]` configuration. Security (SASL/TLS) and any other librdkafka property pass through
-/// `properties`, e.g. `security.protocol = "SASL_SSL"`, `sasl.mechanism = "SCRAM-SHA-512"`.
+/// The `[kafka]` settings every service shares: where the brokers are, the consumer group, and
+/// client properties. Topic names belong to each service's own configuration. Security
+/// (SASL/TLS) and any other librdkafka property pass through `properties`, e.g.
+/// `security.protocol = "SASL_SSL"`, `sasl.mechanism = "SCRAM-SHA-512"`.
+///
+/// Services flatten this into their own `[kafka]` section (which denies unknown keys).
 #[derive(Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct KafkaSettings {
     pub brokers: String,
-    pub group_id: String,
-    pub input_topic: String,
-    pub outcome_topic: String,
-    pub dead_letter_topic: String,
+    /// Consumer group; each service documents its default when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
     /// Create missing topics at start-up (local stacks; the local broker does not auto-create).
     pub create_topics: bool,
     pub topic_partitions: i32,
@@ -26,10 +29,7 @@ impl Default for KafkaSettings {
     fn default() -> Self {
         Self {
             brokers: "127.0.0.1:9092".into(),
-            group_id: "crm-sync".into(),
-            input_topic: "tracking.events".into(),
-            outcome_topic: "crm.sync".into(),
-            dead_letter_topic: "dead.letters".into(),
+            group_id: None,
             create_topics: false,
             topic_partitions: 6,
             fetch_wait_max_ms: 5,
@@ -45,9 +45,6 @@ impl std::fmt::Debug for KafkaSettings {
         f.debug_struct("KafkaSettings")
             .field("brokers", &self.brokers)
             .field("group_id", &self.group_id)
-            .field("input_topic", &self.input_topic)
-            .field("outcome_topic", &self.outcome_topic)
-            .field("dead_letter_topic", &self.dead_letter_topic)
             .field("create_topics", &self.create_topics)
             .field("topic_partitions", &self.topic_partitions)
             .field("fetch_wait_max_ms", &self.fetch_wait_max_ms)
@@ -58,22 +55,17 @@ impl std::fmt::Debug for KafkaSettings {
 }
 
 impl KafkaSettings {
+    /// The consumer group: `group_id`, or the service's `default` when unset.
+    pub fn group_or<'a>(&'a self, default: &'a str) -> &'a str {
+        self.group_id.as_deref().unwrap_or(default)
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.brokers.trim().is_empty() {
             return Err("kafka.brokers must list at least one host:port".into());
         }
-        for (name, t) in [
-            ("kafka.input_topic", &self.input_topic),
-            ("kafka.outcome_topic", &self.outcome_topic),
-            ("kafka.dead_letter_topic", &self.dead_letter_topic),
-            ("kafka.group_id", &self.group_id),
-        ] {
-            if t.trim().is_empty() {
-                return Err(format!("{name} must not be empty"));
-            }
-        }
-        if self.input_topic == self.outcome_topic || self.input_topic == self.dead_letter_topic {
-            return Err("kafka.input_topic must differ from the output topics".into());
+        if self.group_id.as_deref().is_some_and(|g| g.trim().is_empty()) {
+            return Err("kafka.group_id must not be empty".into());
         }
         if self.topic_partitions < 1 {
             return Err("kafka.topic_partitions must be >= 1".into());
@@ -94,4 +86,19 @@ impl KafkaSettings {
         }
         c
     }
+}
+
+/// Checks a service's topic names: none empty, inputs distinct from outputs.
+pub fn validate_topics(inputs: &[(&str, &str)], outputs: &[(&str, &str)]) -> Result<(), String> {
+    for (name, topic) in inputs.iter().chain(outputs) {
+        if topic.trim().is_empty() {
+            return Err(format!("{name} must not be empty"));
+        }
+    }
+    for (input_name, input) in inputs {
+        if let Some((output_name, _)) = outputs.iter().find(|(_, t)| t == input) {
+            return Err(format!("{input_name} must differ from {output_name}"));
+        }
+    }
+    Ok(())
 }

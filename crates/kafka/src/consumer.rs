@@ -1,9 +1,7 @@
-use crate::{KafkaError, KafkaSettings, HEADER_REPLAY_COUNT};
-use backbone_sync::engine::Inbound;
-use backbone_sync::ports::SourcePosition;
+use crate::{ConsumedRecord, KafkaError, KafkaSettings};
 use futures::FutureExt;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap};
@@ -67,9 +65,9 @@ impl ConsumerContext for StatsContext {
     }
 }
 
-/// A consumer-group member of the input topic that hands out batches and commits them only when
-/// told to (after their effects are durable).
-pub struct TrackingConsumer {
+/// A consumer-group member that hands out batches and commits them only when told to (after
+/// their effects are durable).
+pub struct KafkaConsumer {
     consumer: StreamConsumer<StatsContext>,
     /// Next offset per partition of every batch handled so far (shared with the context, which
     /// forgets revoked partitions).
@@ -78,27 +76,24 @@ pub struct TrackingConsumer {
 
 /// Records received together, with the offsets to commit once they are handled.
 pub struct ConsumedBatch {
-    pub records: Vec<Inbound>,
+    pub records: Vec<ConsumedRecord>,
     /// Trace context of the first record that carried one.
     pub trace_headers: HashMap<String, String>,
     next_offsets: BTreeMap<(String, i32), i64>,
 }
 
-impl TrackingConsumer {
-    pub fn new(settings: &KafkaSettings, lag: Option<LagObserver>) -> Result<Self, KafkaError> {
-        Self::for_topics(settings, &[settings.input_topic.as_str()], lag)
-    }
-
-    /// A member of `settings.group_id` reading `topics` (records keep their source topic).
-    pub fn for_topics(
+impl KafkaConsumer {
+    /// A member of `group` reading `topics` (records keep their source topic).
+    pub fn new(
         settings: &KafkaSettings,
+        group: &str,
         topics: &[&str],
         lag: Option<LagObserver>,
     ) -> Result<Self, KafkaError> {
         let processed = Arc::new(Mutex::new(BTreeMap::new()));
         let consumer: StreamConsumer<StatsContext> = settings
             .client_config()
-            .set("group.id", &settings.group_id)
+            .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("fetch.wait.max.ms", settings.fetch_wait_max_ms.to_string())
@@ -200,31 +195,14 @@ impl TrackingConsumer {
 
 impl ConsumedBatch {
     fn push(&mut self, m: &BorrowedMessage<'_>) {
-        let mut replay_count = 0;
-        if let Some(headers) = m.headers() {
-            for h in headers.iter() {
-                let value = h.value.and_then(|v| std::str::from_utf8(v).ok());
-                match (h.key, value) {
-                    (HEADER_REPLAY_COUNT, Some(v)) => replay_count = v.parse().unwrap_or(0),
-                    ("traceparent" | "tracestate", Some(v)) if !self.trace_headers.contains_key(h.key) => {
-                        self.trace_headers.insert(h.key.to_owned(), v.to_owned());
-                    }
-                    _ => {}
-                }
+        let record = ConsumedRecord::from_message(m);
+        for name in ["traceparent", "tracestate"] {
+            if let (false, Some(v)) = (self.trace_headers.contains_key(name), record.header(name)) {
+                self.trace_headers.insert(name.to_owned(), v.to_owned());
             }
         }
-        let topic = m.topic().to_owned();
         self.next_offsets
-            .insert((topic.clone(), m.partition()), m.offset() + 1);
-        self.records.push(Inbound {
-            source: SourcePosition {
-                topic,
-                partition: m.partition(),
-                offset: m.offset(),
-            },
-            key: m.key().map(<[u8]>::to_vec),
-            payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-            replay_count,
-        });
+            .insert((record.position.topic.clone(), m.partition()), m.offset() + 1);
+        self.records.push(record);
     }
 }

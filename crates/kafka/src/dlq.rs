@@ -1,6 +1,6 @@
-//! Reading `dead.letters` back for `crm-sync dlq replay`.
+//! Reading a dead-letter topic back (`crm-sync dlq replay`).
 
-use crate::producer::{HEADER_EVENT_ID, HEADER_REASON_CODE, HEADER_SOURCE_TOPIC};
+use crate::dead_letter::{HEADER_EVENT_ID, HEADER_REASON_CODE, HEADER_REPLAY_COUNT, HEADER_SOURCE_TOPIC};
 use crate::{KafkaError, KafkaSettings};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -8,9 +8,6 @@ use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
-
-/// How many times a record went back through the pipeline from `dead.letters`.
-pub const HEADER_REPLAY_COUNT: &str = "x-replay-count";
 
 /// One dead letter as read back.
 #[derive(Debug, Clone)]
@@ -64,15 +61,17 @@ impl ReplayFilter {
     }
 }
 
-/// Reads every dead letter present now (up to each partition's high watermark) that matches.
+/// Reads every dead letter of `topic` present now (up to each partition's high watermark) that
+/// matches, as a member of `group` that never commits.
 pub fn read_dead_letters(
     settings: &KafkaSettings,
+    group: &str,
+    topic: &str,
     filter: &ReplayFilter,
 ) -> Result<Vec<DeadLetterView>, KafkaError> {
-    let topic = settings.dead_letter_topic.as_str();
     let consumer: BaseConsumer = settings
         .client_config()
-        .set("group.id", format!("{}-dlq-reader", settings.group_id))
+        .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "10")
         .create()?;

@@ -1,18 +1,27 @@
-//! Kafka adapters. Only standard Kafka APIs are used (idempotent producer, consumer groups, manual
-//! commits), so the same code runs against Apache Kafka, Redpanda, MSK or the local broker.
+//! Kafka adapters, domain-neutral: a consumed record, a consumer-group member that commits only
+//! when told to, the at-least-once consumer runner, an idempotent publisher, and the dead-letter
+//! publisher with the standard headers. Only standard Kafka APIs are used (idempotent producer,
+//! consumer groups, manual commits), so the same code runs against Apache Kafka, Redpanda, MSK
+//! or the local broker.
 
 mod config;
 mod consumer;
+mod dead_letter;
 mod dlq;
 mod producer;
+mod record;
+mod runner;
 
-pub use config::KafkaSettings;
-pub use consumer::{ConsumedBatch, LagObserver, TrackingConsumer};
-pub use dlq::{read_dead_letters, DeadLetterView, ReplayFilter, HEADER_REPLAY_COUNT};
-pub use producer::{
-    KafkaPublisher, OutgoingRecord, HEADER_ATTEMPTS, HEADER_EVENT_ID, HEADER_REASON, HEADER_REASON_CODE,
-    HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC,
+pub use config::{validate_topics, KafkaSettings};
+pub use consumer::{ConsumedBatch, KafkaConsumer, LagObserver};
+pub use dead_letter::{
+    DeadLetter, DeadLetterPublisher, HEADER_ATTEMPTS, HEADER_EVENT_ID, HEADER_REASON, HEADER_REASON_CODE,
+    HEADER_REPLAY_COUNT, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC,
 };
+pub use dlq::{read_dead_letters, DeadLetterView, ReplayFilter};
+pub use producer::{KafkaPublisher, OutgoingRecord};
+pub use record::{ConsumedRecord, RecordPosition};
+pub use runner::{ConsumerRunner, Disposition, RecordHandler, Rejected, RetryBackoff};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;

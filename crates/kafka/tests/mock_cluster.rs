@@ -1,38 +1,41 @@
-//! Fault injection with librdkafka's in-process mock cluster: broker outages and request errors.
+//! Fault injection with librdkafka's in-process mock cluster: broker outages, request errors,
+//! redelivery, and the consumer runner's commit-after-effect.
 
 #![allow(clippy::unwrap_used)]
 
-use backbone_kafka::{KafkaPublisher, KafkaSettings, TrackingConsumer};
-use backbone_sync::event::ShipmentId;
-use backbone_sync::ports::{DeadLetter, DeadLetterSink, OutcomeSink, SourcePosition};
+use async_trait::async_trait;
+use backbone_kafka::{
+    ConsumedRecord, ConsumerRunner, DeadLetter, DeadLetterPublisher, Disposition, KafkaConsumer,
+    KafkaPublisher, KafkaSettings, OutgoingRecord, RecordHandler, RecordPosition, Rejected, RetryBackoff,
+    HEADER_REASON_CODE, HEADER_SOURCE_OFFSET,
+};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::ClientConfig;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
-fn settings(cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>, id: &str) -> KafkaSettings {
+fn settings(cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>) -> KafkaSettings {
     KafkaSettings {
         brokers: cluster.bootstrap_servers(),
-        group_id: format!("g-{id}"),
-        input_topic: format!("in-{id}"),
-        outcome_topic: format!("out-{id}"),
-        dead_letter_topic: format!("dlq-{id}"),
         ..KafkaSettings::default()
     }
 }
 
 fn letter(i: i64) -> DeadLetter {
     DeadLetter {
-        key: Some(b"k".to_vec()),
-        payload: format!("payload-{i}").into_bytes(),
-        reason_code: "malformed_json",
-        reason: "bad".into(),
-        source: SourcePosition {
+        source: Some(RecordPosition {
             topic: "in".into(),
             partition: 0,
             offset: i,
-        },
+        }),
+        key: Some(b"k".to_vec()),
+        payload: format!("payload-{i}").into_bytes(),
+        reason_code: "malformed_json".into(),
+        reason: "bad".into(),
         attempts: 1,
         replay_count: 0,
         event_id: None,
@@ -42,16 +45,16 @@ fn letter(i: i64) -> DeadLetter {
 #[tokio::test]
 async fn dead_letters_wait_out_a_broker_outage_and_are_delivered() {
     let cluster = MockCluster::new(1).unwrap();
-    let s = settings(&cluster, "outage");
-    cluster.create_topic(&s.dead_letter_topic, 1, 1).unwrap();
-    let publisher = KafkaPublisher::new(&s).unwrap();
-    publisher.dead_letter(&[letter(0)]).await.unwrap();
+    let s = settings(&cluster);
+    cluster.create_topic("dlq-outage", 1, 1).unwrap();
+    let publisher = DeadLetterPublisher::new(KafkaPublisher::new(&s).unwrap(), "dlq-outage");
+    publisher.publish(&[letter(0)]).await.unwrap();
 
     cluster.broker_down(1).unwrap();
     let started = Instant::now();
     let send = tokio::spawn({
         let p = publisher.clone();
-        async move { p.dead_letter(&[letter(1), letter(2)]).await }
+        async move { p.publish(&[letter(1), letter(2)]).await }
     });
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(!send.is_finished(), "no acknowledgement while the broker is down");
@@ -61,7 +64,7 @@ async fn dead_letters_wait_out_a_broker_outage_and_are_delivered() {
 }
 
 /// Takes up to `n` batches, waiting at most 20 s in all.
-async fn take(c: &TrackingConsumer, n: usize, max_records: usize) -> Vec<backbone_kafka::ConsumedBatch> {
+async fn take(c: &KafkaConsumer, n: usize, max_records: usize) -> Vec<backbone_kafka::ConsumedBatch> {
     let mut got = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while got.len() < n && Instant::now() < deadline {
@@ -72,68 +75,156 @@ async fn take(c: &TrackingConsumer, n: usize, max_records: usize) -> Vec<backbon
     got
 }
 
-#[tokio::test]
-async fn an_uncommitted_batch_is_redelivered_to_the_next_member() {
-    let cluster = MockCluster::new(1).unwrap();
-    let s = settings(&cluster, "redeliver");
-    cluster.create_topic(&s.input_topic, 1, 1).unwrap();
+async fn produce(brokers: &str, topic: &str, values: &[&str]) {
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &s.brokers)
+        .set("bootstrap.servers", brokers)
         .create()
         .unwrap();
-    for i in 0..10 {
+    for v in values {
         producer
             .send(
-                FutureRecord::to(&s.input_topic)
-                    .key("k")
-                    .payload(&format!("m{i}")),
+                FutureRecord::to(topic).key("k").payload(*v),
                 Timeout::After(Duration::from_secs(5)),
             )
             .await
             .unwrap();
     }
+}
+
+#[tokio::test]
+async fn an_uncommitted_batch_is_redelivered_to_the_next_member() {
+    let cluster = MockCluster::new(1).unwrap();
+    let s = settings(&cluster);
+    cluster.create_topic("in-redeliver", 1, 1).unwrap();
+    let values: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+    let values: Vec<&str> = values.iter().map(String::as_str).collect();
+    produce(&s.brokers, "in-redeliver", &values).await;
 
     // First member: takes two batches, handles (and commits) only the first, then dies.
-    let first = TrackingConsumer::new(&s, None).unwrap();
+    let first = KafkaConsumer::new(&s, "g-redeliver", &["in-redeliver"], None).unwrap();
     let batches = take(&first, 2, 3).await;
     assert_eq!(batches.len(), 2);
     let committed = &batches[0];
     assert!(committed.records.len() <= 3);
-    let last_committed = committed.records.last().unwrap().source.offset;
-    assert!(batches[1].records[0].source.offset > last_committed);
+    let last_committed = committed.records.last().unwrap().position.offset;
+    assert!(batches[1].records[0].position.offset > last_committed);
     first.commit(committed).unwrap();
     first.commit_processed().unwrap();
     drop(first);
 
     // Second member of the same group starts right after the committed records: the second
     // batch, received but never committed, is delivered again.
-    let second = TrackingConsumer::new(&s, None).unwrap();
+    let second = KafkaConsumer::new(&s, "g-redeliver", &["in-redeliver"], None).unwrap();
     let next = take(&second, 1, 100).await;
-    assert_eq!(next[0].records[0].source.offset, last_committed + 1);
+    assert_eq!(next[0].records[0].position.offset, last_committed + 1);
+    assert_eq!(
+        next[0].records[0].value(),
+        format!("m{}", last_committed + 1).as_bytes()
+    );
 }
 
 #[tokio::test]
 async fn publish_errors_surface_instead_of_being_swallowed() {
     let cluster = MockCluster::new(1).unwrap();
-    let mut s = settings(&cluster, "errors");
-    cluster.create_topic(&s.outcome_topic, 1, 1).unwrap();
+    let mut s = settings(&cluster);
+    cluster.create_topic("out-errors", 1, 1).unwrap();
     s.properties.insert("message.timeout.ms".into(), "1000".into());
     let publisher = KafkaPublisher::new(&s).unwrap();
     cluster.broker_down(1).unwrap();
-    let outcome = backbone_sync::ports::OutcomeRecord {
-        version: 1,
-        event_id: backbone_sync::event::EventId::parse("e").unwrap(),
-        shipment_id: ShipmentId::parse("s").unwrap(),
-        outcome: backbone_sync::ports::Outcome::Success,
-        first_outcome: None,
-        attempt: 1,
-        crm_status: None,
-        occurred_at: time::OffsetDateTime::now_utc(),
-        processed_at: time::OffsetDateTime::now_utc(),
-        latency_ms: 1.0,
-        error: None,
-        correlation_id: "c".into(),
-    };
-    let err = publisher.publish(&[outcome]).await.unwrap_err();
+    let err = publisher
+        .send_all(vec![OutgoingRecord {
+            topic: "out-errors",
+            key: None,
+            payload: b"x",
+            headers: vec![],
+        }])
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("delivery failed"), "{err}");
+}
+
+/// Fails the first `transient` attempts at every record, dead-letters records whose value is
+/// `bad`, stops the runner after `stop_after` handled records.
+struct Script {
+    transient: usize,
+    attempts: AtomicUsize,
+    handled: Mutex<Vec<String>>,
+    stop_after: usize,
+    stop: CancellationToken,
+}
+
+#[async_trait]
+impl RecordHandler for Script {
+    type Transient = String;
+
+    async fn handle(&self, record: &ConsumedRecord) -> Result<Disposition, String> {
+        if self.attempts.fetch_add(1, Ordering::SeqCst) % (self.transient + 1) < self.transient {
+            return Err("store away".into());
+        }
+        let value = String::from_utf8_lossy(record.value()).into_owned();
+        let mut handled = self.handled.lock().unwrap();
+        handled.push(value.clone());
+        if handled.len() >= self.stop_after {
+            self.stop.cancel();
+        }
+        Ok(if value == "bad" {
+            Disposition::DeadLetter(Rejected {
+                reason_code: "malformed_json".into(),
+                reason: "not JSON".into(),
+                payload: Some(b"withheld".to_vec()),
+            })
+        } else {
+            Disposition::Done
+        })
+    }
+}
+
+#[tokio::test]
+async fn the_runner_retries_transient_errors_dead_letters_the_rest_and_commits_after_the_effects() {
+    let cluster = MockCluster::new(1).unwrap();
+    let s = settings(&cluster);
+    cluster.create_topic("in-runner", 1, 1).unwrap();
+    cluster.create_topic("dlq-runner", 1, 1).unwrap();
+    produce(&s.brokers, "in-runner", &["a", "bad", "c"]).await;
+    let publisher = KafkaPublisher::new(&s).unwrap();
+    let stop = CancellationToken::new();
+    let script = Script {
+        transient: 2,
+        attempts: AtomicUsize::new(0),
+        handled: Mutex::default(),
+        stop_after: 3,
+        stop: stop.clone(),
+    };
+    let runner = ConsumerRunner::new(
+        KafkaConsumer::new(&s, "g-runner", &["in-runner"], None).unwrap(),
+        DeadLetterPublisher::new(publisher, "dlq-runner"),
+        10,
+    )
+    .with_backoff(RetryBackoff {
+        min: Duration::from_millis(5),
+        max: Duration::from_millis(20),
+    });
+    tokio::time::timeout(Duration::from_secs(30), runner.run(&script, &stop))
+        .await
+        .expect("the runner stops");
+    assert_eq!(*script.handled.lock().unwrap(), ["a", "bad", "c"]);
+    assert_eq!(
+        script.attempts.load(Ordering::SeqCst),
+        9,
+        "two transient failures per record"
+    );
+
+    // The dead letter carries the handler's payload and the standard headers.
+    let dlq = KafkaConsumer::new(&s, "g-dlq-reader", &["dlq-runner"], None).unwrap();
+    let letters = take(&dlq, 1, 10).await;
+    let letter = &letters[0].records[0];
+    assert_eq!(letter.value(), b"withheld");
+    assert_eq!(letter.header(HEADER_REASON_CODE), Some("malformed_json"));
+    assert_eq!(letter.header(HEADER_SOURCE_OFFSET), Some("1"));
+
+    // Everything was committed: a new member of the group gets nothing old.
+    produce(&s.brokers, "in-runner", &["d"]).await;
+    let next = KafkaConsumer::new(&s, "g-runner", &["in-runner"], None).unwrap();
+    let batch = take(&next, 1, 10).await;
+    assert_eq!(batch[0].records[0].value(), b"d");
 }

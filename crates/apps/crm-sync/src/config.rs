@@ -1,8 +1,8 @@
 //! crm-sync configuration: defaults, then a TOML file, then `CRM_SYNC_*` environment variables
 //! (`CRM_SYNC_CRM__GENERIC__TOKEN` sets `crm.generic.token`). Validated as a whole at start-up.
 
+use crate::kafka::KafkaConfig;
 use backbone_crm::{Bitrix24Config, GenericCrmConfig, KommoConfig, SalesforceConfig};
-use backbone_kafka::KafkaSettings;
 use backbone_sync::breaker::BreakerPolicy;
 use backbone_sync::mapping::{CrmMapping, MappingConfig};
 use backbone_sync::retry::RetryPolicy;
@@ -16,7 +16,7 @@ pub const ENV_PREFIX: &str = "CRM_SYNC_";
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub http: HttpConfig,
-    pub kafka: KafkaSettings,
+    pub kafka: KafkaConfig,
     pub postgres: PostgresConfig,
     pub crm: CrmConfig,
     pub mapping: MappingConfig,
@@ -210,7 +210,7 @@ mod tests {
         assert!(c.validate().is_ok());
         c.retry.max_attempts = 0;
         c.mapping.statuses.clear();
-        c.kafka.brokers = String::new();
+        c.kafka.client.brokers = String::new();
         let err = c.validate().unwrap_err();
         assert_eq!(err.lines().count(), 3, "{err}");
     }

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod crm;
+pub mod kafka;
 pub mod metrics;
 mod replay;
 mod service;

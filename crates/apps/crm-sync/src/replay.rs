@@ -1,9 +1,8 @@
 //! `crm-sync dlq replay`: sends chosen dead letters back to their source topic with their replay
 //! count raised, so the pipeline treats them as new attempts rather than duplicates.
 
-use backbone_kafka::{
-    read_dead_letters, KafkaPublisher, KafkaSettings, OutgoingRecord, ReplayFilter, HEADER_REPLAY_COUNT,
-};
+use crate::kafka::KafkaConfig;
+use backbone_kafka::{read_dead_letters, KafkaPublisher, OutgoingRecord, ReplayFilter, HEADER_REPLAY_COUNT};
 use serde::Serialize;
 
 #[derive(Debug, Serialize)]
@@ -25,13 +24,16 @@ pub struct ReplayedLetter {
 }
 
 pub async fn replay_dead_letters(
-    kafka: &KafkaSettings,
+    kafka: &KafkaConfig,
     filter: ReplayFilter,
     limit: Option<usize>,
     dry_run: bool,
 ) -> anyhow::Result<ReplaySummary> {
-    let settings = kafka.clone();
-    let mut letters = tokio::task::spawn_blocking(move || read_dead_letters(&settings, &filter)).await??;
+    let settings = kafka.client.clone();
+    let group = format!("{}-dlq-reader", kafka.group());
+    let topic = kafka.dead_letter_topic.clone();
+    let mut letters =
+        tokio::task::spawn_blocking(move || read_dead_letters(&settings, &group, &topic, &filter)).await??;
     if let Some(limit) = limit {
         letters.truncate(limit);
     }
@@ -54,7 +56,7 @@ pub async fn replay_dead_letters(
             letters: planned,
         });
     }
-    let publisher = KafkaPublisher::new(kafka)?;
+    let publisher = KafkaPublisher::new(&kafka.client)?;
     let records = letters
         .iter()
         .zip(&planned)

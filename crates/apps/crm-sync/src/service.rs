@@ -1,14 +1,15 @@
 use crate::config::Config;
 use crate::crm::CrmAdapter;
+use crate::kafka::{inbound, KafkaDeadLetters, KafkaOutcomes};
 use crate::metrics::Metrics;
 use anyhow::Context;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
-use backbone_kafka::{ConsumedBatch, KafkaPublisher, TrackingConsumer};
+use backbone_kafka::{ConsumedBatch, DeadLetterPublisher, KafkaConsumer, KafkaPublisher};
 use backbone_postgres::PgLedger;
-use backbone_sync::engine::{Effects, EngineError, EngineSettings, SyncEngine};
+use backbone_sync::engine::{Effects, EngineError, EngineSettings, Inbound, SyncEngine};
 use backbone_sync::ports::SyncLedger;
 use backon::{ExponentialBuilder, Retryable};
 use secrecy::ExposeSecret;
@@ -77,16 +78,16 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             .await
             .context("PostgreSQL")?,
     );
-    if cfg.kafka.create_topics {
+    if cfg.kafka.client.create_topics {
         let topics = [
             &cfg.kafka.input_topic,
             &cfg.kafka.outcome_topic,
             &cfg.kafka.dead_letter_topic,
         ];
         let topics: Vec<&str> = topics.iter().map(|t| t.as_str()).collect();
-        backbone_kafka::ensure_topics(&cfg.kafka, &topics, cfg.kafka.topic_partitions).await?;
+        backbone_kafka::ensure_topics(&cfg.kafka.client, &topics, cfg.kafka.client.topic_partitions).await?;
     }
-    let publisher = Arc::new(KafkaPublisher::new(&cfg.kafka)?);
+    let publisher = KafkaPublisher::new(&cfg.kafka.client)?;
     let crm = Arc::new(CrmAdapter::build(&cfg.crm, mapping.clone()).map_err(anyhow::Error::msg)?);
     if cfg.crm.verify_mapping {
         crm.verify_mapping(&cfg.mapping)
@@ -96,8 +97,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     tracing::info!(vendor = ?cfg.crm.vendor, "CRM adapter ready");
     let metrics = Arc::new(Metrics::new());
     let lag_metrics = metrics.clone();
-    let consumer = TrackingConsumer::new(
-        &cfg.kafka,
+    let consumer = KafkaConsumer::new(
+        &cfg.kafka.client,
+        cfg.kafka.group(),
+        &[cfg.kafka.input_topic.as_str()],
         Some(Arc::new(move |topic: &str, partition, lag| {
             lag_metrics.set_consumer_lag(topic, partition, lag)
         })),
@@ -111,8 +114,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         },
         crm.clone(),
         ledger.clone(),
-        publisher.clone(),
-        publisher.clone(),
+        Arc::new(KafkaOutcomes::new(publisher.clone(), &cfg.kafka.outcome_topic)),
+        Arc::new(KafkaDeadLetters(DeadLetterPublisher::new(
+            publisher.clone(),
+            &cfg.kafka.dead_letter_topic,
+        ))),
         Box::new(rand::random::<f64>),
     );
 
@@ -217,7 +223,7 @@ struct Decided {
 /// batch's CRM work.
 struct Finisher {
     engine: Arc<SyncEngine>,
-    consumer: Arc<TrackingConsumer>,
+    consumer: Arc<KafkaConsumer>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     due_in_flight: Arc<AtomicBool>,
@@ -252,7 +258,7 @@ impl Finisher {
 struct Pipeline<'a> {
     engine: Arc<SyncEngine>,
     crm: Arc<CrmAdapter>,
-    consumer: Arc<TrackingConsumer>,
+    consumer: Arc<KafkaConsumer>,
     ledger: Arc<PgLedger>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
@@ -317,9 +323,10 @@ impl Pipeline<'_> {
         let span = tracing::info_span!("crm_sync.batch", records = batch.records.len());
         backbone_telemetry::set_parent_from_headers(&span, &batch.trace_headers);
         let started = Instant::now();
+        let records: Vec<Inbound> = batch.records.iter().cloned().map(inbound).collect();
         // Only the ledger read can fail here; the same records are tried again.
         let decided = until_done("deciding a batch", &self.health, &self.shutdown, || {
-            self.engine.decide(&batch.records).instrument(span.clone())
+            self.engine.decide(&records).instrument(span.clone())
         });
         let Some(effects) = decided.await else {
             return false;

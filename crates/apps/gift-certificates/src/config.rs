@@ -19,7 +19,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub postgres: PostgresConfig,
     pub redis: RedisConfig,
-    pub kafka: KafkaSettings,
+    pub kafka: KafkaConfig,
     pub topics: Topics,
     pub keys: KeysConfig,
     /// Service token per channel. A channel without a token cannot call the API.
@@ -115,6 +115,23 @@ impl std::fmt::Debug for RedisConfig {
             .field("balance_ttl_seconds", &self.balance_ttl_seconds)
             .finish()
     }
+}
+
+/// `[kafka]`: the shared client settings. gift-certificates' topics and consumer group are in
+/// `[topics]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    #[serde(flatten)]
+    pub client: KafkaSettings,
+    /// crm-sync's topic names, which earlier example configurations listed here: read and
+    /// ignored, so those configurations still load.
+    #[serde(skip_serializing)]
+    input_topic: Option<String>,
+    #[serde(skip_serializing)]
+    outcome_topic: Option<String>,
+    #[serde(skip_serializing)]
+    dead_letter_topic: Option<String>,
 }
 
 /// Topic names; the defaults are the ones the other services use.
@@ -302,8 +319,27 @@ impl Config {
         if !self.sms.template.contains("{cvc}") {
             problems.push("sms.template must contain {cvc}".into());
         }
-        if let Err(e) = self.kafka.validate() {
+        if let Err(e) = self.kafka.client.validate() {
             problems.push(e);
+        }
+        let t = &self.topics;
+        if let Err(e) = backbone_kafka::validate_topics(
+            &[
+                ("topics.orders", &t.orders),
+                ("topics.payments", &t.payments),
+                ("topics.uploads", &t.uploads),
+            ],
+            &[
+                ("topics.dead_letters", &t.dead_letters),
+                ("topics.state", &t.state),
+                ("topics.transactions", &t.transactions),
+                ("topics.bi", &t.bi),
+            ],
+        ) {
+            problems.push(e);
+        }
+        if t.group_id.trim().is_empty() {
+            problems.push("topics.group_id must not be empty".into());
         }
         if problems.is_empty() {
             Ok(())

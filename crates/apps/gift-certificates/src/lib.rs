@@ -263,8 +263,7 @@ pub async fn serve(
     cfg.validate()
         .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
     let state = build_state(&cfg).await?;
-    let mut kafka = cfg.kafka.clone();
-    kafka.group_id = cfg.topics.group_id.clone();
+    let kafka = cfg.kafka.client.clone();
     if kafka.create_topics {
         let topics = [
             cfg.topics.orders.as_str(),

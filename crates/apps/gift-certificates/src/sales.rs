@@ -8,11 +8,13 @@
 
 use crate::config::Topics;
 use crate::AppState;
-use backbone_kafka::{KafkaPublisher, KafkaSettings, OutgoingRecord, TrackingConsumer};
+use async_trait::async_trait;
+use backbone_kafka::{
+    ConsumedRecord, ConsumerRunner, DeadLetterPublisher, Disposition, KafkaConsumer, KafkaPublisher,
+    KafkaSettings, RecordHandler, Rejected,
+};
 use backbone_postgres::certificates::{OrderLine, PaymentRecord, SaleActivation, SaleOrder};
-use backon::{ExponentialBuilder, Retryable};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use backbone_orders::{reject, Rejection};
@@ -161,26 +163,79 @@ pub fn redacted_order(payload: &[u8]) -> Vec<u8> {
     serde_json::to_vec(&order).unwrap_or_default()
 }
 
-fn dead_letter_headers(
-    source: &backbone_sync::ports::SourcePosition,
-    r: &Rejection,
-) -> Vec<(String, String)> {
-    vec![
-        (backbone_kafka::HEADER_REASON.into(), r.reason.clone()),
-        (backbone_kafka::HEADER_REASON_CODE.into(), r.code.into()),
-        (backbone_kafka::HEADER_SOURCE_TOPIC.into(), source.topic.clone()),
-        (
-            backbone_kafka::HEADER_SOURCE_PARTITION.into(),
-            source.partition.to_string(),
-        ),
-        (
-            backbone_kafka::HEADER_SOURCE_OFFSET.into(),
-            source.offset.to_string(),
-        ),
-        (backbone_kafka::HEADER_ATTEMPTS.into(), "1".into()),
-    ]
+/// The consumer's use case for the runner: route by topic, record, and say what the dead letter
+/// of a record that can never be handled carries.
+pub struct SalesHandler {
+    pub state: Arc<AppState>,
+    pub topics: Topics,
 }
 
+#[async_trait]
+impl RecordHandler for SalesHandler {
+    type Transient = backbone_certificates::ApplyError;
+
+    async fn handle(&self, record: &ConsumedRecord) -> Result<Disposition, Self::Transient> {
+        let topic = record.position.topic.as_str();
+        let payload = record.value();
+        let handled = handle(&self.state, &self.topics, topic, payload).await?;
+        let metrics = &self.state.metrics;
+        let label = match &handled {
+            Handled::Ignored => "ignored",
+            Handled::Recorded(None) => "recorded",
+            Handled::Recorded(Some(a)) if a.duplicate => "duplicate",
+            Handled::Recorded(Some(a)) if !a.problems.is_empty() => "activation_problem",
+            Handled::Recorded(Some(_)) => "activated",
+            Handled::Uploaded { .. } => "uploaded",
+            Handled::Rejected(_) => "dead_lettered",
+        };
+        metrics.sales.with_label_values(&[label]).inc();
+        let rejected = match handled {
+            Handled::Rejected(r) => {
+                let payload = if topic == self.topics.orders {
+                    Some(redacted_order(payload))
+                } else if topic == self.topics.uploads {
+                    // An upload job is codes and CVCs: never copied; its position is in the headers.
+                    Some(
+                        br#"{"withheld":"an upload job carries codes and CVCs: read it at its source position"}"#
+                            .to_vec(),
+                    )
+                } else {
+                    None
+                };
+                rejected(r, payload)
+            }
+            Handled::Uploaded { rejected_rows, .. } if !rejected_rows.is_empty() => rejected(
+                reject("rejected_rows", format!("{} rows rejected", rejected_rows.len())),
+                Some(
+                    serde_json::to_vec(&serde_json::json!({ "rejected_rows": rejected_rows }))
+                        .unwrap_or_default(),
+                ),
+            ),
+            Handled::Recorded(Some(a)) => {
+                for (line, problem) in &a.problems {
+                    tracing::error!(order_id = %a.order_id, line = %line, problem = %problem, "certificate in a paid order could not be activated");
+                }
+                return Ok(Disposition::Done);
+            }
+            _ => return Ok(Disposition::Done),
+        };
+        metrics
+            .dead_letters
+            .with_label_values(&[rejected.reason_code.as_str()])
+            .inc();
+        Ok(Disposition::DeadLetter(rejected))
+    }
+}
+
+fn rejected(r: Rejection, payload: Option<Vec<u8>>) -> Rejected {
+    Rejected {
+        reason_code: r.code.to_owned(),
+        reason: r.reason,
+        payload,
+    }
+}
+
+/// Consumes orders, payments and uploads until `stop`, then commits what was handled.
 pub async fn run(
     settings: KafkaSettings,
     topics: Topics,
@@ -193,129 +248,19 @@ pub async fn run(
         topics.payments.as_str(),
         topics.uploads.as_str(),
     ];
-    let consumer = match TrackingConsumer::for_topics(&settings, &names, None) {
+    let consumer = match KafkaConsumer::new(&settings, &topics.group_id, &names, None) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot create the sales consumer");
             return;
         }
     };
-    while !stop.is_cancelled() {
-        let batch = tokio::select! {
-            b = consumer.next_batch(200) => b,
-            _ = stop.cancelled() => break,
-        };
-        let batch = match batch {
-            Ok(b) => b,
-            Err(e) => {
-                // The broker is away: wait a little instead of spinning on the error.
-                tracing::warn!(error = %e, "sales consumer error");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    _ = stop.cancelled() => {}
-                }
-                continue;
-            }
-        };
-        let mut complete = true;
-        for record in &batch.records {
-            let attempt = || handle(&state, &topics, &record.source.topic, &record.payload);
-            let handled = attempt
-                .retry(
-                    ExponentialBuilder::default()
-                        .with_min_delay(Duration::from_millis(100))
-                        .with_max_delay(Duration::from_secs(5))
-                        .with_jitter()
-                        .without_max_times(),
-                )
-                .when(|_| !stop.is_cancelled())
-                .notify(|e, after| tracing::warn!(error = %e, retry_in = ?after, "sales event not stored; retrying"))
-                .await;
-            let handled = match handled {
-                Ok(h) => h,
-                // Shutdown while storage is down: leave this record and the rest to redelivery.
-                Err(_) => {
-                    complete = false;
-                    break;
-                }
-            };
-            let letter = match &handled {
-                Handled::Rejected(r) if record.source.topic == topics.orders => {
-                    Some((r.clone(), redacted_order(&record.payload)))
-                }
-                // An upload job is codes and CVCs: never copied; its position is in the headers.
-                Handled::Rejected(r) if record.source.topic == topics.uploads => Some((
-                    r.clone(),
-                    br#"{"withheld":"an upload job carries codes and CVCs: read it at its source position"}"#
-                        .to_vec(),
-                )),
-                Handled::Rejected(r) => Some((r.clone(), record.payload.clone())),
-                Handled::Uploaded { rejected_rows, .. } if !rejected_rows.is_empty() => Some((
-                    reject("rejected_rows", format!("{} rows rejected", rejected_rows.len())),
-                    serde_json::to_vec(&serde_json::json!({ "rejected_rows": rejected_rows }))
-                        .unwrap_or_default(),
-                )),
-                _ => None,
-            };
-            let label = match &handled {
-                Handled::Ignored => "ignored",
-                Handled::Recorded(None) => "recorded",
-                Handled::Recorded(Some(a)) if a.duplicate => "duplicate",
-                Handled::Recorded(Some(a)) if !a.problems.is_empty() => "activation_problem",
-                Handled::Recorded(Some(_)) => "activated",
-                Handled::Uploaded { .. } => "uploaded",
-                Handled::Rejected(_) => "dead_lettered",
-            };
-            state.metrics.sales.with_label_values(&[label]).inc();
-            if let Handled::Recorded(Some(a)) = &handled {
-                for (line, problem) in &a.problems {
-                    tracing::error!(order_id = %a.order_id, line = %line, problem = %problem, "certificate in a paid order could not be activated");
-                }
-            }
-            if let Some((rejection, payload)) = letter {
-                state
-                    .metrics
-                    .dead_letters
-                    .with_label_values(&[rejection.code])
-                    .inc();
-                tracing::warn!(topic = %record.source.topic, offset = record.source.offset, reason = %rejection.reason, "dead-lettering a record");
-                let publish = || {
-                    publisher.send_all(vec![OutgoingRecord {
-                        topic: &topics.dead_letters,
-                        key: record.key.as_deref(),
-                        payload: &payload,
-                        headers: dead_letter_headers(&record.source, &rejection),
-                    }])
-                };
-                let sent = publish
-                    .retry(
-                        ExponentialBuilder::default()
-                            .with_min_delay(Duration::from_millis(100))
-                            .with_max_delay(Duration::from_secs(5))
-                            .with_jitter()
-                            .without_max_times(),
-                    )
-                    .when(|_| !stop.is_cancelled())
-                    .notify(|e, after| tracing::warn!(error = %e, retry_in = ?after, "dead letter not published; retrying"))
-                    .await;
-                if sent.is_err() {
-                    // Shutdown before the broker took it: the record is redelivered.
-                    complete = false;
-                    break;
-                }
-            }
-        }
-        if complete {
-            if let Err(e) = consumer.commit(&batch) {
-                tracing::warn!(error = %e, "offset commit failed; records will be redelivered");
-            }
-        } else {
-            break;
-        }
-    }
-    if let Err(e) = consumer.commit_processed() {
-        tracing::warn!(error = %e, "final offset commit failed");
-    }
+    let runner = ConsumerRunner::new(
+        consumer,
+        DeadLetterPublisher::new(publisher, &topics.dead_letters),
+        200,
+    );
+    runner.run(&SalesHandler { state, topics }, &stop).await;
 }
 
 #[cfg(test)]

@@ -1,0 +1,63 @@
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use time::OffsetDateTime;
+
+/// Where a record sits in the log.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RecordPosition {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// One consumed record, owned and free of client types.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumedRecord {
+    pub position: RecordPosition,
+    pub key: Option<Vec<u8>>,
+    /// Headers in the order they arrived; a header without a value has an empty one.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// `None` for a tombstone.
+    pub payload: Option<Vec<u8>>,
+    /// The record's create or log-append time, when the broker gave one.
+    pub timestamp: Option<OffsetDateTime>,
+}
+
+impl ConsumedRecord {
+    /// The first header called `name`, if its value is UTF-8.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+
+    /// The value, or empty for a tombstone.
+    pub fn value(&self) -> &[u8] {
+        self.payload.as_deref().unwrap_or_default()
+    }
+
+    pub(crate) fn from_message(m: &BorrowedMessage<'_>) -> Self {
+        let headers = m
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec).unwrap_or_default()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            position: RecordPosition {
+                topic: m.topic().to_owned(),
+                partition: m.partition(),
+                offset: m.offset(),
+            },
+            key: m.key().map(<[u8]>::to_vec),
+            headers,
+            payload: m.payload().map(<[u8]>::to_vec),
+            timestamp: m
+                .timestamp()
+                .to_millis()
+                .and_then(|ms| OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()),
+        }
+    }
+}
