@@ -326,6 +326,11 @@ impl Certificate {
         &self.captures
     }
 
+    /// The effect of an operation applied before under `op`, if it was loaded.
+    pub fn applied(&self, op: &OperationId) -> Option<&Effect> {
+        self.applied.get(op)
+    }
+
     /// Balance less active holds that have not expired at `now`.
     pub fn available(&self, now: OffsetDateTime) -> i64 {
         self.balance - self.held(now)

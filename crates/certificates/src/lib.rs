@@ -1,13 +1,19 @@
 //! The gift-certificate domain: money in minor units, the certificate state machine (Issued,
 //! Active, PartiallyRedeemed, Redeemed, Refunded, Cancelled), holds with expiry, and operations
-//! that are idempotent by operation id. Pure Rust: no I/O.
+//! that are idempotent by operation id; the service that runs the use cases over the storage
+//! ports, an in-memory store and the storage contract suite. Pure Rust: no I/O.
 
 pub mod certificate;
 pub mod code;
+pub mod contract;
 pub mod events;
+pub mod memory;
 pub mod money;
 pub mod operation;
 pub mod ports;
+pub mod sale;
+pub mod service;
+pub mod store;
 
 pub use certificate::{
     Action, Capture, Certificate, CertificateError, CertificateParts, Effect, Hold, HoldStatus, OperationId,
@@ -20,6 +26,9 @@ pub use ports::{
     Applied, ApplyError, CertificateRef, CertificateRepository, CodeDigest, CodeKeys, IdempotencyClaim,
     KeyError, OperationRequest, Refusal, SealedCvc, SmsError, SmsMessage, SmsReceipt, SmsSender,
 };
+pub use service::CertificateService;
 
+#[cfg(test)]
+mod service_tests;
 #[cfg(test)]
 mod tests;

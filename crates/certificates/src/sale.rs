@@ -1,0 +1,127 @@
+//! Certificate sales: an order with certificate lines, and the payments towards it. Either may
+//! arrive first and either may arrive again; the sale completes once distinct captured payments
+//! in the order's currency add up to its total.
+
+use crate::ports::CodeDigest;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// One certificate sold by an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderLine {
+    pub line_id: String,
+    /// Digest of the code of the card sold.
+    #[serde(with = "hex_digest")]
+    pub code_digest: CodeDigest,
+    pub amount_minor: i64,
+}
+
+mod hex_digest {
+    use crate::ports::CodeDigest;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &CodeDigest, s: S) -> Result<S::Ok, S::Error> {
+        let hex: String = d.0.iter().map(|b| format!("{b:02x}")).collect();
+        s.serialize_str(&hex)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<CodeDigest, D::Error> {
+        let s = String::deserialize(d)?;
+        let mut out = [0u8; 32];
+        if s.len() != 64 || !s.is_ascii() {
+            return Err(serde::de::Error::custom("a code digest is 64 hex digits"));
+        }
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(serde::de::Error::custom)?;
+        }
+        Ok(CodeDigest(out))
+    }
+}
+
+/// An order that sells certificates, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaleOrder {
+    pub order_id: String,
+    pub client_id: Option<String>,
+    /// Where the CVC goes, E.164.
+    pub phone: Option<String>,
+    pub currency: String,
+    /// What the payments must add up to (the whole order).
+    pub total_minor: i64,
+    pub lines: Vec<OrderLine>,
+    pub source_event: String,
+}
+
+/// A payment towards an order, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentRecord {
+    pub payment_id: String,
+    pub order_id: String,
+    pub currency: String,
+    pub amount_minor: i64,
+    pub source_event: String,
+}
+
+/// A recorded order not activated yet, with every payment recorded towards it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingSale {
+    pub order: SaleOrder,
+    /// `(payment_id, currency, amount_minor)`, ordered by payment id.
+    pub payments: Vec<(String, String, i64)>,
+}
+
+/// What completing a sale did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SaleActivation {
+    pub order_id: String,
+    pub activated: Vec<Uuid>,
+    /// Digests of the certificates changed (for cache invalidation).
+    pub touched: Vec<CodeDigest>,
+    /// Lines that could not be activated, with the reason (unknown code, wrong state).
+    pub problems: Vec<(String, String)>,
+    /// True when the event was seen before and changed nothing.
+    pub duplicate: bool,
+}
+
+/// What distinct payments in the order's currency add up to. A payment delivered twice counts
+/// once (by `payment_id`; a redelivery keeps the first amount); payments in another currency do
+/// not count.
+pub fn paid_towards<'a>(currency: &str, payments: impl IntoIterator<Item = (&'a str, &'a str, i64)>) -> i64 {
+    let mut distinct: BTreeMap<&str, i64> = BTreeMap::new();
+    for (payment_id, payment_currency, amount) in payments {
+        if payment_currency.trim() == currency.trim() && amount > 0 {
+            distinct.entry(payment_id).or_insert(amount);
+        }
+    }
+    distinct.values().fold(0i64, |sum, a| sum.saturating_add(*a))
+}
+
+/// Whether the payments settle an order of `total` in `currency`.
+pub fn settles<'a>(
+    total: i64,
+    currency: &str,
+    payments: impl IntoIterator<Item = (&'a str, &'a str, i64)>,
+) -> bool {
+    paid_towards(currency, payments) >= total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_lines_store_their_digest_as_hex_and_read_it_back() {
+        let line = OrderLine {
+            line_id: "1".into(),
+            code_digest: CodeDigest([0xab; 32]),
+            amount_minor: 100,
+        };
+        let json = serde_json::to_value(&line).unwrap_or_default();
+        assert_eq!(json["code_digest"], "ab".repeat(32));
+        let back: Option<OrderLine> = serde_json::from_value(json).ok();
+        assert_eq!(back, Some(line));
+        let short = serde_json::json!({"line_id": "1", "code_digest": "ab", "amount_minor": 1});
+        assert!(serde_json::from_value::<OrderLine>(short).is_err());
+    }
+}

@@ -1,0 +1,351 @@
+//! The certificate service: the use cases (operations, sales, the sweep of expired holds, batch
+//! issue) over the storage ports. Each use case runs in one unit of work, so its effects commit
+//! together or not at all.
+//!
+//! An operation, in order: claim the idempotency key (a concurrent duplicate is `InFlight` at
+//! once), lock and load the certificate, replay a stored result under the key, check the CVC,
+//! replay an operation id seen before, decide in the domain ([`execute`]), save the certificate
+//! with its holds, operation, audit and events (and the CVC SMS on activation), commit. A
+//! refusal is remembered under the key and committed, so a retry gets the same answer.
+
+use crate::certificate::{Certificate, Effect, OperationId, SaleLinks};
+use crate::events::{self, Origin};
+use crate::operation::{execute, Command};
+use crate::ports::{Applied, ApplyError, CertificateRef, IdempotencyClaim, OperationRequest, Refusal};
+use crate::sale::{settles, PaymentRecord, SaleActivation, SaleOrder};
+use crate::store::{
+    CertificateStore, CertificateViews, IssueBatch, IssueOutcome, KeyOutcome, LockedCertificate, Lookup,
+    SavedOperation, StoreError, StoredResult, UnitOfWork,
+};
+use subtle::ConstantTimeEq;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// The channel sales from order and payment events act as.
+pub const SALES_CHANNEL: &str = "Payments";
+/// The channel of the service's own housekeeping (the hold sweeper).
+pub const INTERNAL_CHANNEL: &str = "internal";
+
+impl From<StoreError> for ApplyError {
+    fn from(e: StoreError) -> Self {
+        ApplyError::Unavailable(e.0)
+    }
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> ApplyError {
+    ApplyError::Unavailable(format!("{what}: {e}"))
+}
+
+/// The operation id a sale's line activates its certificate under: the same line of the same
+/// order always names the same operation, so a redelivered event changes nothing.
+pub fn sale_operation(order_id: &str, line_id: &str) -> Result<OperationId, ApplyError> {
+    OperationId::parse(format!("sale:{order_id}:{line_id}")).map_err(|e| corrupt("sale line", e))
+}
+
+pub struct CertificateService<S> {
+    store: S,
+}
+
+impl<S: CertificateStore> CertificateService<S> {
+    pub fn new(store: S) -> Self {
+        Self { store }
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Runs one operation in its own unit of work.
+    pub async fn apply(&self, request: OperationRequest) -> Result<Applied, ApplyError> {
+        let mut unit = self.store.begin().await?;
+        let result = apply_in(unit.as_mut(), &request).await;
+        let keep = match &result {
+            Ok(applied) => !applied.replayed,
+            Err(ApplyError::Refused(_)) => request.idempotency.is_some(),
+            Err(_) => false,
+        };
+        if keep {
+            unit.commit().await?;
+        } else {
+            unit.rollback().await?;
+        }
+        result
+    }
+
+    /// Records an order with certificate lines; activates them if payments already cover it.
+    /// `Ok(None)`: recorded, not paid yet.
+    pub async fn record_order(&self, order: &SaleOrder) -> Result<Option<SaleActivation>, ApplyError> {
+        let mut unit = self.store.begin().await?;
+        unit.lock_order(&order.order_id).await?;
+        let inserted = unit.insert_order(order).await?;
+        let outcome = complete_sale(unit.as_mut(), &order.order_id, None).await?;
+        unit.commit().await?;
+        Ok(outcome.or_else(|| {
+            (!inserted).then(|| SaleActivation {
+                order_id: order.order_id.clone(),
+                duplicate: true,
+                ..SaleActivation::default()
+            })
+        }))
+    }
+
+    /// Records a payment; activates the order's certificates once payments cover the order.
+    pub async fn record_payment(
+        &self,
+        payment: &PaymentRecord,
+    ) -> Result<Option<SaleActivation>, ApplyError> {
+        let mut unit = self.store.begin().await?;
+        unit.lock_order(&payment.order_id).await?;
+        unit.insert_payment(payment).await?;
+        let outcome = complete_sale(unit.as_mut(), &payment.order_id, Some(&payment.payment_id)).await?;
+        unit.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Issues an upload job. With a claim, the job runs under the caller's idempotency key: a
+    /// retry gets the first outcome back (`replayed`), a different body under the key is
+    /// `KeyReused`, a concurrent one `InFlight`.
+    pub async fn issue(
+        &self,
+        batch: &IssueBatch,
+        claim: Option<&IdempotencyClaim>,
+    ) -> Result<IssueOutcome, ApplyError> {
+        let mut unit = self.store.begin().await?;
+        if let Some(claim) = claim {
+            if !unit.claim_key(&batch.channel, &claim.key).await? {
+                return Err(ApplyError::InFlight);
+            }
+            if let Some(stored) = unit.stored_result(&batch.channel, &claim.key).await? {
+                if stored.request_hash != claim.request_hash {
+                    return Err(ApplyError::KeyReused);
+                }
+                let mut outcome: IssueOutcome =
+                    serde_json::from_value(stored.result).map_err(|e| corrupt("stored upload result", e))?;
+                outcome.replayed = true;
+                return Ok(outcome);
+            }
+        }
+        let now = OffsetDateTime::now_utc();
+        let issued: Vec<_> = batch
+            .certificates
+            .iter()
+            .map(|c| {
+                events::issued(
+                    c.id,
+                    &c.code_last4,
+                    &Certificate::issue(c.nominal, c.expires_at),
+                    now,
+                )
+            })
+            .collect();
+        let outcome = unit.issue(batch, &issued).await?;
+        if let Some(claim) = claim {
+            let result = serde_json::to_value(outcome).map_err(|e| corrupt("upload result", e))?;
+            unit.remember(&batch.channel, claim, KeyOutcome::Applied, result)
+                .await?;
+        }
+        unit.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Releases the expired holds of up to `limit` certificates, each in its own unit of work.
+    /// Returns every operation applied (an `expire` effect per hold).
+    pub async fn release_expired_holds(
+        &self,
+        views: &dyn CertificateViews,
+        limit: i64,
+    ) -> Result<Vec<Applied>, ApplyError> {
+        let due = views.with_expired_holds(limit).await?;
+        let mut released = Vec::with_capacity(due.len());
+        for id in due {
+            let operation = OperationId::parse(format!("sweep:{}", Uuid::now_v7()))
+                .map_err(|e| corrupt("sweep id", e))?;
+            let request = OperationRequest {
+                certificate: CertificateRef::Id(id),
+                operation,
+                command: Command::Sweep,
+                origin: Origin {
+                    channel: INTERNAL_CHANNEL.into(),
+                    initiator: Some("hold-sweeper".into()),
+                    source_event: None,
+                },
+                idempotency: None,
+                cvc_verifier: None,
+                cvc_sms_to: None,
+            };
+            released.push(self.apply(request).await?);
+        }
+        Ok(released)
+    }
+}
+
+fn summary(
+    locked: &LockedCertificate,
+    c: &Certificate,
+    effects: Vec<Effect>,
+    now: OffsetDateTime,
+) -> Applied {
+    Applied {
+        certificate_id: locked.id,
+        code_last4: locked.code_last4.clone(),
+        effects,
+        state: c.state(),
+        currency: c.currency().to_string(),
+        balance: c.balance(),
+        available: c.available(now),
+        replayed: false,
+        code_digest: Some(locked.code_digest),
+    }
+}
+
+/// What an idempotency record says about a new request with the same key.
+fn replay(stored: StoredResult, request_hash: &[u8; 32]) -> Result<Applied, ApplyError> {
+    if stored.request_hash != *request_hash {
+        return Err(ApplyError::KeyReused);
+    }
+    match stored.outcome {
+        KeyOutcome::Refused => {
+            let refusal: Refusal =
+                serde_json::from_value(stored.result).map_err(|e| corrupt("stored refusal", e))?;
+            Err(ApplyError::Refused(refusal))
+        }
+        KeyOutcome::Applied => {
+            let mut applied: Applied =
+                serde_json::from_value(stored.result).map_err(|e| corrupt("stored result", e))?;
+            applied.replayed = true;
+            Ok(applied)
+        }
+    }
+}
+
+/// One operation inside `unit`; the caller commits or rolls back.
+async fn apply_in(unit: &mut dyn UnitOfWork, request: &OperationRequest) -> Result<Applied, ApplyError> {
+    let channel = request.origin.channel.as_str();
+    let key = request.idempotency.as_ref().map(|k| k.key.as_str());
+    if let Some(key) = key {
+        if !unit.claim_key(channel, key).await? {
+            return Err(ApplyError::InFlight);
+        }
+    }
+    let lookup = Lookup {
+        target: request.command.target(),
+        operation: &request.operation,
+        key: key.map(|k| (channel, k)),
+    };
+    let mut locked = unit
+        .lock(request.certificate, lookup)
+        .await?
+        .ok_or(ApplyError::NotFound)?;
+    if let (Some(stored), Some(claim)) = (locked.stored.take(), &request.idempotency) {
+        return replay(stored, &claim.request_hash);
+    }
+    if let Some(presented) = &request.cvc_verifier {
+        if !bool::from(presented.as_slice().ct_eq(&locked.cvc_verifier)) {
+            return Err(ApplyError::WrongCvc);
+        }
+    }
+    let now = OffsetDateTime::now_utc();
+    // A deterministic operation id seen before: its effect stands, nothing is written again.
+    if let Some(previous) = locked.certificate.applied(&request.operation) {
+        let mut applied = summary(&locked, &locked.certificate, vec![previous.clone()], now);
+        applied.replayed = true;
+        return Ok(applied);
+    }
+    let mut after = locked.certificate.clone();
+    let effects = match execute(&mut after, request.operation.clone(), &request.command, now) {
+        Ok(effects) => effects,
+        Err(refused) => {
+            let refusal = Refusal::from(&refused);
+            if let Some(claim) = &request.idempotency {
+                let result = serde_json::to_value(&refusal).map_err(|e| corrupt("refusal", e))?;
+                unit.remember(channel, claim, KeyOutcome::Refused, result).await?;
+            }
+            return Err(ApplyError::Refused(refusal));
+        }
+    };
+    let applied = summary(&locked, &after, effects, now);
+    if applied.effects.is_empty() {
+        return Ok(applied);
+    }
+    let events = events::outgoing(
+        locked.id,
+        &locked.code_last4,
+        &after,
+        &applied.effects,
+        &request.origin,
+    );
+    unit.save(SavedOperation {
+        locked: &locked,
+        after: &after,
+        applied: &applied,
+        origin: &request.origin,
+        idempotency: request.idempotency.as_ref(),
+        events: &events,
+    })
+    .await?;
+    if let Some(phone) = &request.cvc_sms_to {
+        unit.queue_cvc_sms(locked.id, phone).await?;
+    }
+    Ok(applied)
+}
+
+/// Activates the order's certificates if it is recorded, not activated yet, and paid.
+async fn complete_sale(
+    unit: &mut dyn UnitOfWork,
+    order_id: &str,
+    payment_id: Option<&str>,
+) -> Result<Option<SaleActivation>, ApplyError> {
+    let Some(sale) = unit.pending_sale(order_id).await? else {
+        return Ok(None);
+    };
+    let order = &sale.order;
+    let counted = sale
+        .payments
+        .iter()
+        .map(|(id, currency, amount)| (id.as_str(), currency.as_str(), *amount));
+    if !settles(order.total_minor, &order.currency, counted) {
+        return Ok(None);
+    }
+    let all_payments = sale
+        .payments
+        .iter()
+        .map(|(id, _, _)| id.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let links = SaleLinks {
+        client_id: order.client_id.clone(),
+        order_id: Some(order_id.to_owned()),
+        payment_id: Some(payment_id.map_or(all_payments, str::to_owned)),
+    };
+    let mut activation = SaleActivation {
+        order_id: order_id.to_owned(),
+        ..SaleActivation::default()
+    };
+    for line in &order.lines {
+        let request = OperationRequest {
+            certificate: CertificateRef::Code(line.code_digest),
+            operation: sale_operation(order_id, &line.line_id)?,
+            command: Command::Activate { links: links.clone() },
+            origin: Origin {
+                channel: SALES_CHANNEL.into(),
+                initiator: None,
+                source_event: Some(format!("order:{order_id}")),
+            },
+            idempotency: None,
+            cvc_verifier: None,
+            cvc_sms_to: order.phone.clone(),
+        };
+        match apply_in(unit, &request).await {
+            Ok(applied) => {
+                activation.activated.push(applied.certificate_id);
+                activation.touched.push(line.code_digest);
+            }
+            Err(e @ ApplyError::Unavailable(_)) => return Err(e),
+            Err(other) => activation
+                .problems
+                .push((line.line_id.clone(), other.to_string())),
+        }
+    }
+    unit.mark_activated(order_id).await?;
+    Ok(Some(activation))
+}
