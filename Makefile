@@ -17,8 +17,9 @@ stack-down:
 test: stack
 	$(CARGO) build --workspace --bins --quiet
 	$(CARGO) test --workspace --exclude backbone-tests --no-fail-fast
+	$(CARGO) test -p backbone-tests --lib --test service --no-fail-fast
 	# End-to-end tests each run whole services against one local broker: two at a time.
-	$(CARGO) test -p backbone-tests --no-fail-fast -- --test-threads=2
+	$(CARGO) test -p backbone-tests --test e2e --no-fail-fast -- --test-threads=2
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -56,6 +56,8 @@ pub struct Service {
     pub base: String,
     pub http: reqwest::Client,
     pub pool: PgPool,
+    /// The service's database.
+    pub db_url: String,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     /// The master key file: tests compute code digests with it.
@@ -129,6 +131,7 @@ impl Service {
             base,
             http,
             pool,
+            db_url,
             stop,
             task,
             key_file: cfg_key_file,

@@ -185,8 +185,15 @@ async fn sms_failures_are_dead_lettered_without_the_cvc_and_can_be_requeued() {
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({"id": "msg-2", "status": "queued"})))
         .mount(&sms)
         .await;
-    let repository = backbone_postgres::PgCertificates::new(service.pool.clone());
-    assert_eq!(repository.requeue_failed_sms(None).await.unwrap(), 1);
+    let store = backbone_postgres::PgCertificates::connect(&service.db_url, 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        backbone_certificates::store::SmsQueue::requeue_failed_sms(&store, None)
+            .await
+            .unwrap(),
+        1
+    );
     service.wait_until_cvc_delivered(&code).await;
     let texts = sms_texts(&sms).await;
     assert_eq!(texts.len(), 1);

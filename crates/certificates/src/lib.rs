@@ -23,8 +23,8 @@ pub use code::{CodeError, Cvc, GiftCode};
 pub use money::{Amount, Currency, MoneyError};
 pub use operation::{execute, Command};
 pub use ports::{
-    Applied, ApplyError, CertificateRef, CertificateRepository, CodeDigest, CodeKeys, IdempotencyClaim,
-    KeyError, OperationRequest, Refusal, SealedCvc, SmsError, SmsMessage, SmsReceipt, SmsSender,
+    Applied, ApplyError, CertificateRef, CodeDigest, CodeKeys, IdempotencyClaim, KeyError, OperationRequest,
+    Refusal, SealedCvc, SmsError, SmsMessage, SmsReceipt, SmsSender,
 };
 pub use service::CertificateService;
 

@@ -203,11 +203,3 @@ pub enum ApplyError {
     #[error("storage unavailable: {0}")]
     Unavailable(String),
 }
-
-/// Durable certificates. `apply` runs one operation atomically: the idempotency record, the
-/// certificate, its holds, the operation row, the audit row and the outgoing events commit
-/// together or not at all.
-#[async_trait]
-pub trait CertificateRepository: Send + Sync {
-    async fn apply(&self, request: OperationRequest) -> Result<Applied, ApplyError>;
-}

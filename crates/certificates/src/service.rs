@@ -42,6 +42,7 @@ pub fn sale_operation(order_id: &str, line_id: &str) -> Result<OperationId, Appl
     OperationId::parse(format!("sale:{order_id}:{line_id}")).map_err(|e| corrupt("sale line", e))
 }
 
+#[derive(Clone)]
 pub struct CertificateService<S> {
     store: S,
 }

@@ -3,11 +3,11 @@
 pub mod certificates;
 pub mod sync;
 
-pub use certificates::{PgCertificates, PgOutbox};
+pub use certificates::PgCertificates;
 pub use sync::PgLedger;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-pub use sqlx::PgPool;
+use sqlx::PgPool;
 use std::str::FromStr;
 use std::time::Duration;
 

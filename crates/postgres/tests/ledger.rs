@@ -2,13 +2,16 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use backbone_postgres::PgLedger;
 use backbone_sync::contract::ledger_contract;
 use sqlx::PgPool;
 
 #[sqlx::test(migrator = "backbone_postgres::sync::MIGRATOR")]
 async fn pg_ledger_meets_the_ledger_contract(pool: PgPool) {
-    ledger_contract(&PgLedger::new(pool.clone())).await;
+    let ledger = PgLedger::connect(&common::url_of(&pool), 2).await.unwrap();
+    ledger_contract(&ledger).await;
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM integrations_log")
         .fetch_one(&pool)
         .await
@@ -56,7 +59,7 @@ async fn log_rows_keep_awkward_text_intact(pool: PgPool) {
         latency_ms: Some(12.25),
         source: None,
     };
-    let ledger = PgLedger::new(pool.clone());
+    let ledger = PgLedger::connect(&common::url_of(&pool), 2).await.unwrap();
     ledger
         .commit(&LedgerBatch {
             attempts: vec![row],

@@ -1,5 +1,5 @@
 //! The HTTP API. Handlers only translate: authenticate, parse into domain types, call the
-//! repository, render. Codes and CVCs never reach a log line: routes are logged by template.
+//! certificate service, render. Codes and CVCs never reach a log line: routes are logged by template.
 
 use crate::auth::{AuthError, Channel, Scope};
 use crate::problem::Problem;
@@ -10,9 +10,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use backbone_certificates::events::Origin;
+use backbone_certificates::store::CertificateViews;
 use backbone_certificates::{
-    Amount, Applied, ApplyError, CertificateRef, CertificateRepository, CodeDigest, Command, Currency, Cvc,
-    GiftCode, IdempotencyClaim, OperationId, OperationRequest, SaleLinks,
+    Amount, Applied, ApplyError, CertificateRef, CodeDigest, Command, Currency, Cvc, GiftCode,
+    IdempotencyClaim, OperationId, OperationRequest, SaleLinks,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -320,8 +321,8 @@ async fn run_with_sms(state: &AppState, op: Operation<'_>, cvc_sms_to: Option<St
         .start_timer();
     // Detached: a client that hangs up must not cancel the transaction half-way (a dropped
     // transaction would keep its locks until its connection is reused).
-    let repository = state.repository.clone();
-    let result = tokio::spawn(async move { repository.apply(request).await })
+    let certificates = state.certificates.clone();
+    let result = tokio::spawn(async move { certificates.apply(request).await })
         .await
         .unwrap_or_else(|e| Err(ApplyError::Unavailable(format!("operation task failed: {e}"))));
     timer.observe_duration();
@@ -655,10 +656,10 @@ pub async fn view(
     authenticate_for(&state, &headers, Scope::Read)?;
     let (digest, _) = code_digest(&state, &code)?;
     let view = state
-        .repository
+        .store()
         .view(&digest)
         .await
-        .map_err(apply_error)?
+        .map_err(|e| apply_error(e.into()))?
         .ok_or_else(not_found)?;
     let mut body = serde_json::to_value(&view).map_err(|e| Problem::new("internal", Some(e.to_string())))?;
     body["code_masked"] = backbone_certificates::code::mask_last4(&view.code_last4).into();

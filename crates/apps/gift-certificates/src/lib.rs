@@ -10,80 +10,21 @@ pub mod problem;
 pub mod relay;
 pub mod sales;
 pub mod sms;
+pub mod state;
 pub mod upload;
 
-use crate::auth::Tokens;
-use crate::config::{Config, HoldsConfig};
-use crate::metrics::Metrics;
+pub use state::{AppState, Certificates};
+
+use crate::config::Config;
 use crate::problem::Problem;
 use anyhow::Context;
 use axum::routing::{get, post};
 use axum::Router;
-use backbone_certificates::events::Origin;
-use backbone_certificates::{
-    CertificateRef, CertificateRepository, CodeDigest, CodeKeys, Command, OperationId, OperationRequest,
-};
-use backbone_postgres::certificates::BalanceView;
-use backbone_postgres::{PgCertificates, PgOutbox};
-use backbone_redis::{AttemptLimiter, BalanceCache, Redis};
-use secrecy::ExposeSecret;
+use backbone_certificates::store::{CertificateViews, Outbox};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
-
-/// Everything a request handler needs.
-pub struct AppState {
-    pub repository: PgCertificates,
-    pub keys: Arc<dyn CodeKeys>,
-    pub cache: BalanceCache,
-    pub limiter: AttemptLimiter,
-    pub tokens: Tokens,
-    pub holds: HoldsConfig,
-    pub idempotency_retention_hours: u32,
-    pub metrics: Metrics,
-    pub outbox_wakeup: Arc<Notify>,
-    pub sms_wakeup: Arc<Notify>,
-}
-
-impl AppState {
-    /// After a committed change: drop the cached balance and wake the relay.
-    pub async fn after_commit(&self, digest_hex: &str) {
-        if let Err(e) = self.cache.invalidate(digest_hex).await {
-            // The entry expires by itself; balance checks may be stale until then, debits never
-            // read the cache.
-            tracing::warn!(error = %e, "balance cache invalidation failed");
-        }
-        self.outbox_wakeup.notify_one();
-    }
-
-    /// Read-through: Redis first, PostgreSQL on a miss or when Redis is down.
-    pub async fn balance_view(
-        &self,
-        digest: &CodeDigest,
-        digest_hex: &str,
-    ) -> Result<Option<BalanceView>, Problem> {
-        match self.cache.get::<BalanceView>(digest_hex).await {
-            Ok(Some(view)) => {
-                self.metrics.cache.with_label_values(&["hit"]).inc();
-                return Ok(Some(view));
-            }
-            Ok(None) => self.metrics.cache.with_label_values(&["miss"]).inc(),
-            Err(e) => {
-                self.metrics.cache.with_label_values(&["error"]).inc();
-                tracing::warn!(error = %e, "balance cache unavailable");
-            }
-        }
-        let view = self.repository.balance(digest).await.map_err(api::apply_error)?;
-        if let Some(view) = &view {
-            if let Err(e) = self.cache.put(digest_hex, view).await {
-                tracing::warn!(error = %e, "balance cache write failed");
-            }
-        }
-        Ok(view)
-    }
-}
 
 #[derive(OpenApi)]
 #[openapi(
@@ -117,16 +58,10 @@ pub fn openapi_json() -> String {
 }
 
 async fn render_metrics(axum::extract::State(state): axum::extract::State<Arc<AppState>>) -> String {
-    if let Ok(pending) = state.repository_outbox_pending().await {
+    if let Ok(pending) = state.store().pending().await {
         state.metrics.outbox_pending.set(pending);
     }
     backbone_telemetry::render_metrics(&state.metrics.registry)
-}
-
-impl AppState {
-    async fn repository_outbox_pending(&self) -> Result<i64, backbone_certificates::ApplyError> {
-        PgOutbox::new(self.repository.pool().clone()).pending().await
-    }
 }
 
 pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
@@ -168,80 +103,31 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
 async fn ready(
     axum::extract::State(state): axum::extract::State<Arc<AppState>>,
 ) -> Result<&'static str, Problem> {
-    sqlx_ping(&state)
+    state
+        .store()
+        .ping()
         .await
         .map_err(|_| Problem::new("unavailable", Some("PostgreSQL".into())))?;
     Ok("ready")
 }
 
-async fn sqlx_ping(state: &AppState) -> Result<(), backbone_certificates::ApplyError> {
-    state.repository.with_expired_holds(0).await.map(|_| ())
-}
-
-/// Releases expired holds: each becomes an `expire` transaction event.
+/// Releases expired holds: each becomes an `expire` transaction event. Returns how many.
 pub async fn sweep_once(state: &AppState) -> Result<usize, backbone_certificates::ApplyError> {
-    let due = state.repository.with_expired_holds(200).await?;
-    let mut released = 0;
-    for id in due {
-        let request = OperationRequest {
-            certificate: CertificateRef::Id(id),
-            operation: OperationId::parse(format!("sweep:{}", uuid::Uuid::now_v7()))
-                .map_err(|e| backbone_certificates::ApplyError::Unavailable(e.to_string()))?,
-            command: Command::Sweep,
-            origin: Origin {
-                channel: "internal".into(),
-                initiator: Some("hold-sweeper".into()),
-                source_event: None,
-            },
-            idempotency: None,
-            cvc_verifier: None,
-            cvc_sms_to: None,
-        };
-        let applied = state.repository.apply(request).await?;
-        released += applied.effects.len();
+    let released = state
+        .certificates
+        .release_expired_holds(state.store(), 200)
+        .await?;
+    for applied in &released {
         if let Some(digest) = applied.code_digest {
             state.after_commit(&hex::encode(digest.0)).await;
         }
     }
-    Ok(released)
+    Ok(released.iter().map(|a| a.effects.len()).sum())
 }
 
 /// Builds the shared state from configuration (connects to PostgreSQL and Redis, loads keys).
 pub async fn build_state(cfg: &Config) -> anyhow::Result<Arc<AppState>> {
-    let pool = backbone_postgres::certificates::connect(
-        cfg.postgres.url.expose_secret(),
-        cfg.postgres.max_connections,
-    )
-    .await
-    .context("PostgreSQL")?;
-    state_with_pool(cfg, pool).await
-}
-
-/// The shared state over an existing (migrated) pool: connects to Redis and loads the keys.
-pub async fn state_with_pool(cfg: &Config, pool: backbone_postgres::PgPool) -> anyhow::Result<Arc<AppState>> {
-    let redis = Redis::connect(cfg.redis.url.expose_secret(), &cfg.redis.key_prefix)
-        .await
-        .context("Redis")?;
-    let mut kms = backbone_kms::LocalKmsConfig::new(&cfg.keys.key_file);
-    kms.retired_key_files = cfg.keys.retired_key_files.clone();
-    kms.digest_key_id = cfg.keys.digest_key_id.clone();
-    let keys = backbone_kms::load_local(&kms).context("master key file")?;
-    Ok(Arc::new(AppState {
-        repository: PgCertificates::new(pool),
-        keys: Arc::new(keys),
-        cache: BalanceCache::new(redis.clone(), Duration::from_secs(cfg.redis.balance_ttl_seconds)),
-        limiter: AttemptLimiter::new(redis, cfg.attempts),
-        tokens: Tokens::new(&cfg.tokens),
-        holds: HoldsConfig {
-            default_ttl_seconds: cfg.holds.default_ttl_seconds,
-            max_ttl_seconds: cfg.holds.max_ttl_seconds,
-            sweep_interval_ms: cfg.holds.sweep_interval_ms,
-        },
-        idempotency_retention_hours: cfg.http.idempotency_retention_hours,
-        metrics: Metrics::new(),
-        outbox_wakeup: Arc::new(Notify::new()),
-        sms_wakeup: Arc::new(Notify::new()),
-    }))
+    AppState::build(cfg).await
 }
 
 /// Binds `http.listen` and runs the service until `shutdown` (see [`serve`]).
@@ -282,7 +168,6 @@ pub async fn serve(
     let mut tasks = tokio::task::JoinSet::new();
     let workers = CancellationToken::new();
     tasks.spawn(relay::run(
-        PgOutbox::new(state.repository.pool().clone()),
         publisher.clone(),
         cfg.topics.clone(),
         state.clone(),
@@ -315,7 +200,7 @@ pub async fn serve(
             if let Err(e) = sweep_once(&sweeper_state).await {
                 tracing::warn!(error = %e, "hold sweep failed");
             }
-            if let Err(e) = sweeper_state.repository.prune_idempotency_keys().await {
+            if let Err(e) = sweeper_state.store().prune_idempotency_keys().await {
                 tracing::warn!(error = %e, "pruning idempotency keys failed");
             }
             tokio::select! {

@@ -1,3 +1,4 @@
+use backbone_certificates::store::SmsQueue;
 use clap::{Parser, Subcommand};
 use gift_certificates::config::{Config, ENV_PREFIX};
 use std::path::PathBuf;
@@ -83,7 +84,7 @@ async fn main() -> anyhow::Result<()> {
             command: SmsCommand::Requeue { certificate },
         } => {
             let state = gift_certificates::build_state(&cfg).await?;
-            let n = state.repository.requeue_failed_sms(certificate).await?;
+            let n = state.store().requeue_failed_sms(certificate).await?;
             println!("{n} deliveries queued again");
             Ok(())
         }

@@ -5,8 +5,8 @@
 
 use crate::config::Topics;
 use crate::AppState;
+use backbone_certificates::store::Outbox;
 use backbone_kafka::{KafkaPublisher, OutgoingRecord};
-use backbone_postgres::PgOutbox;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -16,7 +16,7 @@ const IDLE_POLL: Duration = Duration::from_millis(250);
 
 /// Publishes what is in the outbox now; returns how many events went out.
 pub async fn drain_once(
-    outbox: &PgOutbox,
+    outbox: &dyn Outbox,
     publisher: &KafkaPublisher,
     topics: &Topics,
 ) -> anyhow::Result<usize> {
@@ -41,13 +41,8 @@ pub async fn drain_once(
     Ok(ids.len())
 }
 
-pub async fn run(
-    outbox: PgOutbox,
-    publisher: KafkaPublisher,
-    topics: Topics,
-    state: Arc<AppState>,
-    stop: CancellationToken,
-) {
+pub async fn run(publisher: KafkaPublisher, topics: Topics, state: Arc<AppState>, stop: CancellationToken) {
+    let outbox = state.store();
     loop {
         let leadership = match outbox.try_lead().await {
             Ok(Some(l)) => l,
@@ -68,7 +63,7 @@ pub async fn run(
         };
         tracing::info!("outbox relay leading");
         loop {
-            match drain_once(&outbox, &publisher, &topics).await {
+            match drain_once(outbox, &publisher, &topics).await {
                 Ok(0) => {
                     if stop.is_cancelled() {
                         drop(leadership);

@@ -9,11 +9,11 @@
 use crate::config::Topics;
 use crate::AppState;
 use async_trait::async_trait;
+use backbone_certificates::sale::{OrderLine, PaymentRecord, SaleActivation, SaleOrder};
 use backbone_kafka::{
     ConsumedRecord, ConsumerRunner, DeadLetterPublisher, Disposition, KafkaConsumer, KafkaPublisher,
     KafkaSettings, RecordHandler, Rejected,
 };
-use backbone_postgres::certificates::{OrderLine, PaymentRecord, SaleActivation, SaleOrder};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -75,13 +75,13 @@ pub async fn handle(
 ) -> Result<Handled, backbone_certificates::ApplyError> {
     let activation = if topic == topics.orders {
         match order_from(state, payload) {
-            Ok(Some(order)) => state.repository.record_order(&order).await?,
+            Ok(Some(order)) => state.certificates.record_order(&order).await?,
             Ok(None) => return Ok(Handled::Ignored),
             Err(r) => return Ok(Handled::Rejected(r)),
         }
     } else if topic == topics.payments {
         match payment_from(payload) {
-            Ok(Some(payment)) => state.repository.record_payment(&payment).await?,
+            Ok(Some(payment)) => state.certificates.record_payment(&payment).await?,
             Ok(None) => return Ok(Handled::Ignored),
             Err(r) => return Ok(Handled::Rejected(r)),
         }
@@ -126,7 +126,7 @@ async fn upload(state: &AppState, payload: &[u8]) -> Result<Handled, backbone_ce
     let outcome = if batch.certificates.is_empty() {
         Default::default()
     } else {
-        state.repository.issue(&batch, None).await?
+        state.certificates.issue(&batch, None).await?
     };
     state.metrics.issued.inc_by(outcome.issued);
     state.outbox_wakeup.notify_one();

@@ -6,8 +6,8 @@
 
 use crate::config::Config;
 use crate::AppState;
+use backbone_certificates::store::{OutboxLetter, SmsJob, SmsOutcome, SmsQueue};
 use backbone_certificates::{KeyError, SmsError, SmsMessage, SmsSender};
-use backbone_postgres::certificates::{SmsJob, SmsOutcome};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,7 +110,7 @@ pub async fn send_due(
     sender: &dyn SmsSender,
     settings: &SmsSettings,
 ) -> Result<usize, backbone_certificates::ApplyError> {
-    let jobs = state.repository.claim_sms(16, settings.lease).await?;
+    let jobs = state.store().claim_sms(16, settings.lease).await?;
     for job in &jobs {
         let outcome = attempt(state, sender, settings, job).await;
         let label = match &outcome {
@@ -130,29 +130,55 @@ pub async fn send_due(
             }
         };
         state.metrics.sms.with_label_values(&[label]).inc();
-        let headers = match &outcome {
-            SmsOutcome::Failed { error } => vec![
-                (backbone_kafka::HEADER_REASON.to_owned(), error.clone()),
-                (
-                    backbone_kafka::HEADER_REASON_CODE.to_owned(),
-                    "sms_failed".to_owned(),
-                ),
-                (
-                    backbone_kafka::HEADER_ATTEMPTS.to_owned(),
-                    job.attempts.to_string(),
-                ),
-            ],
-            _ => Vec::new(),
+        let letter = match &outcome {
+            SmsOutcome::Failed { error } => Some(dead_letter(job, error, &settings.dead_letter_topic)),
+            _ => None,
         };
-        state
-            .repository
-            .finish_sms(job, &outcome, &settings.dead_letter_topic, &headers)
-            .await?;
+        state.store().finish_sms(job, &outcome, letter.as_ref()).await?;
         if label == "failed" {
             state.outbox_wakeup.notify_one();
         }
     }
     Ok(jobs.len())
+}
+
+/// The dead letter of a delivery given up: no CVC, the last two digits of the phone, the
+/// standard headers.
+fn dead_letter(job: &SmsJob, error: &str, topic: &str) -> OutboxLetter {
+    let phone_last2: String = job
+        .phone
+        .chars()
+        .rev()
+        .take(2)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    let headers = backbone_kafka::DeadLetter {
+        source: None,
+        key: None,
+        payload: Vec::new(),
+        reason_code: "sms_failed".into(),
+        reason: error.to_owned(),
+        attempts: u32::try_from(job.attempts).unwrap_or(0),
+        replay_count: 0,
+        event_id: None,
+    }
+    .headers();
+    OutboxLetter {
+        topic: topic.to_owned(),
+        key: job.certificate_id.to_string(),
+        payload: serde_json::json!({
+            "version": 1,
+            "kind": "cvc_sms",
+            "certificate_id": job.certificate_id,
+            "code_last4": job.code_last4,
+            "phone_last2": phone_last2,
+            "attempts": job.attempts,
+            "reason": error,
+        }),
+        headers,
+    }
 }
 
 pub async fn run(

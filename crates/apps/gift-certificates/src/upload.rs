@@ -12,8 +12,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use backbone_certificates::store::{CertificateViews, IssueBatch, NewCertificate};
 use backbone_certificates::{Amount, CodeKeys, Currency, Cvc, GiftCode, IdempotencyClaim};
-use backbone_postgres::certificates::{IssueBatch, NewCertificate};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
@@ -205,9 +205,9 @@ pub async fn upload_batch(
         retention: time::Duration::hours(i64::from(state.idempotency_retention_hours)),
     };
     // Detached, like every write: a client that hangs up does not cancel the transaction.
-    let repository = state.repository.clone();
+    let certificates = state.certificates.clone();
     let (outcome, batch) = tokio::spawn(async move {
-        let outcome = repository.issue(&batch, Some(&claim)).await;
+        let outcome = certificates.issue(&batch, Some(&claim)).await;
         (outcome, batch)
     })
     .await
@@ -247,10 +247,10 @@ pub async fn batch_status(
 ) -> Result<Response, Problem> {
     crate::api::authenticate_for(&state, &headers, Scope::Upload)?;
     let view = state
-        .repository
+        .store()
         .batch(&id)
         .await
-        .map_err(apply_error)?
+        .map_err(|e| apply_error(e.into()))?
         .ok_or_else(|| {
             Problem::new(
                 "certificate-not-found",

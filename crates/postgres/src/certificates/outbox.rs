@@ -2,46 +2,30 @@
 //! dedicated connection), reads rows in id order and deletes them only after the broker
 //! acknowledged them, so events are never lost and a certificate's events keep their order.
 
-use super::unavailable;
-use backbone_certificates::ApplyError;
-use sqlx::{ConnectOptions, PgConnection, PgPool};
+use super::rows::unavailable;
+use super::PgCertificates;
+use async_trait::async_trait;
+use backbone_certificates::store::{Leadership, Outbox, OutboxRecord, StoreError};
+use sqlx::{ConnectOptions, PgConnection};
 
 const LEADER_LOCK: i64 = 0x6763_6f75_7462_6f78; // "gcoutbox"
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutboxRecord {
-    pub id: i64,
-    pub topic: String,
-    pub key: String,
-    pub payload: String,
-    pub headers: Vec<(String, String)>,
-}
-
-#[derive(Clone)]
-pub struct PgOutbox {
-    pool: PgPool,
-}
-
 /// Held while this process is the relay; dropping it (or losing the connection) hands over.
-pub struct Leadership {
+struct PgLeadership {
     connection: tokio::sync::Mutex<PgConnection>,
 }
 
-impl Leadership {
-    /// Whether the session holding the lock is still there.
-    pub async fn is_alive(&self) -> bool {
+#[async_trait]
+impl Leadership for PgLeadership {
+    async fn is_alive(&self) -> bool {
         let mut connection = self.connection.lock().await;
         sqlx::query("SELECT 1").execute(&mut *connection).await.is_ok()
     }
 }
 
-impl PgOutbox {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
-    }
-
-    /// `Some` if this process became the relay.
-    pub async fn try_lead(&self) -> Result<Option<Leadership>, ApplyError> {
+#[async_trait]
+impl Outbox for PgCertificates {
+    async fn try_lead(&self) -> Result<Option<Box<dyn Leadership>>, StoreError> {
         // A connection of its own, outside the pool: the lock lives as long as this session.
         let mut connection = self.pool.connect_options().connect().await.map_err(unavailable)?;
         let led: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
@@ -52,22 +36,22 @@ impl PgOutbox {
         if !led {
             return Ok(None);
         }
-        Ok(Some(Leadership {
+        Ok(Some(Box::new(PgLeadership {
             connection: tokio::sync::Mutex::new(connection),
-        }))
+        })))
     }
 
-    pub async fn next(&self, limit: i64) -> Result<Vec<OutboxRecord>, ApplyError> {
-        sqlx::query_as::<
-            _,
-            (
-                i64,
-                String,
-                String,
-                String,
-                sqlx::types::Json<std::collections::BTreeMap<String, String>>,
-            ),
-        >("SELECT id, topic, key, payload::text, headers FROM outbox ORDER BY id LIMIT $1")
+    async fn next(&self, limit: i64) -> Result<Vec<OutboxRecord>, StoreError> {
+        type Row = (
+            i64,
+            String,
+            String,
+            String,
+            sqlx::types::Json<std::collections::BTreeMap<String, String>>,
+        );
+        sqlx::query_as::<_, Row>(
+            "SELECT id, topic, key, payload::text, headers FROM outbox ORDER BY id LIMIT $1",
+        )
         .bind(limit)
         .fetch_all(&self.pool)
         .await
@@ -85,7 +69,7 @@ impl PgOutbox {
         .map_err(unavailable)
     }
 
-    pub async fn delete(&self, ids: &[i64]) -> Result<(), ApplyError> {
+    async fn delete(&self, ids: &[i64]) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
             .bind(ids)
             .execute(&self.pool)
@@ -94,7 +78,7 @@ impl PgOutbox {
         Ok(())
     }
 
-    pub async fn pending(&self) -> Result<i64, ApplyError> {
+    async fn pending(&self) -> Result<i64, StoreError> {
         sqlx::query_scalar("SELECT count(*) FROM outbox")
             .fetch_one(&self.pool)
             .await

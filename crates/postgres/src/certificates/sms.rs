@@ -1,66 +1,17 @@
 //! CVC deliveries: one per certificate, claimed with a lease so a crashed sender's job is taken
 //! over, and the CVC ciphertext erased in the transaction that records the delivery.
 
-use super::{unavailable, PgCertificates};
-use backbone_certificates::{ApplyError, CodeDigest, SealedCvc};
-use sqlx::{Postgres, Row, Transaction};
-use time::OffsetDateTime;
+use super::rows::{digest, unavailable};
+use super::PgCertificates;
+use async_trait::async_trait;
+use backbone_certificates::store::{OutboxLetter, SmsJob, SmsOutcome, SmsQueue, StoreError};
+use backbone_certificates::SealedCvc;
+use sqlx::Row;
 use uuid::Uuid;
 
-pub(crate) async fn enqueue(
-    tx: &mut Transaction<'_, Postgres>,
-    certificate_id: Uuid,
-    phone: &str,
-) -> Result<(), ApplyError> {
-    sqlx::query(
-        "INSERT INTO sms_delivery (certificate_id, phone, status) VALUES ($1, $2, 'pending')
-         ON CONFLICT (certificate_id) DO NOTHING",
-    )
-    .bind(certificate_id)
-    .bind(phone)
-    .execute(&mut **tx)
-    .await
-    .map_err(unavailable)?;
-    Ok(())
-}
-
-/// A claimed delivery. `sealed` is `None` when the CVC was already erased (delivered before).
-#[derive(Debug, Clone)]
-pub struct SmsJob {
-    pub certificate_id: Uuid,
-    pub phone: String,
-    pub attempts: i32,
-    pub code_digest: CodeDigest,
-    pub code_last4: String,
-    pub sealed: Option<SealedCvc>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SmsOutcome {
-    Sent {
-        provider_id: String,
-    },
-    /// Try again at `next_at`.
-    Retry {
-        error: String,
-        next_at: OffsetDateTime,
-    },
-    /// Give up: the job is parked as failed and a dead letter is written (without the CVC).
-    Failed {
-        error: String,
-    },
-}
-
-impl PgCertificates {
-    /// Records that `certificate_id`'s CVC goes by SMS to `phone` (idempotent).
-    pub async fn enqueue_sms(&self, certificate_id: Uuid, phone: &str) -> Result<(), ApplyError> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        enqueue(&mut tx, certificate_id, phone).await?;
-        tx.commit().await.map_err(unavailable)
-    }
-
-    /// Claims due deliveries for `lease`: another sender takes them over if this one dies.
-    pub async fn claim_sms(&self, limit: i64, lease: time::Duration) -> Result<Vec<SmsJob>, ApplyError> {
+#[async_trait]
+impl SmsQueue for PgCertificates {
+    async fn claim_sms(&self, limit: i64, lease: time::Duration) -> Result<Vec<SmsJob>, StoreError> {
         let rows = sqlx::query(
             "WITH due AS (
                  SELECT certificate_id FROM sms_delivery
@@ -82,11 +33,7 @@ impl PgCertificates {
         .map_err(unavailable)?;
         rows.into_iter()
             .map(|r| {
-                let digest: Vec<u8> = r.try_get("code_digest").map_err(unavailable)?;
-                let mut code = [0u8; 32];
-                if digest.len() == 32 {
-                    code.copy_from_slice(&digest);
-                }
+                let code: Vec<u8> = r.try_get("code_digest").map_err(unavailable)?;
                 let key_id: Option<String> = r.try_get("cvc_key_id").map_err(unavailable)?;
                 let wrapped: Option<Vec<u8>> = r.try_get("cvc_wrapped_key").map_err(unavailable)?;
                 let ciphertext: Option<Vec<u8>> = r.try_get("cvc_ciphertext").map_err(unavailable)?;
@@ -102,7 +49,7 @@ impl PgCertificates {
                     certificate_id: r.try_get("certificate_id").map_err(unavailable)?,
                     phone: r.try_get("phone").map_err(unavailable)?,
                     attempts: r.try_get("attempts").map_err(unavailable)?,
-                    code_digest: CodeDigest(code),
+                    code_digest: digest(&code)?,
                     code_last4: r.try_get("code_last4").map_err(unavailable)?,
                     sealed,
                 })
@@ -110,15 +57,12 @@ impl PgCertificates {
             .collect()
     }
 
-    /// Records the outcome of one attempt. `Sent` erases the CVC ciphertext in the same
-    /// transaction; `Failed` writes a dead letter through the outbox.
-    pub async fn finish_sms(
+    async fn finish_sms(
         &self,
         job: &SmsJob,
         outcome: &SmsOutcome,
-        dlq_topic: &str,
-        dlq_headers: &[(String, String)],
-    ) -> Result<(), ApplyError> {
+        letter: Option<&OutboxLetter>,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         match outcome {
             SmsOutcome::Sent { provider_id } => {
@@ -171,35 +115,27 @@ impl PgCertificates {
                 .execute(&mut *tx)
                 .await
                 .map_err(unavailable)?;
-                let letter = serde_json::json!({
-                    "version": 1,
-                    "kind": "cvc_sms",
-                    "certificate_id": job.certificate_id,
-                    "code_last4": job.code_last4,
-                    "phone_last2": job.phone.chars().rev().take(2).collect::<Vec<_>>().into_iter().rev().collect::<String>(),
-                    "attempts": job.attempts,
-                    "reason": error,
-                });
-                let headers: serde_json::Map<String, serde_json::Value> = dlq_headers
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone().into()))
-                    .collect();
-                sqlx::query("INSERT INTO outbox (topic, key, payload, headers) VALUES ($1, $2, $3, $4)")
-                    .bind(dlq_topic)
-                    .bind(job.certificate_id.to_string())
-                    .bind(letter)
-                    .bind(serde_json::Value::Object(headers))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(unavailable)?;
+                if let Some(letter) = letter {
+                    let headers: serde_json::Map<String, serde_json::Value> = letter
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone().into()))
+                        .collect();
+                    sqlx::query("INSERT INTO outbox (topic, key, payload, headers) VALUES ($1, $2, $3, $4)")
+                        .bind(&letter.topic)
+                        .bind(&letter.key)
+                        .bind(&letter.payload)
+                        .bind(serde_json::Value::Object(headers))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(unavailable)?;
+                }
             }
         }
         tx.commit().await.map_err(unavailable)
     }
 
-    /// Puts failed deliveries back in the queue (all of them, or one certificate's). Only jobs
-    /// whose CVC was not erased can be sent again.
-    pub async fn requeue_failed_sms(&self, certificate_id: Option<Uuid>) -> Result<u64, ApplyError> {
+    async fn requeue_failed_sms(&self, certificate_id: Option<Uuid>) -> Result<u64, StoreError> {
         let done = sqlx::query(
             "UPDATE sms_delivery d SET status = 'pending', attempts = 0, next_attempt_at = now()
                FROM gift_certificate c

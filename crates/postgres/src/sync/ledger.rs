@@ -16,7 +16,7 @@ pub struct PgLedger {
 }
 
 impl PgLedger {
-    pub fn new(pool: PgPool) -> Self {
+    fn new(pool: PgPool) -> Self {
         Self { pool }
     }
 

@@ -93,12 +93,54 @@ pub fn config(keys: &tempfile::TempDir) -> Config {
     cfg
 }
 
+/// The URL of the fresh database `#[sqlx::test]` made: the service connects to it as it would
+/// in production (its migrations are already applied).
+pub fn url_of(pool: &PgPool) -> String {
+    let database = pool
+        .connect_options()
+        .get_database()
+        .expect("sqlx::test names its database")
+        .to_owned();
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL (the Makefile sets it)");
+    let (server, _) = base.rsplit_once('/').expect("a postgres:// URL with a database");
+    format!("{server}/{database}")
+}
+
 pub struct TestApp {
     pub base: String,
     pub http: reqwest::Client,
     pub state: Arc<AppState>,
     pub pool: PgPool,
+    database: String,
     _keys: tempfile::TempDir,
+}
+
+/// The service keeps its own pool open to the test's database; `#[sqlx::test]` then waits for
+/// it in vain before it drops the database. Drop it here, ending the service's sessions.
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let database = std::mem::take(&mut self.database);
+        let Ok(admin) = std::env::var("DATABASE_URL") else {
+            return;
+        };
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                use sqlx::Connection;
+                let mut c = sqlx::PgConnection::connect(&admin).await?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"))
+                    .execute(&mut c)
+                    .await?;
+                anyhow::Ok(())
+            })
+        })
+        .join();
+        if let Ok(Err(e)) = dropped {
+            eprintln!("could not drop the test database: {e:#}");
+        }
+    }
 }
 
 impl TestApp {
@@ -112,9 +154,9 @@ impl TestApp {
         let mut cfg = config(&keys);
         tune(&mut cfg);
         cfg.validate().expect("valid test configuration");
-        let state = gift_certificates::state_with_pool(&cfg, pool.clone())
-            .await
-            .expect("state");
+        cfg.postgres.url = SecretString::from(url_of(&pool));
+        cfg.postgres.max_connections = 8;
+        let state = gift_certificates::build_state(&cfg).await.expect("state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("address"));
         let app = gift_certificates::router(state.clone(), cfg.http.max_body_bytes);
@@ -126,6 +168,11 @@ impl TestApp {
                 .build()
                 .expect("client"),
             state,
+            database: pool
+                .connect_options()
+                .get_database()
+                .unwrap_or_default()
+                .to_owned(),
             pool,
             _keys: keys,
         }

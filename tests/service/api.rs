@@ -471,7 +471,7 @@ async fn wrong_cvcs_lock_the_certificate_with_a_generic_error(pool: PgPool) {
 
 #[sqlx::test(migrator = "backbone_postgres::certificates::MIGRATOR")]
 async fn a_stale_cache_cannot_allow_overspending(pool: PgPool) {
-    use backbone_postgres::certificates::BalanceView;
+    use backbone_certificates::store::BalanceView;
     let app = TestApp::start(pool).await;
     let (code, cvc) = app.active_certificate(5_000).await;
     let digest = hex::encode(
@@ -558,7 +558,7 @@ async fn logs_never_show_codes_or_cvcs(pool: PgPool) {
 async fn the_openapi_document_is_committed_and_served(pool: PgPool) {
     let committed = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../docs/openapi/gift-certificates-v1.json"
+        "/../docs/openapi/gift-certificates-v1.json"
     );
     let generated = gift_certificates::openapi_json() + "\n";
     if std::env::var_os("UPDATE_OPENAPI").is_some() {
@@ -567,7 +567,7 @@ async fn the_openapi_document_is_committed_and_served(pool: PgPool) {
     let on_disk = std::fs::read_to_string(committed).unwrap_or_default();
     assert!(
         on_disk == generated,
-        "docs/openapi/gift-certificates-v1.json is out of date: run UPDATE_OPENAPI=1 cargo test -p gift-certificates --test service openapi"
+        "docs/openapi/gift-certificates-v1.json is out of date: run UPDATE_OPENAPI=1 cargo test -p backbone-tests --test service openapi"
     );
     let app = TestApp::start(pool).await;
     let served: Value = app

@@ -2,8 +2,8 @@
 //! stored at the same moment by two consumers, activate the certificate exactly once.
 
 use crate::harness::{new_code, TestApp};
+use backbone_certificates::sale::{OrderLine, PaymentRecord, SaleOrder};
 use backbone_certificates::GiftCode;
-use backbone_postgres::certificates::{OrderLine, PaymentRecord, SaleOrder};
 use futures::future::join_all;
 use sqlx::PgPool;
 
@@ -36,7 +36,7 @@ fn paid(order_id: &str, n: u8, amount: i64) -> PaymentRecord {
 #[sqlx::test(migrator = "backbone_postgres::certificates::MIGRATOR")]
 async fn orders_and_payments_at_the_same_moment_activate_exactly_once(pool: PgPool) {
     let app = TestApp::start(pool).await;
-    let repository = &app.state.repository;
+    let certificates = &app.state.certificates;
     let orders = 30;
     let codes: Vec<(String, String)> = (0..orders).map(|_| (new_code(), "555".to_owned())).collect();
     app.upload("sales", 0, &codes, 3_000).await;
@@ -46,15 +46,15 @@ async fn orders_and_payments_at_the_same_moment_activate_exactly_once(pool: PgPo
         let order_id = format!("order-{i}");
         let order = sale(&app, &order_id, code);
         async move {
-            repository
+            certificates
                 .record_payment(&paid(&order_id, 1, 1_000))
                 .await
                 .unwrap();
             let last = paid(&order_id, 2, 2_000);
             let (a, b, c) = tokio::join!(
-                repository.record_order(&order),
-                repository.record_payment(&last),
-                repository.record_payment(&last),
+                certificates.record_order(&order),
+                certificates.record_payment(&last),
+                certificates.record_payment(&last),
             );
             [a.unwrap(), b.unwrap(), c.unwrap()]
                 .into_iter()
@@ -82,9 +82,9 @@ async fn orders_and_payments_at_the_same_moment_activate_exactly_once(pool: PgPo
 
     // Everything delivered again: nothing changes.
     let order = sale(&app, "order-0", &codes[0].0);
-    let again = repository.record_order(&order).await.unwrap();
+    let again = certificates.record_order(&order).await.unwrap();
     assert!(again.is_none_or(|a| a.activated.is_empty()));
-    let again = repository
+    let again = certificates
         .record_payment(&paid("order-0", 2, 2_000))
         .await
         .unwrap();
@@ -94,15 +94,15 @@ async fn orders_and_payments_at_the_same_moment_activate_exactly_once(pool: PgPo
 #[sqlx::test(migrator = "backbone_postgres::certificates::MIGRATOR")]
 async fn an_order_for_an_unknown_or_sold_certificate_is_reported(pool: PgPool) {
     let app = TestApp::start(pool).await;
-    let repository = &app.state.repository;
+    let certificates = &app.state.certificates;
     let (sold, _) = app.active_certificate(3_000).await;
     let unknown = new_code();
     for (order_id, code) in [("o-sold", sold.as_str()), ("o-unknown", unknown.as_str())] {
-        repository
+        certificates
             .record_order(&sale(&app, order_id, code))
             .await
             .unwrap();
-        let outcome = repository
+        let outcome = certificates
             .record_payment(&paid(order_id, 1, 3_000))
             .await
             .unwrap()

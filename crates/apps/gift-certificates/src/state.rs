@@ -1,0 +1,111 @@
+//! What every part of the service shares: the certificate service over its store, key
+//! material, the Redis cache and limiter, tokens, settings and metrics.
+
+use crate::api;
+use crate::auth::Tokens;
+use crate::config::{Config, HoldsConfig};
+use crate::metrics::Metrics;
+use crate::problem::Problem;
+use anyhow::Context;
+use backbone_certificates::store::{BalanceView, CertificateViews};
+use backbone_certificates::{CertificateService, CodeDigest, CodeKeys};
+use backbone_postgres::PgCertificates;
+use backbone_redis::{AttemptLimiter, BalanceCache, Redis};
+use secrecy::ExposeSecret;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// The certificate service as this deployment runs it.
+pub type Certificates = CertificateService<PgCertificates>;
+
+/// Everything a request handler and a worker needs.
+pub struct AppState {
+    pub certificates: Certificates,
+    pub keys: Arc<dyn CodeKeys>,
+    pub cache: BalanceCache,
+    pub limiter: AttemptLimiter,
+    pub tokens: Tokens,
+    pub holds: HoldsConfig,
+    pub idempotency_retention_hours: u32,
+    pub metrics: Metrics,
+    pub outbox_wakeup: Arc<Notify>,
+    pub sms_wakeup: Arc<Notify>,
+}
+
+impl AppState {
+    /// The store behind the service, for reads, the SMS queue and the outbox.
+    pub fn store(&self) -> &PgCertificates {
+        self.certificates.store()
+    }
+
+    /// Connects to PostgreSQL (migrating it) and Redis, and loads the keys.
+    pub async fn build(cfg: &Config) -> anyhow::Result<Arc<Self>> {
+        let store = PgCertificates::connect(cfg.postgres.url.expose_secret(), cfg.postgres.max_connections)
+            .await
+            .context("PostgreSQL")?;
+        let redis = Redis::connect(cfg.redis.url.expose_secret(), &cfg.redis.key_prefix)
+            .await
+            .context("Redis")?;
+        let mut kms = backbone_kms::LocalKmsConfig::new(&cfg.keys.key_file);
+        kms.retired_key_files = cfg.keys.retired_key_files.clone();
+        kms.digest_key_id = cfg.keys.digest_key_id.clone();
+        let keys = backbone_kms::load_local(&kms).context("master key file")?;
+        Ok(Arc::new(Self {
+            certificates: CertificateService::new(store),
+            keys: Arc::new(keys),
+            cache: BalanceCache::new(redis.clone(), Duration::from_secs(cfg.redis.balance_ttl_seconds)),
+            limiter: AttemptLimiter::new(redis, cfg.attempts),
+            tokens: Tokens::new(&cfg.tokens),
+            holds: HoldsConfig {
+                default_ttl_seconds: cfg.holds.default_ttl_seconds,
+                max_ttl_seconds: cfg.holds.max_ttl_seconds,
+                sweep_interval_ms: cfg.holds.sweep_interval_ms,
+            },
+            idempotency_retention_hours: cfg.http.idempotency_retention_hours,
+            metrics: Metrics::new(),
+            outbox_wakeup: Arc::new(Notify::new()),
+            sms_wakeup: Arc::new(Notify::new()),
+        }))
+    }
+
+    /// After a committed change: drop the cached balance and wake the relay.
+    pub async fn after_commit(&self, digest_hex: &str) {
+        if let Err(e) = self.cache.invalidate(digest_hex).await {
+            // The entry expires by itself; balance checks may be stale until then, debits never
+            // read the cache.
+            tracing::warn!(error = %e, "balance cache invalidation failed");
+        }
+        self.outbox_wakeup.notify_one();
+    }
+
+    /// Read-through: Redis first, PostgreSQL on a miss or when Redis is down.
+    pub async fn balance_view(
+        &self,
+        digest: &CodeDigest,
+        digest_hex: &str,
+    ) -> Result<Option<BalanceView>, Problem> {
+        match self.cache.get::<BalanceView>(digest_hex).await {
+            Ok(Some(view)) => {
+                self.metrics.cache.with_label_values(&["hit"]).inc();
+                return Ok(Some(view));
+            }
+            Ok(None) => self.metrics.cache.with_label_values(&["miss"]).inc(),
+            Err(e) => {
+                self.metrics.cache.with_label_values(&["error"]).inc();
+                tracing::warn!(error = %e, "balance cache unavailable");
+            }
+        }
+        let view = self
+            .store()
+            .balance(digest)
+            .await
+            .map_err(|e| api::apply_error(e.into()))?;
+        if let Some(view) = &view {
+            if let Err(e) = self.cache.put(digest_hex, view).await {
+                tracing::warn!(error = %e, "balance cache write failed");
+            }
+        }
+        Ok(view)
+    }
+}
