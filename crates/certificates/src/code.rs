@@ -98,6 +98,15 @@ pub fn mask_last4(last4: &str) -> String {
     format!("****-****-****-{last4}")
 }
 
+/// The last `n` characters of `text`: the only part of a code or a phone number ever shown.
+pub fn visible_tail(text: &str, n: usize) -> &str {
+    if n == 0 {
+        return "";
+    }
+    let start = text.char_indices().rev().nth(n - 1).map_or(0, |(i, _)| i);
+    &text[start..]
+}
+
 impl fmt::Debug for GiftCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "GiftCode({})", self.masked())
@@ -132,6 +141,15 @@ impl fmt::Debug for Cvc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_tail_is_visible_whatever_the_characters() {
+        assert_eq!(visible_tail("ABCDEFGH", 4), "EFGH");
+        assert_eq!(visible_tail("+79991234567", 2), "67");
+        assert_eq!(visible_tail("ab", 4), "ab");
+        assert_eq!(visible_tail("ключ", 2), "юч");
+        assert_eq!(visible_tail("abc", 0), "");
+    }
 
     #[test]
     fn codes_normalise_validate_and_mask() {

@@ -11,6 +11,7 @@ pub mod memory;
 pub mod money;
 pub mod operation;
 pub mod ports;
+pub mod reason;
 pub mod sale;
 pub mod service;
 pub mod store;
@@ -26,6 +27,7 @@ pub use ports::{
     Applied, ApplyError, CertificateRef, CodeDigest, CodeKeys, IdempotencyClaim, KeyError, OperationRequest,
     Refusal, SealedCvc, SmsError, SmsMessage, SmsReceipt, SmsSender,
 };
+pub use reason::DeadLetterReason;
 pub use service::CertificateService;
 
 #[cfg(test)]

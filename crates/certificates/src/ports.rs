@@ -70,15 +70,7 @@ pub struct SmsMessage {
 
 impl std::fmt::Debug for SmsMessage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let tail: String = self
-            .to
-            .chars()
-            .rev()
-            .take(2)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
+        let tail = crate::code::visible_tail(&self.to, 2);
         f.debug_struct("SmsMessage")
             .field("to", &format!("***{tail}"))
             .field("text", &"***")

@@ -3,9 +3,8 @@
 //! their validation into domain values, and the settlement rule: a sale completes once distinct
 //! captured payments in the order's currency add up to its total. Pure: no I/O.
 
-use backbone_certificates::{Currency, GiftCode};
+use backbone_certificates::{Currency, DeadLetterReason, GiftCode};
 use serde::Deserialize;
-use std::collections::BTreeMap;
 
 /// The only version of both contracts this crate reads.
 pub const CONTRACT_VERSION: u16 = 1;
@@ -62,11 +61,11 @@ pub struct PaymentEvent {
 /// names fields, never the values of codes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
-    pub code: &'static str,
+    pub code: DeadLetterReason,
     pub reason: String,
 }
 
-pub fn reject(code: &'static str, reason: impl Into<String>) -> Rejection {
+pub fn reject(code: DeadLetterReason, reason: impl Into<String>) -> Rejection {
     Rejection {
         code,
         reason: reason.into(),
@@ -119,11 +118,11 @@ fn check_version(payload: &[u8], what: &str) -> Result<(), Rejection> {
     match serde_json::from_slice::<Versioned>(payload) {
         Ok(v) if v.version == CONTRACT_VERSION => Ok(()),
         Ok(v) => Err(reject(
-            "unsupported_version",
+            DeadLetterReason::UnsupportedVersion,
             format!("{what} event version {}", v.version),
         )),
         Err(e) => Err(reject(
-            "malformed_json",
+            DeadLetterReason::MalformedJson,
             format!(
                 "{what} event: {:?} error at line {} column {} (a version number is required)",
                 e.classify(),
@@ -140,7 +139,7 @@ pub fn parse_order(payload: &[u8]) -> Result<Option<CertificateOrder>, Rejection
     let e: OrderEvent = serde_json::from_slice(payload).map_err(|e| {
         // serde may quote a value, which could be a code: name the place, not the content.
         reject(
-            "malformed_json",
+            DeadLetterReason::MalformedJson,
             format!(
                 "order event: {:?} error at line {} column {}",
                 e.classify(),
@@ -151,11 +150,12 @@ pub fn parse_order(payload: &[u8]) -> Result<Option<CertificateOrder>, Rejection
     })?;
     if e.version != CONTRACT_VERSION {
         return Err(reject(
-            "unsupported_version",
+            DeadLetterReason::UnsupportedVersion,
             format!("order event version {}", e.version),
         ));
     }
-    let currency = Currency::parse(&e.currency).map_err(|_| reject("invalid_field", "currency"))?;
+    let currency =
+        Currency::parse(&e.currency).map_err(|_| reject(DeadLetterReason::InvalidField, "currency"))?;
     let mut lines = Vec::new();
     for line in e.lines.iter().filter(|l| l.kind == "gift_certificate") {
         let code = line
@@ -164,13 +164,13 @@ pub fn parse_order(payload: &[u8]) -> Result<Option<CertificateOrder>, Rejection
             .and_then(|c| GiftCode::parse(c).ok())
             .ok_or_else(|| {
                 reject(
-                    "invalid_field",
+                    DeadLetterReason::InvalidField,
                     format!("line {}: certificate_code", line.line_id),
                 )
             })?;
         if line.amount_minor <= 0 {
             return Err(reject(
-                "invalid_field",
+                DeadLetterReason::InvalidField,
                 format!("line {}: amount_minor", line.line_id),
             ));
         }
@@ -184,11 +184,14 @@ pub fn parse_order(payload: &[u8]) -> Result<Option<CertificateOrder>, Rejection
         return Ok(None);
     }
     if e.total_minor <= 0 {
-        return Err(reject("invalid_field", "total_minor"));
+        return Err(reject(DeadLetterReason::InvalidField, "total_minor"));
     }
     if let Some(phone) = &e.recipient_phone {
         if !valid_phone(phone) {
-            return Err(reject("invalid_field", "recipient_phone is not E.164"));
+            return Err(reject(
+                DeadLetterReason::InvalidField,
+                "recipient_phone is not E.164",
+            ));
         }
     }
     Ok(Some(CertificateOrder {
@@ -206,19 +209,20 @@ pub fn parse_order(payload: &[u8]) -> Result<Option<CertificateOrder>, Rejection
 pub fn parse_payment(payload: &[u8]) -> Result<Option<Payment>, Rejection> {
     check_version(payload, "payment")?;
     let e: PaymentEvent = serde_json::from_slice(payload)
-        .map_err(|e| reject("malformed_json", format!("payment event: {e}")))?;
+        .map_err(|e| reject(DeadLetterReason::MalformedJson, format!("payment event: {e}")))?;
     if e.version != CONTRACT_VERSION {
         return Err(reject(
-            "unsupported_version",
+            DeadLetterReason::UnsupportedVersion,
             format!("payment event version {}", e.version),
         ));
     }
     if e.status != "captured" {
         return Ok(None);
     }
-    let currency = Currency::parse(&e.currency).map_err(|_| reject("invalid_field", "currency"))?;
+    let currency =
+        Currency::parse(&e.currency).map_err(|_| reject(DeadLetterReason::InvalidField, "currency"))?;
     if e.amount_minor <= 0 {
-        return Err(reject("invalid_field", "amount_minor"));
+        return Err(reject(DeadLetterReason::InvalidField, "amount_minor"));
     }
     Ok(Some(Payment {
         event_id: e.event_id,
@@ -229,27 +233,8 @@ pub fn parse_payment(payload: &[u8]) -> Result<Option<Payment>, Rejection> {
     }))
 }
 
-/// What distinct payments in the order's currency add up to. A payment delivered twice counts
-/// once (by `payment_id`; a redelivery keeps the first amount); payments in another currency do
-/// not count.
-pub fn paid_towards<'a>(currency: &str, payments: impl IntoIterator<Item = (&'a str, &'a str, i64)>) -> i64 {
-    let mut distinct: BTreeMap<&str, i64> = BTreeMap::new();
-    for (payment_id, payment_currency, amount) in payments {
-        if payment_currency.trim() == currency.trim() && amount > 0 {
-            distinct.entry(payment_id).or_insert(amount);
-        }
-    }
-    distinct.values().fold(0i64, |sum, a| sum.saturating_add(*a))
-}
-
-/// Whether the payments settle an order of `total` in `currency`.
-pub fn settles<'a>(
-    total: i64,
-    currency: &str,
-    payments: impl IntoIterator<Item = (&'a str, &'a str, i64)>,
-) -> bool {
-    paid_towards(currency, payments) >= total
-}
+/// The settlement rule is the certificate sale's: kept there, read here too.
+pub use backbone_certificates::sale::{paid_towards, settles};
 
 #[cfg(test)]
 mod tests {
@@ -309,7 +294,7 @@ mod tests {
         for (payload, expected) in cases {
             match parse_order(payload.as_bytes()) {
                 Err(r) => {
-                    assert_eq!(r.code, expected, "{payload}");
+                    assert_eq!(r.code.as_str(), expected, "{payload}");
                     assert!(!r.reason.contains(bad_code), "{}", r.reason);
                 }
                 Ok(o) => panic!("accepted {payload}: {o:?}"),
@@ -323,11 +308,14 @@ mod tests {
         assert_eq!(parse_payment(pending), Ok(None));
         let future = br#"{"version":9,"event_id":"x"}"#;
         assert_eq!(
-            parse_payment(future).map_err(|r| r.code),
+            parse_payment(future).map_err(|r| r.code.as_str()),
             Err("unsupported_version")
         );
         let negative = br#"{"version":1,"event_id":"e","payment_id":"p","order_id":"o","status":"captured","amount_minor":-5,"currency":"RUB"}"#;
-        assert_eq!(parse_payment(negative).map_err(|r| r.code), Err("invalid_field"));
+        assert_eq!(
+            parse_payment(negative).map_err(|r| r.code.as_str()),
+            Err("invalid_field")
+        );
     }
 
     proptest! {

@@ -62,7 +62,7 @@ pub struct BatchReport {
     pub counts: HashMap<Outcome, u64>,
     /// Event-to-CRM latency of each successful write, in milliseconds.
     pub success_lag_ms: Vec<f64>,
-    pub dead_letter_reasons: Vec<&'static str>,
+    pub dead_letter_reasons: Vec<DeadLetterReason>,
 }
 
 impl BatchReport {
@@ -415,12 +415,18 @@ impl SyncEngine {
         call: Call,
     ) {
         if !err.is_transient() {
-            return acc.dead_letter(c, Some(w), "crm_rejected", err.message.clone(), call);
+            return acc.dead_letter(
+                c,
+                Some(w),
+                DeadLetterReason::CrmRejected,
+                err.message.clone(),
+                call,
+            );
         }
         match self.retry.next(c.attempt, err.retry_after, (self.jitter)()) {
             RetryStep::GiveUp => {
                 let reason = format!("gave up after {} attempts: {}", c.attempt, err.message);
-                acc.dead_letter(c, Some(w), "attempts_exhausted", reason, call);
+                acc.dead_letter(c, Some(w), DeadLetterReason::AttemptsExhausted, reason, call);
             }
             RetryStep::RetryAfter(delay) => {
                 acc.park(c, err, delay);
@@ -491,7 +497,7 @@ impl<'a> Accumulator<'a> {
     fn invalid(&mut self, m: &Inbound, invalid: &InvalidEvent) {
         tracing::warn!(
             topic = %m.source.topic, partition = m.source.partition, offset = m.source.offset,
-            reason_code = invalid.code(), reason = %invalid, "invalid event dead-lettered"
+            reason_code = %invalid.code(), reason = %invalid, "invalid event dead-lettered"
         );
         self.count(Outcome::DeadLettered);
         self.report.dead_letter_reasons.push(invalid.code());
@@ -588,13 +594,13 @@ impl<'a> Accumulator<'a> {
         &mut self,
         c: &Candidate,
         w: Option<&CrmStatusWrite>,
-        code: &'static str,
+        code: DeadLetterReason,
         reason: String,
         mut call: Call,
     ) {
         tracing::warn!(
             event_id = %c.event.event_id, correlation_id = %c.event.correlation_id, shipment_id = %c.event.shipment_id,
-            attempt = c.attempt, reason_code = code, reason = %reason, "event dead-lettered"
+            attempt = c.attempt, reason_code = %code, reason = %reason, "event dead-lettered"
         );
         self.report.dead_letter_reasons.push(code);
         call.error = Some(format!("{code}: {reason}"));

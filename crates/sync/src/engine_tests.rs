@@ -198,7 +198,7 @@ async fn bad_events_go_to_dead_letters_with_their_reason() {
     assert_eq!(r.count(Outcome::DeadLettered), 2);
     assert_eq!(r.count(Outcome::Success), 1);
     let letters = h.topics.dead_letters();
-    let reasons: Vec<_> = letters.iter().map(|l| l.reason_code).collect();
+    let reasons: Vec<_> = letters.iter().map(|l| l.reason_code.as_str()).collect();
     assert_eq!(reasons, ["malformed_json", "unmapped_status"]);
     assert_eq!(letters[0].payload, b"{oops");
     assert_eq!(letters[0].source.topic, "tracking.events");
@@ -245,7 +245,7 @@ async fn permanent_errors_dead_letter_at_once() {
         .await
         .unwrap();
     assert_eq!(r.count(Outcome::DeadLettered), 1);
-    assert_eq!(h.topics.dead_letters()[0].reason_code, "crm_rejected");
+    assert_eq!(h.topics.dead_letters()[0].reason_code.as_str(), "crm_rejected");
     assert!(h.ledger.parked().is_empty());
 }
 
@@ -259,7 +259,10 @@ async fn exhausted_attempts_dead_letter_and_leave_the_queue() {
         .await
         .unwrap();
     let r = retry_all_parked(&h).await;
-    assert_eq!(r.dead_letter_reasons, ["attempts_exhausted"]);
+    assert_eq!(
+        r.dead_letter_reasons,
+        [crate::ports::DeadLetterReason::AttemptsExhausted]
+    );
     assert_eq!(h.topics.dead_letters()[0].attempts, 2);
     assert!(h.ledger.parked().is_empty());
 }

@@ -1,5 +1,6 @@
 //! Parcel-status events as they arrive on `tracking.events`, validated into domain types.
 
+use crate::ports::DeadLetterReason;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use time::OffsetDateTime;
@@ -24,12 +25,12 @@ pub enum InvalidEvent {
 
 impl InvalidEvent {
     /// Stable, machine-readable reason code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> DeadLetterReason {
         match self {
-            InvalidEvent::Malformed(_) => "malformed_json",
-            InvalidEvent::InvalidField { .. } => "invalid_field",
-            InvalidEvent::UnsupportedVersion(_) => "unsupported_version",
-            InvalidEvent::UnmappedStatus(_) => "unmapped_status",
+            InvalidEvent::Malformed(_) => DeadLetterReason::MalformedJson,
+            InvalidEvent::InvalidField { .. } => DeadLetterReason::InvalidField,
+            InvalidEvent::UnsupportedVersion(_) => DeadLetterReason::UnsupportedVersion,
+            InvalidEvent::UnmappedStatus(_) => DeadLetterReason::UnmappedStatus,
         }
     }
 }
@@ -223,7 +224,7 @@ mod tests {
         ];
         for (payload, code) in cases {
             let err = TrackingEvent::from_json(&payload).unwrap_err();
-            assert_eq!(err.code(), code, "{err}");
+            assert_eq!(err.code().as_str(), code, "{err}");
         }
     }
 

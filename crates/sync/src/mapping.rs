@@ -278,7 +278,7 @@ mod tests {
     fn unmapped_status_is_refused() {
         let m = CrmMapping::new(MappingConfig::default()).unwrap();
         assert_eq!(
-            m.to_crm(&event("TELEPORTED")).unwrap_err().code(),
+            m.to_crm(&event("TELEPORTED")).unwrap_err().code().as_str(),
             "unmapped_status"
         );
     }

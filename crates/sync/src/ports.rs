@@ -279,12 +279,44 @@ pub struct OutcomeRecord {
 pub struct DeadLetter {
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
-    pub reason_code: &'static str,
+    pub reason_code: DeadLetterReason,
     pub reason: String,
     pub source: SourcePosition,
     pub attempts: u32,
     pub replay_count: u32,
     pub event_id: Option<EventId>,
+}
+
+/// Why an event was set aside: the stable `x-dlq-reason-code` of crm-sync's dead letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeadLetterReason {
+    MalformedJson,
+    InvalidField,
+    UnsupportedVersion,
+    UnmappedStatus,
+    /// The CRM refused the write for good.
+    CrmRejected,
+    /// Transient failures outlasted the retry budget.
+    AttemptsExhausted,
+}
+
+impl DeadLetterReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterReason::MalformedJson => "malformed_json",
+            DeadLetterReason::InvalidField => "invalid_field",
+            DeadLetterReason::UnsupportedVersion => "unsupported_version",
+            DeadLetterReason::UnmappedStatus => "unmapped_status",
+            DeadLetterReason::CrmRejected => "crm_rejected",
+            DeadLetterReason::AttemptsExhausted => "attempts_exhausted",
+        }
+    }
+}
+
+impl std::fmt::Display for DeadLetterReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

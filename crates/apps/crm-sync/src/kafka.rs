@@ -141,7 +141,7 @@ impl DeadLetterSink for KafkaDeadLetters {
                 }),
                 key: l.key.clone(),
                 payload: l.payload.clone(),
-                reason_code: l.reason_code.to_owned(),
+                reason_code: l.reason_code.as_str().to_owned(),
                 reason: l.reason.clone(),
                 attempts: l.attempts,
                 replay_count: l.replay_count,

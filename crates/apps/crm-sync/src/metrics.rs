@@ -133,7 +133,7 @@ impl Metrics {
             self.lag.observe(lag / 1000.0);
         }
         for reason in &report.dead_letter_reasons {
-            self.dead_letters.with_label_values(&[reason]).inc();
+            self.dead_letters.with_label_values(&[reason.as_str()]).inc();
         }
         let get = |o: Outcome| self.outcomes.with_label_values(&[o.as_str()]).get() as f64;
         let ok = get(Outcome::Success);
@@ -171,7 +171,7 @@ mod tests {
         r.counts.insert(Outcome::Success, 3);
         r.counts.insert(Outcome::DeadLettered, 1);
         r.success_lag_ms = vec![2.0, 4.0, 8.0];
-        r.dead_letter_reasons = vec!["malformed_json"];
+        r.dead_letter_reasons = vec![backbone_sync::ports::DeadLetterReason::MalformedJson];
         m.observe(&r, 4, 0.01);
         m.set_consumer_lag("tracking.events", 2, 17);
         let text = m.render();

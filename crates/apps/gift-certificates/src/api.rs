@@ -2,7 +2,7 @@
 //! certificate service, render. Codes and CVCs never reach a log line: routes are logged by template.
 
 use crate::auth::{AuthError, Channel, Scope};
-use crate::problem::Problem;
+use crate::problem::{Problem, ProblemCode};
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -118,9 +118,9 @@ pub(crate) fn authenticate_for(
 ) -> Result<Channel, Problem> {
     match state.tokens.check(header(headers, "authorization"), scope) {
         Ok(channel) => Ok(channel),
-        Err(AuthError::Unauthenticated) => Err(Problem::new("unauthenticated", None)),
+        Err(AuthError::Unauthenticated) => Err(Problem::new(ProblemCode::Unauthenticated, None)),
         Err(AuthError::Forbidden(channel)) => Err(Problem::new(
-            "forbidden",
+            ProblemCode::Forbidden,
             Some(format!("channel {channel} may not do this")),
         )),
     }
@@ -129,17 +129,17 @@ pub(crate) fn authenticate_for(
 fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Problem> {
     let body: &[u8] = if body.is_empty() { b"{}" } else { body };
     serde_json::from_slice(body)
-        .map_err(|e| Problem::new("bad-request", Some(format!("invalid JSON body: {e}"))))
+        .map_err(|e| Problem::new(ProblemCode::BadRequest, Some(format!("invalid JSON body: {e}"))))
 }
 
 pub(crate) fn required_idempotency_key(headers: &HeaderMap) -> Result<String, Problem> {
     let key = header(headers, IDEMPOTENCY_HEADER)
         .map(str::trim)
         .filter(|k| !k.is_empty())
-        .ok_or_else(|| Problem::new("idempotency-key-required", None))?;
+        .ok_or_else(|| Problem::new(ProblemCode::IdempotencyKeyRequired, None))?;
     if key.len() > 255 || key.chars().any(char::is_control) {
         return Err(Problem::new(
-            "bad-request",
+            ProblemCode::BadRequest,
             Some("Idempotency-Key must be 1..=255 printable characters".into()),
         ));
     }
@@ -149,20 +149,20 @@ pub(crate) fn required_idempotency_key(headers: &HeaderMap) -> Result<String, Pr
 fn amount(minor: i64, currency: &str) -> Result<Amount, Problem> {
     let currency = Currency::parse(currency).map_err(|_| {
         Problem::new(
-            "invalid-currency",
+            ProblemCode::InvalidCurrency,
             Some("currency must be an ISO 4217 code like RUB".into()),
         )
     })?;
     Amount::new(minor, currency).map_err(|_| {
         Problem::new(
-            "invalid-amount",
+            ProblemCode::InvalidAmount,
             Some("amount_minor must be greater than zero".into()),
         )
     })
 }
 
 fn operation_id(raw: &str) -> Result<OperationId, Problem> {
-    OperationId::parse(raw).map_err(|e| Problem::new("unknown-hold", Some(e.to_string())))
+    OperationId::parse(raw).map_err(|e| Problem::new(ProblemCode::UnknownHold, Some(e.to_string())))
 }
 
 /// A code that does not parse is answered exactly like an unknown one.
@@ -173,7 +173,7 @@ fn code_digest(state: &AppState, raw: &str) -> Result<(CodeDigest, String), Prob
 }
 
 fn not_found() -> Problem {
-    Problem::new("certificate-not-found", None)
+    Problem::new(ProblemCode::CertificateNotFound, None)
 }
 
 /// The request's identity for idempotency: route, certificate and the parsed body, with the CVC
@@ -198,7 +198,7 @@ async fn too_many_attempts(
         Ok(false) => Ok(()),
         Ok(true) => {
             state.metrics.blocked.inc();
-            Err(Problem::new("too-many-attempts", None).with(
+            Err(Problem::new(ProblemCode::TooManyAttempts, None).with(
                 "retry_after_seconds",
                 state.limiter.policy().lockout_seconds.into(),
             ))
@@ -206,7 +206,7 @@ async fn too_many_attempts(
         // Failing open would give up the brute-force limit; failing closed keeps it.
         Err(e) => {
             tracing::error!(error = %e, "attempt counters unavailable");
-            Err(Problem::new("unavailable", None))
+            Err(Problem::new(ProblemCode::Unavailable, None))
         }
     }
 }
@@ -221,12 +221,12 @@ async fn record_failure(state: &AppState, channel: Channel, digest_hex: Option<&
 pub(crate) fn apply_error(e: ApplyError) -> Problem {
     match e {
         ApplyError::NotFound | ApplyError::WrongCvc => not_found(),
-        ApplyError::Refused(r) => Problem::new(r.code.as_str(), Some(r.detail)),
-        ApplyError::InFlight => Problem::new("idempotency-in-flight", None),
-        ApplyError::KeyReused => Problem::new("idempotency-key-reused", None),
+        ApplyError::Refused(r) => Problem::refusal(&r.code, r.detail),
+        ApplyError::InFlight => Problem::new(ProblemCode::IdempotencyInFlight, None),
+        ApplyError::KeyReused => Problem::new(ProblemCode::IdempotencyKeyReused, None),
         ApplyError::Unavailable(cause) => {
             tracing::error!(error = %cause, "storage unavailable");
-            Problem::new("unavailable", None)
+            Problem::new(ProblemCode::Unavailable, None)
         }
     }
 }
@@ -299,7 +299,7 @@ async fn run_with_sms(state: &AppState, op: Operation<'_>, cvc_sms_to: Option<St
     let request = OperationRequest {
         certificate: CertificateRef::Code(op.digest),
         operation: OperationId::parse(Uuid::now_v7().to_string())
-            .map_err(|e| Problem::new("internal", Some(e.to_string())))?,
+            .map_err(|e| Problem::new(ProblemCode::Internal, Some(e.to_string())))?,
         command: op.command,
         origin: Origin {
             channel: op.channel.as_str().to_owned(),
@@ -382,7 +382,7 @@ pub async fn authorize(
     let ttl = req.hold_seconds.unwrap_or(state.holds.default_ttl_seconds);
     if !(1..=state.holds.max_ttl_seconds).contains(&ttl) {
         return Err(Problem::new(
-            "bad-hold-expiry",
+            ProblemCode::BadHoldExpiry,
             Some(format!(
                 "hold_seconds must be in 1..={}",
                 state.holds.max_ttl_seconds
@@ -390,7 +390,7 @@ pub async fn authorize(
         ));
     }
     let cvc = Cvc::parse(&req.cvc)
-        .map_err(|_| Problem::new("cvc-required", Some("cvc is 3 or 4 digits".into())))?;
+        .map_err(|_| Problem::new(ProblemCode::CvcRequired, Some("cvc is 3 or 4 digits".into())))?;
     let (digest, digest_hex) = match code_digest(&state, &code) {
         Ok(d) => d,
         Err(p) => {
@@ -510,7 +510,7 @@ pub async fn activate(
     if let Some(phone) = &req.phone {
         if !crate::sms::valid_phone(phone) {
             return Err(Problem::new(
-                "bad-request",
+                ProblemCode::BadRequest,
                 Some("phone must be E.164: + and 8 to 15 digits".into()),
             ));
         }
@@ -610,9 +610,9 @@ pub async fn balance(
 ) -> ApiResult {
     let channel = authenticate_for(&state, &headers, Scope::Balance)?;
     let cvc = header(&headers, CVC_HEADER)
-        .ok_or_else(|| Problem::new("cvc-required", None))
+        .ok_or_else(|| Problem::new(ProblemCode::CvcRequired, None))
         .and_then(|c| {
-            Cvc::parse(c).map_err(|_| Problem::new("cvc-required", Some("3 or 4 digits".into())))
+            Cvc::parse(c).map_err(|_| Problem::new(ProblemCode::CvcRequired, Some("3 or 4 digits".into())))
         })?;
     let (digest, digest_hex) = match code_digest(&state, &code) {
         Ok(d) => d,
@@ -661,7 +661,8 @@ pub async fn view(
         .await
         .map_err(|e| apply_error(e.into()))?
         .ok_or_else(not_found)?;
-    let mut body = serde_json::to_value(&view).map_err(|e| Problem::new("internal", Some(e.to_string())))?;
+    let mut body =
+        serde_json::to_value(&view).map_err(|e| Problem::new(ProblemCode::Internal, Some(e.to_string())))?;
     body["code_masked"] = backbone_certificates::code::mask_last4(&view.code_last4).into();
     Ok(Json(body).into_response())
 }

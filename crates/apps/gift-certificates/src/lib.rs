@@ -16,7 +16,7 @@ pub mod upload;
 pub use state::{AppState, Certificates};
 
 use crate::config::Config;
-use crate::problem::Problem;
+use crate::problem::{Problem, ProblemCode};
 use anyhow::Context;
 use axum::routing::{get, post};
 use axum::Router;
@@ -84,7 +84,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/metrics", get(render_metrics))
         .route("/health/live", get(|| async { "ok" }))
         .route("/health/ready", get(ready))
-        .fallback(|| async { Problem::new("bad-request", Some("no such endpoint".into())) })
+        .fallback(|| async { Problem::new(ProblemCode::BadRequest, Some("no such endpoint".into())) })
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
         // Spans name the route template (`/certificates/{code}/balance`), never the code itself.
         .layer(
@@ -107,7 +107,7 @@ async fn ready(
         .store()
         .ping()
         .await
-        .map_err(|_| Problem::new("unavailable", Some("PostgreSQL".into())))?;
+        .map_err(|_| Problem::new(ProblemCode::Unavailable, Some("PostgreSQL".into())))?;
     Ok("ready")
 }
 

@@ -17,6 +17,7 @@ use backbone_kafka::{
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+use backbone_certificates::DeadLetterReason;
 pub use backbone_orders::{reject, Rejection};
 
 /// What became of one record.
@@ -88,7 +89,10 @@ pub async fn handle(
     } else if topic == topics.uploads {
         return upload(state, payload).await;
     } else {
-        return Ok(Handled::Rejected(reject("unknown_topic", topic.to_owned())));
+        return Ok(Handled::Rejected(reject(
+            DeadLetterReason::UnknownTopic,
+            topic.to_owned(),
+        )));
     };
     if let Some(a) = &activation {
         for digest in &a.touched {
@@ -107,7 +111,7 @@ async fn upload(state: &AppState, payload: &[u8]) -> Result<Handled, backbone_ce
         // The serde message may quote a value, which could be a code: keep only its position.
         Err(e) => {
             return Ok(Handled::Rejected(reject(
-                "malformed_json",
+                DeadLetterReason::MalformedJson,
                 format!(
                     "upload job: invalid JSON at line {} column {}",
                     e.line(),
@@ -121,7 +125,12 @@ async fn upload(state: &AppState, payload: &[u8]) -> Result<Handled, backbone_ce
         Err(crate::upload::JobError::Keys(e)) => {
             return Err(backbone_certificates::ApplyError::Unavailable(e))
         }
-        Err(e) => return Ok(Handled::Rejected(reject("invalid_job", e.to_string()))),
+        Err(e) => {
+            return Ok(Handled::Rejected(reject(
+                DeadLetterReason::InvalidJob,
+                e.to_string(),
+            )))
+        }
     };
     let outcome = if batch.certificates.is_empty() {
         Default::default()
@@ -148,15 +157,8 @@ pub fn redacted_order(payload: &[u8]) -> Vec<u8> {
         for line in lines {
             if let Some(code) = line.get_mut("certificate_code") {
                 let text = code.as_str().unwrap_or_default();
-                let tail: String = text
-                    .chars()
-                    .rev()
-                    .take(4)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect();
-                *code = backbone_certificates::code::mask_last4(&tail).into();
+                let tail = backbone_certificates::code::visible_tail(text, 4);
+                *code = backbone_certificates::code::mask_last4(tail).into();
             }
         }
     }
@@ -205,7 +207,10 @@ impl RecordHandler for SalesHandler {
                 rejected(r, payload)
             }
             Handled::Uploaded { rejected_rows, .. } if !rejected_rows.is_empty() => rejected(
-                reject("rejected_rows", format!("{} rows rejected", rejected_rows.len())),
+                reject(
+                    DeadLetterReason::RejectedRows,
+                    format!("{} rows rejected", rejected_rows.len()),
+                ),
                 Some(
                     serde_json::to_vec(&serde_json::json!({ "rejected_rows": rejected_rows }))
                         .unwrap_or_default(),
@@ -229,7 +234,7 @@ impl RecordHandler for SalesHandler {
 
 fn rejected(r: Rejection, payload: Option<Vec<u8>>) -> Rejected {
     Rejected {
-        reason_code: r.code.to_owned(),
+        reason_code: r.code.as_str().to_owned(),
         reason: r.reason,
         payload,
     }

@@ -7,7 +7,7 @@
 use crate::config::Config;
 use crate::AppState;
 use backbone_certificates::store::{OutboxLetter, SmsJob, SmsOutcome, SmsQueue};
-use backbone_certificates::{KeyError, SmsError, SmsMessage, SmsSender};
+use backbone_certificates::{DeadLetterReason, KeyError, SmsError, SmsMessage, SmsSender};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,7 +124,7 @@ pub async fn send_due(
                 state
                     .metrics
                     .dead_letters
-                    .with_label_values(&["sms_failed"])
+                    .with_label_values(&[DeadLetterReason::SmsFailed.as_str()])
                     .inc();
                 "failed"
             }
@@ -145,20 +145,12 @@ pub async fn send_due(
 /// The dead letter of a delivery given up: no CVC, the last two digits of the phone, the
 /// standard headers.
 fn dead_letter(job: &SmsJob, error: &str, topic: &str) -> OutboxLetter {
-    let phone_last2: String = job
-        .phone
-        .chars()
-        .rev()
-        .take(2)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
+    let phone_last2 = backbone_certificates::code::visible_tail(&job.phone, 2);
     let headers = backbone_kafka::DeadLetter {
         source: None,
         key: None,
         payload: Vec::new(),
-        reason_code: "sms_failed".into(),
+        reason_code: DeadLetterReason::SmsFailed.as_str().into(),
         reason: error.to_owned(),
         attempts: u32::try_from(job.attempts).unwrap_or(0),
         replay_count: 0,

@@ -5,7 +5,7 @@
 
 use crate::api::apply_error;
 use crate::auth::Scope;
-use crate::problem::Problem;
+use crate::problem::{Problem, ProblemCode};
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -184,7 +184,7 @@ pub async fn upload_batch(
         .finalize()
         .into();
     let job: UploadJob = serde_json::from_slice(&body)
-        .map_err(|e| Problem::new("bad-request", Some(format!("invalid JSON body: {e}"))))?;
+        .map_err(|e| Problem::new(ProblemCode::BadRequest, Some(format!("invalid JSON body: {e}"))))?;
     let job_no = job.job;
     let (batch, rejected) = prepare(
         state.keys.as_ref(),
@@ -195,9 +195,9 @@ pub async fn upload_batch(
     .map_err(|e| match e {
         JobError::Keys(cause) => {
             tracing::error!(error = %cause, "key service failed");
-            Problem::new("unavailable", None)
+            Problem::new(ProblemCode::Unavailable, None)
         }
-        other => Problem::new("bad-request", Some(other.to_string())),
+        other => Problem::new(ProblemCode::BadRequest, Some(other.to_string())),
     })?;
     let claim = IdempotencyClaim {
         key,
@@ -253,7 +253,7 @@ pub async fn batch_status(
         .map_err(|e| apply_error(e.into()))?
         .ok_or_else(|| {
             Problem::new(
-                "certificate-not-found",
+                ProblemCode::CertificateNotFound,
                 Some("no job of this batch was received".into()),
             )
         })?;
