@@ -2,9 +2,10 @@
 //! sales from order and payment events, events out through a transactional outbox, the CVC sent
 //! once by SMS, a Redis cache for balance checks.
 
-pub mod api;
 pub mod auth;
 pub mod config;
+pub mod desk;
+pub mod http;
 pub mod metrics;
 pub mod problem;
 pub mod relay;
@@ -13,103 +14,15 @@ pub mod sms;
 pub mod state;
 pub mod upload;
 
+pub use http::{openapi_json, router};
 pub use state::{AppState, Certificates};
 
 use crate::config::Config;
-use crate::problem::{Problem, ProblemCode};
 use anyhow::Context;
-use axum::routing::{get, post};
-use axum::Router;
-use backbone_certificates::store::{CertificateViews, Outbox};
+use backbone_certificates::store::CertificateViews;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use utoipa::OpenApi;
-
-#[derive(OpenApi)]
-#[openapi(
-    info(title = "gift-certificates", version = "1.0.0",
-         description = "Master service for gift certificates. Every POST needs an Idempotency-Key; errors are RFC 9457 problem details."),
-    paths(api::authorize, api::capture, api::void, api::activate, api::refund, api::cancel, api::balance, api::view,
-          upload::upload_batch, upload::batch_status),
-    components(schemas(problem::Problem, api::OperationResponse, api::BalanceResponse, api::AuthorizeRequest,
-                       api::CaptureRequest, api::VoidRequest, api::ActivateRequest, upload::UploadJob, upload::UploadRow,
-                       upload::UploadResponse, upload::RejectedRow)),
-    modifiers(&BearerAuth)
-)]
-pub struct ApiDoc;
-
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-    }
-}
-
-/// The OpenAPI document, as served at `/openapi.json` and committed under `docs/openapi/`.
-pub fn openapi_json() -> String {
-    ApiDoc::openapi().to_pretty_json().unwrap_or_default()
-}
-
-async fn render_metrics(axum::extract::State(state): axum::extract::State<Arc<AppState>>) -> String {
-    if let Ok(pending) = state.store().pending().await {
-        state.metrics.outbox_pending.set(pending);
-    }
-    backbone_telemetry::render_metrics(&state.metrics.registry)
-}
-
-pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
-    use tower_http::trace::TraceLayer;
-    Router::new()
-        .route("/certificates/upload/batch", post(upload::upload_batch))
-        .route("/certificates/upload/batches/{id}", get(upload::batch_status))
-        .route("/certificates/{code}/activate", post(api::activate))
-        .route("/certificates/{code}/authorize", post(api::authorize))
-        .route("/certificates/{code}/capture", post(api::capture))
-        .route("/certificates/{code}/void", post(api::void))
-        .route("/certificates/{code}/refund", post(api::refund))
-        .route("/certificates/{code}/cancel", post(api::cancel))
-        .route("/certificates/{code}/balance", get(api::balance))
-        .route("/certificates/{code}", get(api::view))
-        .route(
-            "/openapi.json",
-            get(|| async { ([("content-type", "application/json")], openapi_json()) }),
-        )
-        .route("/metrics", get(render_metrics))
-        .route("/health/live", get(|| async { "ok" }))
-        .route("/health/ready", get(ready))
-        .fallback(|| async { Problem::new(ProblemCode::BadRequest, Some("no such endpoint".into())) })
-        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
-        // Spans name the route template (`/certificates/{code}/balance`), never the code itself.
-        .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
-                let route = req
-                    .extensions()
-                    .get::<axum::extract::MatchedPath>()
-                    .map(|p| p.as_str().to_owned())
-                    .unwrap_or_else(|| "unmatched".into());
-                tracing::info_span!("http", method = %req.method(), route = %route)
-            }),
-        )
-        .with_state(state)
-}
-
-async fn ready(
-    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
-) -> Result<&'static str, Problem> {
-    state
-        .store()
-        .ping()
-        .await
-        .map_err(|_| Problem::new(ProblemCode::Unavailable, Some("PostgreSQL".into())))?;
-    Ok("ready")
-}
 
 /// Releases expired holds: each becomes an `expire` transaction event. Returns how many.
 pub async fn sweep_once(state: &AppState) -> Result<usize, backbone_certificates::ApplyError> {

@@ -1,7 +1,6 @@
 //! What every part of the service shares: the certificate service over its store, key
 //! material, the Redis cache and limiter, tokens, settings and metrics.
 
-use crate::api;
 use crate::auth::Tokens;
 use crate::config::{Config, HoldsConfig};
 use crate::metrics::Metrics;
@@ -100,7 +99,7 @@ impl AppState {
             .store()
             .balance(digest)
             .await
-            .map_err(|e| api::apply_error(e.into()))?;
+            .map_err(|e| crate::http::apply_error(e.into()))?;
         if let Some(view) = &view {
             if let Err(e) = self.cache.put(digest_hex, view).await {
                 tracing::warn!(error = %e, "balance cache write failed");

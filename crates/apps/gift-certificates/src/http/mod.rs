@@ -1,0 +1,197 @@
+//! The HTTP API. Handlers translate only: authenticate, parse into domain types, call the
+//! desk (`crate::desk`) or a view, render. Codes and CVCs never reach a log line: routes are
+//! logged by template.
+
+mod operations;
+mod reads;
+mod uploads;
+
+use crate::auth::{AuthError, Channel, Scope};
+use crate::problem::{Problem, ProblemCode};
+use crate::upload::{RejectedRow, UploadJob, UploadRow};
+use crate::AppState;
+use axum::body::Bytes;
+use axum::http::HeaderMap;
+use axum::routing::{get, post};
+use axum::Router;
+use backbone_certificates::store::{CertificateViews, Outbox};
+use backbone_certificates::{Amount, ApplyError, CodeDigest, Currency, GiftCode, OperationId};
+use std::sync::Arc;
+use utoipa::OpenApi;
+
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+pub const CVC_HEADER: &str = "x-certificate-cvc";
+pub const INITIATOR_HEADER: &str = "x-initiator";
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+type ApiResult = Result<axum::response::Response, Problem>;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "gift-certificates", version = "1.0.0",
+         description = "Master service for gift certificates. Every POST needs an Idempotency-Key; errors are RFC 9457 problem details."),
+    paths(operations::authorize, operations::capture, operations::void, operations::activate, operations::refund,
+          operations::cancel, reads::balance, reads::view, uploads::upload_batch, uploads::batch_status),
+    components(schemas(Problem, operations::OperationResponse, reads::BalanceResponse, operations::AuthorizeRequest,
+                       operations::CaptureRequest, operations::VoidRequest, operations::ActivateRequest, UploadJob, UploadRow,
+                       uploads::UploadResponse, RejectedRow)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document, as served at `/openapi.json` and committed under `docs/openapi/`.
+pub fn openapi_json() -> String {
+    ApiDoc::openapi().to_pretty_json().unwrap_or_default()
+}
+
+pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
+    use tower_http::trace::TraceLayer;
+    Router::new()
+        .route("/certificates/upload/batch", post(uploads::upload_batch))
+        .route("/certificates/upload/batches/{id}", get(uploads::batch_status))
+        .route("/certificates/{code}/activate", post(operations::activate))
+        .route("/certificates/{code}/authorize", post(operations::authorize))
+        .route("/certificates/{code}/capture", post(operations::capture))
+        .route("/certificates/{code}/void", post(operations::void))
+        .route("/certificates/{code}/refund", post(operations::refund))
+        .route("/certificates/{code}/cancel", post(operations::cancel))
+        .route("/certificates/{code}/balance", get(reads::balance))
+        .route("/certificates/{code}", get(reads::view))
+        .route(
+            "/openapi.json",
+            get(|| async { ([("content-type", "application/json")], openapi_json()) }),
+        )
+        .route("/metrics", get(render_metrics))
+        .route("/health/live", get(|| async { "ok" }))
+        .route("/health/ready", get(ready))
+        .fallback(|| async { Problem::new(ProblemCode::BadRequest, Some("no such endpoint".into())) })
+        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+        // Spans name the route template (`/certificates/{code}/balance`), never the code itself.
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+                let route = req
+                    .extensions()
+                    .get::<axum::extract::MatchedPath>()
+                    .map(|p| p.as_str().to_owned())
+                    .unwrap_or_else(|| "unmatched".into());
+                tracing::info_span!("http", method = %req.method(), route = %route)
+            }),
+        )
+        .with_state(state)
+}
+
+async fn render_metrics(axum::extract::State(state): axum::extract::State<Arc<AppState>>) -> String {
+    if let Ok(pending) = state.store().pending().await {
+        state.metrics.outbox_pending.set(pending);
+    }
+    backbone_telemetry::render_metrics(&state.metrics.registry)
+}
+
+async fn ready(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+) -> Result<&'static str, Problem> {
+    state
+        .store()
+        .ping()
+        .await
+        .map_err(|_| Problem::new(ProblemCode::Unavailable, Some("PostgreSQL".into())))?;
+    Ok("ready")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsing at the edge
+
+pub(crate) fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+pub(crate) fn authenticate_for(
+    state: &AppState,
+    headers: &HeaderMap,
+    scope: Scope,
+) -> Result<Channel, Problem> {
+    match state.tokens.check(header(headers, "authorization"), scope) {
+        Ok(channel) => Ok(channel),
+        Err(AuthError::Unauthenticated) => Err(Problem::new(ProblemCode::Unauthenticated, None)),
+        Err(AuthError::Forbidden(channel)) => Err(Problem::new(
+            ProblemCode::Forbidden,
+            Some(format!("channel {channel} may not do this")),
+        )),
+    }
+}
+
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Problem> {
+    let body: &[u8] = if body.is_empty() { b"{}" } else { body };
+    serde_json::from_slice(body)
+        .map_err(|e| Problem::new(ProblemCode::BadRequest, Some(format!("invalid JSON body: {e}"))))
+}
+
+pub(crate) fn required_idempotency_key(headers: &HeaderMap) -> Result<String, Problem> {
+    let key = header(headers, IDEMPOTENCY_HEADER)
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| Problem::new(ProblemCode::IdempotencyKeyRequired, None))?;
+    if key.len() > 255 || key.chars().any(char::is_control) {
+        return Err(Problem::new(
+            ProblemCode::BadRequest,
+            Some("Idempotency-Key must be 1..=255 printable characters".into()),
+        ));
+    }
+    Ok(key.to_owned())
+}
+
+pub(crate) fn amount(minor: i64, currency: &str) -> Result<Amount, Problem> {
+    let currency = Currency::parse(currency).map_err(|_| {
+        Problem::new(
+            ProblemCode::InvalidCurrency,
+            Some("currency must be an ISO 4217 code like RUB".into()),
+        )
+    })?;
+    Amount::new(minor, currency).map_err(|_| {
+        Problem::new(
+            ProblemCode::InvalidAmount,
+            Some("amount_minor must be greater than zero".into()),
+        )
+    })
+}
+
+pub(crate) fn operation_id(raw: &str) -> Result<OperationId, Problem> {
+    OperationId::parse(raw).map_err(|e| Problem::new(ProblemCode::UnknownHold, Some(e.to_string())))
+}
+
+/// A code that does not parse is answered exactly like an unknown one.
+pub(crate) fn code_digest(state: &AppState, raw: &str) -> Result<(CodeDigest, String), Problem> {
+    let code = GiftCode::parse(raw).map_err(|_| not_found())?;
+    let digest = state.keys.code_digest(&code);
+    Ok((digest, hex::encode(digest.0)))
+}
+
+pub(crate) fn not_found() -> Problem {
+    Problem::new(ProblemCode::CertificateNotFound, None)
+}
+
+pub(crate) fn apply_error(e: ApplyError) -> Problem {
+    match e {
+        ApplyError::NotFound | ApplyError::WrongCvc => not_found(),
+        ApplyError::Refused(r) => Problem::refusal(&r.code, r.detail),
+        ApplyError::InFlight => Problem::new(ProblemCode::IdempotencyInFlight, None),
+        ApplyError::KeyReused => Problem::new(ProblemCode::IdempotencyKeyReused, None),
+        ApplyError::Unavailable(cause) => {
+            tracing::error!(error = %cause, "storage unavailable");
+            Problem::new(ProblemCode::Unavailable, None)
+        }
+    }
+}
