@@ -1,4 +1,4 @@
-//! HTTP plumbing shared by the vendor clients: one response shape, transport-error
+//! HTTP plumbing shared by the CRM clients: one response shape, transport-error
 //! classification, `Retry-After`, and excerpts for `integrations_log` that never carry a URL (a
 //! Bitrix24 webhook URL holds its token).
 
