@@ -11,16 +11,12 @@
 //! writes per shipment, keeps every record's history, and answers injected faults in its
 //! vendor's documented shape. `/sim/...` reads all of it back.
 
-use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::Json;
+use axum::routing::get;
 pub use axum::Router;
-use backbone_crm::signing::{verify, SIGNATURE_HEADER, TIMESTAMP_HEADER};
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -28,6 +24,8 @@ use subtle::ConstantTimeEq;
 
 mod auth;
 pub mod bitrix24;
+mod control;
+mod generic;
 pub mod kommo;
 pub mod salesforce;
 mod table;
@@ -387,24 +385,9 @@ impl Sim {
 
     pub fn router(&self) -> Router {
         Router::new()
-            .route("/api/v1/shipments/{id}/status", get(read_one).put(write_one))
-            .route("/api/v1/shipments/status:batchGet", post(batch_get))
-            .route("/api/v1/shipments/status:batchWrite", post(batch_write))
-            .route(
-                "/sim/stats",
-                get(|State(sim): State<Sim>| async move { Json(sim.stats()) }),
-            )
-            .route("/sim/faults", post(set_faults))
-            .route("/sim/shipments/{id}/history", get(history))
-            .route("/sim/vendors/{dialect}/stats", get(dialect_stats))
-            .route("/sim/vendors/{dialect}/shipments", get(dialect_shipments))
-            .route("/sim/vendors/{dialect}/shipments/{id}", get(dialect_records))
-            .route(
-                "/sim/vendors/{dialect}/shipments/{id}/history",
-                get(dialect_history),
-            )
-            .route("/sim/vendors/{dialect}/expire-tokens", post(dialect_expire))
             .route("/health", get(|| async { "ok" }))
+            .merge(generic::routes())
+            .merge(control::routes())
             .merge(bitrix24::routes())
             .merge(salesforce::routes())
             .merge(kommo::routes())
@@ -461,320 +444,6 @@ impl Sim {
     /// Counts a call refused for its credentials.
     pub(crate) fn reject(&self, d: Dialect) {
         self.lock().stats_mut(d).rejected_requests += 1;
-    }
-
-    /// Token, signature and faults, in that order. `Err` is the response to send instead.
-    async fn admit(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), Response> {
-        let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or_default();
-        let token = header("authorization")
-            .strip_prefix("Bearer ")
-            .unwrap_or_default();
-        if !same(token, &self.token) {
-            self.lock().stats.rejected_requests += 1;
-            return Err(problem(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "missing or wrong bearer token",
-                None,
-            ));
-        }
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        if !verify(
-            self.secret.as_bytes(),
-            header(TIMESTAMP_HEADER),
-            body,
-            header(SIGNATURE_HEADER),
-            now,
-        ) {
-            self.lock().stats.rejected_requests += 1;
-            return Err(problem(
-                StatusCode::UNAUTHORIZED,
-                "invalid_signature",
-                "signature or timestamp invalid",
-                None,
-            ));
-        }
-        let gate = self.gate(Dialect::Generic).await;
-        let retry = gate.retry_after;
-        match gate.refusal {
-            None => Ok(()),
-            Some(Refusal::RateLimited) => Err(problem(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "simulated rate limit",
-                retry,
-            )),
-            Some(Refusal::Outage) => Err(problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "simulated outage",
-                retry,
-            )),
-            Some(Refusal::Failure | Refusal::QuotaSpent) => Err(problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "simulated failure",
-                retry,
-            )),
-        }
-    }
-
-    /// Applies one write; a repeated `eventId` is acknowledged without a second write.
-    fn apply(store: &mut Store, record: Map<String, Value>) -> Result<u16, (u16, &'static str, String)> {
-        let shipment = record
-            .get("shipmentId")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        let event = record.get("eventId").and_then(Value::as_str).map(str::to_owned);
-        let (Some(shipment), Some(event)) = (shipment, event) else {
-            return Err((
-                422,
-                "validation_failed",
-                "shipmentId and eventId are required".into(),
-            ));
-        };
-        for field in ["status", "timestamp", "clientId"] {
-            if !record.get(field).is_some_and(|v| v.is_string() || v.is_number()) {
-                return Err((422, "validation_failed", format!("{field} is required")));
-            }
-        }
-        if !store.seen_events.insert(event) {
-            store.stats.duplicate_writes += 1;
-            return Ok(200);
-        }
-        store.stats.total_writes += 1;
-        if !store.records.contains_key(&shipment) {
-            store.stats.creates += 1;
-        }
-        *store
-            .stats
-            .writes_per_shipment
-            .entry(shipment.clone())
-            .or_default() += 1;
-        store
-            .history
-            .entry(shipment.clone())
-            .or_default()
-            .push(record.clone());
-        store.records.insert(shipment, record);
-        Ok(200)
-    }
-}
-
-fn problem(status: StatusCode, code: &str, detail: &str, retry_after: Option<u64>) -> Response {
-    let body = json!({"type": "about:blank", "title": status.canonical_reason(), "status": status.as_u16(),
-        "detail": detail, "code": code});
-    let mut resp = (
-        status,
-        [("content-type", "application/problem+json")],
-        body.to_string(),
-    )
-        .into_response();
-    if let Some(secs) = retry_after.filter(|s| *s > 0) {
-        resp.headers_mut().insert("retry-after", HeaderValue::from(secs));
-    }
-    resp
-}
-
-fn bad_json(e: serde_json::Error) -> Response {
-    problem(
-        StatusCode::BAD_REQUEST,
-        "bad_request",
-        &format!("invalid JSON: {e}"),
-        None,
-    )
-}
-
-async fn read_one(State(sim): State<Sim>, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    if let Err(r) = sim.admit(&headers, b"").await {
-        return r;
-    }
-    match sim.record(&id) {
-        Some(r) => Json(r).into_response(),
-        None => problem(StatusCode::NOT_FOUND, "not_found", "unknown shipment", None),
-    }
-}
-
-async fn write_one(
-    State(sim): State<Sim>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Err(r) = sim.admit(&headers, &body).await {
-        return r;
-    }
-    let record: Map<String, Value> = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_json(e),
-    };
-    if record.get("shipmentId").and_then(Value::as_str) != Some(id.as_str()) {
-        return problem(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
-            "shipmentId differs from the path",
-            None,
-        );
-    }
-    let result = Sim::apply(&mut sim.lock(), record.clone());
-    match result {
-        Ok(_) => Json(record).into_response(),
-        Err((status, code, detail)) => problem(
-            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
-            code,
-            &detail,
-            None,
-        ),
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct BatchGet {
-    shipment_ids: Vec<String>,
-}
-
-async fn batch_get(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = sim.admit(&headers, &body).await {
-        return r;
-    }
-    let req: BatchGet = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_json(e),
-    };
-    if req.shipment_ids.len() > MAX_BATCH {
-        return problem(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "batch_too_large",
-            "at most 500 shipments",
-            None,
-        );
-    }
-    let store = sim.lock();
-    let items: Vec<&Map<String, Value>> = req
-        .shipment_ids
-        .iter()
-        .filter_map(|id| store.records.get(id))
-        .collect();
-    Json(json!({ "items": items })).into_response()
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchWrite {
-    items: Vec<Map<String, Value>>,
-}
-
-async fn batch_write(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = sim.admit(&headers, &body).await {
-        return r;
-    }
-    let req: BatchWrite = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_json(e),
-    };
-    if req.items.len() > MAX_BATCH {
-        return problem(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "batch_too_large",
-            "at most 500 items",
-            None,
-        );
-    }
-    let mut store = sim.lock();
-    let results: Vec<Value> = req
-        .items
-        .into_iter()
-        .map(|item| {
-            let ids = json!({"shipmentId": item.get("shipmentId"), "eventId": item.get("eventId")});
-            match Sim::apply(&mut store, item) {
-                Ok(status) => {
-                    json!({"shipmentId": ids["shipmentId"], "eventId": ids["eventId"], "status": status})
-                }
-                Err((status, code, message)) => {
-                    json!({"shipmentId": ids["shipmentId"], "eventId": ids["eventId"],
-                    "status": status, "error": {"code": code, "message": message}})
-                }
-            }
-        })
-        .collect();
-    Json(json!({ "results": results })).into_response()
-}
-
-async fn set_faults(State(sim): State<Sim>, body: Bytes) -> Response {
-    match serde_json::from_slice::<Faults>(&body) {
-        Ok(f) if (0.0..=1.0).contains(&f.error_rate) => {
-            sim.set_faults(f.clone());
-            Json(f).into_response()
-        }
-        Ok(_) => problem(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "error_rate must be within 0..=1",
-            None,
-        ),
-        Err(e) => bad_json(e),
-    }
-}
-
-async fn history(State(sim): State<Sim>, Path(id): Path<String>) -> Response {
-    Json(sim.history(&id)).into_response()
-}
-
-fn unknown_dialect() -> Response {
-    problem(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        "unknown dialect: generic, bitrix24, salesforce or kommo",
-        None,
-    )
-}
-
-async fn dialect_stats(State(sim): State<Sim>, Path(d): Path<String>) -> Response {
-    match Dialect::parse(&d) {
-        Some(d) => Json(sim.stats_of(d)).into_response(),
-        None => unknown_dialect(),
-    }
-}
-
-async fn dialect_shipments(State(sim): State<Sim>, Path(d): Path<String>) -> Response {
-    match Dialect::parse(&d) {
-        Some(d) => {
-            let out: BTreeMap<String, Option<String>> = sim
-                .shipments_of(d)
-                .into_iter()
-                .map(|s| {
-                    let status = sim.status_of(d, &s);
-                    (s, status)
-                })
-                .collect();
-            Json(out).into_response()
-        }
-        None => unknown_dialect(),
-    }
-}
-
-async fn dialect_records(State(sim): State<Sim>, Path((d, id)): Path<(String, String)>) -> Response {
-    match Dialect::parse(&d) {
-        Some(d) => Json(sim.records_of(d, &id)).into_response(),
-        None => unknown_dialect(),
-    }
-}
-
-async fn dialect_history(State(sim): State<Sim>, Path((d, id)): Path<(String, String)>) -> Response {
-    match Dialect::parse(&d) {
-        Some(d) => Json(sim.history_of(d, &id)).into_response(),
-        None => unknown_dialect(),
-    }
-}
-
-async fn dialect_expire(State(sim): State<Sim>, Path(d): Path<String>) -> Response {
-    match Dialect::parse(&d) {
-        Some(d) => {
-            sim.expire_tokens(d);
-            StatusCode::NO_CONTENT.into_response()
-        }
-        None => unknown_dialect(),
     }
 }
 
