@@ -1,9 +1,11 @@
 //! PostgreSQL adapters. No sqlx type leaves this crate: errors become port errors here.
 
 pub mod certificates;
+mod config;
 pub mod sync;
 
 pub use certificates::PgCertificates;
+pub use config::{DatabaseDefaults, PostgresConfig};
 pub use sync::PgLedger;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

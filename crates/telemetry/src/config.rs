@@ -100,3 +100,12 @@ mod tests {
         });
     }
 }
+
+/// `[telemetry]`, the same for every service.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP traces endpoint, e.g. `http://127.0.0.1:4318/v1/traces`; tracing export is off
+    /// when unset.
+    pub otlp_endpoint: Option<String>,
+}

@@ -5,7 +5,7 @@
 mod config;
 mod propagation;
 
-pub use config::load_config;
+pub use config::{load_config, TelemetryConfig};
 pub use propagation::{current_trace_headers, propagation_test_guard, set_parent_from_headers};
 
 use opentelemetry::trace::TracerProvider as _;
@@ -80,6 +80,35 @@ pub fn render_metrics(registry: &Registry) -> String {
         tracing::error!(error = %e, "metrics encoding failed");
     }
     String::from_utf8(buf).unwrap_or_default()
+}
+
+/// Runs a service: telemetry installed, `run` handed a token that SIGTERM or Ctrl-C cancels,
+/// and a failure logged with its cause chain before it is returned.
+pub async fn run_service<F, Fut>(
+    service: &'static str,
+    telemetry: &TelemetryConfig,
+    run: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(tokio_util::sync::CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let _telemetry = init(service, telemetry.otlp_endpoint.as_deref())?;
+    let result = run(shutdown_on_signal()).await;
+    if let Err(e) = &result {
+        tracing::error!(error = format!("{e:#}"), "{service} failed");
+    }
+    result
+}
+
+/// `check-config`: validates, prints the configuration (secrets redacted by its `Debug`).
+pub fn check_config<C: std::fmt::Debug, T>(
+    cfg: &C,
+    validate: impl FnOnce(&C) -> Result<T, String>,
+) -> anyhow::Result<()> {
+    validate(cfg).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+    println!("{cfg:#?}");
+    Ok(())
 }
 
 /// A token cancelled on SIGTERM or Ctrl-C: the services drain when it fires.

@@ -3,10 +3,12 @@
 
 use crate::kafka::KafkaConfig;
 use backbone_crm::{Bitrix24Config, GenericCrmConfig, KommoConfig, SalesforceConfig};
+use backbone_postgres::{DatabaseDefaults, PostgresConfig};
 use backbone_sync::breaker::BreakerPolicy;
 use backbone_sync::mapping::{CrmMapping, MappingConfig};
 use backbone_sync::retry::RetryPolicy;
-use secrecy::{ExposeSecret, SecretString};
+use backbone_telemetry::TelemetryConfig;
+
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
@@ -17,7 +19,7 @@ pub const ENV_PREFIX: &str = "CRM_SYNC_";
 pub struct Config {
     pub http: HttpConfig,
     pub kafka: KafkaConfig,
-    pub postgres: PostgresConfig,
+    pub postgres: PostgresConfig<CrmSyncDatabase>,
     pub crm: CrmConfig,
     pub mapping: MappingConfig,
     pub retry: RetryPolicy,
@@ -41,34 +43,12 @@ impl Default for HttpConfig {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PostgresConfig {
-    #[serde(skip_serializing, default = "default_pg_url")]
-    pub url: SecretString,
-    pub max_connections: u32,
-}
+/// This service's own database, unless `[postgres]` says otherwise.
+pub struct CrmSyncDatabase;
 
-fn default_pg_url() -> SecretString {
-    SecretString::from("postgres://postgres:postgres@127.0.0.1:5432/crm_sync")
-}
-
-impl Default for PostgresConfig {
-    fn default() -> Self {
-        Self {
-            url: default_pg_url(),
-            max_connections: 8,
-        }
-    }
-}
-
-impl std::fmt::Debug for PostgresConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresConfig")
-            .field("url", &"[redacted]")
-            .field("max_connections", &self.max_connections)
-            .finish()
-    }
+impl DatabaseDefaults for CrmSyncDatabase {
+    const URL: &'static str = "postgres://postgres:postgres@127.0.0.1:5432/crm_sync";
+    const MAX_CONNECTIONS: u32 = 8;
 }
 
 /// Which CRM this deployment talks to.
@@ -135,14 +115,6 @@ impl Default for PipelineConfig {
     }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TelemetryConfig {
-    /// OTLP/HTTP traces endpoint, e.g. `http://127.0.0.1:4318/v1/traces`; tracing export is off
-    /// when unset.
-    pub otlp_endpoint: Option<String>,
-}
-
 impl Config {
     /// Checks everything at once and reports every problem, one per line.
     pub fn validate(&self) -> Result<CrmMapping, String> {
@@ -174,11 +146,8 @@ impl Config {
                 problems.push(e);
             }
         }
-        if !self.postgres.url.expose_secret().starts_with("postgres") {
-            problems.push("postgres.url must be a postgres:// URL".into());
-        }
-        if self.postgres.max_connections < 2 {
-            problems.push("postgres.max_connections must be >= 2".into());
+        if let Err(e) = self.postgres.validate() {
+            problems.push(e);
         }
         let p = &self.pipeline;
         if p.max_batch == 0
@@ -199,6 +168,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use secrecy::SecretString;
 
     #[test]
     fn defaults_lack_only_the_crm_secrets_and_every_problem_is_reported() {

@@ -60,14 +60,9 @@ fn parse_time(s: &str) -> Result<OffsetDateTime, String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let cfg: Config = backbone_telemetry::load_config(cli.config.as_deref(), ENV_PREFIX)?;
+    let mut cfg: Config = backbone_telemetry::load_config(cli.config.as_deref(), ENV_PREFIX)?;
     match cli.command.unwrap_or(Command::Run) {
-        Command::CheckConfig => {
-            cfg.validate()
-                .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
-            println!("{cfg:#?}");
-            Ok(())
-        }
+        Command::CheckConfig => backbone_telemetry::check_config(&cfg, Config::validate),
         Command::Dlq {
             command:
                 DlqCommand::Replay {
@@ -90,13 +85,9 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run => {
-            let _telemetry = backbone_telemetry::init("crm-sync", cfg.telemetry.otlp_endpoint.as_deref())?;
-            let shutdown = backbone_telemetry::shutdown_on_signal();
-            let result = crm_sync::run(cfg, shutdown).await;
-            if let Err(e) = &result {
-                tracing::error!(error = format!("{e:#}"), "crm-sync failed");
-            }
-            result
+            let telemetry = std::mem::take(&mut cfg.telemetry);
+            backbone_telemetry::run_service("crm-sync", &telemetry, |shutdown| crm_sync::run(cfg, shutdown))
+                .await
         }
     }
 }

@@ -4,7 +4,9 @@
 
 use crate::auth::Channel;
 use backbone_kafka::KafkaSettings;
+use backbone_postgres::{DatabaseDefaults, PostgresConfig};
 use backbone_redis::AttemptPolicy;
+use backbone_telemetry::TelemetryConfig;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -17,7 +19,7 @@ pub const ENV_PREFIX: &str = "GIFT_CERTIFICATES_";
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub http: HttpConfig,
-    pub postgres: PostgresConfig,
+    pub postgres: PostgresConfig<CertificatesDatabase>,
     pub redis: RedisConfig,
     pub kafka: KafkaConfig,
     pub topics: Topics,
@@ -52,34 +54,12 @@ impl Default for HttpConfig {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PostgresConfig {
-    #[serde(skip_serializing, default = "default_pg_url")]
-    pub url: SecretString,
-    pub max_connections: u32,
-}
+/// This service's own database, unless `[postgres]` says otherwise.
+pub struct CertificatesDatabase;
 
-fn default_pg_url() -> SecretString {
-    SecretString::from("postgres://postgres:postgres@127.0.0.1:5432/gift_certificates")
-}
-
-impl Default for PostgresConfig {
-    fn default() -> Self {
-        Self {
-            url: default_pg_url(),
-            max_connections: 24,
-        }
-    }
-}
-
-impl std::fmt::Debug for PostgresConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresConfig")
-            .field("url", &"[redacted]")
-            .field("max_connections", &self.max_connections)
-            .finish()
-    }
+impl DatabaseDefaults for CertificatesDatabase {
+    const URL: &'static str = "postgres://postgres:postgres@127.0.0.1:5432/gift_certificates";
+    const MAX_CONNECTIONS: u32 = 24;
 }
 
 #[derive(Serialize, Deserialize)]
@@ -273,12 +253,6 @@ impl std::fmt::Debug for SmsConfig {
     }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TelemetryConfig {
-    pub otlp_endpoint: Option<String>,
-}
-
 impl Config {
     /// Every problem at once, one per line.
     pub fn validate(&self) -> Result<(), String> {
@@ -299,8 +273,8 @@ impl Config {
                 problems.push("tokens: two channels share a token".to_owned());
             }
         }
-        if self.postgres.max_connections < 2 {
-            problems.push("postgres.max_connections must be >= 2".into());
+        if let Err(e) = self.postgres.validate() {
+            problems.push(e);
         }
         if !(1..=self.holds.max_ttl_seconds).contains(&self.holds.default_ttl_seconds) {
             problems.push("holds.default_ttl_seconds must be in 1..=holds.max_ttl_seconds".into());

@@ -72,14 +72,9 @@ async fn main() -> anyhow::Result<()> {
         println!("created master key {} in {}", key.id(), out.display());
         return Ok(());
     }
-    let cfg: Config = backbone_telemetry::load_config(cli.config.as_deref(), ENV_PREFIX)?;
+    let mut cfg: Config = backbone_telemetry::load_config(cli.config.as_deref(), ENV_PREFIX)?;
     match command {
-        Command::CheckConfig => {
-            cfg.validate()
-                .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
-            println!("{cfg:#?}");
-            Ok(())
-        }
+        Command::CheckConfig => backbone_telemetry::check_config(&cfg, Config::validate),
         Command::Sms {
             command: SmsCommand::Requeue { certificate },
         } => {
@@ -89,14 +84,11 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run => {
-            let _telemetry =
-                backbone_telemetry::init("gift-certificates", cfg.telemetry.otlp_endpoint.as_deref())?;
-            let shutdown = backbone_telemetry::shutdown_on_signal();
-            let result = gift_certificates::run(cfg, shutdown).await;
-            if let Err(e) = &result {
-                tracing::error!(error = format!("{e:#}"), "gift-certificates failed");
-            }
-            result
+            let telemetry = std::mem::take(&mut cfg.telemetry);
+            backbone_telemetry::run_service("gift-certificates", &telemetry, |shutdown| {
+                gift_certificates::run(cfg, shutdown)
+            })
+            .await
         }
         Command::Openapi | Command::Keys { .. } => Ok(()),
     }
