@@ -123,16 +123,17 @@ struct MemoryUnit {
     working: Option<(OwnedMutexGuard<()>, Data)>,
 }
 
-impl Drop for MemoryUnit {
-    fn drop(&mut self) {
+impl MemoryUnit {
+    /// Frees the unit's key claims. Only commit and rollback do: a unit dropped without either
+    /// keeps them, as an open PostgreSQL transaction keeps its advisory locks until its
+    /// rollback runs, so a use case that forgets to end its unit fails the contract here.
+    fn release_claims(&mut self) {
         let mut claims = self.shared.claims.lock().unwrap_or_else(PoisonError::into_inner);
-        for c in &self.claimed {
-            claims.remove(c);
+        for c in self.claimed.drain(..) {
+            claims.remove(&c);
         }
     }
-}
 
-impl MemoryUnit {
     async fn data(&mut self) -> &mut Data {
         if self.working.is_none() {
             let guard = self.shared.write.clone().lock_owned().await;
@@ -168,10 +169,12 @@ impl UnitOfWork for MemoryUnit {
         if let Some((_guard, data)) = self.working.take() {
             *self.shared.data.lock().unwrap_or_else(PoisonError::into_inner) = data;
         }
+        self.release_claims();
         Ok(())
     }
 
-    async fn rollback(self: Box<Self>) -> Result<(), StoreError> {
+    async fn rollback(mut self: Box<Self>) -> Result<(), StoreError> {
+        self.release_claims();
         Ok(())
     }
 }

@@ -65,29 +65,28 @@ impl<S: CertificateStore> CertificateService<S> {
             Err(ApplyError::Refused(_)) => request.idempotency.is_some(),
             Err(_) => false,
         };
-        if keep {
-            unit.commit().await?;
-        } else {
-            unit.rollback().await?;
-        }
-        result
+        end(unit, result, keep).await
     }
 
     /// Records an order with certificate lines; activates them if payments already cover it.
     /// `Ok(None)`: recorded, not paid yet.
     pub async fn record_order(&self, order: &SaleOrder) -> Result<Option<SaleActivation>, ApplyError> {
         let mut unit = self.store.begin().await?;
-        unit.lock_order(&order.order_id).await?;
-        let inserted = unit.insert_order(order).await?;
-        let outcome = complete_sale(unit.as_mut(), &order.order_id, None).await?;
-        unit.commit().await?;
-        Ok(outcome.or_else(|| {
-            (!inserted).then(|| SaleActivation {
-                order_id: order.order_id.clone(),
-                duplicate: true,
-                ..SaleActivation::default()
-            })
-        }))
+        let result = async {
+            unit.lock_order(&order.order_id).await?;
+            let inserted = unit.insert_order(order).await?;
+            let outcome = complete_sale(unit.as_mut(), &order.order_id, None).await?;
+            Ok(outcome.or_else(|| {
+                (!inserted).then(|| SaleActivation {
+                    order_id: order.order_id.clone(),
+                    duplicate: true,
+                    ..SaleActivation::default()
+                })
+            }))
+        }
+        .await;
+        let keep = result.is_ok();
+        end(unit, result, keep).await
     }
 
     /// Records a payment; activates the order's certificates once payments cover the order.
@@ -96,11 +95,14 @@ impl<S: CertificateStore> CertificateService<S> {
         payment: &PaymentRecord,
     ) -> Result<Option<SaleActivation>, ApplyError> {
         let mut unit = self.store.begin().await?;
-        unit.lock_order(&payment.order_id).await?;
-        unit.insert_payment(payment).await?;
-        let outcome = complete_sale(unit.as_mut(), &payment.order_id, Some(&payment.payment_id)).await?;
-        unit.commit().await?;
-        Ok(outcome)
+        let result = async {
+            unit.lock_order(&payment.order_id).await?;
+            unit.insert_payment(payment).await?;
+            complete_sale(unit.as_mut(), &payment.order_id, Some(&payment.payment_id)).await
+        }
+        .await;
+        let keep = result.is_ok();
+        end(unit, result, keep).await
     }
 
     /// Issues an upload job. With a claim, the job runs under the caller's idempotency key: a
@@ -112,41 +114,9 @@ impl<S: CertificateStore> CertificateService<S> {
         claim: Option<&IdempotencyClaim>,
     ) -> Result<IssueOutcome, ApplyError> {
         let mut unit = self.store.begin().await?;
-        if let Some(claim) = claim {
-            if !unit.claim_key(&batch.channel, &claim.key).await? {
-                return Err(ApplyError::InFlight);
-            }
-            if let Some(stored) = unit.stored_result(&batch.channel, &claim.key).await? {
-                if stored.request_hash != claim.request_hash {
-                    return Err(ApplyError::KeyReused);
-                }
-                let mut outcome: IssueOutcome =
-                    serde_json::from_value(stored.result).map_err(|e| corrupt("stored upload result", e))?;
-                outcome.replayed = true;
-                return Ok(outcome);
-            }
-        }
-        let now = OffsetDateTime::now_utc();
-        let issued: Vec<_> = batch
-            .certificates
-            .iter()
-            .map(|c| {
-                events::issued(
-                    c.id,
-                    &c.code_last4,
-                    &Certificate::issue(c.nominal, c.expires_at),
-                    now,
-                )
-            })
-            .collect();
-        let outcome = unit.issue(batch, &issued).await?;
-        if let Some(claim) = claim {
-            let result = serde_json::to_value(outcome).map_err(|e| corrupt("upload result", e))?;
-            unit.remember(&batch.channel, claim, KeyOutcome::Applied, result)
-                .await?;
-        }
-        unit.commit().await?;
-        Ok(outcome)
+        let result = issue_in(unit.as_mut(), batch, claim).await;
+        let keep = result.as_ref().is_ok_and(|outcome| !outcome.replayed);
+        end(unit, result, keep).await
     }
 
     /// Releases the expired holds of up to `limit` certificates, each in its own unit of work.
@@ -178,6 +148,65 @@ impl<S: CertificateStore> CertificateService<S> {
         }
         Ok(released)
     }
+}
+
+/// Ends a unit of work: commits what is to be kept, rolls back the rest at once, so its locks
+/// (an idempotency key, an order) are free before the answer goes out.
+async fn end<T>(
+    unit: Box<dyn UnitOfWork>,
+    result: Result<T, ApplyError>,
+    keep: bool,
+) -> Result<T, ApplyError> {
+    if keep {
+        unit.commit().await?;
+    } else if let Err(e) = unit.rollback().await {
+        // Nothing of the unit is kept either way; a failed rollback only matters to a success.
+        if result.is_ok() {
+            return Err(e.into());
+        }
+    }
+    result
+}
+
+async fn issue_in(
+    unit: &mut dyn UnitOfWork,
+    batch: &IssueBatch,
+    claim: Option<&IdempotencyClaim>,
+) -> Result<IssueOutcome, ApplyError> {
+    if let Some(claim) = claim {
+        if !unit.claim_key(&batch.channel, &claim.key).await? {
+            return Err(ApplyError::InFlight);
+        }
+        if let Some(stored) = unit.stored_result(&batch.channel, &claim.key).await? {
+            if stored.request_hash != claim.request_hash {
+                return Err(ApplyError::KeyReused);
+            }
+            let mut outcome: IssueOutcome =
+                serde_json::from_value(stored.result).map_err(|e| corrupt("stored upload result", e))?;
+            outcome.replayed = true;
+            return Ok(outcome);
+        }
+    }
+    let now = OffsetDateTime::now_utc();
+    let issued: Vec<_> = batch
+        .certificates
+        .iter()
+        .map(|c| {
+            events::issued(
+                c.id,
+                &c.code_last4,
+                &Certificate::issue(c.nominal, c.expires_at),
+                now,
+            )
+        })
+        .collect();
+    let outcome = unit.issue(batch, &issued).await?;
+    if let Some(claim) = claim {
+        let result = serde_json::to_value(outcome).map_err(|e| corrupt("upload result", e))?;
+        unit.remember(&batch.channel, claim, KeyOutcome::Applied, result)
+            .await?;
+    }
+    Ok(outcome)
 }
 
 fn summary(
