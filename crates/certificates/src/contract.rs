@@ -3,6 +3,7 @@
 //! from an empty store.
 
 use crate::certificate::{OperationId, SaleLinks, State};
+use crate::channel::Channel;
 use crate::events::Origin;
 use crate::money::{Amount, Currency};
 use crate::operation::Command;
@@ -46,7 +47,7 @@ fn batch(id: &str, job: u32, certificates: Vec<NewCertificate>) -> IssueBatch {
         job,
         rejected: 0,
         certificates,
-        channel: "BatchLoader".into(),
+        channel: Channel::BatchLoader,
         initiator: None,
         source_event: None,
     }
@@ -66,7 +67,7 @@ fn request(code: u8, operation: &str, command: Command, key: Option<IdempotencyC
         operation: op(operation),
         command,
         origin: Origin {
-            channel: "OnlineStore".into(),
+            channel: Channel::OnlineStore,
             initiator: None,
             source_event: None,
         },
@@ -315,7 +316,7 @@ where
         code_digest: None,
     };
     let origin = Origin {
-        channel: "POS".into(),
+        channel: Channel::Pos,
         initiator: None,
         source_event: None,
     };

@@ -2,6 +2,7 @@
 //! events keep their order. Documented in `docs/events/gift-certificates-out-v1.md`.
 
 use crate::certificate::{Action, Certificate, Effect, State};
+use crate::channel::Channel;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -13,8 +14,7 @@ pub const BI_TOPIC: &str = "GiftCertificateBI";
 /// Who asked for an operation: recorded in the audit log and the transaction event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Origin {
-    /// The calling channel (`OnlineStore`, `POS`, `Payments`, `BatchLoader`, `internal`).
-    pub channel: String,
+    pub channel: Channel,
     /// A person or system id the caller names, if any.
     pub initiator: Option<String>,
     /// The Kafka event or request that caused the operation.
@@ -136,7 +136,7 @@ pub fn outgoing(
                 balance_after: e.balance_after,
                 state_before: e.state_before,
                 state_after: e.state_after,
-                channel: origin.channel.clone(),
+                channel: origin.channel.as_str().to_owned(),
                 initiator: origin.initiator.clone(),
                 source_event: origin.source_event.clone(),
                 occurred_at: e.at,

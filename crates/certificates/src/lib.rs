@@ -4,6 +4,7 @@
 //! ports, an in-memory store and the storage contract suite. Pure Rust: no I/O.
 
 pub mod certificate;
+pub mod channel;
 pub mod code;
 pub mod contract;
 pub mod events;
@@ -20,6 +21,7 @@ pub use certificate::{
     Action, Capture, Certificate, CertificateError, CertificateParts, Effect, Hold, HoldStatus, OperationId,
     SaleLinks, State,
 };
+pub use channel::{Channel, Scope};
 pub use code::{CodeError, Cvc, GiftCode};
 pub use money::{Amount, Currency, MoneyError};
 pub use operation::{execute, Command};

@@ -315,7 +315,7 @@ impl CertificateRows for MemoryUnit {
                 .hold_channels
                 .get(id)
                 .cloned()
-                .unwrap_or_else(|| op.origin.channel.clone());
+                .unwrap_or_else(|| op.origin.channel.as_str().to_owned());
             row.holds.insert(id.clone(), (hold.clone(), channel));
         }
         for (id, capture) in after.captures() {
@@ -334,7 +334,7 @@ impl CertificateRows for MemoryUnit {
                 balance_after: e.balance_after,
                 state_before: e.state_before.as_str().to_owned(),
                 state_after: e.state_after.as_str().to_owned(),
-                channel: op.origin.channel.clone(),
+                channel: op.origin.channel.as_str().to_owned(),
                 at: e.at,
             });
         }
@@ -350,7 +350,7 @@ impl CertificateRows for MemoryUnit {
                 result,
             };
             data.keys.insert(
-                (op.origin.channel.clone(), claim.key.clone()),
+                (op.origin.channel.as_str().to_owned(), claim.key.clone()),
                 (stored, OffsetDateTime::now_utc() + claim.retention),
             );
         }

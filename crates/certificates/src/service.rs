@@ -9,6 +9,7 @@
 //! refusal is remembered under the key and committed, so a retry gets the same answer.
 
 use crate::certificate::{Certificate, Effect, OperationId, SaleLinks};
+use crate::channel::Channel;
 use crate::events::{self, Origin};
 use crate::operation::{execute, Command};
 use crate::ports::{Applied, ApplyError, CertificateRef, IdempotencyClaim, OperationRequest, Refusal};
@@ -22,9 +23,9 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 /// The channel sales from order and payment events act as.
-pub const SALES_CHANNEL: &str = "Payments";
+pub const SALES_CHANNEL: Channel = Channel::Payments;
 /// The channel of the service's own housekeeping (the hold sweeper).
-pub const INTERNAL_CHANNEL: &str = "internal";
+pub const INTERNAL_CHANNEL: Channel = Channel::Internal;
 
 impl From<StoreError> for ApplyError {
     fn from(e: StoreError) -> Self {
@@ -136,7 +137,7 @@ impl<S: CertificateStore> CertificateService<S> {
                 operation,
                 command: Command::Sweep,
                 origin: Origin {
-                    channel: INTERNAL_CHANNEL.into(),
+                    channel: INTERNAL_CHANNEL,
                     initiator: Some("hold-sweeper".into()),
                     source_event: None,
                 },
@@ -174,10 +175,10 @@ async fn issue_in(
     claim: Option<&IdempotencyClaim>,
 ) -> Result<IssueOutcome, ApplyError> {
     if let Some(claim) = claim {
-        if !unit.claim_key(&batch.channel, &claim.key).await? {
+        if !unit.claim_key(batch.channel.as_str(), &claim.key).await? {
             return Err(ApplyError::InFlight);
         }
-        if let Some(stored) = unit.stored_result(&batch.channel, &claim.key).await? {
+        if let Some(stored) = unit.stored_result(batch.channel.as_str(), &claim.key).await? {
             if stored.request_hash != claim.request_hash {
                 return Err(ApplyError::KeyReused);
             }
@@ -203,7 +204,7 @@ async fn issue_in(
     let outcome = unit.issue(batch, &issued).await?;
     if let Some(claim) = claim {
         let result = serde_json::to_value(outcome).map_err(|e| corrupt("upload result", e))?;
-        unit.remember(&batch.channel, claim, KeyOutcome::Applied, result)
+        unit.remember(batch.channel.as_str(), claim, KeyOutcome::Applied, result)
             .await?;
     }
     Ok(outcome)
@@ -357,7 +358,7 @@ async fn complete_sale(
             operation: sale_operation(order_id, &line.line_id)?,
             command: Command::Activate { links: links.clone() },
             origin: Origin {
-                channel: SALES_CHANNEL.into(),
+                channel: SALES_CHANNEL,
                 initiator: None,
                 source_event: Some(format!("order:{order_id}")),
             },

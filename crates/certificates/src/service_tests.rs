@@ -72,7 +72,7 @@ fn request(o: &Op) -> OperationRequest {
         operation: op(&format!("op-{key}")),
         command,
         origin: events::Origin {
-            channel: "POS".into(),
+            channel: Channel::Pos,
             initiator: None,
             source_event: None,
         },
@@ -104,7 +104,7 @@ async fn active_certificate(service: &CertificateService<MemoryStore>) {
                 ciphertext: vec![],
             },
         }],
-        channel: "BatchLoader".into(),
+        channel: Channel::BatchLoader,
         initiator: None,
         source_event: None,
     };

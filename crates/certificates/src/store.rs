@@ -9,6 +9,7 @@
 //! PostgreSQL store in its crate.
 
 use crate::certificate::{Certificate, OperationId, State};
+use crate::channel::Channel;
 use crate::events::{Origin, Outgoing};
 use crate::money::Amount;
 use crate::ports::{Applied, CertificateRef, CodeDigest, IdempotencyClaim, SealedCvc};
@@ -122,7 +123,7 @@ pub struct IssueBatch {
     /// Rows of this job the caller refused before storage (counted in the batch record).
     pub rejected: u32,
     pub certificates: Vec<NewCertificate>,
-    pub channel: String,
+    pub channel: Channel,
     pub initiator: Option<String>,
     pub source_event: Option<String>,
 }

@@ -2,7 +2,7 @@
 //! environment variables (`GIFT_CERTIFICATES_TOKENS__POS` sets the POS channel's token).
 //! Validated as a whole at start-up; errors name the setting, never its value.
 
-use crate::auth::Channel;
+use backbone_certificates::Channel;
 use backbone_kafka::KafkaSettings;
 use backbone_postgres::{DatabaseDefaults, PostgresConfig};
 use backbone_redis::AttemptPolicy;

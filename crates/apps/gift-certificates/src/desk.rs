@@ -4,12 +4,12 @@
 //! request, then the balance cache dropped and the relay woken. The HTTP handlers parse and
 //! render; this decides what happens in between.
 
-use crate::auth::Channel;
 use crate::http::apply_error;
 use crate::problem::{Problem, ProblemCode};
-use crate::AppState;
+use crate::state::AppState;
 use backbone_certificates::events::Origin;
 use backbone_certificates::store::BalanceView;
+use backbone_certificates::Channel;
 use backbone_certificates::{
     Applied, ApplyError, CertificateRef, CodeDigest, Command, Cvc, IdempotencyClaim, OperationId,
     OperationRequest,
@@ -93,7 +93,7 @@ pub async fn operate(state: &AppState, op: ChannelOperation) -> Result<Applied, 
             .map_err(|e| Problem::new(ProblemCode::Internal, Some(e.to_string())))?,
         command: op.command,
         origin: Origin {
-            channel: op.channel.as_str().to_owned(),
+            channel: op.channel,
             initiator: op.initiator,
             source_event: Some(format!("http:{key}")),
         },

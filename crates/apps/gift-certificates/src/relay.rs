@@ -4,7 +4,7 @@
 //! lost, and a certificate's events never overtake each other.
 
 use crate::config::Topics;
-use crate::AppState;
+use crate::state::AppState;
 use backbone_certificates::store::Outbox;
 use backbone_kafka::{KafkaPublisher, OutgoingRecord};
 use std::sync::Arc;

@@ -7,7 +7,7 @@
 //! Contracts: `docs/events/gift-certificates-in-v1.md`.
 
 use crate::config::Topics;
-use crate::AppState;
+use crate::state::AppState;
 use async_trait::async_trait;
 use backbone_certificates::sale::{OrderLine, PaymentRecord, SaleActivation, SaleOrder};
 use backbone_kafka::{
@@ -17,7 +17,7 @@ use backbone_kafka::{
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-use backbone_certificates::DeadLetterReason;
+use backbone_certificates::{Channel, DeadLetterReason};
 pub use backbone_orders::{reject, Rejection};
 
 /// What became of one record.
@@ -120,18 +120,19 @@ async fn upload(state: &AppState, payload: &[u8]) -> Result<Handled, backbone_ce
             )))
         }
     };
-    let (batch, rejected_rows) = match crate::upload::prepare(state.keys.as_ref(), job, "BatchLoader", None) {
-        Ok(prepared) => prepared,
-        Err(crate::upload::JobError::Keys(e)) => {
-            return Err(backbone_certificates::ApplyError::Unavailable(e))
-        }
-        Err(e) => {
-            return Ok(Handled::Rejected(reject(
-                DeadLetterReason::InvalidJob,
-                e.to_string(),
-            )))
-        }
-    };
+    let (batch, rejected_rows) =
+        match crate::upload::prepare(state.keys.as_ref(), job, Channel::BatchLoader, None) {
+            Ok(prepared) => prepared,
+            Err(crate::upload::JobError::Keys(e)) => {
+                return Err(backbone_certificates::ApplyError::Unavailable(e))
+            }
+            Err(e) => {
+                return Ok(Handled::Rejected(reject(
+                    DeadLetterReason::InvalidJob,
+                    e.to_string(),
+                )))
+            }
+        };
     let outcome = if batch.certificates.is_empty() {
         Default::default()
     } else {

@@ -5,7 +5,7 @@
 //! `gift-certificates sms requeue` puts it back.
 
 use crate::config::Config;
-use crate::AppState;
+use crate::state::AppState;
 use backbone_certificates::store::{OutboxLetter, SmsJob, SmsOutcome, SmsQueue};
 use backbone_certificates::{DeadLetterReason, KeyError, SmsError, SmsMessage, SmsSender};
 use backon::{BackoffBuilder, ExponentialBuilder};

@@ -4,7 +4,7 @@
 //! CVCs appear in a reason.
 
 use backbone_certificates::store::{IssueBatch, NewCertificate};
-use backbone_certificates::{Amount, CodeKeys, Currency, Cvc, GiftCode};
+use backbone_certificates::{Amount, Channel, CodeKeys, Currency, Cvc, GiftCode};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use time::OffsetDateTime;
@@ -70,7 +70,7 @@ pub enum JobError {
 pub fn prepare(
     keys: &dyn CodeKeys,
     job: UploadJob,
-    channel: &str,
+    channel: Channel,
     source_event: Option<String>,
 ) -> Result<(IssueBatch, Vec<RejectedRow>), JobError> {
     if job.version != 1 {
@@ -133,7 +133,7 @@ pub fn prepare(
             job: job.job,
             rejected: u32::try_from(rejected.len()).unwrap_or(u32::MAX),
             certificates,
-            channel: channel.to_owned(),
+            channel,
             initiator: None,
             source_event,
         },

@@ -332,7 +332,7 @@ fn write_params(
         })
         .collect::<anyhow::Result<_>>()?;
     let origin = Origin {
-        channel: "POS".into(),
+        channel: backbone_certificates::Channel::Pos,
         initiator: Some(INITIATOR.into()),
         source_event: Some(format!("http:{key}")),
     };

@@ -206,7 +206,7 @@ impl CertificateRows for PgUnit {
             )
             .bind(events.iter().map(|e| e.payload.clone()).collect::<Vec<_>>())
             .bind(&batch.batch_id)
-            .bind(&batch.channel)
+            .bind(batch.channel.as_str())
             .bind(&batch.initiator)
             .bind(&batch.source_event)
             .bind(i32::try_from(batch.job).unwrap_or(i32::MAX))

@@ -8,8 +8,8 @@ mod uploads;
 
 use crate::auth::{AuthError, Channel, Scope};
 use crate::problem::{Problem, ProblemCode};
+use crate::state::AppState;
 use crate::upload::{RejectedRow, UploadJob, UploadRow};
-use crate::AppState;
 use axum::body::Bytes;
 use axum::http::HeaderMap;
 use axum::routing::{get, post};

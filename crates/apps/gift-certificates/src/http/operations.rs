@@ -7,7 +7,7 @@ use super::{required_idempotency_key, REPLAYED_HEADER};
 use crate::auth::Scope;
 use crate::desk::{self, ChannelOperation};
 use crate::problem::{Problem, ProblemCode};
-use crate::AppState;
+use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -123,7 +123,7 @@ fn render(applied: &Applied, status: StatusCode) -> Response {
 struct Operation<'a> {
     route: &'static str,
     status: StatusCode,
-    channel: crate::auth::Channel,
+    channel: backbone_certificates::Channel,
     digest: backbone_certificates::CodeDigest,
     digest_hex: String,
     command: Command,

@@ -4,7 +4,7 @@ use super::{apply_error, authenticate_for, code_digest, header, not_found, ApiRe
 use crate::auth::Scope;
 use crate::desk;
 use crate::problem::{Problem, ProblemCode};
-use crate::AppState;
+use crate::state::AppState;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;

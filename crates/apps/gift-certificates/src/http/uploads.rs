@@ -4,8 +4,8 @@
 use super::{apply_error, authenticate_for, required_idempotency_key, REPLAYED_HEADER};
 use crate::auth::Scope;
 use crate::problem::{Problem, ProblemCode};
+use crate::state::AppState;
 use crate::upload::{prepare, JobError, RejectedRow, UploadJob};
-use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -52,19 +52,14 @@ pub async fn upload_batch(
     let job: UploadJob = serde_json::from_slice(&body)
         .map_err(|e| Problem::new(ProblemCode::BadRequest, Some(format!("invalid JSON body: {e}"))))?;
     let job_no = job.job;
-    let (batch, rejected) = prepare(
-        state.keys.as_ref(),
-        job,
-        channel.as_str(),
-        Some(format!("http:{key}")),
-    )
-    .map_err(|e| match e {
-        JobError::Keys(cause) => {
-            tracing::error!(error = %cause, "key service failed");
-            Problem::new(ProblemCode::Unavailable, None)
-        }
-        other => Problem::new(ProblemCode::BadRequest, Some(other.to_string())),
-    })?;
+    let (batch, rejected) =
+        prepare(state.keys.as_ref(), job, channel, Some(format!("http:{key}"))).map_err(|e| match e {
+            JobError::Keys(cause) => {
+                tracing::error!(error = %cause, "key service failed");
+                Problem::new(ProblemCode::Unavailable, None)
+            }
+            other => Problem::new(ProblemCode::BadRequest, Some(other.to_string())),
+        })?;
     let claim = IdempotencyClaim {
         key,
         request_hash,
