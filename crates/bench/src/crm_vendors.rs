@@ -5,6 +5,7 @@
 //! The limits are the adapters' defaults (`crates/crm/src/{bitrix24,kommo,salesforce}`); the
 //! request pattern per chunk of `n` shipments is what the adapters send for new shipments.
 
+use crate::report::round;
 use serde_json::{json, Value};
 
 /// The vendors the benchmark knows, by `crm.vendor` name.
@@ -103,11 +104,6 @@ pub fn limit_json(vendor: &str, chunk: usize) -> Value {
         "ceiling_events_per_s": round(ceiling, 2),
         "ceiling_writes_only_events_per_s": round(l.per_second * l.records_per_write as f64, 1),
     })
-}
-
-pub fn round(v: f64, places: i32) -> f64 {
-    let f = 10f64.powi(places);
-    (v * f).round() / f
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The gift-certificates service as a child process of a benchmark: its own database, Redis key
 //! prefix, topics, master key and tokens, on a free port; and random valid codes to feed it.
 
+use crate::harness::{free_port, sibling_bin};
 use anyhow::Context;
 use backbone_certificates::code::{GiftCode, ALPHABET, CODE_LEN};
 use std::path::{Path, PathBuf};
@@ -15,34 +16,6 @@ pub const LOADER_TOKEN: &str = "bench-loader-token-0123456789abcdef";
 /// Nominal and currency of every benchmark certificate.
 pub const NOMINAL_MINOR: i64 = 500_000;
 pub const CURRENCY: &str = "RUB";
-
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// A binary next to the running one (both are built into the same `target/<profile>`).
-pub fn sibling_bin(name: &str, package: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let bin = exe.parent().context("binary directory")?.join(name);
-    anyhow::ensure!(
-        bin.exists(),
-        "{} missing: `cargo build --release -p {package}`",
-        bin.display()
-    );
-    Ok(bin)
-}
-
-/// A short random id for database, topic and key names.
-pub fn run_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()[..10].to_owned()
-}
-
-/// A fresh scratch directory under the system's temporary directory.
-pub fn scratch_dir(prefix: &str, id: &str) -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("{prefix}-{id}"));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
-}
 
 /// `n` random valid codes (distinct with overwhelming probability: 75 random bits each) with a
 /// random 4-digit CVC each.
@@ -249,53 +222,6 @@ impl Drop for Service {
     }
 }
 
-/// Sum of a Prometheus sample family, over the series whose labels contain `label` (all when
-/// empty). `name` is the full sample name (`..._sum`, `..._count`, `..._total`).
-pub fn metric_sum(text: &str, name: &str, label: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter(|l| label.is_empty() || l.contains(label))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
-}
-
-/// Drops a benchmark database (connections are closed by force).
-pub async fn drop_database(pg: &str, database: &str) {
-    use sqlx::Connection;
-    if let Ok(mut admin) = sqlx::PgConnection::connect(&format!("{pg}/postgres")).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-            .execute(&mut admin)
-            .await;
-    }
-}
-
-pub fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
-/// Rounds to `digits` decimals (for the JSON report).
-pub fn round(v: f64, digits: i32) -> f64 {
-    let f = 10f64.powi(digits);
-    (v * f).round() / f
-}
-
-/// `PASS` or `FAIL` for a figure against its target.
-pub fn mark(pass: bool) -> &'static str {
-    if pass {
-        "PASS"
-    } else {
-        "FAIL"
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,13 +232,5 @@ mod tests {
             assert!(GiftCode::parse(&code).is_ok(), "{code}");
             assert_eq!(cvc.len(), 4);
         }
-    }
-
-    #[test]
-    fn metric_sums_pick_the_family_and_label() {
-        let text = "# HELP x\nx_sum{route=\"authorize\"} 1.5\nx_sum{route=\"capture\"} 2\nx_sum_other 9\nx_count 3\n";
-        assert!((metric_sum(text, "x_sum", "") - 3.5).abs() < 1e-9);
-        assert!((metric_sum(text, "x_sum", "route=\"capture\"") - 2.0).abs() < 1e-9);
-        assert!((metric_sum(text, "x_count", "") - 3.0).abs() < 1e-9);
     }
 }

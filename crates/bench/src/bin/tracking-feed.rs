@@ -1,7 +1,7 @@
 //! Demo traffic for `make run`: parcel-status events with the mess real streams have (statuses out
 //! of order, duplicate deliveries, malformed records).
 
-use backbone_bench::{event_json, producer, send_all};
+use backbone_bench::{event_json, producer, send_all, STATUSES};
 use clap::Parser;
 use time::format_description::well_known::Rfc3339;
 use time::{Duration, OffsetDateTime};
@@ -15,8 +15,6 @@ struct Args {
     #[arg(long, default_value_t = 20)]
     shipments: usize,
 }
-
-const STATUSES: [&str; 4] = ["CREATED", "IN_TRANSIT", "OUT_FOR_DELIVERY", "DELIVERED"];
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
