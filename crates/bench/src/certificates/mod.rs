@@ -6,9 +6,8 @@
 //! - cached balance checks/s (a small set of certificates, served from Redis) (`balance`);
 //! - peak and current RSS of the service;
 //! - baseline: pgbench running exactly the statements the service runs for an authorize and a
-//!   capture (`LOCK_SQL`, `LOCK_BY_CODE_SQL`, `LOAD_SQL`, `WRITE_SQL` of
-//!   `backbone_postgres::certificates`), same database, same number of clients, same duration
-//!   (`pgbench`, `script`).
+//!   capture (as `backbone_postgres::certificates::pgbench` writes them out), same database,
+//!   same number of clients, same duration (`pgbench`, `script`).
 
 mod api;
 mod balance;

@@ -117,14 +117,14 @@ async fn prepare_tables(
                 $5::text AS ch, $6::text AS co, $7::text AS ce, $8::text AS ca,
                 '\\x' || encode(sha256(gen_random_uuid()::text::bytea), 'hex') AS request_hash",
     )
-    .bind(&templates.auth[0])
-    .bind(&templates.auth[1])
-    .bind(&templates.auth[2])
-    .bind(&templates.auth[3])
-    .bind(&templates.capture[0])
-    .bind(&templates.capture[1])
-    .bind(&templates.capture[2])
-    .bind(&templates.capture[3])
+    .bind(&templates.auth.holds)
+    .bind(&templates.auth.operations)
+    .bind(&templates.auth.events)
+    .bind(&templates.auth.result)
+    .bind(&templates.capture.holds)
+    .bind(&templates.capture.operations)
+    .bind(&templates.capture.events)
+    .bind(&templates.capture.result)
     .execute(&mut *conn)
     .await?;
     Ok(())

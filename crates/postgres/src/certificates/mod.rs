@@ -1,21 +1,19 @@
 //! Gift certificates in PostgreSQL: every storage port of the certificate service
 //! (`backbone_certificates::store`) over one pool. A unit of work is one transaction
-//! ([`unit`]); the statements of an operation are in [`sql`].
+//! ([`unit`]); the statements of an operation are in [`sql`], and [`pgbench`] writes them out as
+//! a pgbench script.
 
 use async_trait::async_trait;
 use backbone_certificates::store::{CertificateStore, StoreError, UnitOfWork};
 use sqlx::PgPool;
 
 mod outbox;
+pub mod pgbench;
 mod rows;
 mod sms;
-pub mod sql;
+mod sql;
 mod unit;
 mod views;
-
-pub use sql::{LOAD_SQL, LOCK_BY_CODE_SQL, LOCK_BY_ID_SQL, LOCK_SQL, WRITE_SQL};
-pub use unit::ISSUE_SQL;
-pub use views::BALANCE_SQL;
 
 /// gift-certificates' migrations (`migrations/gift-certificates/`), embedded at build time.
 /// Databases made before the schemas were split have crm-sync's migration recorded too: it is

@@ -3,7 +3,7 @@
 
 use backbone_certificates::certificate::{Capture, CertificateParts, Hold, HoldStatus};
 use backbone_certificates::events::{target_of, Outgoing};
-use backbone_certificates::store::{KeyOutcome, LockedCertificate, StoreError, StoredResult};
+use backbone_certificates::store::{KeyOutcome, LockedCertificate, SavedOperation, StoreError, StoredResult};
 use backbone_certificates::{Certificate, CodeDigest, Currency, Effect, OperationId, SaleLinks, State};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgRow;
@@ -154,6 +154,22 @@ pub(crate) fn event_rows(events: &[Outgoing]) -> Vec<EventRow<'_>> {
             payload: &o.payload,
         })
         .collect()
+}
+
+/// The JSON parameters of `WRITE_SQL`: the changed holds ($9), the operation rows ($10), the
+/// outgoing events ($14) and the result ($17).
+pub(crate) fn write_json(op: &SavedOperation<'_>) -> Result<[serde_json::Value; 4], StoreError> {
+    let json = |v: serde_json::Result<serde_json::Value>| v.map_err(unavailable);
+    Ok([
+        json(serde_json::to_value(changed_holds(
+            op.locked,
+            op.after,
+            op.origin.channel.as_str(),
+        )))?,
+        json(serde_json::to_value(op_rows(&op.applied.effects)))?,
+        json(serde_json::to_value(event_rows(op.events)))?,
+        json(serde_json::to_value(op.applied))?,
+    ])
 }
 
 #[derive(Deserialize)]

@@ -1,19 +1,19 @@
-//! The statements of one operation, as the unit of work runs them. Public so the benchmark
-//! can replay exactly them with pgbench.
+//! The statements of one operation, as the unit of work runs them (and [`super::pgbench`]
+//! writes them out for a baseline).
 
 /// Serialises concurrent requests with the same idempotency key; `false` = in flight elsewhere.
-pub const LOCK_SQL: &str = "SELECT pg_try_advisory_xact_lock($1)";
+pub(crate) const LOCK_SQL: &str = "SELECT pg_try_advisory_xact_lock($1)";
 
 /// Locks the certificate's row; a concurrent operation on it waits here.
-pub const LOCK_BY_CODE_SQL: &str = "SELECT id FROM gift_certificate WHERE code_digest = $1 FOR UPDATE";
-pub const LOCK_BY_ID_SQL: &str = "SELECT id FROM gift_certificate WHERE id = $1 FOR UPDATE";
+pub(crate) const LOCK_BY_CODE_SQL: &str = "SELECT id FROM gift_certificate WHERE code_digest = $1 FOR UPDATE";
+pub(crate) const LOCK_BY_ID_SQL: &str = "SELECT id FROM gift_certificate WHERE id = $1 FOR UPDATE";
 
 /// Loads the locked certificate with its active holds, the hold or capture `$2` names, an
 /// earlier effect under operation id `$3`, and the idempotency record (`$4`, `$5`). A statement
 /// of its own, after the lock: under READ COMMITTED it then reads what the transaction it
 /// waited for committed (a lock and a read in one statement would read the holds as of before
 /// the wait).
-pub const LOAD_SQL: &str =
+pub(crate) const LOAD_SQL: &str =
     "SELECT c.id, c.code_digest, c.code_last4, c.currency, c.nominal, c.balance, c.state, c.expires_at,
        c.client_id, c.order_id, c.payment_id, c.cvc_verifier, c.version,
        (SELECT coalesce(jsonb_agg(to_jsonb(h)), '[]'::jsonb) FROM gift_certificate_hold h
@@ -26,7 +26,7 @@ pub const LOAD_SQL: &str =
 
 /// Everything an operation changed, in one statement. Nothing is written unless the version
 /// still matches.
-pub const WRITE_SQL: &str = "WITH cert AS (
+pub(crate) const WRITE_SQL: &str = "WITH cert AS (
     UPDATE gift_certificate
        SET balance = $2, held = $3, state = $4, client_id = $5, order_id = $6, payment_id = $7,
            version = version + 1, updated_at = now()

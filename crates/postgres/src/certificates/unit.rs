@@ -3,7 +3,7 @@
 //! write statement (version-guarded, CHECK-constrained) for the certificate, its changed holds,
 //! the operation, audit, outbox and idempotency rows.
 
-use super::rows::{self, changed_holds, event_rows, op_rows, unavailable};
+use super::rows::{self, unavailable};
 use super::sql::*;
 use async_trait::async_trait;
 use backbone_certificates::events::Outgoing;
@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 /// Inserts a batch in one statement; a code that exists already is left untouched. Counts what
 /// existed before in this batch (a re-sent job) apart from codes of other batches (duplicates).
-pub const ISSUE_SQL: &str = "WITH input AS (
+pub(crate) const ISSUE_SQL: &str = "WITH input AS (
     SELECT * FROM UNNEST($1::uuid[], $2::bytea[], $3::text[], $4::text[], $5::bigint[], $6::timestamptz[],
                          $7::bytea[], $8::text[], $9::bytea[], $10::bytea[], $11::jsonb[])
         AS t(id, code_digest, code_last4, currency, nominal, expires_at, cvc_verifier, cvc_key_id,
@@ -146,7 +146,7 @@ impl CertificateRows for PgUnit {
         let channel = op.origin.channel.as_str();
         let links = op.after.links();
         let claim = op.idempotency;
-        let json = |v: serde_json::Result<serde_json::Value>| v.map_err(unavailable);
+        let [holds, operations, events, result] = rows::write_json(&op)?;
         let written: i64 = sqlx::query_scalar(WRITE_SQL)
             .bind(op.locked.id)
             .bind(op.after.balance())
@@ -156,17 +156,15 @@ impl CertificateRows for PgUnit {
             .bind(&links.order_id)
             .bind(&links.payment_id)
             .bind(op.locked.version)
-            .bind(json(serde_json::to_value(changed_holds(
-                op.locked, op.after, channel,
-            )))?)
-            .bind(json(serde_json::to_value(op_rows(&op.applied.effects)))?)
+            .bind(holds)
+            .bind(operations)
             .bind(channel)
             .bind(&op.origin.initiator)
             .bind(&op.origin.source_event)
-            .bind(json(serde_json::to_value(event_rows(op.events)))?)
+            .bind(events)
             .bind(claim.map(|c| c.key.as_str()))
             .bind(claim.map(|c| c.request_hash.to_vec()))
-            .bind(json(serde_json::to_value(op.applied))?)
+            .bind(result)
             .bind(claim.map(|c| c.retention.as_seconds_f64()).unwrap_or(0.0))
             .fetch_one(&mut *self.tx)
             .await

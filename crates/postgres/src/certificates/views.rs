@@ -11,7 +11,7 @@ use backbone_certificates::CodeDigest;
 use sqlx::Row;
 use uuid::Uuid;
 
-pub const BALANCE_SQL: &str = "SELECT c.id, c.code_last4, c.currency, c.balance, c.state, c.cvc_verifier,
+pub(crate) const BALANCE_SQL: &str = "SELECT c.id, c.code_last4, c.currency, c.balance, c.state, c.cvc_verifier,
        c.balance - coalesce((SELECT sum(h.amount) FROM gift_certificate_hold h
                               WHERE h.certificate_id = c.id AND h.status = 'active' AND h.expires_at > now()), 0)::bigint
            AS available
