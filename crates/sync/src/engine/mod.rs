@@ -14,8 +14,8 @@
 //! 6. the caller commits the source offsets.
 
 use crate::breaker::{BreakerState, CircuitBreaker};
-use crate::event::{EventId, InvalidEvent, ShipmentId, TrackingEvent};
-use crate::mapping::{CrmMapping, CrmStatusWrite};
+use crate::event::{EventId, ShipmentId, TrackingEvent};
+use crate::mapping::{CrmMapping, CrmShipmentState, CrmStatusWrite};
 use crate::ports::*;
 use crate::retry::{RetryPolicy, RetryStep};
 use crate::rules::{decide, WriteDecision};
@@ -25,6 +25,10 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
+
+mod accumulator;
+
+use accumulator::Accumulator;
 
 /// One record consumed from `tracking.events`.
 #[derive(Debug, Clone)]
@@ -101,21 +105,21 @@ pub struct SyncEngine {
     jitter: Jitter,
 }
 
-struct Candidate {
-    event: TrackingEvent,
-    source: SourcePosition,
-    key: Option<Vec<u8>>,
-    payload: Vec<u8>,
-    attempt: u32,
-    replay_count: u32,
+pub(super) struct Candidate {
+    pub(super) event: TrackingEvent,
+    pub(super) source: SourcePosition,
+    pub(super) key: Option<Vec<u8>>,
+    pub(super) payload: Vec<u8>,
+    pub(super) attempt: u32,
+    pub(super) replay_count: u32,
 }
 
 #[derive(Default)]
-struct Call {
-    http_status: Option<u16>,
-    response_excerpt: Option<String>,
-    error: Option<String>,
-    latency_ms: Option<f64>,
+pub(super) struct Call {
+    pub(super) http_status: Option<u16>,
+    pub(super) response_excerpt: Option<String>,
+    pub(super) error: Option<String>,
+    pub(super) latency_ms: Option<f64>,
 }
 
 impl SyncEngine {
@@ -293,50 +297,11 @@ impl SyncEngine {
 
     async fn sync_chunk(&self, chunk: Vec<(Candidate, CrmStatusWrite)>, acc: &mut Accumulator<'_>) {
         if let Err(wait) = self.admit() {
-            let err = CrmError {
-                retry_after: Some(wait),
-                ..CrmError::transient("circuit breaker open")
-            };
-            for (c, w) in &chunk {
-                self.failed(
-                    acc,
-                    c,
-                    w,
-                    &err,
-                    Call {
-                        error: Some(err.message.clone()),
-                        ..Call::default()
-                    },
-                );
-            }
-            return;
+            return self.refuse_chunk(&chunk, wait, acc);
         }
-
-        let ids: Vec<ShipmentId> = chunk.iter().map(|(c, _)| c.event.shipment_id.clone()).collect();
-        let started = Instant::now();
-        let states = match self.crm.read_states(&ids).await {
-            Ok(states) => {
-                self.breaker_result(true);
-                states
-            }
-            Err(err) => {
-                // A failed call says nothing about the records in it (a rotated token, clock skew
-                // or one broken record in the answer): park them all, count it against the CRM.
-                let err = err.as_transient();
-                self.breaker_result(false);
-                for (c, w) in &chunk {
-                    let call = Call {
-                        http_status: err.http_status,
-                        error: Some(format!("read failed: {err}")),
-                        latency_ms: Some(ms(started.elapsed())),
-                        ..Call::default()
-                    };
-                    self.failed(acc, c, w, &err, call);
-                }
-                return;
-            }
+        let Some(states) = self.read_chunk(&chunk, acc).await else {
+            return;
         };
-
         let mut to_write = Vec::with_capacity(chunk.len());
         for (c, w) in chunk {
             match decide(&w, states.get(&c.event.shipment_id)) {
@@ -351,10 +316,61 @@ impl SyncEngine {
                 }
             }
         }
-        if to_write.is_empty() {
-            return;
+        if !to_write.is_empty() {
+            self.write_chunk(to_write, acc).await;
         }
+    }
 
+    /// The breaker is open: no call is made, every event of the chunk is handled as failed.
+    fn refuse_chunk(&self, chunk: &[(Candidate, CrmStatusWrite)], wait: Duration, acc: &mut Accumulator<'_>) {
+        let err = CrmError {
+            retry_after: Some(wait),
+            ..CrmError::transient("circuit breaker open")
+        };
+        for (c, w) in chunk {
+            let call = Call {
+                error: Some(err.message.clone()),
+                ..Call::default()
+            };
+            self.failed(acc, c, w, &err, call);
+        }
+    }
+
+    /// What the CRM shows for the chunk's shipments; `None` when the read failed (every event
+    /// of the chunk is then handled as failed).
+    async fn read_chunk(
+        &self,
+        chunk: &[(Candidate, CrmStatusWrite)],
+        acc: &mut Accumulator<'_>,
+    ) -> Option<HashMap<ShipmentId, CrmShipmentState>> {
+        let ids: Vec<ShipmentId> = chunk.iter().map(|(c, _)| c.event.shipment_id.clone()).collect();
+        let started = Instant::now();
+        match self.crm.read_states(&ids).await {
+            Ok(states) => {
+                self.breaker_result(true);
+                Some(states)
+            }
+            Err(err) => {
+                // A failed call says nothing about the records in it (a rotated token, clock skew
+                // or one broken record in the answer): park them all, count it against the CRM.
+                let err = err.as_transient();
+                self.breaker_result(false);
+                for (c, w) in chunk {
+                    let call = Call {
+                        http_status: err.http_status,
+                        error: Some(format!("read failed: {err}")),
+                        latency_ms: Some(ms(started.elapsed())),
+                        ..Call::default()
+                    };
+                    self.failed(acc, c, w, &err, call);
+                }
+                None
+            }
+        }
+    }
+
+    /// Writes the statuses and concludes each event by its own result.
+    async fn write_chunk(&self, to_write: Vec<(Candidate, CrmStatusWrite)>, acc: &mut Accumulator<'_>) {
         let writes: Vec<CrmStatusWrite> = to_write.iter().map(|(_, w)| w.clone()).collect();
         let started = Instant::now();
         let result = self.crm.write_statuses(&writes).await;
@@ -461,235 +477,10 @@ fn chunks<T>(items: Vec<T>, size: usize) -> Vec<Vec<T>> {
     out
 }
 
-fn ms(d: Duration) -> f64 {
+pub(super) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn lag_ms(from: OffsetDateTime, to: OffsetDateTime) -> f64 {
+pub(super) fn lag_ms(from: OffsetDateTime, to: OffsetDateTime) -> f64 {
     ((to - from).as_seconds_f64() * 1000.0).max(0.0)
-}
-
-/// Collects the effects of one batch until they are flushed in order.
-struct Accumulator<'a> {
-    mapping: &'a CrmMapping,
-    ledger: LedgerBatch,
-    outcomes: Vec<OutcomeRecord>,
-    letters: Vec<DeadLetter>,
-    report: BatchReport,
-}
-
-impl<'a> Accumulator<'a> {
-    fn new(mapping: &'a CrmMapping) -> Self {
-        Self {
-            mapping,
-            ledger: LedgerBatch::default(),
-            outcomes: Vec::new(),
-            letters: Vec::new(),
-            report: BatchReport::default(),
-        }
-    }
-
-    fn count(&mut self, outcome: Outcome) {
-        *self.report.counts.entry(outcome).or_default() += 1;
-    }
-
-    /// A record that is not a valid tracking event.
-    fn invalid(&mut self, m: &Inbound, invalid: &InvalidEvent) {
-        tracing::warn!(
-            topic = %m.source.topic, partition = m.source.partition, offset = m.source.offset,
-            reason_code = %invalid.code(), reason = %invalid, "invalid event dead-lettered"
-        );
-        self.count(Outcome::DeadLettered);
-        self.report.dead_letter_reasons.push(invalid.code());
-        self.ledger.attempts.push(AttemptRecord {
-            event_id: None,
-            shipment_id: None,
-            client_id: None,
-            correlation_id: None,
-            payload: None,
-            http_status: None,
-            response_excerpt: None,
-            outcome: Outcome::DeadLettered,
-            attempt: 1,
-            error: Some(format!("{}: {invalid}", invalid.code())),
-            event_time: None,
-            sent_at: OffsetDateTime::now_utc(),
-            latency_ms: None,
-            source: Some(m.source.clone()),
-        });
-        self.letters.push(DeadLetter {
-            key: m.key.clone(),
-            payload: m.payload.clone(),
-            reason_code: invalid.code(),
-            reason: invalid.to_string(),
-            source: m.source.clone(),
-            attempts: 1,
-            replay_count: m.replay_count,
-            event_id: None,
-        });
-    }
-
-    /// An event handled before: logged and reported, but the processed record keeps the first
-    /// outcome.
-    fn duplicate(&mut self, c: &Candidate, first: Option<Outcome>) {
-        let w = self.mapping.to_crm(&c.event).ok();
-        let now = OffsetDateTime::now_utc();
-        self.count(Outcome::Duplicate);
-        self.ledger
-            .attempts
-            .push(self.attempt_row(c, w.as_ref(), Outcome::Duplicate, Call::default(), now));
-        self.outcomes.push(outcome_record(
-            c,
-            w.as_ref(),
-            Outcome::Duplicate,
-            first,
-            None,
-            now,
-        ));
-    }
-
-    /// Records an outcome: log row, processed id, outcome record, and leaves the retry queue when
-    /// the outcome is final.
-    fn conclude(&mut self, c: &Candidate, w: Option<&CrmStatusWrite>, outcome: Outcome, call: Call) {
-        let now = OffsetDateTime::now_utc();
-        self.count(outcome);
-        if outcome == Outcome::Success {
-            self.report.success_lag_ms.push(lag_ms(c.event.occurred_at, now));
-        }
-        let error = call.error.clone();
-        let row = self.attempt_row(c, w, outcome, call, now);
-        self.ledger.attempts.push(row);
-        self.ledger.processed.push((
-            c.event.event_id.clone(),
-            Recorded {
-                outcome,
-                replay_count: c.replay_count,
-            },
-        ));
-        // A final outcome clears any parked copy (one may have been parked by an overlapping
-        // batch); deleting a row that is not there costs an index probe.
-        if outcome.is_final() {
-            self.ledger.unpark.push(c.event.event_id.clone());
-        }
-        self.outcomes
-            .push(outcome_record(c, w, outcome, None, error, now));
-    }
-
-    fn park(&mut self, c: &Candidate, err: &CrmError, delay: Duration) {
-        tracing::info!(
-            event_id = %c.event.event_id, correlation_id = %c.event.correlation_id, shipment_id = %c.event.shipment_id,
-            attempt = c.attempt, retry_in_ms = delay.as_millis() as u64, error = %err.message, "CRM failed; event parked"
-        );
-        self.ledger.park.push(ParkedEvent {
-            event: c.event.clone(),
-            source: c.source.clone(),
-            attempts: c.attempt,
-            replay_count: c.replay_count,
-            next_attempt_at: OffsetDateTime::now_utc() + delay,
-            last_error: err.message.clone(),
-        });
-    }
-
-    fn dead_letter(
-        &mut self,
-        c: &Candidate,
-        w: Option<&CrmStatusWrite>,
-        code: DeadLetterReason,
-        reason: String,
-        mut call: Call,
-    ) {
-        tracing::warn!(
-            event_id = %c.event.event_id, correlation_id = %c.event.correlation_id, shipment_id = %c.event.shipment_id,
-            attempt = c.attempt, reason_code = %code, reason = %reason, "event dead-lettered"
-        );
-        self.report.dead_letter_reasons.push(code);
-        call.error = Some(format!("{code}: {reason}"));
-        self.letters.push(DeadLetter {
-            key: c.key.clone(),
-            payload: c.payload.clone(),
-            reason_code: code,
-            reason,
-            source: c.source.clone(),
-            attempts: c.attempt,
-            replay_count: c.replay_count,
-            event_id: Some(c.event.event_id.clone()),
-        });
-        self.conclude(c, w, Outcome::DeadLettered, call);
-    }
-
-    fn attempt_row(
-        &self,
-        c: &Candidate,
-        w: Option<&CrmStatusWrite>,
-        outcome: Outcome,
-        call: Call,
-        now: OffsetDateTime,
-    ) -> AttemptRecord {
-        AttemptRecord {
-            event_id: Some(c.event.event_id.clone()),
-            shipment_id: Some(c.event.shipment_id.clone()),
-            client_id: Some(c.event.client_id.to_string()),
-            correlation_id: Some(c.event.correlation_id.clone()),
-            payload: w.map(|w| serde_json::Value::Object(self.mapping.render(w))),
-            http_status: call.http_status,
-            response_excerpt: call.response_excerpt,
-            outcome,
-            attempt: c.attempt,
-            error: call.error,
-            event_time: Some(c.event.occurred_at),
-            sent_at: now,
-            latency_ms: call.latency_ms,
-            source: Some(c.source.clone()),
-        }
-    }
-
-    fn merge(&mut self, other: Accumulator<'_>) {
-        self.ledger.attempts.extend(other.ledger.attempts);
-        self.ledger.processed.extend(other.ledger.processed);
-        self.ledger.park.extend(other.ledger.park);
-        self.ledger.unpark.extend(other.ledger.unpark);
-        self.outcomes.extend(other.outcomes);
-        self.letters.extend(other.letters);
-        for (o, n) in other.report.counts {
-            *self.report.counts.entry(o).or_default() += n;
-        }
-        self.report.success_lag_ms.extend(other.report.success_lag_ms);
-        self.report
-            .dead_letter_reasons
-            .extend(other.report.dead_letter_reasons);
-    }
-
-    fn into_effects(self) -> Effects {
-        Effects {
-            ledger: self.ledger,
-            outcomes: self.outcomes,
-            letters: self.letters,
-            report: self.report,
-            done: AtomicU8::new(0),
-        }
-    }
-}
-
-fn outcome_record(
-    c: &Candidate,
-    w: Option<&CrmStatusWrite>,
-    outcome: Outcome,
-    first_outcome: Option<Outcome>,
-    error: Option<String>,
-    now: OffsetDateTime,
-) -> OutcomeRecord {
-    OutcomeRecord {
-        version: 1,
-        event_id: c.event.event_id.clone(),
-        shipment_id: c.event.shipment_id.clone(),
-        outcome,
-        first_outcome,
-        attempt: c.attempt,
-        crm_status: w.map(|w| w.crm_status.clone()),
-        occurred_at: c.event.occurred_at,
-        processed_at: now,
-        latency_ms: lag_ms(c.event.occurred_at, now),
-        error,
-        correlation_id: c.event.correlation_id.clone(),
-    }
 }
