@@ -65,7 +65,13 @@ fn id(s: &str) -> EventId {
 pub async fn ledger_contract(ledger: &dyn SyncLedger) {
     let now = OffsetDateTime::now_utc();
     let owned = vec![("tracking.events".to_string(), 0)];
+    a_batch_commits_its_rows_and_the_last_write_wins(ledger, now).await;
+    a_final_outcome_stands_against_a_later_retry(ledger).await;
+    due_events_are_the_owned_ones_oldest_first(ledger, &owned, now).await;
+    reparking_updates_and_unparking_removes(ledger, &owned, now).await;
+}
 
+async fn a_batch_commits_its_rows_and_the_last_write_wins(ledger: &dyn SyncLedger, now: OffsetDateTime) {
     assert!(ledger
         .recorded(&[id("unknown")])
         .await
@@ -130,8 +136,10 @@ pub async fn ledger_contract(ledger: &dyn SyncLedger) {
         },
         "last write wins"
     );
+}
 
-    // A final outcome stands against a later retry_scheduled; a replay may replace it.
+/// A final outcome stands against a later retry_scheduled; a replay may replace it.
+async fn a_final_outcome_stands_against_a_later_retry(ledger: &dyn SyncLedger) {
     let again = |outcome, replay_count| LedgerBatch {
         processed: vec![(
             id("a"),
@@ -162,15 +170,26 @@ pub async fn ledger_contract(ledger: &dyn SyncLedger) {
         }
     );
     assert_eq!(ledger.retry_depth().await.expect("depth"), 4);
+}
 
-    let due = ledger.due(&owned, now, 10).await.expect("due");
+async fn due_events_are_the_owned_ones_oldest_first(
+    ledger: &dyn SyncLedger,
+    owned: &[(String, i32)],
+    now: OffsetDateTime,
+) {
+    let due = ledger.due(owned, now, 10).await.expect("due");
     let ids: Vec<&str> = due.iter().map(|p| p.event.event_id.as_str()).collect();
     assert_eq!(ids, ["c", "b"], "due, owned partition only, oldest event first");
     assert_eq!(due[1], parked("b", 0, 5, due[1].next_attempt_at));
-    assert_eq!(ledger.due(&owned, now, 1).await.expect("due").len(), 1, "limit");
+    assert_eq!(ledger.due(owned, now, 1).await.expect("due").len(), 1, "limit");
     assert!(ledger.due(&[], now, 10).await.expect("due").is_empty());
+}
 
-    // Re-parking updates in place; unparking removes.
+async fn reparking_updates_and_unparking_removes(
+    ledger: &dyn SyncLedger,
+    owned: &[(String, i32)],
+    now: OffsetDateTime,
+) {
     let mut again = parked("b", 0, 5, now + Duration::minutes(5));
     again.attempts = 2;
     ledger
@@ -181,9 +200,9 @@ pub async fn ledger_contract(ledger: &dyn SyncLedger) {
         })
         .await
         .expect("commit");
-    assert!(ledger.due(&owned, now, 10).await.expect("due").is_empty());
+    assert!(ledger.due(owned, now, 10).await.expect("due").is_empty());
     let later = ledger
-        .due(&owned, now + Duration::minutes(6), 10)
+        .due(owned, now + Duration::minutes(6), 10)
         .await
         .expect("due");
     let b = later

@@ -149,34 +149,14 @@ fn read_file(
         .from_reader(BufReader::with_capacity(1 << 18, file));
     let columns = Columns::from_header(reader.byte_headers()?)
         .map_err(|e| anyhow::anyhow!("{}: {e}", options.file.display()))?;
-    // The reject file holds rejected rows, CVCs included: owner-only like the input.
-    let rejects_file = create_private(&options.rejects)
-        .with_context(|| format!("reject file {}", options.rejects.display()))?;
-    let mut rejects = csv::Writer::from_writer(std::io::BufWriter::new(rejects_file));
-    rejects.write_record(["line", "reason", "record"])?;
+    let mut rejects = open_rejects(&options.rejects)?;
 
     let mut seen = SeenCodes::new();
     let mut totals = ReadTotals::default();
     let mut current = Vec::with_capacity(options.job_size);
     let mut record = csv::ByteRecord::new();
     let mut next_job: u32 = 0;
-    let emit = |certificates: Vec<_>, job: u32| -> anyhow::Result<ReadyJob> {
-        let job_body = UploadJob {
-            version: CONTRACT_VERSION,
-            batch_id: options.batch_id.clone(),
-            job,
-            certificates,
-        };
-        let body = serde_json::to_vec(&job_body)?;
-        Ok(ReadyJob {
-            digest: job_digest(&body),
-            job: OutgoingJob {
-                job,
-                certificates: job_body.certificates.len(),
-                body,
-            },
-        })
-    };
+    let emit = |certificates, job| ready_job(&options.batch_id, certificates, job);
     loop {
         if !reader.read_byte_record(&mut record)? {
             break;
@@ -216,11 +196,7 @@ fn read_file(
                     totals.duplicates_in_file += 1;
                 }
                 counters.rejected.fetch_add(1, Ordering::Relaxed);
-                let raw: Vec<String> = record
-                    .iter()
-                    .map(|f| String::from_utf8_lossy(f).into_owned())
-                    .collect();
-                rejects.write_record([line.to_string(), reason.code().to_owned(), raw.join(",")])?;
+                write_reject(&mut rejects, line, reason, &record)?;
             }
         }
     }
@@ -230,13 +206,66 @@ fn read_file(
         let _ = tx.blocking_send(ready);
     }
     counters.bytes.store(reader.position().byte(), Ordering::Relaxed);
+    close_rejects(rejects)?;
+    Ok(totals)
+}
+
+type RejectFile = csv::Writer<std::io::BufWriter<File>>;
+
+/// The reject file holds rejected rows, CVCs included: owner-only like the input.
+fn open_rejects(path: &std::path::Path) -> anyhow::Result<RejectFile> {
+    let file = create_private(path).with_context(|| format!("reject file {}", path.display()))?;
+    let mut rejects = csv::Writer::from_writer(std::io::BufWriter::new(file));
+    rejects.write_record(["line", "reason", "record"])?;
+    Ok(rejects)
+}
+
+fn write_reject(
+    rejects: &mut RejectFile,
+    line: u64,
+    reason: RejectReason,
+    record: &csv::ByteRecord,
+) -> anyhow::Result<()> {
+    let raw: Vec<String> = record
+        .iter()
+        .map(|f| String::from_utf8_lossy(f).into_owned())
+        .collect();
+    rejects.write_record([line.to_string(), reason.code().to_owned(), raw.join(",")])?;
+    Ok(())
+}
+
+/// Flushed and synced: the reject file is complete once the load returns.
+fn close_rejects(rejects: RejectFile) -> anyhow::Result<()> {
     let file = rejects
         .into_inner()
         .map_err(|e| anyhow::anyhow!("reject file: {}", e.error()))?
         .into_inner()
         .map_err(|e| anyhow::anyhow!("reject file: {}", e.error()))?;
     file.sync_all()?;
-    Ok(totals)
+    Ok(())
+}
+
+/// One job of the batch, serialised once: its body is what is sent and what its digest covers.
+fn ready_job(
+    batch_id: &str,
+    certificates: Vec<crate::contract::UploadCertificate>,
+    job: u32,
+) -> anyhow::Result<ReadyJob> {
+    let job_body = UploadJob {
+        version: CONTRACT_VERSION,
+        batch_id: batch_id.to_owned(),
+        job,
+        certificates,
+    };
+    let body = serde_json::to_vec(&job_body)?;
+    Ok(ReadyJob {
+        digest: job_digest(&body),
+        job: OutgoingJob {
+            job,
+            certificates: job_body.certificates.len(),
+            body,
+        },
+    })
 }
 
 fn backoff(base: Duration, attempt: u32) -> Duration {
@@ -283,8 +312,7 @@ async fn send_with_retries(
 
 /// Runs a load. An error leaves the progress file with every job acknowledged so far; running
 /// again with the same file, batch id and job size finishes the batch.
-pub async fn load(options: LoadOptions, sink: Arc<Sink>) -> anyhow::Result<Summary> {
-    let started = Instant::now();
+fn check_options(options: &LoadOptions) -> anyhow::Result<()> {
     crate::contract::validate_batch_id(&options.batch_id).map_err(anyhow::Error::msg)?;
     if !(1..=MAX_JOB_SIZE).contains(&options.job_size) {
         anyhow::bail!("--job-size must be 1..={MAX_JOB_SIZE}");
@@ -292,6 +320,45 @@ pub async fn load(options: LoadOptions, sink: Arc<Sink>) -> anyhow::Result<Summa
     if options.concurrency == 0 || options.max_attempts == 0 {
         anyhow::bail!("--concurrency and --max-attempts must be at least 1");
     }
+    Ok(())
+}
+
+/// What the service said it issued and found duplicate, over the acknowledged jobs; unknown
+/// once one acknowledgement did not say.
+#[derive(Default)]
+struct Tally {
+    issued: u64,
+    duplicates: u64,
+    unknown: bool,
+}
+
+impl Tally {
+    fn add(&mut self, issued: Option<u64>, duplicates: Option<u64>) {
+        match (issued, duplicates) {
+            (Some(i), Some(d)) => {
+                self.issued += i;
+                self.duplicates += d;
+            }
+            _ => self.unknown = true,
+        }
+    }
+}
+
+/// A job acknowledged by an earlier run may be skipped only if it is the same job.
+fn check_resumed(earlier: &JobDigest, ready: &ReadyJob, batch_id: &str) -> anyhow::Result<()> {
+    if *earlier != ready.digest {
+        anyhow::bail!(
+            "job {} differs from the one acknowledged earlier for batch {batch_id}: the file, its order or \
+             the job size changed; load it under a new batch id",
+            ready.job.job
+        );
+    }
+    Ok(())
+}
+
+pub async fn load(options: LoadOptions, sink: Arc<Sink>) -> anyhow::Result<Summary> {
+    let started = Instant::now();
+    check_options(&options)?;
     let total_bytes = std::fs::metadata(&options.file)
         .with_context(|| format!("{}", options.file.display()))?
         .len();
@@ -311,48 +378,31 @@ pub async fn load(options: LoadOptions, sink: Arc<Sink>) -> anyhow::Result<Summa
     });
 
     let mut summary = Summary::default();
-    let mut counts = (0u64, 0u64, false);
+    let mut counts = Tally::default();
     let mut failure: Option<anyhow::Error> = None;
     let mut inflight = JoinSet::new();
     let finished = |result: Result<Result<Sent, SendError>, tokio::task::JoinError>,
                     checkpoint: &mut Checkpoint,
                     summary: &mut Summary,
-                    counts: &mut (u64, u64, bool)|
+                    counts: &mut Tally|
      -> anyhow::Result<()> {
         let (job, digest, ack) = result??;
         checkpoint.record(job, digest, ack.as_ref())?;
         summary.jobs_sent += 1;
         progress.counters.jobs_sent.fetch_add(1, Ordering::Relaxed);
-        match ack {
-            Some(a) => {
-                counts.0 += a.issued;
-                counts.1 += a.duplicates;
-            }
-            None => counts.2 = true,
-        }
+        counts.add(ack.as_ref().map(|a| a.issued), ack.as_ref().map(|a| a.duplicates));
         Ok(())
     };
 
     'receive: while let Some(ready) = rx.recv().await {
         if let Some(prev) = checkpoint.acknowledged(ready.job.job) {
-            if prev.digest != ready.digest {
-                failure = Some(anyhow::anyhow!(
-                    "job {} differs from the one acknowledged earlier for batch {}: the file, its order or \
-                     the job size changed; load it under a new batch id",
-                    ready.job.job,
-                    options.batch_id
-                ));
+            if let Err(e) = check_resumed(&prev.digest, &ready, &options.batch_id) {
+                failure = Some(e);
                 break;
             }
             summary.jobs_skipped += 1;
             progress.counters.jobs_skipped.fetch_add(1, Ordering::Relaxed);
-            match (prev.issued, prev.duplicates) {
-                (Some(i), Some(d)) => {
-                    counts.0 += i;
-                    counts.1 += d;
-                }
-                _ => counts.2 = true,
-            }
+            counts.add(prev.issued, prev.duplicates);
             continue;
         }
         while inflight.len() >= options.concurrency {
@@ -395,9 +445,9 @@ pub async fn load(options: LoadOptions, sink: Arc<Sink>) -> anyhow::Result<Summa
     summary.rejected = read.rejected;
     summary.duplicates_in_file = read.duplicates_in_file;
     summary.jobs = read.jobs;
-    if !counts.2 {
-        summary.issued = Some(counts.0);
-        summary.duplicates_at_service = Some(counts.1);
+    if !counts.unknown {
+        summary.issued = Some(counts.issued);
+        summary.duplicates_at_service = Some(counts.duplicates);
     }
     summary.elapsed = started.elapsed();
     Ok(summary)

@@ -10,6 +10,7 @@ use axum::Router;
 use backbone_kafka::{ConsumedBatch, DeadLetterPublisher, KafkaConsumer, KafkaPublisher};
 use backbone_postgres::PgLedger;
 use backbone_sync::engine::{Effects, EngineError, EngineSettings, Inbound, SyncEngine};
+use backbone_sync::mapping::CrmMapping;
 use backbone_sync::ports::SyncLedger;
 use backon::{ExponentialBuilder, Retryable};
 use secrecy::ExposeSecret;
@@ -88,13 +89,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         backbone_kafka::ensure_topics(&cfg.kafka.client, &topics, cfg.kafka.client.topic_partitions).await?;
     }
     let publisher = KafkaPublisher::new(&cfg.kafka.client)?;
-    let crm = Arc::new(CrmAdapter::build(&cfg.crm, mapping.clone()).map_err(anyhow::Error::msg)?);
-    if cfg.crm.verify_mapping {
-        crm.verify_mapping(&cfg.mapping)
-            .await
-            .map_err(|e| anyhow::anyhow!("the mapping does not fit the CRM:\n{e}"))?;
-    }
-    tracing::info!(vendor = ?cfg.crm.vendor, "CRM adapter ready");
+    let crm = connect_crm(&cfg, mapping.clone()).await?;
     let metrics = Arc::new(Metrics::new());
     let lag_metrics = metrics.clone();
     let consumer = KafkaConsumer::new(
@@ -105,41 +100,14 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             lag_metrics.set_consumer_lag(topic, partition, lag)
         })),
     )?;
-    let engine = SyncEngine::new(
-        mapping,
-        EngineSettings {
-            retry: cfg.retry.clone(),
-            breaker: cfg.breaker.clone(),
-            crm_batch_limit: cfg.pipeline.crm_batch_limit,
-        },
-        crm.clone(),
-        ledger.clone(),
-        Arc::new(KafkaOutcomes::new(publisher.clone(), &cfg.kafka.outcome_topic)),
-        Arc::new(KafkaDeadLetters(DeadLetterPublisher::new(
-            publisher.clone(),
-            &cfg.kafka.dead_letter_topic,
-        ))),
-        Box::new(rand::random::<f64>),
-    );
-
+    let engine = Arc::new(engine(&cfg, mapping, crm.clone(), ledger.clone(), &publisher));
     let health = Arc::new(Health {
         metrics: metrics.clone(),
         ready: AtomicBool::new(true),
         ledger: ledger.clone(),
     });
-    let listener = tokio::net::TcpListener::bind(cfg.http.listen)
-        .await
-        .with_context(|| format!("binding {}", cfg.http.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /health");
-    let http_shutdown = shutdown.clone();
-    let app = router(health.clone());
-    let http = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-            .await
-    });
+    let http = serve_health(&cfg, health.clone(), shutdown.clone()).await?;
 
-    let engine = Arc::new(engine);
     let consumer = Arc::new(consumer);
     let (to_finisher, from_pipeline) = mpsc::channel(cfg.pipeline.batches_in_flight);
     let due_in_flight = Arc::new(AtomicBool::new(false));
@@ -183,6 +151,61 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let _ = http.await;
     tracing::info!("crm-sync stopped");
     Ok(())
+}
+
+/// The vendor's adapter, with the mapping checked against the CRM's fields when configured.
+async fn connect_crm(cfg: &Config, mapping: CrmMapping) -> anyhow::Result<Arc<CrmAdapter>> {
+    let crm = Arc::new(CrmAdapter::build(&cfg.crm, mapping).map_err(anyhow::Error::msg)?);
+    if cfg.crm.verify_mapping {
+        crm.verify_mapping(&cfg.mapping)
+            .await
+            .map_err(|e| anyhow::anyhow!("the mapping does not fit the CRM:\n{e}"))?;
+    }
+    tracing::info!(vendor = ?cfg.crm.vendor, "CRM adapter ready");
+    Ok(crm)
+}
+
+fn engine(
+    cfg: &Config,
+    mapping: CrmMapping,
+    crm: Arc<CrmAdapter>,
+    ledger: Arc<PgLedger>,
+    publisher: &KafkaPublisher,
+) -> SyncEngine {
+    SyncEngine::new(
+        mapping,
+        EngineSettings {
+            retry: cfg.retry.clone(),
+            breaker: cfg.breaker.clone(),
+            crm_batch_limit: cfg.pipeline.crm_batch_limit,
+        },
+        crm,
+        ledger,
+        Arc::new(KafkaOutcomes::new(publisher.clone(), &cfg.kafka.outcome_topic)),
+        Arc::new(KafkaDeadLetters(DeadLetterPublisher::new(
+            publisher.clone(),
+            &cfg.kafka.dead_letter_topic,
+        ))),
+        Box::new(rand::random::<f64>),
+    )
+}
+
+/// `/metrics` and `/health/*` until `shutdown`.
+async fn serve_health(
+    cfg: &Config,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let listener = tokio::net::TcpListener::bind(cfg.http.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.http.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /health");
+    let app = router(health);
+    Ok(tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+    }))
 }
 
 fn router(health: Arc<Health>) -> Router {
