@@ -2,7 +2,7 @@
 //! key prefix per test) and a key file in a temporary directory. Kafka is only needed by the
 //! event tests, which run the whole service with [`gift_certificates::serve`].
 
-use backbone_certificates::code::{GiftCode, ALPHABET};
+pub use backbone_tests::gift::{new_code, token, CHANNELS};
 use gift_certificates::auth::Channel;
 use gift_certificates::config::Config;
 use gift_certificates::AppState;
@@ -11,22 +11,6 @@ use secrecy::SecretString;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use std::sync::{Arc, Mutex, OnceLock};
-
-pub const CHANNELS: [(Channel, &str); 5] = [
-    (Channel::OnlineStore, "test-online-store-token-000000001"),
-    (Channel::Pos, "test-pos-token-0000000000000000002"),
-    (Channel::Payments, "test-payments-token-0000000000003"),
-    (Channel::BatchLoader, "test-batch-loader-token-000000004"),
-    (Channel::Internal, "test-internal-token-00000000000005"),
-];
-
-pub fn token(channel: Channel) -> &'static str {
-    CHANNELS
-        .iter()
-        .find(|(c, _)| *c == channel)
-        .map(|(_, t)| *t)
-        .expect("every channel has a test token")
-}
 
 /// Everything logged by this test binary, for the masking test.
 pub fn logs() -> &'static LogBuffer {
@@ -63,19 +47,6 @@ impl std::io::Write for LogBuffer {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
-}
-
-/// A fresh, valid code: 15 random payload characters and the check character.
-pub fn new_code() -> String {
-    let bytes = *uuid::Uuid::new_v4().as_bytes();
-    let mut payload = [0u8; 15];
-    for (i, p) in payload.iter_mut().enumerate() {
-        *p = ALPHABET[usize::from(bytes[i]) % ALPHABET.len()];
-    }
-    GiftCode::from_payload(&payload)
-        .expect("alphabet payload")
-        .expose()
-        .to_owned()
 }
 
 /// A configuration for tests: every channel's token, a Redis prefix of its own, a key file.
