@@ -125,6 +125,16 @@ where
         (1, 0, 1)
     );
 
+    // A code twice in one job is issued once and counted as a duplicate.
+    let mut twin = new_certificate(4, 900);
+    twin.id = Uuid::now_v7();
+    let twice = batch("b3", 1, vec![new_certificate(4, 900), twin]);
+    let outcome = service.issue(&twice, None).await.expect("issued");
+    assert_eq!(
+        (outcome.issued, outcome.already_issued, outcome.duplicates),
+        (1, 0, 1)
+    );
+
     let views = service.store();
     let b1 = views.batch("b1").await.expect("read").expect("batch b1");
     assert_eq!((b1.jobs, b1.submitted, b1.issued), (1, 2, 2));

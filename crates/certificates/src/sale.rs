@@ -109,6 +109,34 @@ pub fn settles<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the order of arrival and however often each payment is delivered, the sale
+        /// is settled exactly when distinct same-currency payments reach the total.
+        #[test]
+        fn settlement_ignores_order_and_duplicates(
+            amounts in proptest::collection::vec((1i64..5_000, any::<bool>()), 0..8),
+            total in 1i64..20_000,
+            deliveries in proptest::collection::vec(any::<prop::sample::Index>(), 0..24),
+        ) {
+            let payments: Vec<(String, &str, i64)> = amounts
+                .iter()
+                .enumerate()
+                .map(|(i, (a, rub))| (format!("p{i}"), if *rub { "RUB" } else { "EUR" }, *a))
+                .collect();
+            let expected: i64 = payments.iter().filter(|p| p.1 == "RUB").map(|p| p.2).sum();
+            // Every payment once and random redeliveries, read back to front: redeliveries first.
+            let mut stream: Vec<&(String, &str, i64)> = payments.iter().collect();
+            if !payments.is_empty() {
+                stream.extend(deliveries.iter().map(|i| &payments[i.index(payments.len())]));
+                stream.reverse();
+            }
+            let seen = stream.iter().map(|p| (p.0.as_str(), p.1, p.2));
+            prop_assert_eq!(paid_towards("RUB", seen.clone()), expected);
+            prop_assert_eq!(settles(total, "RUB", seen), expected >= total);
+        }
+    }
 
     #[test]
     fn order_lines_store_their_digest_as_hex_and_read_it_back() {

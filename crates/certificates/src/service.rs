@@ -15,8 +15,8 @@ use crate::operation::{execute, Command};
 use crate::ports::{Applied, ApplyError, CertificateRef, IdempotencyClaim, OperationRequest, Refusal};
 use crate::sale::{settles, PaymentRecord, SaleActivation, SaleOrder};
 use crate::store::{
-    CertificateStore, CertificateViews, IssueBatch, IssueOutcome, KeyOutcome, LockedCertificate, Lookup,
-    SavedOperation, StoreError, StoredResult, UnitOfWork,
+    CertificateStore, IssueBatch, IssueOutcome, KeyOutcome, LockedCertificate, Lookup, SavedOperation,
+    StoreError, StoredResult, UnitOfWork,
 };
 use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
@@ -120,34 +120,25 @@ impl<S: CertificateStore> CertificateService<S> {
         end(unit, result, keep).await
     }
 
-    /// Releases the expired holds of up to `limit` certificates, each in its own unit of work.
-    /// Returns every operation applied (an `expire` effect per hold).
-    pub async fn release_expired_holds(
-        &self,
-        views: &dyn CertificateViews,
-        limit: i64,
-    ) -> Result<Vec<Applied>, ApplyError> {
-        let due = views.with_expired_holds(limit).await?;
-        let mut released = Vec::with_capacity(due.len());
-        for id in due {
-            let operation = OperationId::parse(format!("sweep:{}", Uuid::now_v7()))
-                .map_err(|e| corrupt("sweep id", e))?;
-            let request = OperationRequest {
-                certificate: CertificateRef::Id(id),
-                operation,
-                command: Command::Sweep,
-                origin: Origin {
-                    channel: INTERNAL_CHANNEL,
-                    initiator: Some("hold-sweeper".into()),
-                    source_event: None,
-                },
-                idempotency: None,
-                cvc_verifier: None,
-                cvc_sms_to: None,
-            };
-            released.push(self.apply(request).await?);
-        }
-        Ok(released)
+    /// Releases the expired holds of one certificate (the sweeper's operation): each becomes
+    /// an `expire` effect. Which certificates are due is `CertificateViews::with_expired_holds`.
+    pub async fn release_expired_holds(&self, certificate: Uuid) -> Result<Applied, ApplyError> {
+        let operation =
+            OperationId::parse(format!("sweep:{}", Uuid::now_v7())).map_err(|e| corrupt("sweep id", e))?;
+        self.apply(OperationRequest {
+            certificate: CertificateRef::Id(certificate),
+            operation,
+            command: Command::Sweep,
+            origin: Origin {
+                channel: INTERNAL_CHANNEL,
+                initiator: Some("hold-sweeper".into()),
+                source_event: None,
+            },
+            idempotency: None,
+            cvc_verifier: None,
+            cvc_sms_to: None,
+        })
+        .await
     }
 }
 

@@ -96,8 +96,8 @@ pub fn validate_topics(inputs: &[(&str, &str)], outputs: &[(&str, &str)]) -> Res
         }
     }
     for (input_name, input) in inputs {
-        if let Some((output_name, _)) = outputs.iter().find(|(_, t)| t == input) {
-            return Err(format!("{input_name} must differ from {output_name}"));
+        if outputs.iter().any(|(_, t)| t == input) {
+            return Err(format!("{input_name} must differ from the output topics"));
         }
     }
     Ok(())

@@ -194,10 +194,19 @@ impl KafkaConsumer {
 }
 
 impl ConsumedBatch {
+    /// Moves the records out; the batch keeps its offsets for the commit.
+    pub fn take_records(&mut self) -> Vec<ConsumedRecord> {
+        std::mem::take(&mut self.records)
+    }
+
     fn push(&mut self, m: &BorrowedMessage<'_>) {
         let record = ConsumedRecord::from_message(m);
+        // The first record that carries a trace context names the batch's parent span.
         for name in ["traceparent", "tracestate"] {
-            if let (false, Some(v)) = (self.trace_headers.contains_key(name), record.header(name)) {
+            if self.trace_headers.contains_key(name) {
+                continue;
+            }
+            if let Some(v) = record.header_values(name).next() {
                 self.trace_headers.insert(name.to_owned(), v.to_owned());
             }
         }

@@ -27,8 +27,9 @@ pub struct DeadLetter {
     /// For people; never a copy of the input.
     pub reason: String,
     pub attempts: u32,
-    /// Written when above zero.
-    pub replay_count: u32,
+    /// How many times the record came back from a dead-letter topic; `x-replay-count` is
+    /// written when known.
+    pub replay_count: Option<u32>,
     pub event_id: Option<String>,
 }
 
@@ -44,8 +45,8 @@ impl DeadLetter {
             headers.push((HEADER_SOURCE_OFFSET.to_owned(), source.offset.to_string()));
         }
         headers.push((HEADER_ATTEMPTS.to_owned(), self.attempts.to_string()));
-        if self.source.is_some() {
-            headers.push((HEADER_REPLAY_COUNT.to_owned(), self.replay_count.to_string()));
+        if let Some(count) = self.replay_count {
+            headers.push((HEADER_REPLAY_COUNT.to_owned(), count.to_string()));
         }
         if let Some(id) = &self.event_id {
             headers.push((HEADER_EVENT_ID.to_owned(), id.clone()));
@@ -67,10 +68,6 @@ impl DeadLetterPublisher {
             publisher,
             topic: topic.into(),
         }
-    }
-
-    pub fn topic(&self) -> &str {
-        &self.topic
     }
 
     pub async fn publish(&self, letters: &[DeadLetter]) -> Result<(), KafkaError> {

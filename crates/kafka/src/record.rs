@@ -14,8 +14,8 @@ pub struct RecordPosition {
 pub struct ConsumedRecord {
     pub position: RecordPosition,
     pub key: Option<Vec<u8>>,
-    /// Headers in the order they arrived; a header without a value has an empty one.
-    pub headers: Vec<(String, Vec<u8>)>,
+    /// Headers in the order they arrived; `None` for a header without a value.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
     /// `None` for a tombstone.
     pub payload: Option<Vec<u8>>,
     /// The record's create or log-append time, when the broker gave one.
@@ -23,12 +23,17 @@ pub struct ConsumedRecord {
 }
 
 impl ConsumedRecord {
-    /// The first header called `name`, if its value is UTF-8.
-    pub fn header(&self, name: &str) -> Option<&str> {
+    /// The values of the headers called `name` that have a UTF-8 value, in arrival order.
+    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.headers
             .iter()
-            .find(|(k, _)| k == name)
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+            .filter(move |(k, _)| k == name)
+            .filter_map(|(_, v)| v.as_deref().and_then(|v| std::str::from_utf8(v).ok()))
+    }
+
+    /// The last header called `name` with a UTF-8 value: a later header overrides an earlier.
+    pub fn header<'a>(&'a self, name: &'a str) -> Option<&'a str> {
+        self.header_values(name).last()
     }
 
     /// The value, or empty for a tombstone.
@@ -41,7 +46,7 @@ impl ConsumedRecord {
             .headers()
             .map(|hs| {
                 hs.iter()
-                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec).unwrap_or_default()))
+                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
                     .collect()
             })
             .unwrap_or_default();

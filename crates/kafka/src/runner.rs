@@ -101,10 +101,6 @@ impl ConsumerRunner {
         self
     }
 
-    pub fn consumer(&self) -> &KafkaConsumer {
-        &self.consumer
-    }
-
     /// Runs until `stop`; then commits what was handled and returns.
     pub async fn run<H: RecordHandler>(&self, handler: &H, stop: &CancellationToken) {
         while !stop.is_cancelled() {
@@ -179,8 +175,7 @@ impl ConsumerRunner {
             attempts: 1,
             replay_count: record
                 .header(crate::HEADER_REPLAY_COUNT)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0),
+                .and_then(|v| v.parse().ok()),
             event_id: None,
         };
         let letters = [letter];

@@ -37,7 +37,7 @@ fn letter(i: i64) -> DeadLetter {
         reason_code: "malformed_json".into(),
         reason: "bad".into(),
         attempts: 1,
-        replay_count: 0,
+        replay_count: Some(0),
         event_id: None,
     }
 }

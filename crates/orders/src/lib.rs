@@ -1,7 +1,7 @@
 //! Orders and payments as the gift-certificates service sees them: the versioned event
 //! contracts of `All_SalesOrder` and `All_Payments` (`docs/events/gift-certificates-in-v1.md`),
-//! their validation into domain values, and the settlement rule: a sale completes once distinct
-//! captured payments in the order's currency add up to its total. Pure: no I/O.
+//! and their validation into domain values. When a sale completes (the settlement rule) is the
+//! certificate sale's: `backbone_certificates::sale`. Pure: no I/O.
 
 use backbone_certificates::{Currency, DeadLetterReason, GiftCode};
 use serde::Deserialize;
@@ -233,13 +233,9 @@ pub fn parse_payment(payload: &[u8]) -> Result<Option<Payment>, Rejection> {
     }))
 }
 
-/// The settlement rule is the certificate sale's: kept there, read here too.
-pub use backbone_certificates::sale::{paid_towards, settles};
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
 
     fn code() -> String {
         GiftCode::from_payload(b"ABCDEFGHJKLMNPQ")
@@ -316,32 +312,5 @@ mod tests {
             parse_payment(negative).map_err(|r| r.code.as_str()),
             Err("invalid_field")
         );
-    }
-
-    proptest! {
-        /// Whatever the order of arrival and however often each payment is delivered, the sale
-        /// is settled exactly when distinct same-currency payments reach the total.
-        #[test]
-        fn settlement_ignores_order_and_duplicates(
-            amounts in proptest::collection::vec((1i64..5_000, any::<bool>()), 0..8),
-            total in 1i64..20_000,
-            deliveries in proptest::collection::vec(any::<prop::sample::Index>(), 0..24),
-        ) {
-            let payments: Vec<(String, &str, i64)> = amounts
-                .iter()
-                .enumerate()
-                .map(|(i, (a, rub))| (format!("p{i}"), if *rub { "RUB" } else { "EUR" }, *a))
-                .collect();
-            let expected: i64 = payments.iter().filter(|p| p.1 == "RUB").map(|p| p.2).sum();
-            // Every payment once and random redeliveries, read back to front: redeliveries first.
-            let mut stream: Vec<&(String, &str, i64)> = payments.iter().collect();
-            if !payments.is_empty() {
-                stream.extend(deliveries.iter().map(|i| &payments[i.index(payments.len())]));
-                stream.reverse();
-            }
-            let seen = stream.iter().map(|p| (p.0.as_str(), p.1, p.2));
-            prop_assert_eq!(paid_towards("RUB", seen.clone()), expected);
-            prop_assert_eq!(settles(total, "RUB", seen), expected >= total);
-        }
     }
 }

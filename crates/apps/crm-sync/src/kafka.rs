@@ -144,7 +144,7 @@ impl DeadLetterSink for KafkaDeadLetters {
                 reason_code: l.reason_code.as_str().to_owned(),
                 reason: l.reason.clone(),
                 attempts: l.attempts,
-                replay_count: l.replay_count,
+                replay_count: Some(l.replay_count),
                 event_id: l.event_id.as_ref().map(ToString::to_string),
             })
             .collect();

@@ -342,11 +342,11 @@ impl Pipeline<'_> {
     }
 
     /// Decides a batch and queues it for the finisher; `false` when the pipeline must stop.
-    async fn handle(&self, batch: ConsumedBatch) -> bool {
+    async fn handle(&self, mut batch: ConsumedBatch) -> bool {
         let span = tracing::info_span!("crm_sync.batch", records = batch.records.len());
         backbone_telemetry::set_parent_from_headers(&span, &batch.trace_headers);
         let started = Instant::now();
-        let records: Vec<Inbound> = batch.records.iter().cloned().map(inbound).collect();
+        let records: Vec<Inbound> = batch.take_records().into_iter().map(inbound).collect();
         // Only the ledger read can fail here; the same records are tried again.
         let decided = until_done("deciding a batch", &self.health, &self.shutdown, || {
             self.engine.decide(&records).instrument(span.clone())
@@ -354,11 +354,10 @@ impl Pipeline<'_> {
         let Some(effects) = decided.await else {
             return false;
         };
-        let records = batch.records.len();
         let decided = Decided {
             effects,
             batch: Some(batch),
-            records,
+            records: records.len(),
             started,
         };
         self.queue(decided).await

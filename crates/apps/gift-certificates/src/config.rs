@@ -296,25 +296,6 @@ impl Config {
         if let Err(e) = self.kafka.client.validate() {
             problems.push(e);
         }
-        let t = &self.topics;
-        if let Err(e) = backbone_kafka::validate_topics(
-            &[
-                ("topics.orders", &t.orders),
-                ("topics.payments", &t.payments),
-                ("topics.uploads", &t.uploads),
-            ],
-            &[
-                ("topics.dead_letters", &t.dead_letters),
-                ("topics.state", &t.state),
-                ("topics.transactions", &t.transactions),
-                ("topics.bi", &t.bi),
-            ],
-        ) {
-            problems.push(e);
-        }
-        if t.group_id.trim().is_empty() {
-            problems.push("topics.group_id must not be empty".into());
-        }
         if problems.is_empty() {
             Ok(())
         } else {

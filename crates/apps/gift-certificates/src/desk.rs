@@ -4,7 +4,7 @@
 //! request, then the balance cache dropped and the relay woken. The HTTP handlers parse and
 //! render; this decides what happens in between.
 
-use crate::http::apply_error;
+use crate::http::{apply_error, not_found};
 use crate::problem::{Problem, ProblemCode};
 use crate::state::AppState;
 use backbone_certificates::events::Origin;
@@ -178,8 +178,4 @@ pub async fn check_balance(
         return Err(not_found());
     }
     Ok(view)
-}
-
-fn not_found() -> Problem {
-    Problem::new(ProblemCode::CertificateNotFound, None)
 }

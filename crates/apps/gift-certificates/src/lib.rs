@@ -26,16 +26,16 @@ use tokio_util::sync::CancellationToken;
 
 /// Releases expired holds: each becomes an `expire` transaction event. Returns how many.
 pub async fn sweep_once(state: &AppState) -> Result<usize, backbone_certificates::ApplyError> {
-    let released = state
-        .certificates
-        .release_expired_holds(state.store(), 200)
-        .await?;
-    for applied in &released {
+    let due = state.store().with_expired_holds(200).await?;
+    let mut released = 0;
+    for id in due {
+        let applied = state.certificates.release_expired_holds(id).await?;
+        released += applied.effects.len();
         if let Some(digest) = applied.code_digest {
             state.after_commit(&hex::encode(digest.0)).await;
         }
     }
-    Ok(released.iter().map(|a| a.effects.len()).sum())
+    Ok(released)
 }
 
 /// Builds the shared state from configuration (connects to PostgreSQL and Redis, loads keys).

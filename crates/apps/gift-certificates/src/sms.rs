@@ -153,7 +153,7 @@ fn dead_letter(job: &SmsJob, error: &str, topic: &str) -> OutboxLetter {
         reason_code: DeadLetterReason::SmsFailed.as_str().into(),
         reason: error.to_owned(),
         attempts: u32::try_from(job.attempts).unwrap_or(0),
-        replay_count: 0,
+        replay_count: None,
         event_id: None,
     }
     .headers();

@@ -115,9 +115,10 @@ impl MemoryStore {
         self.shared.data.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Audit rows written so far (issues, operations).
-    pub fn audit_rows(&self) -> usize {
-        self.data().audit_rows
+    /// The write lock, for a write outside a unit of work: an open unit publishes its whole
+    /// working copy on commit, which would undo a write made beside it.
+    pub(super) async fn exclusive(&self) -> OwnedMutexGuard<()> {
+        self.shared.write.clone().lock_owned().await
     }
 }
 

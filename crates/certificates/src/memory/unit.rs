@@ -181,10 +181,12 @@ impl CertificateRows for MemoryUnit {
                 outcome: KeyOutcome::Applied,
                 result,
             };
-            data.keys.insert(
-                (op.origin.channel.as_str().to_owned(), claim.key.clone()),
-                (stored, OffsetDateTime::now_utc() + claim.retention),
-            );
+            let key = (op.origin.channel.as_str().to_owned(), claim.key.clone());
+            if data.keys.contains_key(&key) {
+                return Err(StoreError(format!("idempotency key {} stored twice", claim.key)));
+            }
+            data.keys
+                .insert(key, (stored, OffsetDateTime::now_utc() + claim.retention));
         }
         Ok(())
     }
@@ -192,13 +194,21 @@ impl CertificateRows for MemoryUnit {
     async fn issue(&mut self, batch: &IssueBatch, events: &[Outgoing]) -> Result<IssueOutcome, StoreError> {
         let data = self.data().await;
         let (mut issued, mut already) = (0u64, 0u64);
+        // What this job inserts is not "issued before by this batch": a code twice in one job
+        // is a duplicate, as in PostgreSQL, whose statement does not see its own inserts.
+        let mut inserted = std::collections::HashSet::new();
         for (c, event) in batch.certificates.iter().zip(events) {
             if let Some(existing) = data.by_digest(&c.code_digest) {
-                if existing.batch_id.as_deref() == Some(batch.batch_id.as_str()) {
+                let earlier_job = !inserted.contains(&existing.id);
+                if earlier_job && existing.batch_id.as_deref() == Some(batch.batch_id.as_str()) {
                     already += 1;
                 }
                 continue;
             }
+            if data.certificates.contains_key(&c.id) {
+                return Err(StoreError(format!("certificate id {} issued twice", c.id)));
+            }
+            inserted.insert(c.id);
             data.certificates.insert(
                 c.id,
                 Row {

@@ -98,6 +98,7 @@ impl CertificateViews for MemoryStore {
 
     async fn prune_idempotency_keys(&self) -> Result<u64, StoreError> {
         let now = OffsetDateTime::now_utc();
+        let _exclusive = self.exclusive().await;
         let mut data = self.data();
         let before = data.keys.len();
         data.keys.retain(|_, (_, expires)| *expires >= now);
@@ -113,6 +114,7 @@ impl CertificateViews for MemoryStore {
 impl SmsQueue for MemoryStore {
     async fn claim_sms(&self, limit: i64, lease: time::Duration) -> Result<Vec<SmsJob>, StoreError> {
         let now = OffsetDateTime::now_utc();
+        let _exclusive = self.exclusive().await;
         let mut data = self.data();
         let mut due: Vec<(OffsetDateTime, Uuid)> = data
             .sms
@@ -150,6 +152,7 @@ impl SmsQueue for MemoryStore {
         outcome: &SmsOutcome,
         letter: Option<&OutboxLetter>,
     ) -> Result<(), StoreError> {
+        let _exclusive = self.exclusive().await;
         let mut data = self.data();
         let Some(sms) = data.sms.get_mut(&job.certificate_id) else {
             return Err(StoreError("no such delivery".into()));
@@ -175,6 +178,7 @@ impl SmsQueue for MemoryStore {
 
     async fn requeue_failed_sms(&self, certificate_id: Option<Uuid>) -> Result<u64, StoreError> {
         let now = OffsetDateTime::now_utc();
+        let _exclusive = self.exclusive().await;
         let mut data = self.data();
         let sealed: HashSet<Uuid> = data
             .certificates
@@ -232,6 +236,7 @@ impl Outbox for MemoryStore {
     }
 
     async fn delete(&self, ids: &[i64]) -> Result<(), StoreError> {
+        let _exclusive = self.exclusive().await;
         let mut data = self.data();
         for id in ids {
             data.outbox.remove(id);
