@@ -1,11 +1,15 @@
 //! PostgreSQL adapters. No sqlx type leaves this crate: errors become port errors here.
 
+#[cfg(feature = "certificates")]
 pub mod certificates;
 mod config;
+#[cfg(feature = "sync")]
 pub mod sync;
 
+#[cfg(feature = "certificates")]
 pub use certificates::PgCertificates;
 pub use config::{DatabaseDefaults, PostgresConfig};
+#[cfg(feature = "sync")]
 pub use sync::PgLedger;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
