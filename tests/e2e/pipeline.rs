@@ -126,7 +126,7 @@ async fn a_messy_stream_converges_to_the_newest_status_exactly_once() -> anyhow:
     )?;
     let mut got: Vec<String> = letters
         .iter()
-        .map(|l| String::from_utf8_lossy(&l.payload).into_owned())
+        .map(|l| String::from_utf8_lossy(l.payload.as_deref().unwrap_or_default()).into_owned())
         .collect();
     let mut want: Vec<String> = bad.to_vec();
     got.sort();

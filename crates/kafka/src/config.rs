@@ -8,6 +8,13 @@ use std::collections::BTreeMap;
 /// `security.protocol = "SASL_SSL"`, `sasl.mechanism = "SCRAM-SHA-512"`.
 ///
 /// Services flatten this into their own `[kafka]` section (which denies unknown keys).
+/// The default `max_record_bytes`: below the broker's usual 1 MB `message.max.bytes`, so a
+/// dead letter of any accepted record (its value plus the `x-dlq-*` headers) still fits.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 900_000;
+/// What a dead letter may add to the record it carries: bounded headers (reason, source, ...).
+pub const LETTER_HEADROOM: usize = 64 * 1024;
+const MAX_RECORD_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=64 * 1024 * 1024;
+
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct KafkaSettings {
@@ -22,6 +29,10 @@ pub struct KafkaSettings {
     pub fetch_wait_max_ms: u32,
     /// How long the producer waits to fill a batch.
     pub linger_ms: u32,
+    /// Largest record (key, value and headers) a consumer accepts. A larger one is set aside at
+    /// intake without its value (reason `record_too_large`); the producer's `message.max.bytes`
+    /// is this plus [`LETTER_HEADROOM`], so every accepted record fits in its dead letter.
+    pub max_record_bytes: usize,
     pub properties: BTreeMap<String, String>,
 }
 
@@ -34,6 +45,7 @@ impl Default for KafkaSettings {
             topic_partitions: 6,
             fetch_wait_max_ms: 5,
             linger_ms: 2,
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             properties: BTreeMap::new(),
         }
     }
@@ -49,6 +61,7 @@ impl std::fmt::Debug for KafkaSettings {
             .field("topic_partitions", &self.topic_partitions)
             .field("fetch_wait_max_ms", &self.fetch_wait_max_ms)
             .field("linger_ms", &self.linger_ms)
+            .field("max_record_bytes", &self.max_record_bytes)
             .field("properties", &self.properties.keys().collect::<Vec<_>>())
             .finish()
     }
@@ -70,11 +83,34 @@ impl KafkaSettings {
         if self.topic_partitions < 1 {
             return Err("kafka.topic_partitions must be >= 1".into());
         }
+        if !MAX_RECORD_BYTES_RANGE.contains(&self.max_record_bytes) {
+            return Err(format!(
+                "kafka.max_record_bytes must be within {}..={}",
+                MAX_RECORD_BYTES_RANGE.start(),
+                MAX_RECORD_BYTES_RANGE.end()
+            ));
+        }
+        if let Some(limit) = self.properties.get("message.max.bytes") {
+            let fits = limit
+                .parse::<usize>()
+                .is_ok_and(|l| l >= self.producer_max_bytes());
+            if !fits {
+                return Err(format!(
+                    "kafka.properties.message.max.bytes must be at least kafka.max_record_bytes + {LETTER_HEADROOM} ({}), so every accepted record can be dead-lettered",
+                    self.producer_max_bytes()
+                ));
+            }
+        }
         // Let librdkafka judge the pass-through properties now, not at the first message.
         self.client_config()
             .create::<rdkafka::producer::BaseProducer>()
             .map(|_| ())
             .map_err(|e| format!("kafka.properties rejected by the Kafka client: {e}"))
+    }
+
+    /// The producer's `message.max.bytes`: what a consumer accepts plus a dead letter's headers.
+    pub fn producer_max_bytes(&self) -> usize {
+        self.max_record_bytes.saturating_add(LETTER_HEADROOM)
     }
 
     /// Base client configuration shared by every client.

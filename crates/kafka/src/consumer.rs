@@ -72,6 +72,7 @@ pub struct KafkaConsumer {
     /// Next offset per partition of every batch handled so far (shared with the context, which
     /// forgets revoked partitions).
     processed: Arc<Mutex<BTreeMap<(String, i32), i64>>>,
+    max_record_bytes: usize,
 }
 
 /// Records received together, with the offsets to commit once they are handled.
@@ -108,7 +109,11 @@ impl KafkaConsumer {
                 processed: processed.clone(),
             })?;
         consumer.subscribe(topics)?;
-        Ok(Self { consumer, processed })
+        Ok(Self {
+            consumer,
+            processed,
+            max_record_bytes: settings.max_record_bytes,
+        })
     }
 
     /// Waits for at least one record, then takes whatever else is already buffered, up to `max`.
@@ -119,11 +124,11 @@ impl KafkaConsumer {
             next_offsets: BTreeMap::new(),
         };
         let first = self.consumer.recv().await?;
-        batch.push(&first);
+        batch.push(&first, self.max_record_bytes);
         drop(first);
         while batch.records.len() < max {
             match self.consumer.recv().now_or_never() {
-                Some(Ok(m)) => batch.push(&m),
+                Some(Ok(m)) => batch.push(&m, self.max_record_bytes),
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "kafka consumer error while draining a batch");
                     break;
@@ -199,8 +204,8 @@ impl ConsumedBatch {
         std::mem::take(&mut self.records)
     }
 
-    fn push(&mut self, m: &BorrowedMessage<'_>) {
-        let record = ConsumedRecord::from_message(m);
+    fn push(&mut self, m: &BorrowedMessage<'_>, max_record_bytes: usize) {
+        let record = ConsumedRecord::from_message(m, max_record_bytes);
         // The first record that carries a trace context names the batch's parent span.
         for name in ["traceparent", "tracestate"] {
             if self.trace_headers.contains_key(name) {

@@ -17,7 +17,8 @@ pub struct DeadLetterView {
     /// When it was dead-lettered (the record's timestamp).
     pub dead_lettered_at: Option<OffsetDateTime>,
     pub key: Option<Vec<u8>>,
-    pub payload: Vec<u8>,
+    /// `None` for a letter without a value (a tombstone, or a value withheld as too large).
+    pub payload: Option<Vec<u8>>,
     pub headers: BTreeMap<String, String>,
 }
 
@@ -100,7 +101,7 @@ pub fn read_dead_letters(
     let mut last_progress = Instant::now();
     while !remaining.is_empty() {
         if last_progress.elapsed() > timeout {
-            return Err(KafkaError(format!(
+            return Err(KafkaError::new(format!(
                 "reading {topic} stalled before its high watermark (partitions left: {:?})",
                 remaining.keys().collect::<Vec<_>>()
             )));
@@ -132,7 +133,7 @@ pub fn read_dead_letters(
                 .to_millis()
                 .and_then(|ms| OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()),
             key: m.key().map(<[u8]>::to_vec),
-            payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            payload: m.payload().map(<[u8]>::to_vec),
             headers,
         };
         if filter.matches(&view) {
@@ -153,7 +154,7 @@ mod tests {
             offset: 0,
             dead_lettered_at: Some(at),
             key: None,
-            payload: vec![],
+            payload: None,
             headers: [(HEADER_EVENT_ID, event), (HEADER_REASON_CODE, reason)]
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))

@@ -12,15 +12,16 @@ mod producer;
 mod record;
 mod runner;
 
-pub use config::{validate_topics, KafkaSettings};
+pub use config::{validate_topics, KafkaSettings, DEFAULT_MAX_RECORD_BYTES, LETTER_HEADROOM};
 pub use consumer::{ConsumedBatch, KafkaConsumer, LagObserver};
 pub use dead_letter::{
     DeadLetter, DeadLetterPublisher, HEADER_ATTEMPTS, HEADER_EVENT_ID, HEADER_REASON, HEADER_REASON_CODE,
     HEADER_REPLAY_COUNT, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC,
+    HEADER_VALUE_WITHHELD, MAX_REASON_BYTES,
 };
 pub use dlq::{read_dead_letters, DeadLetterView, ReplayFilter};
 pub use producer::{KafkaPublisher, OutgoingRecord};
-pub use record::{ConsumedRecord, RecordPosition};
+pub use record::{ConsumedRecord, RecordPosition, MAX_KEPT_KEY_BYTES, REASON_RECORD_TOO_LARGE};
 pub use runner::{ConsumerRunner, Disposition, RecordHandler, Rejected, RetryBackoff};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -28,12 +29,26 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 
 #[derive(Debug, thiserror::Error)]
-#[error("kafka: {0}")]
-pub struct KafkaError(pub String);
+#[error("kafka: {message}")]
+pub struct KafkaError {
+    pub message: String,
+    /// The broker or the client refused a record as too large: retrying the same bytes cannot
+    /// help.
+    pub too_large: bool,
+}
+
+impl KafkaError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            too_large: false,
+        }
+    }
+}
 
 impl From<rdkafka::error::KafkaError> for KafkaError {
     fn from(e: rdkafka::error::KafkaError) -> Self {
-        KafkaError(e.to_string())
+        KafkaError::new(e.to_string())
     }
 }
 
@@ -53,7 +68,7 @@ pub async fn ensure_topics(
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => return Err(KafkaError(format!("creating topic {topic}: {code}"))),
+            Err((topic, code)) => return Err(KafkaError::new(format!("creating topic {topic}: {code}"))),
         }
     }
     Ok(())

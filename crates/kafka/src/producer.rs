@@ -1,5 +1,6 @@
 use crate::{KafkaError, KafkaSettings};
 use futures::future::try_join_all;
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
@@ -10,6 +11,8 @@ use std::time::Duration;
 #[derive(Clone)]
 pub struct KafkaPublisher {
     producer: FutureProducer,
+    /// Largest record a consumer of these settings accepts (`kafka.max_record_bytes`).
+    max_record_bytes: usize,
 }
 
 impl KafkaPublisher {
@@ -21,14 +24,21 @@ impl KafkaPublisher {
             .set("linger.ms", settings.linger_ms.to_string())
             .set("compression.type", "lz4")
             .set("message.timeout.ms", "30000")
-            .set("queue.buffering.max.messages", "1000000");
+            .set("queue.buffering.max.messages", "1000000")
+            .set("message.max.bytes", settings.producer_max_bytes().to_string());
         // Pass-through properties win (a deployment may shorten timeouts, add TLS, ...).
         for (k, v) in &settings.properties {
             config.set(k, v);
         }
         Ok(Self {
             producer: config.create()?,
+            max_record_bytes: settings.max_record_bytes,
         })
+    }
+
+    /// The largest record consumers accept; dead letters withhold a value above it.
+    pub fn max_record_bytes(&self) -> usize {
+        self.max_record_bytes
     }
 
     /// Publishes records and waits for every acknowledgement.
@@ -41,16 +51,26 @@ impl KafkaPublisher {
                     value: Some(v.as_bytes()),
                 });
             }
-            let mut record = FutureRecord::to(r.topic).payload(r.payload).headers(headers);
+            let mut record = FutureRecord::<[u8], [u8]>::to(r.topic).headers(headers);
+            if let Some(p) = r.payload {
+                record = record.payload(p);
+            }
             if let Some(k) = r.key {
                 record = record.key(k);
             }
             self.producer
                 .send(record, Timeout::After(Duration::from_secs(30)))
         });
-        try_join_all(sends)
-            .await
-            .map_err(|(e, _)| KafkaError(format!("delivery failed: {e}")))?;
+        try_join_all(sends).await.map_err(|(e, _)| {
+            let too_large = matches!(
+                e.rdkafka_error_code(),
+                Some(RDKafkaErrorCode::MessageSizeTooLarge)
+            );
+            KafkaError {
+                message: format!("delivery failed: {e}"),
+                too_large,
+            }
+        })?;
         Ok(())
     }
 
@@ -64,6 +84,7 @@ impl KafkaPublisher {
 pub struct OutgoingRecord<'a> {
     pub topic: &'a str,
     pub key: Option<&'a [u8]>,
-    pub payload: &'a [u8],
+    /// `None` publishes a record without a value.
+    pub payload: Option<&'a [u8]>,
     pub headers: Vec<(String, String)>,
 }

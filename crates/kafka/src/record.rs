@@ -20,7 +20,17 @@ pub struct ConsumedRecord {
     pub payload: Option<Vec<u8>>,
     /// The record's create or log-append time, when the broker gave one.
     pub timestamp: Option<OffsetDateTime>,
+    /// `Some(size)` when the record (key, value and headers) was larger than
+    /// `kafka.max_record_bytes`: its value and headers were dropped at intake (and a key longer
+    /// than [`MAX_KEPT_KEY_BYTES`]); it can only be set aside, as `record_too_large`.
+    pub oversized: Option<usize>,
 }
+
+/// The longest key an oversized record keeps (operators find it again by its key).
+pub const MAX_KEPT_KEY_BYTES: usize = 1024;
+
+/// The reason code of a record set aside because it is larger than `kafka.max_record_bytes`.
+pub const REASON_RECORD_TOO_LARGE: &str = "record_too_large";
 
 impl ConsumedRecord {
     /// The values of the headers called `name` that have a UTF-8 value, in arrival order.
@@ -41,7 +51,30 @@ impl ConsumedRecord {
         self.payload.as_deref().unwrap_or_default()
     }
 
-    pub(crate) fn from_message(m: &BorrowedMessage<'_>) -> Self {
+    pub(crate) fn from_message(m: &BorrowedMessage<'_>, max_record_bytes: usize) -> Self {
+        let position = RecordPosition {
+            topic: m.topic().to_owned(),
+            partition: m.partition(),
+            offset: m.offset(),
+        };
+        let timestamp = m
+            .timestamp()
+            .to_millis()
+            .and_then(|ms| OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok());
+        let size = record_size(m);
+        if size > max_record_bytes {
+            return Self {
+                position,
+                key: m
+                    .key()
+                    .filter(|k| k.len() <= MAX_KEPT_KEY_BYTES)
+                    .map(<[u8]>::to_vec),
+                headers: Vec::new(),
+                payload: None,
+                timestamp,
+                oversized: Some(size),
+            };
+        }
         let headers = m
             .headers()
             .map(|hs| {
@@ -51,18 +84,25 @@ impl ConsumedRecord {
             })
             .unwrap_or_default();
         Self {
-            position: RecordPosition {
-                topic: m.topic().to_owned(),
-                partition: m.partition(),
-                offset: m.offset(),
-            },
+            position,
             key: m.key().map(<[u8]>::to_vec),
             headers,
             payload: m.payload().map(<[u8]>::to_vec),
-            timestamp: m
-                .timestamp()
-                .to_millis()
-                .and_then(|ms| OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()),
+            timestamp,
+            oversized: None,
         }
     }
+}
+
+/// Key, value and headers, in bytes, as the record arrived.
+fn record_size(m: &BorrowedMessage<'_>) -> usize {
+    let headers: usize = m
+        .headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
+                .sum()
+        })
+        .unwrap_or(0);
+    m.key().map_or(0, <[u8]>::len) + m.payload().map_or(0, <[u8]>::len) + headers
 }

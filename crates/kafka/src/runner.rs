@@ -25,8 +25,9 @@ pub struct Rejected {
     pub reason_code: String,
     /// For people; never a copy of the input.
     pub reason: String,
-    /// The letter's value: `None` copies the record's value; `Some` replaces it (a masked copy,
-    /// or a note that it is withheld because it carries secrets).
+    /// The letter's value: `None` copies the record's value (none for a tombstone or an oversized
+    /// record); `Some` replaces it (a masked copy, or a note that it is withheld because it
+    /// carries secrets).
     pub payload: Option<Vec<u8>>,
 }
 
@@ -145,6 +146,14 @@ impl ConsumerRunner {
         record: &ConsumedRecord,
         stop: &CancellationToken,
     ) -> bool {
+        if let Some(size) = record.oversized {
+            let rejected = Rejected {
+                reason_code: crate::REASON_RECORD_TOO_LARGE.to_owned(),
+                reason: format!("the record is {size} bytes, more than kafka.max_record_bytes"),
+                payload: None,
+            };
+            return self.set_aside(record, rejected, stop).await;
+        }
         let attempt = || handler.handle(record);
         let handled = attempt
             .retry(self.backoff.builder())
@@ -158,6 +167,11 @@ impl ConsumerRunner {
             Ok(Disposition::DeadLetter(rejected)) => rejected,
             Err(_) => return false,
         };
+        self.set_aside(record, rejected, stop).await
+    }
+
+    /// Publishes the record's dead letter; `false` when stopped first.
+    async fn set_aside(&self, record: &ConsumedRecord, rejected: Rejected, stop: &CancellationToken) -> bool {
         tracing::warn!(
             topic = %record.position.topic,
             partition = record.position.partition,
@@ -169,7 +183,8 @@ impl ConsumerRunner {
         let letter = DeadLetter {
             source: Some(record.position.clone()),
             key: record.key.clone(),
-            payload: rejected.payload.unwrap_or_else(|| record.value().to_vec()),
+            payload: rejected.payload.or_else(|| record.payload.clone()),
+            withheld_bytes: record.oversized,
             reason_code: rejected.reason_code,
             reason: rejected.reason,
             attempts: 1,

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use backbone_kafka::{
     ConsumedRecord, ConsumerRunner, DeadLetter, DeadLetterPublisher, Disposition, KafkaConsumer,
     KafkaPublisher, KafkaSettings, OutgoingRecord, RecordHandler, RecordPosition, Rejected, RetryBackoff,
-    HEADER_REASON_CODE, HEADER_SOURCE_OFFSET,
+    HEADER_REASON_CODE, HEADER_SOURCE_OFFSET, HEADER_VALUE_WITHHELD, MAX_REASON_BYTES,
 };
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -33,7 +33,8 @@ fn letter(i: i64) -> DeadLetter {
             offset: i,
         }),
         key: Some(b"k".to_vec()),
-        payload: format!("payload-{i}").into_bytes(),
+        payload: Some(format!("payload-{i}").into_bytes()),
+        withheld_bytes: None,
         reason_code: "malformed_json".into(),
         reason: "bad".into(),
         attempts: 1,
@@ -135,7 +136,7 @@ async fn publish_errors_surface_instead_of_being_swallowed() {
         .send_all(vec![OutgoingRecord {
             topic: "out-errors",
             key: None,
-            payload: b"x",
+            payload: Some(b"x"),
             headers: vec![],
         }])
         .await
@@ -227,4 +228,102 @@ async fn the_runner_retries_transient_errors_dead_letters_the_rest_and_commits_a
     let next = KafkaConsumer::new(&s, "g-runner", &["in-runner"], None).unwrap();
     let batch = take(&next, 1, 10).await;
     assert_eq!(batch[0].records[0].value(), b"d");
+}
+
+/// A record larger than `max_record_bytes` is set aside at intake without its value, and a
+/// tombstone keeps its null value in its dead letter; the records after them are handled and
+/// everything is committed (before, an oversized record's dead letter was refused by the
+/// producer and the batch was retried for ever).
+#[tokio::test]
+async fn an_oversized_record_and_a_tombstone_are_set_aside_and_the_runner_goes_on() {
+    let cluster = MockCluster::new(1).unwrap();
+    let s = KafkaSettings {
+        max_record_bytes: 4096,
+        ..settings(&cluster)
+    };
+    cluster.create_topic("in-big", 1, 1).unwrap();
+    cluster.create_topic("dlq-big", 1, 1).unwrap();
+    let big = "x".repeat(20_000);
+    produce(&s.brokers, "in-big", &["a", &big]).await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &s.brokers)
+        .create()
+        .unwrap();
+    producer
+        .send(
+            FutureRecord::<str, [u8]>::to("in-big").key("k"),
+            Timeout::After(Duration::from_secs(5)),
+        )
+        .await
+        .unwrap();
+    produce(&s.brokers, "in-big", &["c"]).await;
+
+    let stop = CancellationToken::new();
+    let script = Script {
+        transient: 0,
+        attempts: AtomicUsize::new(0),
+        handled: Mutex::default(),
+        stop_after: 3,
+        stop: stop.clone(),
+    };
+    let runner = ConsumerRunner::new(
+        KafkaConsumer::new(&s, "g-big", &["in-big"], None).unwrap(),
+        DeadLetterPublisher::new(KafkaPublisher::new(&s).unwrap(), "dlq-big"),
+        10,
+    );
+    tokio::time::timeout(Duration::from_secs(30), runner.run(&script, &stop))
+        .await
+        .expect("the runner stops");
+    // The handler never saw the oversized record; it saw the tombstone (as an empty value).
+    assert_eq!(*script.handled.lock().unwrap(), ["a", "", "c"]);
+
+    let dlq = KafkaConsumer::new(&s, "g-big-reader", &["dlq-big"], None).unwrap();
+    let letters = take(&dlq, 1, 10).await;
+    let letter = &letters[0].records[0];
+    assert_eq!(letter.payload, None, "the value is withheld");
+    assert_eq!(letter.header(HEADER_REASON_CODE), Some("record_too_large"));
+    assert_eq!(letter.header(HEADER_VALUE_WITHHELD), Some("20001"));
+    assert_eq!(letter.header(HEADER_SOURCE_OFFSET), Some("1"));
+    assert!(letter.header("x-dlq-reason").is_some_and(|r| !r.contains("xxx")));
+
+    produce(&s.brokers, "in-big", &["d"]).await;
+    let next = KafkaConsumer::new(&s, "g-big", &["in-big"], None).unwrap();
+    assert_eq!(take(&next, 1, 10).await[0].records[0].value(), b"d");
+}
+
+/// A letter whose value is larger than consumers accept goes out without it, and its reason is
+/// bounded and free of control characters.
+#[tokio::test]
+async fn a_dead_letter_too_large_to_carry_goes_out_without_its_value() {
+    let cluster = MockCluster::new(1).unwrap();
+    let s = KafkaSettings {
+        max_record_bytes: 4096,
+        ..settings(&cluster)
+    };
+    cluster.create_topic("dlq-fit", 1, 1).unwrap();
+    let publisher = DeadLetterPublisher::new(KafkaPublisher::new(&s).unwrap(), "dlq-fit");
+    let mut big = letter(0);
+    big.payload = Some(vec![b'y'; 10_000]);
+    big.reason = format!("line one\nline\0two {}", "r".repeat(2000));
+    publisher.publish(&[big, letter(1)]).await.expect("published");
+    let reader = KafkaConsumer::new(&s, "g-fit", &["dlq-fit"], None).unwrap();
+    let mut records = Vec::new();
+    for b in take(&reader, 2, 10).await {
+        records.extend(b.records);
+        if records.len() >= 2 {
+            break;
+        }
+    }
+    assert_eq!(records[0].payload, None);
+    assert_eq!(records[0].header(HEADER_VALUE_WITHHELD), Some("10001"));
+    let reason = records[0].header("x-dlq-reason").unwrap();
+    assert!(
+        reason.len() <= MAX_REASON_BYTES && !reason.contains(['\n', '\0']),
+        "{reason}"
+    );
+    assert_eq!(
+        records[1].value(),
+        b"payload-1",
+        "a letter that fits keeps its value"
+    );
 }

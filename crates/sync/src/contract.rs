@@ -29,8 +29,18 @@ fn parked(id: &str, partition: i32, minute: i64, due: OffsetDateTime) -> ParkedE
         attempts: 1,
         replay_count: 0,
         next_attempt_at: due,
+        first_failed_at: first_failure(),
         last_error: "503".into(),
     }
+}
+
+/// Whole milliseconds, like every event time here.
+fn first_failure() -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(1_793_527_000).expect("valid time")
+}
+
+fn shipment(s: &str) -> ShipmentId {
+    ShipmentId::parse(s).expect("valid id")
 }
 
 fn attempt(id: &str, outcome: Outcome) -> AttemptRecord {
@@ -69,6 +79,41 @@ pub async fn ledger_contract(ledger: &dyn SyncLedger) {
     a_final_outcome_stands_against_a_later_retry(ledger).await;
     due_events_are_the_owned_ones_oldest_first(ledger, &owned, now).await;
     reparking_updates_and_unparking_removes(ledger, &owned, now).await;
+    newest_times_only_move_forward(ledger).await;
+}
+
+/// The newest event time per shipment is kept across batches and never moves back.
+async fn newest_times_only_move_forward(ledger: &dyn SyncLedger) {
+    let at = |minute: i64| event("x", minute).occurred_at;
+    let (a, b) = (shipment("n-a"), shipment("n-b"));
+    assert!(ledger
+        .newest_seen(std::slice::from_ref(&a))
+        .await
+        .expect("newest")
+        .is_empty());
+    let commit = |newest: Vec<(ShipmentId, OffsetDateTime)>| LedgerBatch {
+        newest,
+        ..LedgerBatch::default()
+    };
+    ledger
+        .commit(&commit(vec![
+            (a.clone(), at(10)),
+            (a.clone(), at(12)),
+            (b.clone(), at(5)),
+        ]))
+        .await
+        .expect("commit");
+    ledger
+        .commit(&commit(vec![(a.clone(), at(11))]))
+        .await
+        .expect("commit");
+    let seen = ledger
+        .newest_seen(&[a.clone(), b.clone(), shipment("n-c")])
+        .await
+        .expect("newest");
+    assert_eq!(seen.len(), 2, "only shipments with a time");
+    assert_eq!(seen[&a], at(12), "an older time never replaces a newer one");
+    assert_eq!(seen[&b], at(5));
 }
 
 async fn a_batch_commits_its_rows_and_the_last_write_wins(ledger: &dyn SyncLedger, now: OffsetDateTime) {
@@ -120,6 +165,7 @@ async fn a_batch_commits_its_rows_and_the_last_write_wins(ledger: &dyn SyncLedge
             parked("e", 0, 0, now + Duration::hours(1)),
         ],
         unpark: vec![],
+        newest: vec![],
     };
     ledger.commit(&batch).await.expect("commit");
 
@@ -192,6 +238,7 @@ async fn reparking_updates_and_unparking_removes(
 ) {
     let mut again = parked("b", 0, 5, now + Duration::minutes(5));
     again.attempts = 2;
+    again.first_failed_at = first_failure() + Duration::minutes(3);
     ledger
         .commit(&LedgerBatch {
             park: vec![again],
@@ -210,5 +257,10 @@ async fn reparking_updates_and_unparking_removes(
         .find(|p| p.event.event_id.as_str() == "b")
         .expect("b still parked");
     assert_eq!(b.attempts, 2);
+    assert_eq!(
+        b.first_failed_at,
+        first_failure(),
+        "the first failure stays the first"
+    );
     assert_eq!(ledger.retry_depth().await.expect("depth"), 3);
 }

@@ -36,6 +36,8 @@ fn harness(max_attempts: u32, failure_threshold: u32) -> Harness {
                 open_for: Duration::from_secs(60),
             },
             crm_batch_limit: 100,
+            max_clock_skew: EngineSettings::DEFAULT_MAX_CLOCK_SKEW,
+            max_record_bytes: 900_000,
         },
         crm.clone(),
         ledger.clone(),
@@ -66,7 +68,8 @@ fn raw(key: &str, payload: &[u8]) -> Inbound {
             offset: OFFSET.fetch_add(1, Ordering::Relaxed),
         },
         key: Some(key.as_bytes().to_vec()),
-        payload: payload.to_vec(),
+        payload: Some(payload.to_vec()),
+        oversized: None,
         replay_count: 0,
     }
 }
@@ -79,7 +82,7 @@ fn outcomes_of(h: &Harness, event_id: &str) -> Vec<Outcome> {
     h.topics
         .outcomes()
         .iter()
-        .filter(|o| o.event_id.as_str() == event_id)
+        .filter(|o| o.event_id.as_ref().is_some_and(|e| e.as_str() == event_id))
         .map(|o| o.outcome)
         .collect()
 }
@@ -200,7 +203,7 @@ async fn bad_events_go_to_dead_letters_with_their_reason() {
     let letters = h.topics.dead_letters();
     let reasons: Vec<_> = letters.iter().map(|l| l.reason_code.as_str()).collect();
     assert_eq!(reasons, ["malformed_json", "unmapped_status"]);
-    assert_eq!(letters[0].payload, b"{oops");
+    assert_eq!(letters[0].payload.as_deref(), Some(&b"{oops"[..]));
     assert_eq!(letters[0].source.topic, "tracking.events");
     assert_eq!(h.ledger.log().len(), 3, "bad events are logged too");
 }
@@ -412,7 +415,11 @@ async fn a_retried_apply_resumes_after_the_step_that_failed() {
     assert_eq!(h.ledger.log().len(), 2);
     h.engine.apply(&effects).await.unwrap();
     assert_eq!(h.ledger.log().len(), 2, "an applied batch is not written again");
-    assert_eq!(h.topics.outcomes().len(), 1);
+    assert_eq!(
+        h.topics.outcomes().len(),
+        2,
+        "one per record, the refused one too"
+    );
 }
 
 #[tokio::test]
@@ -437,4 +444,191 @@ async fn a_final_outcome_clears_a_parked_copy_from_an_overlapping_batch() {
         "the success removed the parked copy"
     );
     assert_eq!(h.crm.writes().len(), 1);
+}
+
+/// A record over the intake limit and a tombstone are dead-lettered without a value, a refused
+/// record names the ids it has, and every refused record gets an outcome with its reason code.
+#[tokio::test]
+async fn every_refused_record_gets_a_dead_letter_and_an_outcome() {
+    let h = harness(0, 5);
+    let mut big = raw("s-big", b"");
+    big.payload = None;
+    big.oversized = Some(1_048_576);
+    let mut tombstone = raw("s-gone", b"");
+    tombstone.payload = None;
+    let bad_field = event("e-bad", "s-bad", "IN_TRANSIT", 0);
+    let bad_field = raw(
+        "s-bad",
+        &String::from_utf8(bad_field.payload.unwrap())
+            .unwrap()
+            .replace(r#""client_id":"c-s-bad""#, r#""client_id":"""#)
+            .into_bytes(),
+    );
+    let r = h
+        .engine
+        .process(&[big, tombstone, bad_field, event("e-ok", "s-ok", "IN_TRANSIT", 0)])
+        .await
+        .unwrap();
+    assert_eq!(r.count(Outcome::DeadLettered), 3);
+    assert_eq!(r.count(Outcome::Success), 1);
+    let letters = h.topics.dead_letters();
+    let codes: Vec<&str> = letters.iter().map(|l| l.reason_code.as_str()).collect();
+    assert_eq!(codes, ["record_too_large", "malformed_json", "invalid_field"]);
+    assert_eq!(letters[0].payload, None, "the value is withheld");
+    assert_eq!(letters[0].withheld_bytes, Some(1_048_576));
+    assert_eq!(letters[1].payload, None, "a tombstone stays null");
+    let outcomes = h.topics.outcomes();
+    assert_eq!(outcomes.len(), 4, "one outcome per record");
+    let refused: Vec<_> = outcomes
+        .iter()
+        .filter(|o| o.outcome == Outcome::DeadLettered)
+        .collect();
+    assert!(refused
+        .iter()
+        .all(|o| o.reason_code.is_some() && o.source.is_some()));
+    let salvaged = refused
+        .iter()
+        .find(|o| o.event_id.is_some())
+        .expect("ids salvaged");
+    assert_eq!(salvaged.event_id.as_ref().unwrap().as_str(), "e-bad");
+    assert_eq!(salvaged.shipment_id.as_ref().unwrap().as_str(), "s-bad");
+    assert_eq!(salvaged.key.as_deref(), Some(&b"s-bad"[..]));
+}
+
+/// An event dated far ahead (year 2999) is refused with its own reason instead of freezing its
+/// shipment: the next valid event is written.
+#[tokio::test]
+async fn an_event_beyond_the_clock_skew_is_refused_and_does_not_freeze_its_shipment() {
+    let h = harness(0, 5);
+    let future = event("e-future", "s1", "DELIVERED", 0);
+    let future = raw(
+        "s1",
+        &String::from_utf8(future.payload.unwrap())
+            .unwrap()
+            .replace("2026-11-01", "2999-11-01")
+            .into_bytes(),
+    );
+    let r = h.engine.process(&[future]).await.unwrap();
+    assert_eq!(
+        r.dead_letter_reasons,
+        [crate::ports::DeadLetterReason::EventInFuture]
+    );
+    h.engine
+        .process(&[event("e-now", "s1", "IN_TRANSIT", 5)])
+        .await
+        .unwrap();
+    assert_eq!(h.crm.state(&sid("s1")).unwrap().status, "in_transit");
+}
+
+/// IN_TRANSIT@10:00 is written; IN_TRANSIT@12:00 finds it unchanged (the CRM's time stays at
+/// 10:00); AT_PICKUP_POINT@11:00 is older than what the CRM reflects and must end stale.
+#[tokio::test]
+async fn an_older_status_never_wins_after_a_newer_event_with_the_same_status() {
+    let h = harness(0, 5);
+    for (id, status, minute) in [
+        ("e10", "IN_TRANSIT", 10),
+        ("e12", "IN_TRANSIT", 12),
+        ("e11", "AT_PICKUP_POINT", 11),
+    ] {
+        h.engine
+            .process(&[event(id, "s1", status, minute)])
+            .await
+            .unwrap();
+    }
+    assert_eq!(h.crm.state(&sid("s1")).unwrap().status, "in_transit");
+    assert_eq!(outcomes_of(&h, "e12"), [Outcome::Unchanged]);
+    assert_eq!(outcomes_of(&h, "e11"), [Outcome::Stale]);
+    // The newest time is durable: a fresh engine over the same ledger decides the same.
+    let again = harness(0, 5);
+    let shipments = [sid("s1")];
+    let newest = h.ledger.newest_seen(&shipments).await.unwrap();
+    assert_eq!(newest[&sid("s1")].minute(), 12);
+    drop(again);
+}
+
+/// The open breaker refuses without calling: that costs no attempt, so an attempt cap is never
+/// reached by refusals alone (before, each refusal counted and the event was dead-lettered).
+#[tokio::test]
+async fn breaker_refusals_cost_no_attempts() {
+    let h = harness(2, 1);
+    h.crm.fail_next_calls([CrmError::transient("timeout")]);
+    h.engine
+        .process(&[event("e1", "s1", "IN_TRANSIT", 1)])
+        .await
+        .unwrap();
+    assert_eq!(h.engine.breaker_state().as_gauge(), 2, "open after one failure");
+    for _ in 0..3 {
+        let calls = h.crm.calls();
+        let r = retry_all_parked(&h).await;
+        assert_eq!(h.crm.calls(), calls, "refused without a call");
+        assert_eq!(r.count(Outcome::RetryScheduled), 1);
+        assert!(h.topics.dead_letters().is_empty());
+    }
+    assert_eq!(h.ledger.parked()[0].attempts, 1, "one call made");
+}
+
+/// The budget is an age: an event whose first failure is older than `give_up_after` is given up
+/// at its next failure, however few attempts it took.
+#[tokio::test]
+async fn an_event_is_given_up_by_the_age_of_its_first_failure() {
+    let h = harness(0, 100);
+    let e503 = || CrmError::from_status(503, None, "down");
+    h.crm.fail_next_calls([e503(), e503(), e503()]);
+    h.engine
+        .process(&[event("e1", "s1", "IN_TRANSIT", 0)])
+        .await
+        .unwrap();
+    let r = retry_all_parked(&h).await;
+    assert_eq!(r.count(Outcome::RetryScheduled), 1, "young: retried");
+    h.ledger.backdate_first_failures(Duration::from_secs(25 * 3600));
+    let r = retry_all_parked(&h).await;
+    assert_eq!(
+        r.dead_letter_reasons,
+        [crate::ports::DeadLetterReason::AttemptsExhausted]
+    );
+    assert!(h.ledger.parked().is_empty());
+}
+
+/// A NUL byte and a huge CRM error body never reach the ledger as they are: PostgreSQL refuses NUL
+/// in text, which used to fail the batch's commit for ever.
+#[tokio::test]
+async fn crm_text_is_stripped_of_nul_and_bounded_before_it_is_stored() {
+    let h = harness(0, 100);
+    let body = format!("bad\0gateway {}", "x".repeat(10_000));
+    h.crm.fail_next_calls([CrmError::from_status(503, None, body)]);
+    h.engine
+        .process(&[event("e1", "s1", "IN_TRANSIT", 0)])
+        .await
+        .unwrap();
+    let parked = &h.ledger.parked()[0];
+    assert!(!parked.last_error.contains('\0') && parked.last_error.len() <= 1024);
+    let row = &h.ledger.log()[0];
+    let error = row.error.as_deref().unwrap();
+    assert!(!error.contains('\0') && error.len() <= 1024, "{}", error.len());
+}
+
+/// One CRM record that cannot be read fails only its own shipment's event; the others of the
+/// same read are written (before, the whole chunk failed and ended dead-lettered).
+#[tokio::test]
+async fn one_unreadable_crm_record_fails_only_its_shipment() {
+    let h = harness(0, 100);
+    h.crm
+        .break_record(&sid("s2"), CrmError::permanent("record lacks a valid status"));
+    let r = h
+        .engine
+        .process(&[
+            event("e1", "s1", "IN_TRANSIT", 0),
+            event("e2", "s2", "IN_TRANSIT", 0),
+            event("e3", "s3", "IN_TRANSIT", 0),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(r.count(Outcome::Success), 2);
+    assert_eq!(r.count(Outcome::DeadLettered), 1);
+    assert_eq!(outcomes_of(&h, "e2"), [Outcome::DeadLettered]);
+    assert_eq!(h.topics.dead_letters()[0].reason_code.as_str(), "crm_rejected");
+    assert!(
+        h.crm.state(&sid("s2")).is_none(),
+        "nothing written over the broken record"
+    );
 }

@@ -13,24 +13,35 @@ const MAX_ID_LEN: usize = 128;
 /// `x-dlq-reason-code` header of `dead.letters` and in `integrations_log.error`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidEvent {
+    /// What went wrong, in words of the schema only: never a copy of the input.
     #[error("payload is not a valid tracking event JSON document: {0}")]
     Malformed(String),
+    /// A record without a value (a tombstone).
+    #[error("the record has no value (a tombstone)")]
+    Tombstone,
     #[error("field `{field}` is invalid: {reason}")]
     InvalidField { field: &'static str, reason: String },
     #[error("unsupported event version {0} (supported: {SUPPORTED_EVENT_VERSION})")]
     UnsupportedVersion(u32),
-    #[error("status `{0}` has no CRM mapping")]
+    /// The status is a valid code the mapping does not know (the value is in the dead letter).
+    #[error("the status has no CRM mapping")]
     UnmappedStatus(String),
+    #[error("the record is {size} bytes, more than the {limit}-byte limit (kafka.max_record_bytes); its value is withheld")]
+    TooLarge { size: usize, limit: usize },
+    #[error("occurred_at is more than {skew_s} s ahead of this service's clock")]
+    InFuture { skew_s: u64 },
 }
 
 impl InvalidEvent {
     /// Stable, machine-readable reason code.
     pub fn code(&self) -> DeadLetterReason {
         match self {
-            InvalidEvent::Malformed(_) => DeadLetterReason::MalformedJson,
+            InvalidEvent::Malformed(_) | InvalidEvent::Tombstone => DeadLetterReason::MalformedJson,
             InvalidEvent::InvalidField { .. } => DeadLetterReason::InvalidField,
             InvalidEvent::UnsupportedVersion(_) => DeadLetterReason::UnsupportedVersion,
             InvalidEvent::UnmappedStatus(_) => DeadLetterReason::UnmappedStatus,
+            InvalidEvent::TooLarge { .. } => DeadLetterReason::RecordTooLarge,
+            InvalidEvent::InFuture { .. } => DeadLetterReason::EventInFuture,
         }
     }
 }
@@ -126,11 +137,33 @@ pub struct TrackingEventWire {
 impl TrackingEvent {
     /// Parses and validates one record payload.
     pub fn from_json(payload: &[u8]) -> Result<Self, InvalidEvent> {
-        let wire: TrackingEventWire = serde_json::from_slice(payload).map_err(|e| {
-            // serde_json messages quote at most a short token, never the whole payload.
-            InvalidEvent::Malformed(e.to_string())
-        })?;
+        let mut de = serde_json::Deserializer::from_slice(payload);
+        let wire: TrackingEventWire = serde_path_to_error::deserialize(&mut de)
+            .map_err(|e| InvalidEvent::Malformed(describe_json_error(&e)))?;
+        de.end()
+            .map_err(|e| InvalidEvent::Malformed(describe_json_error_at(&e)))?;
         Self::try_from(wire)
+    }
+
+    /// The event id and shipment id of a record that is not a valid event, where they are there
+    /// and valid themselves: so a refused record's outcome and log row can still name them.
+    pub fn salvage_ids(payload: &[u8]) -> (Option<EventId>, Option<ShipmentId>) {
+        #[derive(Deserialize)]
+        struct Ids {
+            event_id: Option<serde_json::Value>,
+            shipment_id: Option<serde_json::Value>,
+        }
+        let Ok(ids) = serde_json::from_slice::<Ids>(payload) else {
+            return (None, None);
+        };
+        let text = |v: Option<serde_json::Value>| match v {
+            Some(serde_json::Value::String(s)) => Some(s),
+            _ => None,
+        };
+        (
+            text(ids.event_id).and_then(|s| EventId::parse(s).ok()),
+            text(ids.shipment_id).and_then(|s| ShipmentId::parse(s).ok()),
+        )
     }
 
     pub fn to_wire(&self) -> TrackingEventWire {
@@ -144,6 +177,51 @@ impl TrackingEvent {
             correlation_id: Some(self.correlation_id.clone()),
         }
     }
+}
+
+/// A JSON error in the schema's words: where it is and what kind, with the field's name when it
+/// is one of ours, never the offending value (serde quotes values: `invalid type: string "..."`).
+fn describe_json_error(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
+    let inner = e.inner();
+    if !inner.is_data() {
+        return describe_json_error_at(inner);
+    }
+    let field = e.path().to_string();
+    let message = inner.to_string();
+    let kind = if message.starts_with("missing field") || message.starts_with("duplicate field") {
+        // These quote a field name of the schema, nothing the sender chose.
+        message.split(" at line ").next().unwrap_or("invalid").to_owned()
+    } else if message.starts_with("invalid type") {
+        "wrong type".to_owned()
+    } else if message.starts_with("invalid length") {
+        "wrong length".to_owned()
+    } else {
+        "invalid value".to_owned()
+    };
+    let known = [
+        "event_id",
+        "client_id",
+        "shipment_id",
+        "status",
+        "occurred_at",
+        "version",
+        "correlation_id",
+    ];
+    if known.contains(&field.as_str()) {
+        format!("field `{field}`: {kind}")
+    } else {
+        kind
+    }
+}
+
+fn describe_json_error_at(e: &serde_json::Error) -> String {
+    let what = match e.classify() {
+        serde_json::error::Category::Io => "unreadable",
+        serde_json::error::Category::Syntax => "syntax error",
+        serde_json::error::Category::Data => "invalid value",
+        serde_json::error::Category::Eof => "unexpected end of input",
+    };
+    format!("{what} at line {} column {}", e.line(), e.column())
 }
 
 impl TryFrom<TrackingEventWire> for TrackingEvent {
@@ -226,6 +304,41 @@ mod tests {
             let err = TrackingEvent::from_json(&payload).unwrap_err();
             assert_eq!(err.code().as_str(), code, "{err}");
         }
+    }
+
+    #[test]
+    fn reasons_never_quote_the_input() {
+        let long = "v".repeat(600_000);
+        let cases = [
+            doc(&format!(r#"{{"version": "{long}"}}"#)),
+            doc(&format!(r#"{{"occurred_at": "{long}"}}"#)),
+            doc(&format!(r#"{{"status": ["{long}"]}}"#)),
+            format!(r#"{{"event_id": "e", "{long}": 1, oops}}"#).into_bytes(),
+            doc(r#"{"version": "secret-7436"}"#),
+            doc(r#"{"version": -7436}"#),
+        ];
+        for payload in cases {
+            let err = TrackingEvent::from_json(&payload).unwrap_err();
+            let reason = err.to_string();
+            assert!(reason.len() < 200, "{} bytes: {}", reason.len(), &reason[..200]);
+            assert!(!reason.contains("vvv") && !reason.contains("7436"), "{reason}");
+            assert_eq!(err.code().as_str(), "malformed_json", "{reason}");
+        }
+        let err = TrackingEvent::from_json(&doc(r#"{"version": "x"}"#)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "payload is not a valid tracking event JSON document: field `version`: wrong type"
+        );
+    }
+
+    #[test]
+    fn ids_are_salvaged_from_a_refused_record_when_valid() {
+        let (e, s) = TrackingEvent::salvage_ids(&doc(r#"{"version": 9}"#));
+        assert_eq!(e.map(|e| e.to_string()).as_deref(), Some("e-1"));
+        assert_eq!(s.map(|s| s.to_string()).as_deref(), Some("s-1"));
+        let (e, s) = TrackingEvent::salvage_ids(br#"{"event_id": 7, "shipment_id": "a\u0000"}"#);
+        assert!(e.is_none() && s.is_none());
+        assert_eq!(TrackingEvent::salvage_ids(b"{oops"), (None, None));
     }
 
     #[test]

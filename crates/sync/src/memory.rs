@@ -26,6 +26,8 @@ struct CrmInner {
     call_failures: VecDeque<CrmError>,
     /// Per-shipment errors returned for that shipment's next writes.
     item_failures: HashMap<ShipmentId, VecDeque<CrmError>>,
+    /// Shipments whose record reads back unreadable (a broken record in the CRM).
+    broken: HashMap<ShipmentId, CrmError>,
     calls: u64,
 }
 
@@ -40,6 +42,20 @@ impl MemoryCrm {
             .entry(shipment.clone())
             .or_default()
             .extend(errors);
+    }
+
+    /// The shipment's record reads back unreadable, with `error`, until [`Self::repair`].
+    pub fn break_record(&self, shipment: &ShipmentId, error: CrmError) {
+        lock(&self.inner).broken.insert(shipment.clone(), error);
+    }
+
+    pub fn repair(&self, shipment: &ShipmentId) {
+        lock(&self.inner).broken.remove(shipment);
+    }
+
+    /// Sets what the CRM shows, as if someone else wrote it.
+    pub fn set_state(&self, shipment: &ShipmentId, state: CrmShipmentState) {
+        lock(&self.inner).states.insert(shipment.clone(), state);
     }
 
     pub fn state(&self, shipment: &ShipmentId) -> Option<CrmShipmentState> {
@@ -66,15 +82,18 @@ impl MemoryCrm {
 
 #[async_trait]
 impl CrmGateway for MemoryCrm {
-    async fn read_states(
-        &self,
-        shipments: &[ShipmentId],
-    ) -> Result<HashMap<ShipmentId, CrmShipmentState>, CrmError> {
+    async fn read_states(&self, shipments: &[ShipmentId]) -> Result<ShipmentStates, CrmError> {
         let inner = self.begin_call()?;
-        Ok(shipments
+        let mut states: ShipmentStates = shipments
             .iter()
             .filter_map(|s| inner.states.get(s).map(|st| (s.clone(), st.clone())))
-            .collect())
+            .collect();
+        for s in shipments {
+            if let Some(e) = inner.broken.get(s) {
+                states.unreadable(s.clone(), e.clone());
+            }
+        }
+        Ok(states)
     }
 
     async fn write_statuses(&self, writes: &[CrmStatusWrite]) -> Result<Vec<ItemResult>, CrmError> {
@@ -122,6 +141,7 @@ struct LedgerInner {
     log: Vec<AttemptRecord>,
     processed: HashMap<EventId, Recorded>,
     retry: BTreeMap<EventId, ParkedEvent>,
+    newest: HashMap<ShipmentId, OffsetDateTime>,
     fail_next_commit: bool,
 }
 
@@ -136,6 +156,13 @@ impl MemoryLedger {
 
     pub fn fail_next_commit(&self) {
         lock(&self.inner).fail_next_commit = true;
+    }
+
+    /// Moves every parked event's first failure back by `by`.
+    pub fn backdate_first_failures(&self, by: std::time::Duration) {
+        for p in lock(&self.inner).retry.values_mut() {
+            p.first_failed_at -= by;
+        }
     }
 
     /// Makes every parked event due now.
@@ -154,6 +181,17 @@ impl SyncLedger for MemoryLedger {
         Ok(ids
             .iter()
             .filter_map(|id| inner.processed.get(id).map(|r| (id.clone(), r.clone())))
+            .collect())
+    }
+
+    async fn newest_seen(
+        &self,
+        shipments: &[ShipmentId],
+    ) -> Result<HashMap<ShipmentId, OffsetDateTime>, LedgerError> {
+        let inner = lock(&self.inner);
+        Ok(shipments
+            .iter()
+            .filter_map(|s| inner.newest.get(s).map(|t| (s.clone(), *t)))
             .collect())
     }
 
@@ -176,8 +214,16 @@ impl SyncLedger for MemoryLedger {
         for id in batch.unpark {
             inner.retry.remove(&id);
         }
-        for p in batch.park {
+        for mut p in batch.park {
+            // The first failure of an event parked before stays its first.
+            if let Some(old) = inner.retry.get(&p.event.event_id) {
+                p.first_failed_at = p.first_failed_at.min(old.first_failed_at);
+            }
             inner.retry.insert(p.event.event_id.clone(), p);
+        }
+        for (s, t) in batch.newest {
+            let slot = inner.newest.entry(s).or_insert(t);
+            *slot = (*slot).max(t);
         }
         Ok(())
     }

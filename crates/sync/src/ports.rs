@@ -144,6 +144,54 @@ pub struct ItemResult {
     pub response_excerpt: Option<String>,
 }
 
+/// What the CRM shows for a set of shipments: the records it has (a shipment it does not know is
+/// absent), and the records it returned that could not be read, each failing only its own
+/// shipment's events.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShipmentStates {
+    known: HashMap<ShipmentId, CrmShipmentState>,
+    pub unreadable: HashMap<ShipmentId, CrmError>,
+}
+
+impl ShipmentStates {
+    pub fn new(known: HashMap<ShipmentId, CrmShipmentState>) -> Self {
+        Self {
+            known,
+            unreadable: HashMap::new(),
+        }
+    }
+
+    /// Marks one shipment's record as unreadable (it is no longer known).
+    pub fn unreadable(&mut self, shipment: ShipmentId, error: CrmError) {
+        self.known.remove(&shipment);
+        self.unreadable.insert(shipment, error);
+    }
+
+    pub fn insert(&mut self, shipment: ShipmentId, state: CrmShipmentState) {
+        self.known.insert(shipment, state);
+    }
+}
+
+impl std::ops::Deref for ShipmentStates {
+    type Target = HashMap<ShipmentId, CrmShipmentState>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.known
+    }
+}
+
+impl From<HashMap<ShipmentId, CrmShipmentState>> for ShipmentStates {
+    fn from(known: HashMap<ShipmentId, CrmShipmentState>) -> Self {
+        Self::new(known)
+    }
+}
+
+impl FromIterator<(ShipmentId, CrmShipmentState)> for ShipmentStates {
+    fn from_iter<I: IntoIterator<Item = (ShipmentId, CrmShipmentState)>>(iter: I) -> Self {
+        Self::new(iter.into_iter().collect())
+    }
+}
+
 /// A CRM that stores one status per shipment.
 ///
 /// Implementations sign every request, carry each write's correlation id to the CRM (`X-Request-Id` on a single
@@ -151,12 +199,10 @@ pub struct ItemResult {
 /// timeouts and batch internally as the vendor allows.
 #[async_trait]
 pub trait CrmGateway: Send + Sync {
-    /// Reads the CRM's current state of each shipment. A shipment the CRM does not know is absent
-    /// from the map. `Err` means the call as a whole failed (nothing can be concluded).
-    async fn read_states(
-        &self,
-        shipments: &[ShipmentId],
-    ) -> Result<HashMap<ShipmentId, CrmShipmentState>, CrmError>;
+    /// Reads the CRM's current state of each shipment. A shipment the CRM does not know is absent;
+    /// a record that cannot be read is in `unreadable` (it fails that shipment's events only).
+    /// `Err` means the call as a whole failed (nothing can be concluded).
+    async fn read_states(&self, shipments: &[ShipmentId]) -> Result<ShipmentStates, CrmError>;
 
     /// Writes statuses. `Ok` holds exactly one result per write, in order; `Err` means no write
     /// can be assumed to have happened (all are retried; the read-before-write and the CRM's own
@@ -204,6 +250,8 @@ pub struct ParkedEvent {
     pub attempts: u32,
     pub replay_count: u32,
     pub next_attempt_at: OffsetDateTime,
+    /// When the first attempt failed: the retry budget is an age, counted from here.
+    pub first_failed_at: OffsetDateTime,
     pub last_error: String,
 }
 
@@ -218,6 +266,9 @@ pub struct LedgerBatch {
     pub park: Vec<ParkedEvent>,
     /// Removed from the retry queue.
     pub unpark: Vec<EventId>,
+    /// The newest event time now known to be in the CRM, per shipment (a stored time only ever
+    /// moves forward).
+    pub newest: Vec<(ShipmentId, OffsetDateTime)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -229,6 +280,14 @@ pub struct LedgerError(pub String);
 pub trait SyncLedger: Send + Sync {
     /// The recorded outcome of those ids that were seen before.
     async fn recorded(&self, ids: &[EventId]) -> Result<HashMap<EventId, Recorded>, LedgerError>;
+
+    /// The newest event time recorded for each of `shipments` that has one: what the CRM shows
+    /// as far as this service knows, even where the CRM's own timestamp did not move (a later
+    /// event with the same status).
+    async fn newest_seen(
+        &self,
+        shipments: &[ShipmentId],
+    ) -> Result<HashMap<ShipmentId, OffsetDateTime>, LedgerError>;
 
     /// Applies the whole batch atomically: either every row is written or none is.
     async fn commit(&self, batch: &LedgerBatch) -> Result<(), LedgerError>;
@@ -250,35 +309,55 @@ pub trait SyncLedger: Send + Sync {
 // ---------------------------------------------------------------------------------------------
 // Outbound topics
 
-/// A record for `crm.sync`.
+/// A record for `crm.sync`: one for every record read, valid or not.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct OutcomeRecord {
     pub version: u32,
-    pub event_id: EventId,
-    pub shipment_id: ShipmentId,
+    /// `null` for a refused record whose event id is missing or invalid.
+    pub event_id: Option<EventId>,
+    /// `null` for a refused record whose shipment id is missing or invalid.
+    pub shipment_id: Option<ShipmentId>,
     pub outcome: Outcome,
+    /// For `dead_lettered`: the `x-dlq-reason-code` of the dead letter.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason_code: Option<DeadLetterReason>,
     /// For a duplicate: what the first delivery ended in.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_outcome: Option<Outcome>,
     pub attempt: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub crm_status: Option<String>,
-    #[serde(with = "time::serde::rfc3339")]
-    pub occurred_at: OffsetDateTime,
+    /// Absent for a refused record that has no valid event time.
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub occurred_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339")]
     pub processed_at: OffsetDateTime,
-    /// Event-to-outcome latency (for `success`: event to CRM acknowledgement).
-    pub latency_ms: f64,
+    /// Event-to-outcome latency (for `success`: event to CRM acknowledgement); absent without
+    /// an event time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub correlation_id: String,
+    /// Where a refused record was read (it may have no ids to find it by).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourcePosition>,
+    /// The Kafka key: the shipment id, or a refused record's own key.
+    #[serde(skip)]
+    pub key: Option<Vec<u8>>,
 }
 
 /// A record for `dead.letters`: the original bytes plus why and where from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeadLetter {
     pub key: Option<Vec<u8>>,
-    pub payload: Vec<u8>,
+    /// `None` for a record without a value (a tombstone) or one whose value is withheld.
+    pub payload: Option<Vec<u8>>,
+    /// The size of a value withheld because it is larger than consumers accept.
+    pub withheld_bytes: Option<usize>,
     pub reason_code: DeadLetterReason,
     pub reason: String,
     pub source: SourcePosition,
@@ -288,7 +367,8 @@ pub struct DeadLetter {
 }
 
 /// Why an event was set aside: the stable `x-dlq-reason-code` of crm-sync's dead letters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum DeadLetterReason {
     MalformedJson,
     InvalidField,
@@ -298,6 +378,10 @@ pub enum DeadLetterReason {
     CrmRejected,
     /// Transient failures outlasted the retry budget.
     AttemptsExhausted,
+    /// The record is larger than `kafka.max_record_bytes`; its value is withheld.
+    RecordTooLarge,
+    /// The event is dated further ahead than `pipeline.max_clock_skew_ms` allows.
+    EventInFuture,
 }
 
 impl DeadLetterReason {
@@ -309,6 +393,8 @@ impl DeadLetterReason {
             DeadLetterReason::UnmappedStatus => "unmapped_status",
             DeadLetterReason::CrmRejected => "crm_rejected",
             DeadLetterReason::AttemptsExhausted => "attempts_exhausted",
+            DeadLetterReason::RecordTooLarge => "record_too_large",
+            DeadLetterReason::EventInFuture => "event_in_future",
         }
     }
 }

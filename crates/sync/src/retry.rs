@@ -1,15 +1,23 @@
-//! The retry schedule for parked events: exponential backoff with jitter, honouring the CRM's
-//! `Retry-After`, bounded by an attempt limit.
+//! The retry schedule for parked events: exponential backoff with jitter and a capped delay,
+//! honouring the CRM's `Retry-After`, bounded by age: an event is given up when its first failure
+//! is older than `give_up_after` (24 hours by default), however many attempts that took. An
+//! optional attempt cap can bound it further.
 
 use serde::{Deserialize, Serialize};
-use serde_with::{serde_as, DurationMilliSeconds};
+use serde_with::{serde_as, DurationMilliSeconds, DurationSeconds};
 use std::time::Duration;
 
 #[serde_as]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryPolicy {
-    /// Attempts in all, the first one included; the last failure dead-letters the event.
+    /// How long after its first failure an event is still retried; the first failure after that
+    /// dead-letters it (`attempts_exhausted`).
+    #[serde_as(as = "DurationSeconds<u64>")]
+    #[serde(rename = "give_up_after_s")]
+    pub give_up_after: Duration,
+    /// Attempts in all, the first one included, when set above 0; 0 (the default) leaves the
+    /// budget to `give_up_after` alone. Refusals by the open circuit breaker are not attempts.
     pub max_attempts: u32,
     #[serde_as(as = "DurationMilliSeconds<u64>")]
     #[serde(rename = "base_delay_ms")]
@@ -22,14 +30,15 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     fn default() -> Self {
         Self {
-            max_attempts: 8,
+            give_up_after: Duration::from_secs(24 * 3600),
+            max_attempts: 0,
             base_delay: Duration::from_millis(500),
             max_delay: Duration::from_secs(300),
         }
     }
 }
 
-/// What follows a transient failure of attempt number `attempt` (1-based).
+/// What follows a transient failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryStep {
     RetryAfter(Duration),
@@ -38,8 +47,8 @@ pub enum RetryStep {
 
 impl RetryPolicy {
     pub fn validate(&self) -> Result<(), String> {
-        if self.max_attempts == 0 {
-            return Err("retry.max_attempts must be at least 1".into());
+        if self.give_up_after < Duration::from_secs(1) {
+            return Err("retry.give_up_after_s must be at least 1".into());
         }
         if self.base_delay.is_zero() || self.base_delay > self.max_delay {
             return Err("retry.base_delay_ms must be > 0 and <= retry.max_delay_ms".into());
@@ -47,10 +56,12 @@ impl RetryPolicy {
         Ok(())
     }
 
-    /// `jitter` is a uniform sample in `[0, 1)`; the delay is drawn from the upper half of the
-    /// exponential step ("equal jitter"), so retries spread out but never collapse to zero.
-    pub fn next(&self, attempt: u32, retry_after: Option<Duration>, jitter: f64) -> RetryStep {
-        if attempt >= self.max_attempts {
+    /// The step after attempt number `attempt` (1-based; calls actually made) failed, `age`
+    /// after the event's first failure. `jitter` is a uniform sample in `[0, 1)`; the delay is
+    /// drawn from the upper half of the exponential step ("equal jitter"), so retries spread
+    /// out but never collapse to zero. `Retry-After` is a floor, capped at `max_delay`.
+    pub fn next(&self, attempt: u32, age: Duration, retry_after: Option<Duration>, jitter: f64) -> RetryStep {
+        if age >= self.give_up_after || (self.max_attempts > 0 && attempt >= self.max_attempts) {
             return RetryStep::GiveUp;
         }
         let exp = self
@@ -71,36 +82,55 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    const NOW: Duration = Duration::ZERO;
+
+    fn delay(p: &RetryPolicy, attempt: u32, jitter: f64) -> Duration {
+        match p.next(attempt, NOW, None, jitter) {
+            RetryStep::RetryAfter(d) => d,
+            RetryStep::GiveUp => panic!("gave up at {attempt}"),
+        }
+    }
+
     #[test]
     fn schedule_doubles_and_caps() {
         let p = RetryPolicy::default();
-        let at_top = |n| match p.next(n, None, 1.0) {
-            RetryStep::RetryAfter(d) => d,
-            RetryStep::GiveUp => panic!("gave up at {n}"),
-        };
-        assert_eq!(at_top(1), Duration::from_millis(500));
-        assert_eq!(at_top(2), Duration::from_millis(1000));
-        assert_eq!(at_top(3), Duration::from_millis(2000));
-        assert_eq!(p.next(8, None, 0.5), RetryStep::GiveUp);
-        let long = RetryPolicy {
-            max_attempts: 100,
-            ..p
-        };
-        assert_eq!(
-            long.next(60, None, 1.0),
-            RetryStep::RetryAfter(Duration::from_secs(300))
-        );
+        assert_eq!(delay(&p, 1, 1.0), Duration::from_millis(500));
+        assert_eq!(delay(&p, 2, 1.0), Duration::from_millis(1000));
+        assert_eq!(delay(&p, 3, 1.0), Duration::from_millis(2000));
+        assert_eq!(delay(&p, 60, 1.0), Duration::from_secs(300));
+    }
+
+    /// A CRM outage of minutes or hours is outlasted: the default budget is a day, not a count
+    /// (it used to be 8 attempts, about a minute in all).
+    #[test]
+    fn the_default_budget_outlasts_a_long_outage_and_ends_after_a_day() {
+        let p = RetryPolicy::default();
+        let mut waited = Duration::ZERO;
+        let mut attempt = 1;
+        while waited < Duration::from_secs(23 * 3600) {
+            match p.next(attempt, waited, None, 0.0) {
+                RetryStep::RetryAfter(d) => waited += d,
+                RetryStep::GiveUp => panic!("gave up after {attempt} attempts, {waited:?}"),
+            }
+            attempt += 1;
+        }
+        assert!(attempt > 100, "{attempt} attempts in 23 hours");
+        let day = Duration::from_secs(24 * 3600);
+        assert_eq!(p.next(attempt, day, None, 0.5), RetryStep::GiveUp);
+        let capped = RetryPolicy { max_attempts: 3, ..p };
+        assert!(matches!(capped.next(2, NOW, None, 0.5), RetryStep::RetryAfter(_)));
+        assert_eq!(capped.next(3, NOW, None, 0.5), RetryStep::GiveUp);
     }
 
     #[test]
     fn retry_after_is_a_floor_but_capped() {
         let p = RetryPolicy::default();
         assert_eq!(
-            p.next(1, Some(Duration::from_secs(30)), 0.0),
+            p.next(1, NOW, Some(Duration::from_secs(30)), 0.0),
             RetryStep::RetryAfter(Duration::from_secs(30))
         );
         assert_eq!(
-            p.next(1, Some(Duration::from_secs(3600)), 0.0),
+            p.next(1, NOW, Some(Duration::from_secs(3600)), 0.0),
             RetryStep::RetryAfter(Duration::from_secs(300))
         );
     }
@@ -108,7 +138,7 @@ mod tests {
     #[test]
     fn validation_rejects_nonsense() {
         assert!(RetryPolicy {
-            max_attempts: 0,
+            give_up_after: Duration::ZERO,
             ..Default::default()
         }
         .validate()
@@ -124,15 +154,11 @@ mod tests {
 
     proptest! {
         #[test]
-        fn delay_is_within_half_and_full_step(attempt in 1u32..8, jitter in 0.0f64..1.0) {
+        fn delay_is_within_half_and_full_step(attempt in 1u32..40, jitter in 0.0f64..1.0) {
             let p = RetryPolicy::default();
-            let full = p.base_delay.saturating_mul(1 << (attempt - 1)).min(p.max_delay);
-            match p.next(attempt, None, jitter) {
-                RetryStep::RetryAfter(d) => {
-                    prop_assert!(d >= full / 2 && d <= full, "{d:?} vs {full:?}");
-                }
-                RetryStep::GiveUp => prop_assert!(false, "gave up early"),
-            }
+            let full = p.base_delay.saturating_mul(1 << (attempt - 1).min(30)).min(p.max_delay);
+            let d = delay(&p, attempt, jitter);
+            prop_assert!(d >= full / 2 && d <= full, "{d:?} vs {full:?}");
         }
     }
 }

@@ -170,7 +170,7 @@ impl KafkaSink {
         let record = OutgoingRecord {
             topic: &self.topic,
             key: Some(self.batch_id.as_bytes()),
-            payload: &job.body,
+            payload: Some(&job.body),
             headers: vec![(
                 "idempotency-key".to_owned(),
                 idempotency_key(&self.batch_id, job.job),

@@ -101,6 +101,9 @@ pub struct PipelineConfig {
     /// Decided batches waiting for their database and broker writes while the next batch is
     /// decided; bounds memory and the work redone after a crash.
     pub batches_in_flight: usize,
+    /// How far ahead of this service's clock an event may be dated; a later one is
+    /// dead-lettered (`event_in_future`) instead of freezing its shipment.
+    pub max_clock_skew_ms: u64,
 }
 
 impl Default for PipelineConfig {
@@ -111,6 +114,7 @@ impl Default for PipelineConfig {
             retry_poll_ms: 250,
             retry_batch: 500,
             batches_in_flight: 2,
+            max_clock_skew_ms: 300_000,
         }
     }
 }
@@ -178,7 +182,7 @@ mod tests {
         c.crm.generic.token = SecretString::from("t".repeat(20));
         c.crm.generic.signing_secret = SecretString::from("s".repeat(20));
         assert!(c.validate().is_ok());
-        c.retry.max_attempts = 0;
+        c.retry.give_up_after = std::time::Duration::ZERO;
         c.mapping.statuses.clear();
         c.kafka.client.brokers = String::new();
         let err = c.validate().unwrap_err();

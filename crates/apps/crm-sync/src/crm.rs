@@ -4,9 +4,8 @@ use crate::config::{CrmConfig, Vendor};
 use async_trait::async_trait;
 use backbone_crm::{Bitrix24Crm, GenericRestCrm, KommoCrm, PauseState, SalesforceCrm};
 use backbone_sync::event::ShipmentId;
-use backbone_sync::mapping::{CrmMapping, CrmShipmentState, CrmStatusWrite, MappingConfig};
-use backbone_sync::ports::{CrmError, CrmGateway, ItemResult};
-use std::collections::HashMap;
+use backbone_sync::mapping::{CrmMapping, CrmStatusWrite, MappingConfig};
+use backbone_sync::ports::{CrmError, CrmGateway, ItemResult, ShipmentStates};
 
 pub enum CrmAdapter {
     Generic(GenericRestCrm),
@@ -63,10 +62,7 @@ impl CrmAdapter {
 
 #[async_trait]
 impl CrmGateway for CrmAdapter {
-    async fn read_states(
-        &self,
-        shipments: &[ShipmentId],
-    ) -> Result<HashMap<ShipmentId, CrmShipmentState>, CrmError> {
+    async fn read_states(&self, shipments: &[ShipmentId]) -> Result<ShipmentStates, CrmError> {
         self.gateway().read_states(shipments).await
     }
 

@@ -75,7 +75,8 @@ pub fn inbound(record: ConsumedRecord) -> Inbound {
             offset,
         },
         key: record.key,
-        payload: record.payload.unwrap_or_default(),
+        payload: record.payload,
+        oversized: record.oversized,
         replay_count,
     }
 }
@@ -112,8 +113,8 @@ impl OutcomeSink for KafkaOutcomes {
                 headers.push(("x-correlation-id".into(), o.correlation_id.clone()));
                 OutgoingRecord {
                     topic: &self.topic,
-                    key: Some(o.shipment_id.as_str().as_bytes()),
-                    payload: body,
+                    key: o.key.as_deref(),
+                    payload: Some(body),
                     headers,
                 }
             })
@@ -121,7 +122,7 @@ impl OutcomeSink for KafkaOutcomes {
         self.publisher
             .send_all(records)
             .await
-            .map_err(|e| PublishError(e.0))
+            .map_err(|e| PublishError(e.message))
     }
 }
 
@@ -141,6 +142,7 @@ impl DeadLetterSink for KafkaDeadLetters {
                 }),
                 key: l.key.clone(),
                 payload: l.payload.clone(),
+                withheld_bytes: l.withheld_bytes,
                 reason_code: l.reason_code.as_str().to_owned(),
                 reason: l.reason.clone(),
                 attempts: l.attempts,
@@ -148,7 +150,10 @@ impl DeadLetterSink for KafkaDeadLetters {
                 event_id: l.event_id.as_ref().map(ToString::to_string),
             })
             .collect();
-        self.0.publish(&letters).await.map_err(|e| PublishError(e.0))
+        self.0
+            .publish(&letters)
+            .await
+            .map_err(|e| PublishError(e.message))
     }
 }
 

@@ -63,7 +63,7 @@ pub async fn replay_dead_letters(
         .map(|(l, p)| OutgoingRecord {
             topic: &p.target_topic,
             key: l.key.as_deref(),
-            payload: &l.payload,
+            payload: l.payload.as_deref(),
             headers: vec![
                 (HEADER_REPLAY_COUNT.to_owned(), p.replay_count.to_string()),
                 (

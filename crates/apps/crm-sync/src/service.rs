@@ -178,6 +178,8 @@ fn engine(
             retry: cfg.retry.clone(),
             breaker: cfg.breaker.clone(),
             crm_batch_limit: cfg.pipeline.crm_batch_limit,
+            max_clock_skew: Duration::from_millis(cfg.pipeline.max_clock_skew_ms),
+            max_record_bytes: cfg.kafka.client.max_record_bytes,
         },
         crm,
         ledger,
@@ -394,11 +396,18 @@ impl Pipeline<'_> {
         };
         let records = due.len();
         let started = Instant::now();
-        let effects = self
+        let effects = match self
             .engine
             .decide_due(due)
             .instrument(tracing::info_span!("crm_sync.retry", records))
-            .await;
+            .await
+        {
+            Ok(effects) => effects,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the ledger for due retries failed");
+                return true;
+            }
+        };
         self.due_in_flight.store(true, Ordering::SeqCst);
         self.queue(Decided {
             effects,

@@ -29,7 +29,7 @@ pub async fn drain_once(
         .map(|r| OutgoingRecord {
             topic: topics.out(&r.topic),
             key: Some(r.key.as_bytes()),
-            payload: r.payload.as_bytes(),
+            payload: Some(r.payload.as_bytes()),
             headers: std::iter::once(("content-type".to_owned(), "application/json".to_owned()))
                 .chain(r.headers.iter().cloned())
                 .collect(),

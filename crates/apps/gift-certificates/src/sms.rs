@@ -149,7 +149,8 @@ fn dead_letter(job: &SmsJob, error: &str, topic: &str) -> OutboxLetter {
     let headers = backbone_kafka::DeadLetter {
         source: None,
         key: None,
-        payload: Vec::new(),
+        payload: None,
+        withheld_bytes: None,
         reason_code: DeadLetterReason::SmsFailed.as_str().into(),
         reason: error.to_owned(),
         attempts: u32::try_from(job.attempts).unwrap_or(0),

@@ -9,8 +9,8 @@ use crate::wire::{self, Reply};
 use crate::RecordIds;
 use async_trait::async_trait;
 use backbone_sync::event::ShipmentId;
-use backbone_sync::mapping::{CrmMapping, CrmShipmentState, CrmStatusWrite};
-use backbone_sync::ports::{CrmError, CrmGateway, ItemResult};
+use backbone_sync::mapping::{CrmMapping, CrmStatusWrite};
+use backbone_sync::ports::{CrmError, CrmGateway, ItemResult, ShipmentStates};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -299,10 +299,11 @@ impl Bitrix24Crm {
                 *seen.entry(item.shipment.clone()).or_default() += 1;
             }
             for item in &items {
-                let known = if seen[&item.shipment] > 1 {
-                    Known::Ambiguous
-                } else {
-                    Known::Item(item.id)
+                // An item without an id cannot be written to, and creating another would
+                // duplicate it: writes to its shipment are refused like an ambiguous one's.
+                let known = match item.id {
+                    Some(id) if seen[&item.shipment] == 1 => Known::Item(id),
+                    _ => Known::Ambiguous,
                 };
                 self.known.insert(item.shipment.clone(), known);
             }
@@ -335,17 +336,23 @@ fn check_mapping(mapping: &CrmMapping) -> Result<(), String> {
 #[async_trait]
 impl CrmGateway for Bitrix24Crm {
     #[tracing::instrument(name = "crm.read_states", skip_all, fields(vendor = "bitrix24", shipments = shipments.len()))]
-    async fn read_states(
-        &self,
-        shipments: &[ShipmentId],
-    ) -> Result<HashMap<ShipmentId, CrmShipmentState>, CrmError> {
+    async fn read_states(&self, shipments: &[ShipmentId]) -> Result<ShipmentStates, CrmError> {
         let ids: Vec<&ShipmentId> = shipments.iter().collect();
         let items = self.lookup(&ids).await?;
-        let mut out = HashMap::new();
+        let mut out = ShipmentStates::default();
         // Ascending item id: with duplicates, the oldest item's state is reported.
         for item in items {
-            if let Some(state) = item.state {
-                out.entry(item.shipment).or_insert(state);
+            match (item.id, item.state) {
+                (None, _) => out.unreadable(
+                    item.shipment,
+                    CrmError::permanent("crm.item.list: the shipment's item has no id"),
+                ),
+                (Some(_), Some(state))
+                    if !out.contains_key(&item.shipment) && !out.unreadable.contains_key(&item.shipment) =>
+                {
+                    out.insert(item.shipment, state)
+                }
+                _ => {}
             }
         }
         Ok(out)

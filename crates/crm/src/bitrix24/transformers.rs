@@ -82,7 +82,8 @@ pub(super) fn list_request(
 
 /// One CRM item as listed: its id, whose shipment it is, and the state we keep in it.
 pub(super) struct ListedItem {
-    pub id: u64,
+    /// `None` for an item the list returned without an id.
+    pub id: Option<u64>,
     pub shipment: ShipmentId,
     pub state: Option<CrmShipmentState>,
 }
@@ -98,10 +99,8 @@ pub(super) fn parse_list(result: Value, mapping: &CrmMapping) -> Result<Vec<List
         .map_err(|e| CrmError::permanent(format!("crm.item.list: unexpected result: {e}")))?;
     let mut out = Vec::with_capacity(list.items.len());
     for item in list.items {
-        let id = item
-            .get("id")
-            .and_then(as_u64)
-            .ok_or_else(|| CrmError::permanent("crm.item.list: item without an id"))?;
+        // An item without an id fails only its own shipment (the caller marks it unreadable).
+        let id = item.get("id").and_then(as_u64);
         let Some(shipment) = item
             .get(ORIGIN_FIELD)
             .and_then(Value::as_str)

@@ -6,12 +6,11 @@ use crate::signing::{sign, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use crate::wire::{self, Reply};
 use async_trait::async_trait;
 use backbone_sync::event::ShipmentId;
-use backbone_sync::mapping::{CrmMapping, CrmShipmentState, CrmStatusWrite};
-use backbone_sync::ports::{CrmError, CrmGateway, ItemResult};
+use backbone_sync::mapping::{CrmMapping, CrmStatusWrite};
+use backbone_sync::ports::{CrmError, CrmGateway, ItemResult, ShipmentStates};
 use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
-use std::collections::HashMap;
 
 pub struct GenericRestCrm {
     http: reqwest::Client,
@@ -92,22 +91,19 @@ fn to_json(body: &impl serde::Serialize) -> Result<Vec<u8>, CrmError> {
 #[async_trait]
 impl CrmGateway for GenericRestCrm {
     #[tracing::instrument(name = "crm.read_states", skip_all, fields(shipments = shipments.len()))]
-    async fn read_states(
-        &self,
-        shipments: &[ShipmentId],
-    ) -> Result<HashMap<ShipmentId, CrmShipmentState>, CrmError> {
+    async fn read_states(&self, shipments: &[ShipmentId]) -> Result<ShipmentStates, CrmError> {
         if let [one] = shipments {
             let path = status_path(one.as_str());
             let reply = self
                 .call(Method::GET, &path, Vec::new(), &fresh_request_id())
                 .await?;
             if reply.status == StatusCode::NOT_FOUND {
-                return Ok(HashMap::new());
+                return Ok(ShipmentStates::default());
             }
             require_success(&reply, "read status")?;
             let obj: Map<String, Value> = reply.json("read status")?;
-            let (id, state) = tf::parse_record(&self.mapping, &obj)?;
-            return Ok(HashMap::from([(id, state)]));
+            let record = tf::parse_record(&self.mapping, &obj);
+            return Ok(tf::gather_states(shipments, [record]));
         }
         let body = to_json(&BatchGet {
             shipment_ids: shipments.iter().map(ShipmentId::as_str).collect(),
@@ -122,11 +118,8 @@ impl CrmGateway for GenericRestCrm {
             .await?;
         require_success(&reply, "batch read")?;
         let items: Items = reply.json("batch read")?;
-        items
-            .items
-            .iter()
-            .map(|obj| tf::parse_record(&self.mapping, obj))
-            .collect()
+        let records = items.items.iter().map(|obj| tf::parse_record(&self.mapping, obj));
+        Ok(tf::gather_states(shipments, records))
     }
 
     #[tracing::instrument(name = "crm.write_statuses", skip_all, fields(writes = writes.len()))]

@@ -2,7 +2,7 @@
 
 use backbone_sync::event::ShipmentId;
 use backbone_sync::mapping::{CrmMapping, CrmShipmentState, CrmStatusWrite};
-use backbone_sync::ports::{CrmError, ItemResult};
+use backbone_sync::ports::{CrmError, ItemResult, ShipmentStates};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -45,20 +45,30 @@ struct ErrorDto {
     message: String,
 }
 
+/// One record of a read: its shipment and state, or why it cannot be read (with its shipment
+/// when it names a valid one).
 pub(super) fn parse_record(
     mapping: &CrmMapping,
     obj: &Map<String, Value>,
-) -> Result<(ShipmentId, CrmShipmentState), CrmError> {
+) -> Result<(ShipmentId, CrmShipmentState), (Option<ShipmentId>, CrmError)> {
     let field = &mapping.fields().shipment_id;
     let id = obj
         .get(field)
         .and_then(Value::as_str)
         .and_then(|s| ShipmentId::parse(s).ok())
-        .ok_or_else(|| CrmError::permanent(format!("CRM record without a valid `{field}`")))?;
-    let state = mapping
-        .parse_state(obj)
-        .ok_or_else(|| CrmError::permanent(format!("CRM record for {id} lacks status or timestamp")))?;
-    Ok((id, state))
+        .ok_or_else(|| {
+            (
+                None,
+                CrmError::permanent(format!("CRM record without a valid `{field}`")),
+            )
+        })?;
+    match mapping.parse_state(obj) {
+        Some(state) => Ok((id, state)),
+        None => Err((
+            Some(id),
+            CrmError::permanent("the CRM record lacks a valid status or timestamp"),
+        )),
+    }
 }
 
 pub(super) fn item(mapping: &CrmMapping, w: &CrmStatusWrite) -> Map<String, Value> {
@@ -89,4 +99,35 @@ impl WriteResultDto {
             response_excerpt: excerpt,
         }
     }
+}
+
+/// The states of a read, record by record: a record that names a requested shipment but cannot
+/// be read fails only that shipment; a record that names none may be any requested shipment the
+/// answer does not otherwise cover, so those are unreadable too.
+pub(super) fn gather_states(
+    requested: &[ShipmentId],
+    records: impl IntoIterator<Item = Result<(ShipmentId, CrmShipmentState), (Option<ShipmentId>, CrmError)>>,
+) -> ShipmentStates {
+    let mut states = ShipmentStates::default();
+    let mut anonymous = None;
+    let mut named = Vec::new();
+    for record in records {
+        match record {
+            Ok((id, state)) => {
+                named.push(id.clone());
+                states.insert(id, state);
+            }
+            Err((Some(id), e)) => {
+                named.push(id.clone());
+                states.unreadable(id, e);
+            }
+            Err((None, e)) => anonymous = Some(e),
+        }
+    }
+    if let Some(e) = anonymous {
+        for id in requested.iter().filter(|id| !named.contains(id)) {
+            states.unreadable(id.clone(), e.clone());
+        }
+    }
+    states
 }

@@ -9,8 +9,8 @@ use crate::wire::{self, Reply};
 use crate::RecordIds;
 use async_trait::async_trait;
 use backbone_sync::event::ShipmentId;
-use backbone_sync::mapping::{CrmMapping, CrmShipmentState, CrmStatusWrite};
-use backbone_sync::ports::{CrmError, CrmErrorKind, CrmGateway, ItemResult};
+use backbone_sync::mapping::{CrmMapping, CrmStatusWrite};
+use backbone_sync::ports::{CrmError, CrmErrorKind, CrmGateway, ItemResult, ShipmentStates};
 use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -556,12 +556,10 @@ impl KommoCrm {
 #[async_trait]
 impl CrmGateway for KommoCrm {
     #[tracing::instrument(name = "crm.read_states", skip_all, fields(vendor = "kommo", shipments = shipments.len()))]
-    async fn read_states(
-        &self,
-        shipments: &[ShipmentId],
-    ) -> Result<HashMap<ShipmentId, CrmShipmentState>, CrmError> {
+    async fn read_states(&self, shipments: &[ShipmentId]) -> Result<ShipmentStates, CrmError> {
         let ids: Vec<&ShipmentId> = shipments.iter().collect();
         let leads = self.lookup(&ids).await?;
+        // A lead that lacks our fields reads as unknown: the next write fills it in.
         Ok(leads
             .into_iter()
             .filter_map(|(s, lead)| Some((s, lead.state(&self.mapping)?)))

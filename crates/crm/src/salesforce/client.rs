@@ -8,8 +8,8 @@ use crate::token::{Fetched, TokenCache, TokenSource};
 use crate::wire::{self, Reply};
 use async_trait::async_trait;
 use backbone_sync::event::ShipmentId;
-use backbone_sync::mapping::{CrmMapping, CrmShipmentState, CrmStatusWrite};
-use backbone_sync::ports::{CrmError, CrmErrorKind, CrmGateway, ItemResult};
+use backbone_sync::mapping::{CrmMapping, CrmStatusWrite};
+use backbone_sync::ports::{CrmError, CrmErrorKind, CrmGateway, ItemResult, ShipmentStates};
 use base64::Engine;
 use reqwest::{Method, StatusCode};
 use rsa::pkcs1v15::SigningKey;
@@ -471,11 +471,9 @@ impl SalesforceCrm {
 #[async_trait]
 impl CrmGateway for SalesforceCrm {
     #[tracing::instrument(name = "crm.read_states", skip_all, fields(vendor = "salesforce", shipments = shipments.len()))]
-    async fn read_states(
-        &self,
-        shipments: &[ShipmentId],
-    ) -> Result<HashMap<ShipmentId, CrmShipmentState>, CrmError> {
-        let mut out = HashMap::new();
+    async fn read_states(&self, shipments: &[ShipmentId]) -> Result<ShipmentStates, CrmError> {
+        // A record that lacks our fields reads as unknown: the next upsert by external id fills it.
+        let mut out = ShipmentStates::default();
         for chunk in shipments.chunks(200) {
             let q = tf::soql(&self.cfg.sobject, &self.mapping, chunk);
             let mut path = {

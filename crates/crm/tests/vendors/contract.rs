@@ -116,6 +116,8 @@ pub async fn conditional_write_contract(
             retry: RetryPolicy::default(),
             breaker: BreakerPolicy::default(),
             crm_batch_limit: 100,
+            max_clock_skew: EngineSettings::DEFAULT_MAX_CLOCK_SKEW,
+            max_record_bytes: 900_000,
         },
         crm,
         ledger,
@@ -169,7 +171,8 @@ fn event(id: &str, shipment: &str, status: &str, minute: u8) -> Inbound {
             offset: OFFSET.fetch_add(1, Ordering::Relaxed),
         },
         key: Some(shipment.as_bytes().to_vec()),
-        payload: payload.into_bytes(),
+        payload: Some(payload.into_bytes()),
+        oversized: None,
         replay_count: 0,
     }
 }

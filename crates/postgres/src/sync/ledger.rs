@@ -2,7 +2,7 @@
 //! (one `UNNEST` statement per table per batch) inside one transaction.
 
 use async_trait::async_trait;
-use backbone_sync::event::{EventId, TrackingEvent};
+use backbone_sync::event::{EventId, ShipmentId, TrackingEvent};
 use backbone_sync::ports::{
     LedgerBatch, LedgerError, Outcome, ParkedEvent, Recorded, SourcePosition, SyncLedger,
 };
@@ -88,7 +88,27 @@ impl SyncLedger for PgLedger {
                 .map_err(err("unparking"))?;
         }
         park(&mut tx, &batch.park).await?;
+        raise_newest(&mut tx, &batch.newest).await?;
         tx.commit().await.map_err(err("commit"))
+    }
+
+    async fn newest_seen(
+        &self,
+        shipments: &[ShipmentId],
+    ) -> Result<HashMap<ShipmentId, OffsetDateTime>, LedgerError> {
+        let keys: Vec<&str> = shipments.iter().map(|s| s.as_str()).collect();
+        let rows: Vec<(String, OffsetDateTime)> =
+            sqlx::query_as("SELECT shipment_id, event_time FROM shipment_newest WHERE shipment_id = ANY($1)")
+                .bind(&keys)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(err("reading newest event times"))?;
+        rows.into_iter()
+            .map(|(s, t)| {
+                let s = ShipmentId::parse(s).map_err(|e| LedgerError(e.to_string()))?;
+                Ok((s, t))
+            })
+            .collect()
     }
 
     async fn due(
@@ -104,7 +124,7 @@ impl SyncLedger for PgLedger {
         let parts: Vec<i32> = partitions.iter().map(|(_, p)| *p).collect();
         let rows = sqlx::query(
             "SELECT r.event, r.source_topic, r.source_partition, r.source_offset, r.attempts,
-                    r.replay_count, r.next_attempt_at, r.last_error
+                    r.replay_count, r.next_attempt_at, r.last_error, r.first_failed_at
              FROM sync_retry r
              JOIN UNNEST($1::text[], $2::int[]) AS owned(topic, part)
                ON r.source_topic = owned.topic AND r.source_partition = owned.part
@@ -133,10 +153,11 @@ impl SyncLedger for PgLedger {
                         partition: row.get(2),
                         offset: row.get(3),
                     },
-                    attempts: u32::try_from(row.get::<i32, _>(4)).unwrap_or(1),
+                    attempts: u32::try_from(row.get::<i32, _>(4)).unwrap_or(0),
                     replay_count: u32::try_from(row.get::<i32, _>(5)).unwrap_or(0),
                     next_attempt_at: row.get(6),
                     last_error: row.get(7),
+                    first_failed_at: row.get(8),
                 })
             })
             .collect()
@@ -277,14 +298,19 @@ async fn park(tx: &mut Transaction<'_, Postgres>, parked: &[ParkedEvent]) -> Res
     let attempts: Vec<i32> = parked.iter().map(|p| i32_of(p.attempts)).collect();
     let replays: Vec<i32> = parked.iter().map(|p| i32_of(p.replay_count)).collect();
     let next: Vec<OffsetDateTime> = parked.iter().map(|p| p.next_attempt_at).collect();
-    let errors: Vec<&str> = parked.iter().map(|p| p.last_error.as_str()).collect();
+    // PostgreSQL text cannot hold NUL: the engine strips CRM text, and this keeps any other
+    // source from failing the whole batch's commit.
+    let errors: Vec<String> = parked.iter().map(|p| p.last_error.replace('\0', "")).collect();
+    let first: Vec<OffsetDateTime> = parked.iter().map(|p| p.first_failed_at).collect();
     sqlx::query(
         "INSERT INTO sync_retry (event_id, shipment_id, event, event_time, source_topic,
-             source_partition, source_offset, attempts, replay_count, next_attempt_at, last_error)
-         SELECT e, s, d::jsonb, et, t, p, o, a, r, n, l
+             source_partition, source_offset, attempts, replay_count, next_attempt_at, last_error,
+             first_failed_at)
+         SELECT e, s, d::jsonb, et, t, p, o, a, r, n, l, f
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::int[],
-                     $7::bigint[], $8::int[], $9::int[], $10::timestamptz[], $11::text[])
-              AS u(e, s, d, et, t, p, o, a, r, n, l)
+                     $7::bigint[], $8::int[], $9::int[], $10::timestamptz[], $11::text[],
+                     $12::timestamptz[])
+              AS u(e, s, d, et, t, p, o, a, r, n, l, f)
          ON CONFLICT (event_id) DO UPDATE
             SET attempts = EXCLUDED.attempts, next_attempt_at = EXCLUDED.next_attempt_at,
                 last_error = EXCLUDED.last_error, replay_count = EXCLUDED.replay_count",
@@ -300,9 +326,41 @@ async fn park(tx: &mut Transaction<'_, Postgres>, parked: &[ParkedEvent]) -> Res
     .bind(&replays)
     .bind(&next)
     .bind(&errors)
+    .bind(&first)
     .execute(&mut **tx)
     .await
     .map_err(err("parking events"))?;
+    Ok(())
+}
+
+/// Raises each shipment's newest event time; a time never moves back.
+async fn raise_newest(
+    tx: &mut Transaction<'_, Postgres>,
+    newest: &[(ShipmentId, OffsetDateTime)],
+) -> Result<(), LedgerError> {
+    // One row per shipment (ON CONFLICT cannot touch a row twice per statement).
+    let mut latest: HashMap<&str, OffsetDateTime> = HashMap::with_capacity(newest.len());
+    for (s, t) in newest {
+        let slot = latest.entry(s.as_str()).or_insert(*t);
+        *slot = (*slot).max(*t);
+    }
+    if latest.is_empty() {
+        return Ok(());
+    }
+    let shipments: Vec<&str> = latest.keys().copied().collect();
+    let times: Vec<OffsetDateTime> = latest.values().copied().collect();
+    sqlx::query(
+        "INSERT INTO shipment_newest (shipment_id, event_time)
+         SELECT * FROM UNNEST($1::text[], $2::timestamptz[])
+         ON CONFLICT (shipment_id) DO UPDATE
+            SET event_time = EXCLUDED.event_time, updated_at = now()
+            WHERE EXCLUDED.event_time > shipment_newest.event_time",
+    )
+    .bind(&shipments)
+    .bind(&times)
+    .execute(&mut **tx)
+    .await
+    .map_err(err("writing newest event times"))?;
     Ok(())
 }
 

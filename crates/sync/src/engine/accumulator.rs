@@ -2,7 +2,7 @@
 //! events, dead letters and outcomes, and the batch's report.
 
 use super::{lag_ms, BatchReport, Call, Candidate, Effects, Inbound};
-use crate::event::InvalidEvent;
+use crate::event::{InvalidEvent, TrackingEvent};
 use crate::mapping::{CrmMapping, CrmStatusWrite};
 use crate::ports::*;
 use std::sync::atomic::AtomicU8;
@@ -33,17 +33,45 @@ impl<'a> Accumulator<'a> {
         *self.report.counts.entry(outcome).or_default() += 1;
     }
 
-    /// A record that is not a valid tracking event.
+    /// A record refused at intake (too large, no value, not a valid event, dated in the
+    /// future): dead-lettered, logged, and given an outcome naming whatever ids it has.
     pub(super) fn invalid(&mut self, m: &Inbound, invalid: &InvalidEvent) {
         tracing::warn!(
             topic = %m.source.topic, partition = m.source.partition, offset = m.source.offset,
             reason_code = %invalid.code(), reason = %invalid, "invalid event dead-lettered"
         );
+        let code = invalid.code();
+        let (event_id, shipment_id) = match &m.payload {
+            Some(p) if m.oversized.is_none() => TrackingEvent::salvage_ids(p),
+            _ => (None, None),
+        };
+        let now = OffsetDateTime::now_utc();
+        let error = format!("{code}: {invalid}");
         self.count(Outcome::DeadLettered);
-        self.report.dead_letter_reasons.push(invalid.code());
+        self.report.dead_letter_reasons.push(code);
+        self.outcomes.push(OutcomeRecord {
+            version: 1,
+            correlation_id: event_id.as_ref().map_or_else(
+                || format!("{}/{}/{}", m.source.topic, m.source.partition, m.source.offset),
+                ToString::to_string,
+            ),
+            event_id: event_id.clone(),
+            shipment_id: shipment_id.clone(),
+            outcome: Outcome::DeadLettered,
+            reason_code: Some(code),
+            first_outcome: None,
+            attempt: 1,
+            crm_status: None,
+            occurred_at: None,
+            processed_at: now,
+            latency_ms: None,
+            error: Some(error.clone()),
+            source: Some(m.source.clone()),
+            key: m.key.clone(),
+        });
         self.ledger.attempts.push(AttemptRecord {
-            event_id: None,
-            shipment_id: None,
+            event_id: event_id.clone(),
+            shipment_id,
             client_id: None,
             correlation_id: None,
             payload: None,
@@ -51,21 +79,22 @@ impl<'a> Accumulator<'a> {
             response_excerpt: None,
             outcome: Outcome::DeadLettered,
             attempt: 1,
-            error: Some(format!("{}: {invalid}", invalid.code())),
+            error: Some(error),
             event_time: None,
-            sent_at: OffsetDateTime::now_utc(),
+            sent_at: now,
             latency_ms: None,
             source: Some(m.source.clone()),
         });
         self.letters.push(DeadLetter {
             key: m.key.clone(),
             payload: m.payload.clone(),
-            reason_code: invalid.code(),
+            withheld_bytes: m.oversized,
+            reason_code: code,
             reason: invalid.to_string(),
             source: m.source.clone(),
             attempts: 1,
             replay_count: m.replay_count,
-            event_id: None,
+            event_id,
         });
     }
 
@@ -84,6 +113,7 @@ impl<'a> Accumulator<'a> {
             Outcome::Duplicate,
             first,
             None,
+            None,
             now,
         ));
     }
@@ -97,10 +127,29 @@ impl<'a> Accumulator<'a> {
         outcome: Outcome,
         call: Call,
     ) {
+        self.conclude_with(c, w, outcome, None, call);
+    }
+
+    fn conclude_with(
+        &mut self,
+        c: &Candidate,
+        w: Option<&CrmStatusWrite>,
+        outcome: Outcome,
+        reason_code: Option<DeadLetterReason>,
+        call: Call,
+    ) {
+        let call = call.stored();
         let now = OffsetDateTime::now_utc();
         self.count(outcome);
         if outcome == Outcome::Success {
             self.report.success_lag_ms.push(lag_ms(c.event.occurred_at, now));
+        }
+        // The CRM now reflects this event (written, or already showing its status): no older
+        // event may be written over it, whatever the CRM's own timestamp says.
+        if matches!(outcome, Outcome::Success | Outcome::Unchanged) {
+            self.ledger
+                .newest
+                .push((c.event.shipment_id.clone(), c.event.occurred_at));
         }
         let error = call.error.clone();
         let row = self.attempt_row(c, w, outcome, call, now);
@@ -118,21 +167,31 @@ impl<'a> Accumulator<'a> {
             self.ledger.unpark.push(c.event.event_id.clone());
         }
         self.outcomes
-            .push(outcome_record(c, w, outcome, None, error, now));
+            .push(outcome_record(c, w, outcome, None, reason_code, error, now));
     }
 
-    pub(super) fn park(&mut self, c: &Candidate, err: &CrmError, delay: Duration) {
+    /// Parks the event after `attempts` calls, the first of which failed at `first_failed_at`.
+    pub(super) fn park(
+        &mut self,
+        c: &Candidate,
+        attempts: u32,
+        first_failed_at: OffsetDateTime,
+        err: &CrmError,
+        delay: Duration,
+    ) {
+        let last_error = crm_text(&err.message);
         tracing::info!(
             event_id = %c.event.event_id, correlation_id = %c.event.correlation_id, shipment_id = %c.event.shipment_id,
-            attempt = c.attempt, retry_in_ms = delay.as_millis() as u64, error = %err.message, "CRM failed; event parked"
+            attempts, retry_in_ms = delay.as_millis() as u64, error = %last_error, "CRM failed; event parked"
         );
         self.ledger.park.push(ParkedEvent {
             event: c.event.clone(),
             source: c.source.clone(),
-            attempts: c.attempt,
+            attempts,
             replay_count: c.replay_count,
             next_attempt_at: OffsetDateTime::now_utc() + delay,
-            last_error: err.message.clone(),
+            first_failed_at,
+            last_error,
         });
     }
 
@@ -144,6 +203,7 @@ impl<'a> Accumulator<'a> {
         reason: String,
         mut call: Call,
     ) {
+        let reason = crm_text(&reason);
         tracing::warn!(
             event_id = %c.event.event_id, correlation_id = %c.event.correlation_id, shipment_id = %c.event.shipment_id,
             attempt = c.attempt, reason_code = %code, reason = %reason, "event dead-lettered"
@@ -152,7 +212,8 @@ impl<'a> Accumulator<'a> {
         call.error = Some(format!("{code}: {reason}"));
         self.letters.push(DeadLetter {
             key: c.key.clone(),
-            payload: c.payload.clone(),
+            payload: Some(c.payload.clone()),
+            withheld_bytes: None,
             reason_code: code,
             reason,
             source: c.source.clone(),
@@ -160,7 +221,7 @@ impl<'a> Accumulator<'a> {
             replay_count: c.replay_count,
             event_id: Some(c.event.event_id.clone()),
         });
-        self.conclude(c, w, Outcome::DeadLettered, call);
+        self.conclude_with(c, w, Outcome::DeadLettered, Some(code), call);
     }
 
     fn attempt_row(
@@ -194,6 +255,7 @@ impl<'a> Accumulator<'a> {
         self.ledger.processed.extend(other.ledger.processed);
         self.ledger.park.extend(other.ledger.park);
         self.ledger.unpark.extend(other.ledger.unpark);
+        self.ledger.newest.extend(other.ledger.newest);
         self.outcomes.extend(other.outcomes);
         self.letters.extend(other.letters);
         for (o, n) in other.report.counts {
@@ -221,21 +283,53 @@ fn outcome_record(
     w: Option<&CrmStatusWrite>,
     outcome: Outcome,
     first_outcome: Option<Outcome>,
+    reason_code: Option<DeadLetterReason>,
     error: Option<String>,
     now: OffsetDateTime,
 ) -> OutcomeRecord {
     OutcomeRecord {
         version: 1,
-        event_id: c.event.event_id.clone(),
-        shipment_id: c.event.shipment_id.clone(),
+        event_id: Some(c.event.event_id.clone()),
+        shipment_id: Some(c.event.shipment_id.clone()),
         outcome,
+        reason_code,
         first_outcome,
         attempt: c.attempt,
         crm_status: w.map(|w| w.crm_status.clone()),
-        occurred_at: c.event.occurred_at,
+        occurred_at: Some(c.event.occurred_at),
         processed_at: now,
-        latency_ms: lag_ms(c.event.occurred_at, now),
+        latency_ms: Some(lag_ms(c.event.occurred_at, now)),
         error,
         correlation_id: c.event.correlation_id.clone(),
+        source: None,
+        key: Some(c.event.shipment_id.as_str().as_bytes().to_vec()),
+    }
+}
+
+/// The longest CRM-sourced text stored (error messages, response excerpts).
+pub const MAX_CRM_TEXT_BYTES: usize = 1024;
+
+/// CRM-sourced text fit to store: no NUL or other control characters (PostgreSQL refuses NUL in
+/// text), at most [`MAX_CRM_TEXT_BYTES`], cut at a character boundary.
+pub fn crm_text(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len().min(MAX_CRM_TEXT_BYTES));
+    for c in raw.chars() {
+        let c = if c.is_control() { ' ' } else { c };
+        if out.len() + c.len_utf8() > MAX_CRM_TEXT_BYTES {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl Call {
+    /// The call's texts as they may be stored.
+    fn stored(self) -> Self {
+        Self {
+            response_excerpt: self.response_excerpt.as_deref().map(crm_text),
+            error: self.error.as_deref().map(crm_text),
+            ..self
+        }
     }
 }

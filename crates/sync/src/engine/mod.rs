@@ -3,7 +3,8 @@
 //!
 //! Order of effects for one batch, and what a crash between two of them leaves behind:
 //!
-//! 1. read the ledger (which event ids were handled before) — nothing written yet;
+//! 1. read the ledger (which event ids were handled before, and the newest event time known per
+//!    shipment) — nothing written yet;
 //! 2. read the CRM, write what is needed — a crash here leaves CRM writes without a log row; the
 //!    redelivered events find the CRM already showing their status and end as `unchanged`;
 //! 3. publish dead letters and wait for the broker — a crash here may publish a dead letter twice
@@ -14,8 +15,8 @@
 //! 6. the caller commits the source offsets.
 
 use crate::breaker::{BreakerState, CircuitBreaker};
-use crate::event::{EventId, ShipmentId, TrackingEvent};
-use crate::mapping::{CrmMapping, CrmShipmentState, CrmStatusWrite};
+use crate::event::{EventId, InvalidEvent, ShipmentId, TrackingEvent};
+use crate::mapping::{CrmMapping, CrmStatusWrite};
 use crate::ports::*;
 use crate::retry::{RetryPolicy, RetryStep};
 use crate::rules::{decide, WriteDecision};
@@ -35,7 +36,10 @@ use accumulator::Accumulator;
 pub struct Inbound {
     pub source: SourcePosition,
     pub key: Option<Vec<u8>>,
-    pub payload: Vec<u8>,
+    /// `None` for a tombstone, or for a record too large to take in.
+    pub payload: Option<Vec<u8>>,
+    /// `Some(size)` when the record was larger than the intake limit (its value was dropped).
+    pub oversized: Option<usize>,
     /// How many times this record was replayed from `dead.letters` (header `x-replay-count`).
     pub replay_count: u32,
 }
@@ -88,6 +92,16 @@ pub struct EngineSettings {
     pub breaker: crate::breaker::BreakerPolicy,
     /// Most shipments per CRM call.
     pub crm_batch_limit: usize,
+    /// How far ahead of this service's clock an event may be dated; a later one is refused
+    /// (`event_in_future`), since it would freeze its shipment.
+    pub max_clock_skew: Duration,
+    /// The intake limit on record size, named in the reason of an oversized record.
+    pub max_record_bytes: usize,
+}
+
+impl EngineSettings {
+    /// Five minutes: clocks of well-run hosts agree far better.
+    pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
 }
 
 /// A uniform sample in `[0, 1)`, injected so the domain needs no random-number crate.
@@ -97,6 +111,11 @@ pub struct SyncEngine {
     mapping: CrmMapping,
     retry: RetryPolicy,
     crm_batch_limit: usize,
+    max_clock_skew: Duration,
+    max_record_bytes: usize,
+    /// Newest event times concluded but perhaps not committed yet (a decided batch waits for its
+    /// ledger commit while the next one is decided): consulted with the ledger's.
+    pending_newest: Mutex<HashMap<ShipmentId, OffsetDateTime>>,
     crm: Arc<dyn CrmGateway>,
     ledger: Arc<dyn SyncLedger>,
     outcomes: Arc<dyn OutcomeSink>,
@@ -112,6 +131,8 @@ pub(super) struct Candidate {
     pub(super) payload: Vec<u8>,
     pub(super) attempt: u32,
     pub(super) replay_count: u32,
+    /// When an earlier attempt first failed (parked events).
+    pub(super) first_failed_at: Option<OffsetDateTime>,
 }
 
 #[derive(Default)]
@@ -136,6 +157,9 @@ impl SyncEngine {
             mapping,
             retry: settings.retry,
             crm_batch_limit: settings.crm_batch_limit.max(1),
+            max_clock_skew: settings.max_clock_skew,
+            max_record_bytes: settings.max_record_bytes,
+            pending_newest: Mutex::default(),
             crm,
             ledger,
             outcomes,
@@ -163,7 +187,7 @@ impl SyncEngine {
 
     /// Handles parked events that are due.
     pub async fn process_due(&self, parked: Vec<ParkedEvent>) -> Result<BatchReport, EngineError> {
-        let effects = self.decide_due(parked).await;
+        let effects = self.decide_due(parked).await?;
         self.apply(&effects).await?;
         Ok(effects.report)
     }
@@ -175,15 +199,17 @@ impl SyncEngine {
     pub async fn decide(&self, inbound: &[Inbound]) -> Result<Effects, EngineError> {
         let mut acc = Accumulator::new(&self.mapping);
         let mut parsed = Vec::with_capacity(inbound.len());
+        let horizon = OffsetDateTime::now_utc() + self.max_clock_skew;
         for m in inbound {
-            match TrackingEvent::from_json(&m.payload) {
+            match self.intake(m, horizon) {
                 Ok(event) => parsed.push(Candidate {
                     event,
                     source: m.source.clone(),
                     key: m.key.clone(),
-                    payload: m.payload.clone(),
+                    payload: m.payload.clone().unwrap_or_default(),
                     attempt: 1,
                     replay_count: m.replay_count,
+                    first_failed_at: None,
                 }),
                 Err(invalid) => acc.invalid(m, &invalid),
             }
@@ -209,12 +235,55 @@ impl SyncEngine {
                 _ => fresh.push(c),
             }
         }
-        Ok(self.sync(fresh, acc).await)
+        let newest = self.newest_seen(&fresh).await?;
+        Ok(self.sync(fresh, newest, acc).await)
+    }
+
+    /// A record as an event, or why it is refused: too large, no value, not a valid event, or
+    /// dated beyond `horizon`.
+    fn intake(&self, m: &Inbound, horizon: OffsetDateTime) -> Result<TrackingEvent, InvalidEvent> {
+        if let Some(size) = m.oversized {
+            return Err(InvalidEvent::TooLarge {
+                size,
+                limit: self.max_record_bytes,
+            });
+        }
+        let payload = m.payload.as_deref().ok_or(InvalidEvent::Tombstone)?;
+        let event = TrackingEvent::from_json(payload)?;
+        if event.occurred_at > horizon {
+            return Err(InvalidEvent::InFuture {
+                skew_s: self.max_clock_skew.as_secs(),
+            });
+        }
+        Ok(event)
+    }
+
+    /// The newest event time known per shipment of `candidates`: the ledger's, or a newer one
+    /// concluded by a batch not committed yet.
+    async fn newest_seen(
+        &self,
+        candidates: &[Candidate],
+    ) -> Result<HashMap<ShipmentId, OffsetDateTime>, EngineError> {
+        if candidates.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let mut shipments: Vec<ShipmentId> = candidates.iter().map(|c| c.event.shipment_id.clone()).collect();
+        shipments.sort_unstable();
+        shipments.dedup();
+        let mut newest = self.ledger.newest_seen(&shipments).await?;
+        let pending = self.pending_newest.lock().unwrap_or_else(PoisonError::into_inner);
+        for s in &shipments {
+            if let Some(t) = pending.get(s) {
+                let slot = newest.entry(s.clone()).or_insert(*t);
+                *slot = (*slot).max(*t);
+            }
+        }
+        Ok(newest)
     }
 
     /// Steps 1 and 2 for parked events that are due.
-    pub async fn decide_due(&self, parked: Vec<ParkedEvent>) -> Effects {
-        let candidates = parked
+    pub async fn decide_due(&self, parked: Vec<ParkedEvent>) -> Result<Effects, EngineError> {
+        let candidates: Vec<Candidate> = parked
             .into_iter()
             .map(|p| Candidate {
                 payload: serde_json::to_vec(&p.event.to_wire()).unwrap_or_default(),
@@ -223,9 +292,13 @@ impl SyncEngine {
                 source: p.source,
                 attempt: p.attempts + 1,
                 replay_count: p.replay_count,
+                first_failed_at: Some(p.first_failed_at),
             })
             .collect();
-        self.sync(candidates, Accumulator::new(&self.mapping)).await
+        let newest = self.newest_seen(&candidates).await?;
+        Ok(self
+            .sync(candidates, newest, Accumulator::new(&self.mapping))
+            .await)
     }
 
     /// Steps 3 to 5: dead letters, the ledger transaction, outcomes. Safe to call again with the
@@ -238,6 +311,7 @@ impl SyncEngine {
         effects.done.fetch_max(1, Ordering::SeqCst);
         if !done(2) {
             self.ledger.commit(&effects.ledger).await?;
+            self.forget_pending(&effects.ledger.newest);
         }
         effects.done.fetch_max(2, Ordering::SeqCst);
         if !done(3) && !effects.outcomes.is_empty() {
@@ -247,7 +321,30 @@ impl SyncEngine {
         Ok(())
     }
 
-    async fn sync(&self, candidates: Vec<Candidate>, mut acc: Accumulator<'_>) -> Effects {
+    /// Committed newest times need no in-memory copy; a newer pending one stays.
+    fn forget_pending(&self, committed: &[(ShipmentId, OffsetDateTime)]) {
+        let mut pending = self.pending_newest.lock().unwrap_or_else(PoisonError::into_inner);
+        for (s, t) in committed {
+            if pending.get(s).is_some_and(|p| p <= t) {
+                pending.remove(s);
+            }
+        }
+    }
+
+    fn remember_pending(&self, concluded: &[(ShipmentId, OffsetDateTime)]) {
+        let mut pending = self.pending_newest.lock().unwrap_or_else(PoisonError::into_inner);
+        for (s, t) in concluded {
+            let slot = pending.entry(s.clone()).or_insert(*t);
+            *slot = (*slot).max(*t);
+        }
+    }
+
+    async fn sync(
+        &self,
+        candidates: Vec<Candidate>,
+        newest_seen: HashMap<ShipmentId, OffsetDateTime>,
+        mut acc: Accumulator<'_>,
+    ) -> Effects {
         // Map; an unmapped status is a bad event, not a CRM problem.
         let mut mapped = Vec::with_capacity(candidates.len());
         for c in candidates {
@@ -281,10 +378,11 @@ impl SyncEngine {
         }
 
         // CRM calls of one batch run concurrently: they touch distinct shipments.
+        let newest_seen = &newest_seen;
         let chunk_results = join_all(chunks(leads, self.crm_batch_limit).into_iter().map(
             |chunk| async move {
                 let mut chunk_acc = Accumulator::new(&self.mapping);
-                self.sync_chunk(chunk, &mut chunk_acc).await;
+                self.sync_chunk(chunk, newest_seen, &mut chunk_acc).await;
                 chunk_acc
             },
         ))
@@ -292,19 +390,36 @@ impl SyncEngine {
         for chunk_acc in chunk_results {
             acc.merge(chunk_acc);
         }
-        acc.into_effects()
+        let effects = acc.into_effects();
+        self.remember_pending(&effects.ledger.newest);
+        effects
     }
 
-    async fn sync_chunk(&self, chunk: Vec<(Candidate, CrmStatusWrite)>, acc: &mut Accumulator<'_>) {
+    async fn sync_chunk(
+        &self,
+        chunk: Vec<(Candidate, CrmStatusWrite)>,
+        newest_seen: &HashMap<ShipmentId, OffsetDateTime>,
+        acc: &mut Accumulator<'_>,
+    ) {
         if let Err(wait) = self.admit() {
             return self.refuse_chunk(&chunk, wait, acc);
         }
-        let Some(states) = self.read_chunk(&chunk, acc).await else {
+        let Some(mut states) = self.read_chunk(&chunk, acc).await else {
             return;
         };
         let mut to_write = Vec::with_capacity(chunk.len());
         for (c, w) in chunk {
-            match decide(&w, states.get(&c.event.shipment_id)) {
+            if let Some(err) = states.unreadable.remove(&c.event.shipment_id) {
+                let call = Call {
+                    http_status: err.http_status,
+                    error: Some(format!("the CRM's record of this shipment is unreadable: {err}")),
+                    ..Call::default()
+                };
+                self.failed(acc, &c, &w, &err, call, true);
+                continue;
+            }
+            let seen = newest_seen.get(&c.event.shipment_id).copied();
+            match decide(&w, states.get(&c.event.shipment_id), seen) {
                 WriteDecision::Write => to_write.push((c, w)),
                 WriteDecision::Unchanged => acc.conclude(&c, Some(&w), Outcome::Unchanged, Call::default()),
                 WriteDecision::Stale => {
@@ -321,7 +436,8 @@ impl SyncEngine {
         }
     }
 
-    /// The breaker is open: no call is made, every event of the chunk is handled as failed.
+    /// The breaker is open: no call is made, and every event of the chunk is parked until the
+    /// breaker's next probe. A refusal is not an attempt: it costs no retry budget.
     fn refuse_chunk(&self, chunk: &[(Candidate, CrmStatusWrite)], wait: Duration, acc: &mut Accumulator<'_>) {
         let err = CrmError {
             retry_after: Some(wait),
@@ -332,7 +448,7 @@ impl SyncEngine {
                 error: Some(err.message.clone()),
                 ..Call::default()
             };
-            self.failed(acc, c, w, &err, call);
+            self.failed(acc, c, w, &err, call, false);
         }
     }
 
@@ -342,7 +458,7 @@ impl SyncEngine {
         &self,
         chunk: &[(Candidate, CrmStatusWrite)],
         acc: &mut Accumulator<'_>,
-    ) -> Option<HashMap<ShipmentId, CrmShipmentState>> {
+    ) -> Option<ShipmentStates> {
         let ids: Vec<ShipmentId> = chunk.iter().map(|(c, _)| c.event.shipment_id.clone()).collect();
         let started = Instant::now();
         match self.crm.read_states(&ids).await {
@@ -362,7 +478,7 @@ impl SyncEngine {
                         latency_ms: Some(ms(started.elapsed())),
                         ..Call::default()
                     };
-                    self.failed(acc, c, w, &err, call);
+                    self.failed(acc, c, w, &err, call, true);
                 }
                 None
             }
@@ -415,13 +531,14 @@ impl SyncEngine {
             };
             match item.result {
                 Ok(()) => acc.conclude(&c, Some(&w), Outcome::Success, call),
-                Err(err) => self.failed(acc, &c, &w, &err, call),
+                Err(err) => self.failed(acc, &c, &w, &err, call, true),
             }
         }
     }
 
-    /// A transient error parks the event (or dead-letters it when attempts are exhausted); a
-    /// permanent one dead-letters it at once.
+    /// A transient error parks the event (or dead-letters it once its first failure is older
+    /// than the retry budget); a permanent one dead-letters it at once. `called` is false for a
+    /// breaker refusal: no call was made, so the attempt is not counted.
     fn failed(
         &self,
         acc: &mut Accumulator<'_>,
@@ -429,6 +546,7 @@ impl SyncEngine {
         w: &CrmStatusWrite,
         err: &CrmError,
         call: Call,
+        called: bool,
     ) {
         if !err.is_transient() {
             return acc.dead_letter(
@@ -439,13 +557,36 @@ impl SyncEngine {
                 call,
             );
         }
-        match self.retry.next(c.attempt, err.retry_after, (self.jitter)()) {
+        let now = OffsetDateTime::now_utc();
+        let first_failed_at = c.first_failed_at.unwrap_or(now);
+        let age = Duration::try_from(now - first_failed_at).unwrap_or_default();
+        let made = if called {
+            c.attempt
+        } else {
+            c.attempt.saturating_sub(1)
+        };
+        let step = match (
+            called,
+            self.retry
+                .next(made.max(1), age, err.retry_after, (self.jitter)()),
+        ) {
+            // Only a real call can exhaust an attempt cap; a refusal still ends at the age limit.
+            (false, RetryStep::GiveUp) if age < self.retry.give_up_after => {
+                RetryStep::RetryAfter(err.retry_after.unwrap_or(self.retry.base_delay))
+            }
+            (_, step) => step,
+        };
+        match step {
             RetryStep::GiveUp => {
-                let reason = format!("gave up after {} attempts: {}", c.attempt, err.message);
+                let reason = format!(
+                    "gave up after {made} attempts over {} s: {}",
+                    age.as_secs(),
+                    err.message
+                );
                 acc.dead_letter(c, Some(w), DeadLetterReason::AttemptsExhausted, reason, call);
             }
             RetryStep::RetryAfter(delay) => {
-                acc.park(c, err, delay);
+                acc.park(c, made, first_failed_at, err, delay);
                 acc.conclude(c, Some(w), Outcome::RetryScheduled, call);
             }
         }
