@@ -45,6 +45,7 @@ impl Scope {
             input_topic: format!("tracking.events.{id}"),
             outcome_topic: format!("crm.sync.{id}"),
             dead_letter_topic: format!("dead.letters.{id}"),
+            replay_topics: Vec::new(),
         };
         Self {
             db_url: format!("{}/e2e_{id}", pg_base()),

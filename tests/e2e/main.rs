@@ -6,6 +6,7 @@
 mod certificates;
 mod certificates_crash;
 mod crash;
+mod hardening;
 mod loader;
 mod pipeline;
 mod replay;

@@ -70,6 +70,28 @@ pub fn read_dead_letters(
     topic: &str,
     filter: &ReplayFilter,
 ) -> Result<Vec<DeadLetterView>, KafkaError> {
+    let mut out = Vec::new();
+    scan_dead_letters(settings, group, topic, filter, None, |view| {
+        out.push(view);
+        true
+    })?;
+    Ok(out)
+}
+
+/// Streams the dead letters of `topic` present now that match to `visit`, one at a time, and
+/// stops after `limit` matches or when `visit` returns `false`: nothing is held in memory but
+/// the letter at hand. Returns how many matched.
+pub fn scan_dead_letters(
+    settings: &KafkaSettings,
+    group: &str,
+    topic: &str,
+    filter: &ReplayFilter,
+    limit: Option<usize>,
+    mut visit: impl FnMut(DeadLetterView) -> bool,
+) -> Result<usize, KafkaError> {
+    if limit == Some(0) {
+        return Ok(0);
+    }
     let consumer: BaseConsumer = settings
         .client_config()
         .set("group.id", group)
@@ -94,10 +116,10 @@ pub fn read_dead_letters(
         }
     }
     if remaining.is_empty() {
-        return Ok(Vec::new());
+        return Ok(0);
     }
     consumer.assign(&tpl)?;
-    let mut out = Vec::new();
+    let mut matched = 0;
     let mut last_progress = Instant::now();
     while !remaining.is_empty() {
         if last_progress.elapsed() > timeout {
@@ -137,10 +159,13 @@ pub fn read_dead_letters(
             headers,
         };
         if filter.matches(&view) {
-            out.push(view);
+            matched += 1;
+            if !visit(view) || limit.is_some_and(|l| matched >= l) {
+                break;
+            }
         }
     }
-    Ok(out)
+    Ok(matched)
 }
 
 #[cfg(test)]

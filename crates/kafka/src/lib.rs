@@ -19,7 +19,7 @@ pub use dead_letter::{
     HEADER_REPLAY_COUNT, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC,
     HEADER_VALUE_WITHHELD, MAX_REASON_BYTES,
 };
-pub use dlq::{read_dead_letters, DeadLetterView, ReplayFilter};
+pub use dlq::{read_dead_letters, scan_dead_letters, DeadLetterView, ReplayFilter};
 pub use producer::{KafkaPublisher, OutgoingRecord};
 pub use record::{ConsumedRecord, RecordPosition, MAX_KEPT_KEY_BYTES, REASON_RECORD_TOO_LARGE};
 pub use runner::{ConsumerRunner, Disposition, RecordHandler, Rejected, RetryBackoff};

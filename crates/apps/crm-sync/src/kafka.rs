@@ -27,6 +27,9 @@ pub struct KafkaConfig {
     pub outcome_topic: String,
     /// Records that cannot be synced, with the reason in `x-dlq-*` headers.
     pub dead_letter_topic: String,
+    /// Topics `dlq replay` may send letters back to besides `input_topic` (a letter's
+    /// `x-source-topic` is only followed when it is one of these).
+    pub replay_topics: Vec<String>,
 }
 
 impl Default for KafkaConfig {
@@ -36,6 +39,7 @@ impl Default for KafkaConfig {
             input_topic: "tracking.events".into(),
             outcome_topic: "crm.sync".into(),
             dead_letter_topic: "dead.letters".into(),
+            replay_topics: Vec::new(),
         }
     }
 }

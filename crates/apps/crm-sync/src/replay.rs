@@ -1,14 +1,27 @@
 //! `crm-sync dlq replay`: sends chosen dead letters back to their source topic with their replay
 //! count raised, so the pipeline treats them as new attempts rather than duplicates.
+//!
+//! Letters are streamed: read one at a time from the dead-letter topic and published in chunks,
+//! so a replay of millions holds a chunk in memory, not the topic. A letter goes back only to a
+//! topic on the allow-list (`kafka.input_topic` and `kafka.replay_topics`): its `x-source-topic`
+//! header is data anyone who can write the dead-letter topic chooses, never an instruction.
 
 use crate::kafka::KafkaConfig;
-use backbone_kafka::{read_dead_letters, KafkaPublisher, OutgoingRecord, ReplayFilter, HEADER_REPLAY_COUNT};
+use backbone_kafka::{
+    scan_dead_letters, DeadLetterView, KafkaPublisher, OutgoingRecord, ReplayFilter, HEADER_REPLAY_COUNT,
+};
 use serde::Serialize;
+use tokio::sync::mpsc;
+
+/// Letters published per broker round trip.
+const CHUNK: usize = 500;
 
 #[derive(Debug, Serialize)]
 pub struct ReplaySummary {
     pub matched: usize,
     pub replayed: usize,
+    /// Matched letters not sent because their source topic is not on the allow-list.
+    pub refused: usize,
     pub dry_run: bool,
     pub letters: Vec<ReplayedLetter>,
 }
@@ -21,6 +34,27 @@ pub struct ReplayedLetter {
     pub reason_code: Option<String>,
     pub target_topic: String,
     pub replay_count: u32,
+    /// Why the letter was not sent, if it was not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
+impl ReplayedLetter {
+    fn of(l: &DeadLetterView, kafka: &KafkaConfig) -> Self {
+        let target = l.source_topic().unwrap_or(&kafka.input_topic).to_owned();
+        let allowed = target == kafka.input_topic || kafka.replay_topics.contains(&target);
+        Self {
+            partition: l.partition,
+            offset: l.offset,
+            event_id: l.header("x-event-id").map(str::to_owned),
+            reason_code: l.header("x-dlq-reason-code").map(str::to_owned),
+            refused: (!allowed).then(|| {
+                "x-source-topic is not kafka.input_topic or one of kafka.replay_topics".to_owned()
+            }),
+            target_topic: target,
+            replay_count: l.replay_count() + 1,
+        }
+    }
 }
 
 pub async fn replay_dead_letters(
@@ -32,40 +66,69 @@ pub async fn replay_dead_letters(
     let settings = kafka.client.clone();
     let group = format!("{}-dlq-reader", kafka.group());
     let topic = kafka.dead_letter_topic.clone();
-    let mut letters =
-        tokio::task::spawn_blocking(move || read_dead_letters(&settings, &group, &topic, &filter)).await??;
-    if let Some(limit) = limit {
-        letters.truncate(limit);
-    }
-    let planned: Vec<ReplayedLetter> = letters
-        .iter()
-        .map(|l| ReplayedLetter {
-            partition: l.partition,
-            offset: l.offset,
-            event_id: l.header("x-event-id").map(str::to_owned),
-            reason_code: l.header("x-dlq-reason-code").map(str::to_owned),
-            target_topic: l.source_topic().unwrap_or(&kafka.input_topic).to_owned(),
-            replay_count: l.replay_count() + 1,
+    let (tx, mut rx) = mpsc::channel::<DeadLetterView>(CHUNK);
+    let reader = tokio::task::spawn_blocking(move || {
+        scan_dead_letters(&settings, &group, &topic, &filter, limit, |view| {
+            tx.blocking_send(view).is_ok()
         })
-        .collect();
-    if dry_run || letters.is_empty() {
-        return Ok(ReplaySummary {
-            matched: planned.len(),
-            replayed: 0,
-            dry_run,
-            letters: planned,
-        });
+    });
+    let publisher = if dry_run {
+        None
+    } else {
+        Some(KafkaPublisher::new(&kafka.client)?)
+    };
+    let mut summary = ReplaySummary {
+        matched: 0,
+        replayed: 0,
+        refused: 0,
+        dry_run,
+        letters: Vec::new(),
+    };
+    let mut chunk = Vec::with_capacity(CHUNK);
+    while let Some(view) = rx.recv().await {
+        let planned = ReplayedLetter::of(&view, kafka);
+        summary.matched += 1;
+        if planned.refused.is_some() {
+            summary.refused += 1;
+            tracing::warn!(
+                partition = planned.partition,
+                offset = planned.offset,
+                target = %planned.target_topic,
+                "dead letter not replayed: its source topic is not allowed"
+            );
+        } else if publisher.is_some() {
+            chunk.push((view, planned.target_topic.clone(), planned.replay_count));
+        }
+        summary.letters.push(planned);
+        if chunk.len() >= CHUNK {
+            summary.replayed += publish(publisher.as_ref(), kafka, &mut chunk).await?;
+        }
     }
-    let publisher = KafkaPublisher::new(&kafka.client)?;
-    let records = letters
+    reader.await??;
+    summary.replayed += publish(publisher.as_ref(), kafka, &mut chunk).await?;
+    Ok(summary)
+}
+
+/// Publishes and empties `chunk`; returns how many were sent.
+async fn publish(
+    publisher: Option<&KafkaPublisher>,
+    kafka: &KafkaConfig,
+    chunk: &mut Vec<(DeadLetterView, String, u32)>,
+) -> anyhow::Result<usize> {
+    let Some(publisher) = publisher else {
+        return Ok(0);
+    };
+    if chunk.is_empty() {
+        return Ok(0);
+    }
+    let records = chunk
         .iter()
-        .zip(&planned)
-        .map(|(l, p)| OutgoingRecord {
-            topic: &p.target_topic,
+        .map(|(l, target, replay_count)| OutgoingRecord {
+            topic: target,
             key: l.key.as_deref(),
             payload: l.payload.as_deref(),
             headers: vec![
-                (HEADER_REPLAY_COUNT.to_owned(), p.replay_count.to_string()),
+                (HEADER_REPLAY_COUNT.to_owned(), replay_count.to_string()),
                 (
                     "x-replayed-from".to_owned(),
                     format!("{}/{}/{}", kafka.dead_letter_topic, l.partition, l.offset),
@@ -74,10 +137,7 @@ pub async fn replay_dead_letters(
         })
         .collect();
     publisher.send_all(records).await?;
-    Ok(ReplaySummary {
-        matched: planned.len(),
-        replayed: planned.len(),
-        dry_run,
-        letters: planned,
-    })
+    let sent = chunk.len();
+    chunk.clear();
+    Ok(sent)
 }
