@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use backbone_crm::signing::verify;
+use backbone_crm::signing::{is_valid_nonce, verify, SignedParts};
 use backbone_crm::{GenericCrmConfig, GenericRestCrm};
 use backbone_sync::event::{ClientId, EventId, ShipmentId};
 use backbone_sync::mapping::{CrmMapping, CrmStatusWrite, MappingConfig};
@@ -38,23 +38,43 @@ fn write(n: u32) -> CrmStatusWrite {
     }
 }
 
-fn signed_correctly(req: &Request) -> bool {
-    let h = |n: &str| {
-        req.headers
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned()
-    };
+fn header_of(req: &Request, name: &str) -> String {
+    req.headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The request target as the server received it: path and, if any, `?` and query.
+fn target(req: &Request) -> String {
+    match req.url.query() {
+        Some(q) => format!("{}?{q}", req.url.path()),
+        None => req.url.path().to_owned(),
+    }
+}
+
+/// Whether the signature verifies for this method and target with the request's other parts.
+fn signed_for(req: &Request, method: &str, target: &str) -> bool {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    h("authorization") == format!("Bearer {TOKEN}")
-        && verify(
-            SECRET.as_bytes(),
-            &h("x-timestamp"),
-            &req.body,
-            &h("x-signature"),
-            now,
-        )
+    verify(
+        SECRET.as_bytes(),
+        &SignedParts {
+            method,
+            target,
+            timestamp: &header_of(req, "x-timestamp"),
+            nonce: &header_of(req, "x-nonce"),
+            body: &req.body,
+        },
+        &header_of(req, "x-signature"),
+        now,
+    )
+    .is_ok()
+}
+
+fn signed_correctly(req: &Request) -> bool {
+    header_of(req, "authorization") == format!("Bearer {TOKEN}")
+        && signed_for(req, req.method.as_str(), &target(req))
 }
 
 #[tokio::test]
@@ -118,6 +138,7 @@ async fn reads_single_and_batch_and_treats_404_as_unknown() {
     Mock::given(method("POST"))
         .and(path("/api/v1/shipments/status:batchGet"))
         .and(body_json(serde_json::json!({"shipmentIds": ["s/1", "s/2"]})))
+        .and(|r: &Request| signed_correctly(r))
         .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"items": [
             {"clientId": "c1", "shipmentId": "s/2", "status": "delivered", "timestamp": "2026-11-01T11:00:00Z", "eventId": "x"}
         ]})))
@@ -131,6 +152,89 @@ async fn reads_single_and_batch_and_treats_404_as_unknown() {
         .unwrap();
     assert_eq!(states.len(), 1);
     assert_eq!(states[&write(2).shipment_id].status, "delivered");
+}
+
+#[tokio::test]
+async fn every_request_carries_a_fresh_nonce_and_is_signed_for_its_method_and_path() {
+    let server = MockServer::start().await;
+    Mock::given(path("/api/v1/shipments/s%2F1/status"))
+        .respond_with(ResponseTemplate::new(404))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/api/v1/shipments/status:batchGet"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"items": []})))
+        .mount(&server)
+        .await;
+    Mock::given(method("PUT"))
+        .and(path("/api/v1/shipments/s%2F2/status"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/api/v1/shipments/status:batchWrite"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(serde_json::json!({"results": [
+                {"shipmentId": "s/3", "eventId": "e3", "status": 200},
+                {"shipmentId": "s/4", "eventId": "e4", "status": 200}
+            ]})),
+        )
+        .mount(&server)
+        .await;
+    let c = crm(&server, 2000);
+    c.read_states(&[write(1).shipment_id]).await.unwrap();
+    c.read_states(&[write(1).shipment_id]).await.unwrap();
+    c.read_states(&[write(1).shipment_id, write(2).shipment_id])
+        .await
+        .unwrap();
+    c.write_statuses(&[write(2)]).await.unwrap();
+    c.write_statuses(&[write(3), write(4)]).await.unwrap();
+
+    let received = server.received_requests().await.unwrap();
+    assert_eq!(received.len(), 5);
+    let nonces: std::collections::HashSet<String> =
+        received.iter().map(|r| header_of(r, "x-nonce")).collect();
+    assert_eq!(nonces.len(), received.len(), "a nonce was sent twice: {nonces:?}");
+    for r in &received {
+        let nonce = header_of(r, "x-nonce");
+        assert!(is_valid_nonce(&nonce), "{nonce:?}");
+        assert!(header_of(r, "x-signature").starts_with("v2="));
+        assert!(signed_correctly(r), "{} {}", r.method, target(r));
+    }
+    // Two reads of the same shipment differ only in their nonce and signature.
+    assert_eq!(target(&received[0]), target(&received[1]));
+    assert_ne!(
+        header_of(&received[0], "x-signature"),
+        header_of(&received[1], "x-signature")
+    );
+    // A signature covers its own method and path, not another's.
+    let (get, put) = (&received[0], &received[3]);
+    assert_eq!((get.method.as_str(), put.method.as_str()), ("GET", "PUT"));
+    assert!(!signed_for(get, "PUT", &target(get)));
+    assert!(!signed_for(put, "PUT", &target(get)));
+}
+
+#[tokio::test]
+async fn the_signature_covers_the_base_url_path_prefix() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/crm/api/v1/shipments/s%2F1/status"))
+        .and(|r: &Request| signed_correctly(r))
+        .respond_with(ResponseTemplate::new(404))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let cfg = GenericCrmConfig {
+        base_url: format!("{}/crm/", server.uri()),
+        token: SecretString::from(TOKEN),
+        signing_secret: SecretString::from(SECRET),
+        timeout_ms: 2000,
+        connect_timeout_ms: 500,
+    };
+    let c = GenericRestCrm::new(&cfg, CrmMapping::new(MappingConfig::default()).unwrap()).unwrap();
+    assert!(c.read_states(&[write(1).shipment_id]).await.unwrap().is_empty());
+    let received = server.received_requests().await.unwrap();
+    assert!(!signed_for(&received[0], "GET", "/api/v1/shipments/s%2F1/status"));
 }
 
 #[tokio::test]

@@ -1,14 +1,17 @@
-//! The generic CRM API (`docs/openapi/crm-generic-v1.yaml`), `/api/v1/...`: the bearer token
-//! and the request signature are checked before the faults, and writes apply idempotently by
-//! `eventId`.
+//! The generic CRM API (`docs/openapi/crm-generic-v1.yaml`), `/api/v1/...`: the bearer token,
+//! the request signature (over method, path and query, timestamp, nonce and body) and the nonce's
+//! freshness are checked before the faults, and writes apply idempotently by `eventId`.
 
+use crate::nonces::Admission;
 use crate::{same, with_retry_after, Dialect, Refusal, Sim, Store, MAX_BATCH};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use backbone_crm::signing::{verify, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use backbone_crm::signing::{
+    verify, Rejection, SignedParts, MAX_SKEW_SECS, NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER,
+};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -21,8 +24,17 @@ pub(crate) fn routes() -> Router<Sim> {
 }
 
 impl Sim {
-    /// Token, signature and faults, in that order. `Err` is the response to send instead.
-    async fn admit(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), Response> {
+    /// Token, signature, nonce and faults, in that order. `Err` is the response to send instead.
+    ///
+    /// `uri` is the request target as received: the routes are merged, never nested, so axum's
+    /// `Uri` is the path and query the client sent and signed.
+    async fn admit(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<(), Response> {
         let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or_default();
         let token = header("authorization")
             .strip_prefix("Bearer ")
@@ -37,20 +49,60 @@ impl Sim {
             ));
         }
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        if !verify(
-            self.secret.as_bytes(),
-            header(TIMESTAMP_HEADER),
+        let parts = SignedParts {
+            method: method.as_str(),
+            target: uri.path_and_query().map_or("/", |pq| pq.as_str()),
+            timestamp: header(TIMESTAMP_HEADER),
+            nonce: header(NONCE_HEADER),
             body,
-            header(SIGNATURE_HEADER),
-            now,
-        ) {
+        };
+        if let Err(rejection) = verify(self.secret.as_bytes(), &parts, header(SIGNATURE_HEADER), now) {
             self.lock().stats.rejected_requests += 1;
-            return Err(problem(
-                StatusCode::UNAUTHORIZED,
-                "invalid_signature",
-                "signature or timestamp invalid",
-                None,
-            ));
+            return Err(match rejection {
+                Rejection::BadSignature => problem(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_signature",
+                    "X-Signature does not match the request, or a signing header is missing or malformed",
+                    None,
+                ),
+                Rejection::TimestampSkew(secs) => problem(
+                    StatusCode::UNAUTHORIZED,
+                    "timestamp_skew",
+                    &format!(
+                        "X-Timestamp is {secs} seconds away from the server clock (limit {MAX_SKEW_SECS})"
+                    ),
+                    None,
+                ),
+            });
+        }
+        // `verify` parsed the timestamp; a replay is possible until it is MAX_SKEW_SECS old.
+        let expires = parts.timestamp.parse::<i64>().unwrap_or(now) + MAX_SKEW_SECS;
+        let admission = {
+            let mut store = self.lock();
+            let admission = store.nonces.admit(parts.nonce, expires, now);
+            if admission == Admission::Replayed {
+                store.stats.rejected_requests += 1;
+            }
+            admission
+        };
+        match admission {
+            Admission::Fresh => {}
+            Admission::Replayed => {
+                return Err(problem(
+                    StatusCode::UNAUTHORIZED,
+                    "replayed_nonce",
+                    &format!("X-Nonce was already used within the last {MAX_SKEW_SECS} seconds"),
+                    None,
+                ))
+            }
+            Admission::Full => {
+                return Err(problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "too many requests within the replay window",
+                    Some(1),
+                ))
+            }
         }
         let gate = self.gate(Dialect::Generic).await;
         let retry = gate.retry_after;
@@ -140,8 +192,14 @@ pub(crate) fn bad_json(e: serde_json::Error) -> Response {
     )
 }
 
-async fn read_one(State(sim): State<Sim>, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    if let Err(r) = sim.admit(&headers, b"").await {
+async fn read_one(
+    State(sim): State<Sim>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = sim.admit(&method, &uri, &headers, b"").await {
         return r;
     }
     match sim.record(&id) {
@@ -153,10 +211,12 @@ async fn read_one(State(sim): State<Sim>, Path(id): Path<String>, headers: Heade
 async fn write_one(
     State(sim): State<Sim>,
     Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = sim.admit(&headers, &body).await {
+    if let Err(r) = sim.admit(&method, &uri, &headers, &body).await {
         return r;
     }
     let record: Map<String, Value> = match serde_json::from_slice(&body) {
@@ -189,8 +249,14 @@ struct BatchGet {
     shipment_ids: Vec<String>,
 }
 
-async fn batch_get(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = sim.admit(&headers, &body).await {
+async fn batch_get(
+    State(sim): State<Sim>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = sim.admit(&method, &uri, &headers, &body).await {
         return r;
     }
     let req: BatchGet = match serde_json::from_slice(&body) {
@@ -220,8 +286,14 @@ struct BatchWrite {
     items: Vec<Map<String, Value>>,
 }
 
-async fn batch_write(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = sim.admit(&headers, &body).await {
+async fn batch_write(
+    State(sim): State<Sim>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = sim.admit(&method, &uri, &headers, &body).await {
         return r;
     }
     let req: BatchWrite = match serde_json::from_slice(&body) {

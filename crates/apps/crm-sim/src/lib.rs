@@ -2,7 +2,8 @@
 //! every dialect crm-sync speaks, each on its own paths:
 //!
 //! - the generic CRM API (`docs/openapi/crm-generic-v1.yaml`), `/api/v1/...`: checks the bearer
-//!   token and the request signature and applies writes idempotently by `eventId`;
+//!   token, the request signature and that its nonce is fresh, and applies writes idempotently
+//!   by `eventId`;
 //! - Bitrix24 REST ([`bitrix24`]), `/rest/...` and `/oauth/token/`;
 //! - Salesforce REST ([`salesforce`]), `/services/...`;
 //! - Kommo API v4 ([`kommo`]), `/api/v4/...` and `/oauth2/access_token`.
@@ -27,6 +28,7 @@ pub mod bitrix24;
 mod control;
 mod generic;
 pub mod kommo;
+mod nonces;
 pub mod salesforce;
 mod table;
 
@@ -127,6 +129,8 @@ struct Store {
     records: HashMap<String, Map<String, Value>>,
     history: HashMap<String, Vec<Map<String, Value>>>,
     seen_events: HashSet<String>,
+    /// `X-Nonce`s of the generic API, held for the skew window.
+    nonces: nonces::Nonces,
     stats: Stats,
     faults: Faults,
     outage_until: Option<Instant>,
@@ -145,6 +149,7 @@ impl Store {
             records: HashMap::new(),
             history: HashMap::new(),
             seen_events: HashSet::new(),
+            nonces: nonces::Nonces::new(nonces::MAX_NONCES),
             stats: Stats::default(),
             faults: Faults::default(),
             outage_until: None,

@@ -2,7 +2,7 @@
 
 use super::transformers::{self as tf, BatchGet, BatchWrite, Items, WriteResults, REQUEST_ID_FIELD};
 use super::GenericCrmConfig;
-use crate::signing::{sign, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use crate::signing::{self, SignedParts, NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use crate::wire::{self, Reply};
 use async_trait::async_trait;
 use backbone_sync::event::ShipmentId;
@@ -40,6 +40,8 @@ impl GenericRestCrm {
         })
     }
 
+    /// Sends one request signed over its method, target (path and query as sent), timestamp,
+    /// a fresh nonce and body (see [`crate::signing`]).
     async fn call(
         &self,
         method: Method,
@@ -47,19 +49,40 @@ impl GenericRestCrm {
         body: Vec<u8>,
         request_id: &str,
     ) -> Result<Reply, CrmError> {
+        let url = reqwest::Url::parse(&format!("{}{path}", self.base))
+            .map_err(|e| CrmError::permanent(format!("request URL: {e}")))?;
         let ts = time::OffsetDateTime::now_utc().unix_timestamp().to_string();
-        let signature = sign(self.secret.expose_secret().as_bytes(), &ts, &body);
+        let nonce = signing::new_nonce();
+        let signature = signing::sign(
+            self.secret.expose_secret().as_bytes(),
+            &SignedParts {
+                method: method.as_str(),
+                target: &request_target(&url),
+                timestamp: &ts,
+                nonce: &nonce,
+                body: &body,
+            },
+        );
         let mut req = self
             .http
-            .request(method, format!("{}{path}", self.base))
+            .request(method, url)
             .bearer_auth(self.token.expose_secret())
             .header(TIMESTAMP_HEADER, &ts)
+            .header(NONCE_HEADER, &nonce)
             .header(SIGNATURE_HEADER, signature)
             .header("x-request-id", request_id);
         if !body.is_empty() {
             req = req.header("content-type", "application/json").body(body);
         }
         wire::send(req).await
+    }
+}
+
+/// The request target HTTP/1.1 sends for `url`: its path and, if it has one, `?` and the query.
+fn request_target(url: &reqwest::Url) -> String {
+    match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_owned(),
     }
 }
 
