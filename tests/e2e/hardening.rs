@@ -51,8 +51,10 @@ async fn an_oversized_record_is_set_aside_and_the_flow_goes_on() -> anyhow::Resu
     )
     .await
     .map_err(|(e, _)| anyhow::anyhow!("produce failed: {e}"))?;
-    let long_version = event_json("ev-long", "ship-long", "CREATED", "2026-11-01T10:00:00Z")
-        .replace("\"version\":1", &format!("\"version\":\"{}\"", "9".repeat(600_000)));
+    let long_version = event_json("ev-long", "ship-long", "CREATED", "2026-11-01T10:00:00Z").replace(
+        "\"version\":1",
+        &format!("\"version\":\"{}\"", "9".repeat(600_000)),
+    );
     big.send(
         FutureRecord::to(&topic).key("ship-long").payload(&long_version),
         Timeout::After(Duration::from_secs(30)),
@@ -62,7 +64,12 @@ async fn an_oversized_record_is_set_aside_and_the_flow_goes_on() -> anyhow::Resu
     let producer = producer()?;
     for s in 0..12 {
         let shipment = format!("ship-after-{s}");
-        let doc = event_json(&format!("ev-after-{s}"), &shipment, "IN_TRANSIT", "2026-11-01T10:00:00Z");
+        let doc = event_json(
+            &format!("ev-after-{s}"),
+            &shipment,
+            "IN_TRANSIT",
+            "2026-11-01T10:00:00Z",
+        );
         send(&producer, &topic, &shipment, &doc).await?;
     }
 
@@ -87,7 +94,10 @@ async fn an_oversized_record_is_set_aside_and_the_flow_goes_on() -> anyhow::Resu
     for s in 0..12 {
         assert!(sim.record(&format!("ship-after-{s}")).is_some());
     }
-    eventually(Duration::from_secs(20), "ready", || async { Ok(ready(port).await) }).await?;
+    eventually(Duration::from_secs(20), "ready", || async {
+        Ok(ready(port).await)
+    })
+    .await?;
 
     let letters = read_dead_letters(
         &scope.kafka.client,
@@ -143,11 +153,20 @@ async fn no_older_status_and_no_future_event_wins() -> anyhow::Result<()> {
     let producer = producer()?;
     let topic = scope.kafka.input_topic.clone();
     let shipments = 20;
-    let steps = [("IN_TRANSIT", "10:00", "a"), ("IN_TRANSIT", "12:00", "b"), ("AT_PICKUP_POINT", "11:00", "c")];
+    let steps = [
+        ("IN_TRANSIT", "10:00", "a"),
+        ("IN_TRANSIT", "12:00", "b"),
+        ("AT_PICKUP_POINT", "11:00", "c"),
+    ];
     for (status, at, step) in steps {
         for s in 0..shipments {
             let shipment = format!("ship-{s}");
-            let doc = event_json(&format!("ev-{s}-{step}"), &shipment, status, &format!("2026-11-01T{at}:00Z"));
+            let doc = event_json(
+                &format!("ev-{s}-{step}"),
+                &shipment,
+                status,
+                &format!("2026-11-01T{at}:00Z"),
+            );
             send(&producer, &topic, &shipment, &doc).await?;
         }
         let pool = pool.clone();
@@ -155,10 +174,11 @@ async fn no_older_status_and_no_future_event_wins() -> anyhow::Result<()> {
         eventually(Duration::from_secs(60), "the step is handled", move || {
             let (pool, pattern) = (pool.clone(), pattern.clone());
             async move {
-                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events WHERE event_id LIKE $1")
-                    .bind(&pattern)
-                    .fetch_one(&pool)
-                    .await?;
+                let n: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM processed_events WHERE event_id LIKE $1")
+                        .bind(&pattern)
+                        .fetch_one(&pool)
+                        .await?;
                 Ok(n == shipments)
             }
         })
@@ -167,14 +187,22 @@ async fn no_older_status_and_no_future_event_wins() -> anyhow::Result<()> {
     for s in 0..shipments {
         let record = sim.record(&format!("ship-{s}")).expect("in the CRM");
         assert_eq!(record["status"], "in_transit", "ship-{s}");
-        assert_eq!(scope.outcome_of(&pool, &format!("ev-{s}-c")).await?.as_deref(), Some("stale"));
+        assert_eq!(
+            scope.outcome_of(&pool, &format!("ev-{s}-c")).await?.as_deref(),
+            Some("stale")
+        );
     }
 
     let future = event_json("ev-future", "ship-f", "DELIVERED", "2999-01-01T00:00:00Z");
     send(&producer, &topic, "ship-f", &future).await?;
-    let now = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)?;
-    send(&producer, &topic, "ship-f", &event_json("ev-now", "ship-f", "IN_TRANSIT", &now)).await?;
+    let now = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339)?;
+    send(
+        &producer,
+        &topic,
+        "ship-f",
+        &event_json("ev-now", "ship-f", "IN_TRANSIT", &now),
+    )
+    .await?;
     eventually(Duration::from_secs(60), "the valid event written", || async {
         Ok(scope.outcome_of(&pool, "ev-now").await?.as_deref() == Some("success"))
     })
@@ -223,15 +251,20 @@ async fn retries_outlast_a_crm_outage_with_the_default_budget() -> anyhow::Resul
         let doc = event_json(&format!("ev-{s}"), &shipment, "DELIVERED", "2026-11-01T10:00:00Z");
         send(&producer, &scope.kafka.input_topic, &shipment, &doc).await?;
     }
-    eventually(Duration::from_secs(90), "every event synced after the outage", || {
-        let pool = pool.clone();
-        async move {
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events WHERE outcome = 'success'")
-                .fetch_one(&pool)
-                .await?;
-            Ok(n == 30)
-        }
-    })
+    eventually(
+        Duration::from_secs(90),
+        "every event synced after the outage",
+        || {
+            let pool = pool.clone();
+            async move {
+                let n: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM processed_events WHERE outcome = 'success'")
+                        .fetch_one(&pool)
+                        .await?;
+                Ok(n == 30)
+            }
+        },
+    )
     .await?;
     let dead: i64 =
         sqlx::query_scalar("SELECT count(*) FROM integrations_log WHERE outcome = 'dead_lettered'")
@@ -283,9 +316,11 @@ async fn a_nul_byte_in_a_crm_error_never_stalls_the_pipeline() -> anyhow::Result
     let producer = producer()?;
     let doc = event_json("ev-nul", "ship-nul", "DELIVERED", "2026-11-01T10:00:00Z");
     send(&producer, &scope.kafka.input_topic, "ship-nul", &doc).await?;
-    eventually(Duration::from_secs(60), "the event synced after two failures", || async {
-        Ok(scope.outcome_of(&pool, "ev-nul").await?.as_deref() == Some("success"))
-    })
+    eventually(
+        Duration::from_secs(60),
+        "the event synced after two failures",
+        || async { Ok(scope.outcome_of(&pool, "ev-nul").await?.as_deref() == Some("success")) },
+    )
     .await?;
     let errors: Vec<Option<String>> = sqlx::query_scalar(
         "SELECT response_excerpt FROM integrations_log WHERE event_id = 'ev-nul' AND outcome = 'retry_scheduled'",

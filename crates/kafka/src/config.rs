@@ -33,6 +33,13 @@ pub struct KafkaSettings {
     /// intake without its value (reason `record_too_large`); the producer's `message.max.bytes`
     /// is this plus [`LETTER_HEADROOM`], so every accepted record fits in its dead letter.
     pub max_record_bytes: usize,
+    /// How long a revocation waits for the batches of the revoked partitions to be done (their
+    /// effects durable, their offsets committed) before it lets them go.
+    pub drain_timeout_ms: u64,
+    /// A member that has waited this long for records while the group's partitions hold
+    /// unconsumed ones rejoins the group (0: never). Longer than the session timeout (10 s), so
+    /// a dead member has left first.
+    pub rejoin_after_ms: u64,
     pub properties: BTreeMap<String, String>,
 }
 
@@ -46,6 +53,8 @@ impl Default for KafkaSettings {
             fetch_wait_max_ms: 5,
             linger_ms: 2,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            drain_timeout_ms: 30_000,
+            rejoin_after_ms: 20_000,
             properties: BTreeMap::new(),
         }
     }
@@ -62,6 +71,8 @@ impl std::fmt::Debug for KafkaSettings {
             .field("fetch_wait_max_ms", &self.fetch_wait_max_ms)
             .field("linger_ms", &self.linger_ms)
             .field("max_record_bytes", &self.max_record_bytes)
+            .field("drain_timeout_ms", &self.drain_timeout_ms)
+            .field("rejoin_after_ms", &self.rejoin_after_ms)
             .field("properties", &self.properties.keys().collect::<Vec<_>>())
             .finish()
     }

@@ -5,7 +5,8 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 /// Receives `(topic, partition, lag)` from the client's periodic statistics.
 pub type LagObserver = Arc<dyn Fn(&str, i32, i64) + Send + Sync>;
@@ -18,6 +19,72 @@ pub struct StatsContext {
     assigned: Mutex<Vec<(String, i32)>>,
     /// Next offset per partition of every batch handled so far.
     processed: Arc<Mutex<BTreeMap<(String, i32), i64>>>,
+    in_flight: Arc<InFlight>,
+    /// How long a revocation waits for the batches of revoked partitions to be done.
+    drain_timeout: Duration,
+}
+
+/// Batches handed out and not yet done (dropped), per partition: a revocation waits for those of
+/// the partitions it takes away, so the old owner's effects are durable and its offsets committed
+/// before the new owner starts on them.
+#[derive(Default)]
+pub(crate) struct InFlight {
+    batches: Mutex<HashMap<(String, i32), usize>>,
+    done: Condvar,
+}
+
+impl InFlight {
+    fn enter(&self, partitions: impl Iterator<Item = (String, i32)>) {
+        let mut b = self.batches.lock().unwrap_or_else(PoisonError::into_inner);
+        for p in partitions {
+            *b.entry(p).or_default() += 1;
+        }
+    }
+
+    fn leave(&self, partitions: impl Iterator<Item = (String, i32)>) {
+        let mut b = self.batches.lock().unwrap_or_else(PoisonError::into_inner);
+        for p in partitions {
+            if let Some(n) = b.get_mut(&p) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    b.remove(&p);
+                }
+            }
+        }
+        self.done.notify_all();
+    }
+
+    /// Waits until no batch of `partitions` is in flight, or `timeout`; `false` on timeout.
+    fn drain(&self, partitions: &[(String, i32)], timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut b = self.batches.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if !partitions.iter().any(|p| b.contains_key(p)) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            b = self
+                .done
+                .wait_timeout(b, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+/// Marks a batch's partitions in flight until the batch is dropped.
+struct InFlightGuard {
+    tracker: Arc<InFlight>,
+    partitions: Vec<(String, i32)>,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.tracker.leave(self.partitions.drain(..));
+    }
 }
 
 impl ClientContext for StatsContext {
@@ -35,6 +102,39 @@ impl ClientContext for StatsContext {
 }
 
 impl ConsumerContext for StatsContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        let revoked: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        let started = Instant::now();
+        if self.in_flight.drain(&revoked, self.drain_timeout) {
+            tracing::info!(partitions = ?revoked, waited_ms = started.elapsed().as_millis() as u64, "revocation: in-flight batches drained");
+        } else {
+            tracing::warn!(partitions = ?revoked, "revocation: in-flight batches not done in time; the new owner will redo them");
+        }
+        // Commit what is done, and wait for it, while the partitions are still ours: the new
+        // owner starts right after.
+        let book = self
+            .processed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), next) in book.iter().filter(|(k, _)| revoked.contains(k)) {
+            let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next));
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+                tracing::warn!(error = %e, "revocation: committing the done offsets failed; the new owner may redo them");
+            }
+        }
+    }
+
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let mut assigned = self.assigned.lock().unwrap_or_else(PoisonError::into_inner);
         match rebalance {
@@ -68,11 +168,25 @@ impl ConsumerContext for StatsContext {
 /// A consumer-group member that hands out batches and commits them only when told to (after
 /// their effects are durable).
 pub struct KafkaConsumer {
-    consumer: StreamConsumer<StatsContext>,
+    consumer: Arc<StreamConsumer<StatsContext>>,
     /// Next offset per partition of every batch handled so far (shared with the context, which
     /// forgets revoked partitions).
     processed: Arc<Mutex<BTreeMap<(String, i32), i64>>>,
     max_record_bytes: usize,
+    topics: Vec<String>,
+    /// Next offset per partition of every record handed out.
+    handed: Mutex<BTreeMap<(String, i32), i64>>,
+    in_flight: Arc<InFlight>,
+    watchdog: Watchdog,
+}
+
+/// Rejoins the group when this member has waited `rejoin_after` for records while the group's
+/// partitions hold unconsumed ones: an assignment left empty (or fetching nothing) after another
+/// member died, which the local broker does not repair by itself (ADR 0001).
+struct Watchdog {
+    rejoin_after: Option<Duration>,
+    last_check: Mutex<Option<Instant>>,
+    rejoins: std::sync::atomic::AtomicU64,
 }
 
 /// Records received together, with the offsets to commit once they are handled.
@@ -81,6 +195,8 @@ pub struct ConsumedBatch {
     /// Trace context of the first record that carried one.
     pub trace_headers: HashMap<String, String>,
     next_offsets: BTreeMap<(String, i32), i64>,
+    /// Keeps the batch's partitions in flight until the batch is dropped.
+    _in_flight: Option<InFlightGuard>,
 }
 
 impl KafkaConsumer {
@@ -92,6 +208,7 @@ impl KafkaConsumer {
         lag: Option<LagObserver>,
     ) -> Result<Self, KafkaError> {
         let processed = Arc::new(Mutex::new(BTreeMap::new()));
+        let in_flight = Arc::new(InFlight::default());
         let consumer: StreamConsumer<StatsContext> = settings
             .client_config()
             .set("group.id", group)
@@ -107,13 +224,93 @@ impl KafkaConsumer {
                 lag,
                 assigned: Mutex::default(),
                 processed: processed.clone(),
+                in_flight: in_flight.clone(),
+                drain_timeout: Duration::from_millis(settings.drain_timeout_ms),
             })?;
         consumer.subscribe(topics)?;
         Ok(Self {
-            consumer,
+            consumer: Arc::new(consumer),
             processed,
             max_record_bytes: settings.max_record_bytes,
+            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+            handed: Mutex::default(),
+            in_flight,
+            watchdog: Watchdog {
+                rejoin_after: (settings.rejoin_after_ms > 0)
+                    .then(|| Duration::from_millis(settings.rejoin_after_ms)),
+                last_check: Mutex::default(),
+                rejoins: std::sync::atomic::AtomicU64::new(0),
+            },
         })
+    }
+
+    /// How many times the watchdog rejoined the group.
+    pub fn rejoins(&self) -> u64 {
+        self.watchdog.rejoins.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits for the first record of a batch; while waiting, checks every `rejoin_after` whether
+    /// the group's partitions hold records nobody consumes, and rejoins if so.
+    async fn first_record(&self) -> Result<BorrowedMessage<'_>, KafkaError> {
+        let Some(window) = self.watchdog.rejoin_after else {
+            return Ok(self.consumer.recv().await?);
+        };
+        let waiting_since = Instant::now();
+        loop {
+            tokio::select! {
+                m = self.consumer.recv() => return Ok(m?),
+                () = tokio::time::sleep(window / 2) => {}
+            }
+            let due = {
+                let last = self
+                    .watchdog
+                    .last_check
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                waiting_since.elapsed() >= window && last.is_none_or(|t| t.elapsed() >= window)
+            };
+            if due {
+                *self
+                    .watchdog
+                    .last_check
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+                self.rejoin_if_stalled(waiting_since.elapsed()).await;
+            }
+        }
+    }
+
+    async fn rejoin_if_stalled(&self, waited: Duration) {
+        let consumer = self.consumer.clone();
+        let topics = self.topics.clone();
+        let handed = self.handed.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let probe = tokio::task::spawn_blocking(move || unconsumed(&consumer, &topics, &handed)).await;
+        let waiting = match probe {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "stall check failed");
+                return;
+            }
+            Err(_) => return,
+        };
+        if waiting == 0 {
+            return;
+        }
+        let assigned = self.assigned_partitions();
+        tracing::warn!(
+            waited_s = waited.as_secs(),
+            unconsumed = waiting,
+            assigned = ?assigned,
+            "no records while the group's partitions hold unconsumed ones; rejoining the group"
+        );
+        self.watchdog
+            .rejoins
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.consumer.unsubscribe();
+        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        if let Err(e) = self.consumer.subscribe(&topics) {
+            tracing::error!(error = %e, "resubscribing failed");
+        }
     }
 
     /// Waits for at least one record, then takes whatever else is already buffered, up to `max`.
@@ -122,8 +319,9 @@ impl KafkaConsumer {
             records: Vec::with_capacity(max.min(4096)),
             trace_headers: HashMap::new(),
             next_offsets: BTreeMap::new(),
+            _in_flight: None,
         };
-        let first = self.consumer.recv().await?;
+        let first = self.first_record().await?;
         batch.push(&first, self.max_record_bytes);
         drop(first);
         while batch.records.len() < max {
@@ -136,21 +334,46 @@ impl KafkaConsumer {
                 None => break,
             }
         }
+        let partitions: Vec<(String, i32)> = batch.next_offsets.keys().cloned().collect();
+        self.in_flight.enter(partitions.iter().cloned());
+        batch._in_flight = Some(InFlightGuard {
+            tracker: self.in_flight.clone(),
+            partitions,
+        });
+        let mut handed = self.handed.lock().unwrap_or_else(PoisonError::into_inner);
+        for (k, v) in &batch.next_offsets {
+            handed.insert(k.clone(), *v);
+        }
         Ok(batch)
     }
 
     /// Records the batch as handled and commits its offsets in the background. A commit that is
     /// lost only causes redelivery, which the pipeline absorbs (every effect is idempotent).
+    ///
+    /// Only partitions still owned are committed: a partition revoked meanwhile belongs to its
+    /// new owner, whose commits must not be moved back.
     pub fn commit(&self, batch: &ConsumedBatch) -> Result<(), KafkaError> {
-        if batch.next_offsets.is_empty() {
+        let owned = self.assigned_partitions();
+        let offsets: BTreeMap<(String, i32), i64> = batch
+            .next_offsets
+            .iter()
+            .filter(|(k, _)| owned.contains(k))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        if offsets.len() < batch.next_offsets.len() {
+            tracing::warn!(
+                "a batch finished after its partitions were revoked; their offsets are left to the new owner"
+            );
+        }
+        if offsets.is_empty() {
             return Ok(());
         }
         let mut book = self.processed.lock().unwrap_or_else(PoisonError::into_inner);
-        for (k, v) in &batch.next_offsets {
+        for (k, v) in &offsets {
             book.insert(k.clone(), *v);
         }
         drop(book);
-        self.commit_offsets(&batch.next_offsets, CommitMode::Async)
+        self.commit_offsets(&offsets, CommitMode::Async)
     }
 
     /// Commits, and waits for, the offsets of every handled batch on partitions still owned
@@ -218,5 +441,64 @@ impl ConsumedBatch {
         self.next_offsets
             .insert((record.position.topic.clone(), m.partition()), m.offset() + 1);
         self.records.push(record);
+    }
+}
+
+/// Records of `topics` that no member has consumed: per partition, the high watermark minus the
+/// group's committed offset (or what this member has already handed out, when further on).
+fn unconsumed(
+    consumer: &StreamConsumer<StatsContext>,
+    topics: &[String],
+    handed: &BTreeMap<(String, i32), i64>,
+) -> Result<i64, KafkaError> {
+    let timeout = Duration::from_secs(5);
+    let mut tpl = TopicPartitionList::new();
+    for topic in topics {
+        let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+        for t in metadata.topics().iter().filter(|t| t.name() == topic) {
+            for p in t.partitions() {
+                tpl.add_partition(topic, p.id());
+            }
+        }
+    }
+    let committed = consumer.committed_offsets(tpl, timeout)?;
+    let mut waiting = 0;
+    for e in committed.elements() {
+        let (low, high) = consumer.fetch_watermarks(e.topic(), e.partition(), timeout)?;
+        let from = match e.offset() {
+            Offset::Offset(o) => o,
+            _ => low,
+        };
+        let from = handed
+            .get(&(e.topic().to_owned(), e.partition()))
+            .map_or(from, |h| from.max(*h));
+        waiting += (high - from).max(0);
+    }
+    Ok(waiting)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(n: i32) -> (String, i32) {
+        ("t".to_owned(), n)
+    }
+
+    #[test]
+    fn a_drain_waits_for_the_batches_of_the_revoked_partitions_only() {
+        let tracker = Arc::new(InFlight::default());
+        tracker.enter([p(0), p(1)].into_iter());
+        assert!(tracker.drain(&[p(2)], Duration::ZERO), "nothing of p2 in flight");
+        assert!(!tracker.drain(&[p(1)], Duration::from_millis(20)), "p1 in flight");
+        let t = tracker.clone();
+        let done = std::thread::spawn(move || t.drain(&[p(0)], Duration::from_secs(10)));
+        std::thread::sleep(Duration::from_millis(50));
+        drop(InFlightGuard {
+            tracker: tracker.clone(),
+            partitions: vec![p(0), p(1)],
+        });
+        assert!(done.join().unwrap(), "released when the batch is dropped");
+        assert!(tracker.drain(&[p(0), p(1)], Duration::ZERO));
     }
 }

@@ -111,6 +111,8 @@ async fn an_uncommitted_batch_is_redelivered_to_the_next_member() {
     assert!(batches[1].records[0].position.offset > last_committed);
     first.commit(committed).unwrap();
     first.commit_processed().unwrap();
+    // The member dies: its batches are gone with it (a live batch would hold the revocation).
+    drop(batches);
     drop(first);
 
     // Second member of the same group starts right after the committed records: the second
@@ -326,4 +328,86 @@ async fn a_dead_letter_too_large_to_carry_goes_out_without_its_value() {
         b"payload-1",
         "a letter that fits keeps its value"
     );
+}
+
+/// A revocation waits until the old owner's in-flight batches of the revoked partitions are done:
+/// the partitions stay with the old owner, and the new one gets nothing, until then (before, they
+/// went at once, while the old owner's batch was still being written). The commit made during
+/// the revocation is what real brokers accept; the mock cluster refuses commits while a rebalance
+/// is in progress, so redelivery is not asserted here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn a_revocation_waits_for_the_in_flight_batch_of_the_revoked_partitions() {
+    let cluster = MockCluster::new(1).unwrap();
+    let s = settings(&cluster);
+    cluster.create_topic("in-drain", 4, 1).unwrap();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &s.brokers)
+        .create()
+        .unwrap();
+    for i in 0..40 {
+        producer
+            .send(
+                FutureRecord::to("in-drain")
+                    .key(&format!("k{i}"))
+                    .payload(&format!("m{i}"))
+                    .partition(i % 4),
+                Timeout::After(Duration::from_secs(5)),
+            )
+            .await
+            .unwrap();
+    }
+    let first = std::sync::Arc::new(KafkaConsumer::new(&s, "g-drain", &["in-drain"], None).unwrap());
+    let mut held = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while held
+        .iter()
+        .map(|b: &backbone_kafka::ConsumedBatch| b.records.len())
+        .sum::<usize>()
+        < 40
+    {
+        assert!(Instant::now() < deadline, "the first member got its records");
+        if let Ok(Ok(b)) = tokio::time::timeout(Duration::from_secs(2), first.next_batch(100)).await {
+            held.push(b);
+        }
+    }
+    // The first member keeps polling, as its pipeline would, while its batches are in flight.
+    let poller = {
+        let first = first.clone();
+        tokio::spawn(async move {
+            loop {
+                let _ = tokio::time::timeout(Duration::from_millis(100), first.next_batch(10)).await;
+            }
+        })
+    };
+    let second = std::sync::Arc::new(KafkaConsumer::new(&s, "g-drain", &["in-drain"], None).unwrap());
+    let second_poller = {
+        let second = second.clone();
+        tokio::spawn(async move {
+            loop {
+                let _ = tokio::time::timeout(Duration::from_millis(100), second.next_batch(10)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(
+        first.assigned_partitions().len(),
+        4,
+        "kept while its batches are in flight"
+    );
+    assert!(second.assigned_partitions().is_empty(), "nothing handed over yet");
+    for b in &held {
+        let _ = first.commit(b);
+    }
+    drop(held);
+    let until = Instant::now() + Duration::from_secs(20);
+    while second.assigned_partitions().is_empty() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    poller.abort();
+    second_poller.abort();
+    assert!(
+        !second.assigned_partitions().is_empty(),
+        "handed over once the batches were done"
+    );
+    assert!(first.assigned_partitions().len() < 4);
 }

@@ -48,9 +48,8 @@ impl ReplayedLetter {
             offset: l.offset,
             event_id: l.header("x-event-id").map(str::to_owned),
             reason_code: l.header("x-dlq-reason-code").map(str::to_owned),
-            refused: (!allowed).then(|| {
-                "x-source-topic is not kafka.input_topic or one of kafka.replay_topics".to_owned()
-            }),
+            refused: (!allowed)
+                .then(|| "x-source-topic is not kafka.input_topic or one of kafka.replay_topics".to_owned()),
             target_topic: target,
             replay_count: l.replay_count() + 1,
         }
