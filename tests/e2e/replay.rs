@@ -69,6 +69,51 @@ async fn dead_letters_can_be_replayed_after_the_crm_recovers() -> anyhow::Result
         "the filter left the other letter alone"
     );
     assert_eq!(outcome("ev-r2").await?.as_deref(), Some("dead_lettered"));
+
+    // A letter whose x-source-topic names another topic is not followed there: replay only
+    // publishes to the input topic and kafka.replay_topics.
+    let elsewhere = format!("elsewhere.{}", scope.id);
+    backbone_kafka::ensure_topics(&scope.kafka.client, &[elsewhere.as_str()], 1).await?;
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(&scope.kafka.dead_letter_topic)
+                .key("ship-x")
+                .payload(&event_json(
+                    "ev-forged",
+                    "ship-x",
+                    "DELIVERED",
+                    "2026-11-01T10:00:00Z",
+                ))
+                .headers(
+                    rdkafka::message::OwnedHeaders::new()
+                        .insert(rdkafka::message::Header {
+                            key: "x-source-topic",
+                            value: Some(elsewhere.as_bytes()),
+                        })
+                        .insert(rdkafka::message::Header {
+                            key: "x-event-id",
+                            value: Some("ev-forged".as_bytes()),
+                        }),
+                ),
+            std::time::Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("{e}"))?;
+    let forged = ReplayFilter {
+        event_id: Some("ev-forged".into()),
+        ..Default::default()
+    };
+    let refused = crm_sync::replay_dead_letters(&scope.kafka, forged, None, false).await?;
+    assert_eq!((refused.matched, refused.replayed, refused.refused), (1, 0, 1));
+    assert!(refused.letters[0].refused.is_some());
+    let mut allowed = scope.kafka.clone();
+    allowed.replay_topics = vec![elsewhere.clone()];
+    let forged = ReplayFilter {
+        event_id: Some("ev-forged".into()),
+        ..Default::default()
+    };
+    let sent = crm_sync::replay_dead_letters(&allowed, forged, Some(1), false).await?;
+    assert_eq!((sent.replayed, sent.refused), (1, 0), "allowed once listed");
     shutdown.cancel();
     service.await??;
     scope.drop_database().await;

@@ -36,9 +36,9 @@ pub struct KafkaSettings {
     /// How long a revocation waits for the batches of the revoked partitions to be done (their
     /// effects durable, their offsets committed) before it lets them go.
     pub drain_timeout_ms: u64,
-    /// A member that has waited this long for records while the group's partitions hold
-    /// unconsumed ones rejoins the group (0: never). Longer than the session timeout (10 s), so
-    /// a dead member has left first.
+    /// A member that has waited this long for records, twice in a row, while the group's
+    /// partitions hold unconsumed records and no member commits, rejoins the group (0: never).
+    /// Longer than the session timeout (10 s), so a dead member has left first.
     pub rejoin_after_ms: u64,
     pub properties: BTreeMap<String, String>,
 }
@@ -54,7 +54,7 @@ impl Default for KafkaSettings {
             linger_ms: 2,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             drain_timeout_ms: 30_000,
-            rejoin_after_ms: 20_000,
+            rejoin_after_ms: 15_000,
             properties: BTreeMap::new(),
         }
     }

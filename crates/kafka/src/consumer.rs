@@ -8,6 +8,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+/// An offset per `(topic, partition)`.
+type Offsets = BTreeMap<(String, i32), i64>;
+
 /// Receives `(topic, partition, lag)` from the client's periodic statistics.
 pub type LagObserver = Arc<dyn Fn(&str, i32, i64) + Send + Sync>;
 
@@ -185,7 +188,14 @@ pub struct KafkaConsumer {
 /// member died, which the local broker does not repair by itself (ADR 0001).
 struct Watchdog {
     rejoin_after: Option<Duration>,
+    /// A client of the same group that never joins it: asks for metadata, watermarks and the
+    /// group's committed offsets without disturbing the member.
+    probe: Arc<BaseConsumer>,
     last_check: Mutex<Option<Instant>>,
+    /// The group's committed offsets at the last check that found records waiting: a rejoin
+    /// needs two checks a window apart with records waiting and no commit in between (so a
+    /// member does not rejoin while the others are merely busy).
+    last_committed: Mutex<Option<Offsets>>,
     rejoins: std::sync::atomic::AtomicU64,
 }
 
@@ -236,9 +246,17 @@ impl KafkaConsumer {
             handed: Mutex::default(),
             in_flight,
             watchdog: Watchdog {
+                probe: Arc::new(
+                    settings
+                        .client_config()
+                        .set("group.id", group)
+                        .set("enable.auto.commit", "false")
+                        .create()?,
+                ),
                 rejoin_after: (settings.rejoin_after_ms > 0)
                     .then(|| Duration::from_millis(settings.rejoin_after_ms)),
                 last_check: Mutex::default(),
+                last_committed: Mutex::default(),
                 rejoins: std::sync::atomic::AtomicU64::new(0),
             },
         })
@@ -281,19 +299,27 @@ impl KafkaConsumer {
     }
 
     async fn rejoin_if_stalled(&self, waited: Duration) {
-        let consumer = self.consumer.clone();
+        let consumer = self.watchdog.probe.clone();
         let topics = self.topics.clone();
         let handed = self.handed.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let probe = tokio::task::spawn_blocking(move || unconsumed(&consumer, &topics, &handed)).await;
-        let waiting = match probe {
-            Ok(Ok(n)) => n,
+        let (waiting, committed) = match probe {
+            Ok(Ok(found)) => found,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "stall check failed");
                 return;
             }
             Err(_) => return,
         };
-        if waiting == 0 {
+        let mut last = self
+            .watchdog
+            .last_committed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let stuck = waiting > 0 && last.as_ref() == Some(&committed);
+        *last = (waiting > 0 && !stuck).then_some(committed);
+        drop(last);
+        if !stuck {
             return;
         }
         let assigned = self.assigned_partitions();
@@ -445,12 +471,13 @@ impl ConsumedBatch {
 }
 
 /// Records of `topics` that no member has consumed: per partition, the high watermark minus the
-/// group's committed offset (or what this member has already handed out, when further on).
+/// group's committed offset (or what this member has already handed out, when further on); and
+/// the committed offsets themselves.
 fn unconsumed(
-    consumer: &StreamConsumer<StatsContext>,
+    consumer: &BaseConsumer,
     topics: &[String],
     handed: &BTreeMap<(String, i32), i64>,
-) -> Result<i64, KafkaError> {
+) -> Result<(i64, Offsets), KafkaError> {
     let timeout = Duration::from_secs(5);
     let mut tpl = TopicPartitionList::new();
     for topic in topics {
@@ -463,18 +490,20 @@ fn unconsumed(
     }
     let committed = consumer.committed_offsets(tpl, timeout)?;
     let mut waiting = 0;
+    let mut book = BTreeMap::new();
     for e in committed.elements() {
         let (low, high) = consumer.fetch_watermarks(e.topic(), e.partition(), timeout)?;
         let from = match e.offset() {
             Offset::Offset(o) => o,
             _ => low,
         };
+        book.insert((e.topic().to_owned(), e.partition()), from);
         let from = handed
             .get(&(e.topic().to_owned(), e.partition()))
             .map_or(from, |h| from.max(*h));
         waiting += (high - from).max(0);
     }
-    Ok(waiting)
+    Ok((waiting, book))
 }
 
 #[cfg(test)]

@@ -411,3 +411,36 @@ async fn a_revocation_waits_for_the_in_flight_batch_of_the_revoked_partitions() 
     );
     assert!(first.assigned_partitions().len() < 4);
 }
+
+/// A member whose assignment stays empty while the group's partitions hold records nobody has
+/// consumed rejoins the group (the local broker can leave a replacement with an empty
+/// assignment after a `kill -9` and never rebalance).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_left_idle_while_records_wait_rejoins_the_group() {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    let cluster = MockCluster::new(1).unwrap();
+    let s = KafkaSettings {
+        rejoin_after_ms: 1500,
+        ..settings(&cluster)
+    };
+    cluster.create_topic("in-idle", 1, 1).unwrap();
+    produce(&s.brokers, "in-idle", &["a", "b"]).await;
+    // A member that holds the only partition and consumes nothing.
+    let holder: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &s.brokers)
+        .set("group.id", "g-idle")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    holder.subscribe(&["in-idle"]).unwrap();
+    let hold = tokio::spawn(async move {
+        loop {
+            let _ = tokio::time::timeout(Duration::from_millis(100), holder.recv()).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle = KafkaConsumer::new(&s, "g-idle", &["in-idle"], None).unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(8), idle.next_batch(10)).await;
+    assert!(idle.rejoins() >= 1, "rejoined while records waited unconsumed");
+    hold.abort();
+}

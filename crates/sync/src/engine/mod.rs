@@ -410,6 +410,10 @@ impl SyncEngine {
         let mut to_write = Vec::with_capacity(chunk.len());
         for (c, w) in chunk {
             if let Some(err) = states.unreadable.remove(&c.event.shipment_id) {
+                let err = CrmError {
+                    message: format!("the CRM's record of this shipment is unreadable: {}", err.message),
+                    ..err
+                };
                 let call = Call {
                     http_status: err.http_status,
                     error: Some(format!("the CRM's record of this shipment is unreadable: {err}")),
