@@ -78,3 +78,40 @@ async fn log_rows_keep_awkward_text_intact(pool: PgPool) {
     assert_eq!(x, "{\"detail\":\"tab\there\"}");
     assert_eq!((l, h), (12.25, 503));
 }
+
+/// A parked event whose last error carries a NUL byte (from a CRM's error body) commits: the
+/// ledger drops the NUL, which PostgreSQL text cannot hold (before, the whole batch's commit was
+/// refused, and retried for ever).
+#[sqlx::test(migrator = "backbone_postgres::sync::MIGRATOR")]
+async fn a_nul_byte_in_a_parked_error_does_not_fail_the_commit(pool: PgPool) {
+    use backbone_sync::event::TrackingEvent;
+    use backbone_sync::ports::{LedgerBatch, ParkedEvent, SourcePosition, SyncLedger};
+    let ledger = PgLedger::connect(&common::url_of(&pool), 2).await.unwrap();
+    let event = TrackingEvent::from_json(
+        br#"{"event_id":"e-nul","client_id":"c","shipment_id":"s","status":"IN_TRANSIT","occurred_at":"2026-11-01T10:00:00Z","version":1}"#,
+    )
+    .unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let batch = LedgerBatch {
+        park: vec![ParkedEvent {
+            event,
+            source: SourcePosition {
+                topic: "tracking.events".into(),
+                partition: 0,
+                offset: 7,
+            },
+            attempts: 1,
+            replay_count: 0,
+            next_attempt_at: now,
+            first_failed_at: now,
+            last_error: "upstream\0failed".into(),
+        }],
+        ..LedgerBatch::default()
+    };
+    ledger.commit(&batch).await.expect("the commit succeeds");
+    let stored: String = sqlx::query_scalar("SELECT last_error FROM sync_retry WHERE event_id = 'e-nul'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, "upstreamfailed");
+}
