@@ -4,8 +4,11 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export KAFKA_BROKERS ?= 127.0.0.1:9092
 export DATABASE_URL ?= postgres://postgres:postgres@127.0.0.1:5432/postgres
+# Runs each cargo test stage against a fresh broker of its own. `make test WITH_BROKER=` runs
+# them against KAFKA_BROKERS instead.
+WITH_BROKER ?= deploy/with-broker.sh
 
-.PHONY: stack stack-down test lint fmt run bench-sync bench-certificates bench-loader check-rules
+.PHONY: stack stack-down test test-stack lint fmt run bench-sync bench-certificates bench-loader check-rules
 
 stack:
 	deploy/stack.sh up
@@ -14,12 +17,16 @@ stack-down:
 	deploy/stack.sh down
 
 ## Every test: unit, property, adapter (PostgreSQL, broker, wiremock) and end to end.
-test: stack
+test: stack test-stack
 	$(CARGO) build --workspace --bins --quiet
-	$(CARGO) test --workspace --exclude backbone-tests --no-fail-fast
-	$(CARGO) test -p backbone-tests --lib --test service --no-fail-fast
-	# End-to-end tests each run whole services against one local broker: two at a time.
-	$(CARGO) test -p backbone-tests --test e2e --no-fail-fast -- --test-threads=2
+	$(WITH_BROKER) $(CARGO) test --workspace --exclude backbone-tests --no-fail-fast
+	$(WITH_BROKER) $(CARGO) test -p backbone-tests --lib --test service --no-fail-fast
+	# End-to-end tests each run whole services against the stage's broker: two at a time.
+	$(WITH_BROKER) $(CARGO) test -p backbone-tests --test e2e --no-fail-fast -- --test-threads=2
+
+## The broker scripts' own tests: the supervisor restarts a silent broker, with-broker.sh cleans up.
+test-stack: stack
+	deploy/tests/stack-test.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -1,6 +1,7 @@
 //! Test harness for end-to-end tests: every test gets its own topics, consumer group and database
-//! on the real local stack (`deploy/stack.sh up`), an in-process crm-sim on a random port, and
-//! crm-sync either in process or as a child process (for kill -9).
+//! on the real local stack (`deploy/stack.sh up`; `make test` points `KAFKA_BROKERS` at a fresh
+//! broker from `deploy/with-broker.sh`), an in-process crm-sim on a random port, and crm-sync
+//! either in process or as a child process (for kill -9).
 
 pub mod gift;
 
