@@ -4,6 +4,7 @@
 //! either in process or as a child process (for kill -9).
 
 pub mod gift;
+pub mod tls;
 
 use backbone_kafka::KafkaSettings;
 use crm_sim::Sim;

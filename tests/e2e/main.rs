@@ -10,4 +10,5 @@ mod hardening;
 mod loader;
 mod pipeline;
 mod replay;
+mod tls;
 mod vendors;
