@@ -338,3 +338,38 @@ async fn the_trace_context_travels_in_crm_request_headers() {
         .unwrap();
     assert!(out[0].result.is_ok(), "{:?}", out[0]);
 }
+
+/// One record of a batch read that cannot be read (no status) fails only its own shipment, and
+/// a record without a shipment id makes the requested shipments the answer does not otherwise
+/// cover unreadable; the rest of the answer is kept (before, the whole read failed).
+#[tokio::test]
+async fn one_unreadable_record_of_a_batch_read_fails_only_its_shipment() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/v1/shipments/status:batchGet"))
+        .and(body_json(serde_json::json!({"shipmentIds": ["s/1", "s/2", "s/3"]})))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"items": [
+            {"clientId": "c1", "shipmentId": "s/1", "status": "delivered", "timestamp": "2026-11-01T11:00:00Z", "eventId": "x"},
+            {"clientId": "c1", "shipmentId": "s/2", "eventId": "y"}
+        ]})))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/api/v1/shipments/status:batchGet"))
+        .and(body_json(serde_json::json!({"shipmentIds": ["s/1", "s/4"]})))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"items": [
+            {"clientId": "c1", "shipmentId": "s/1", "status": "delivered", "timestamp": "2026-11-01T11:00:00Z", "eventId": "x"},
+            {"clientId": "c1", "status": "delivered", "timestamp": "2026-11-01T11:00:00Z"}
+        ]})))
+        .mount(&server)
+        .await;
+    let c = crm(&server, 2000);
+    let ids = |ns: &[u32]| ns.iter().map(|n| write(*n).shipment_id).collect::<Vec<_>>();
+    let states = c.read_states(&ids(&[1, 2, 3])).await.unwrap();
+    assert_eq!(states[&write(1).shipment_id].status, "delivered");
+    assert!(states.unreadable.contains_key(&write(2).shipment_id));
+    assert!(!states.contains_key(&write(3).shipment_id) && !states.unreadable.contains_key(&write(3).shipment_id), "unknown");
+    let states = c.read_states(&ids(&[1, 4])).await.unwrap();
+    assert!(states.contains_key(&write(1).shipment_id));
+    assert!(states.unreadable.contains_key(&write(4).shipment_id), "may be the anonymous record");
+}
