@@ -368,8 +368,14 @@ async fn one_unreadable_record_of_a_batch_read_fails_only_its_shipment() {
     let states = c.read_states(&ids(&[1, 2, 3])).await.unwrap();
     assert_eq!(states[&write(1).shipment_id].status, "delivered");
     assert!(states.unreadable.contains_key(&write(2).shipment_id));
-    assert!(!states.contains_key(&write(3).shipment_id) && !states.unreadable.contains_key(&write(3).shipment_id), "unknown");
+    assert!(
+        !states.contains_key(&write(3).shipment_id) && !states.unreadable.contains_key(&write(3).shipment_id),
+        "unknown"
+    );
     let states = c.read_states(&ids(&[1, 4])).await.unwrap();
     assert!(states.contains_key(&write(1).shipment_id));
-    assert!(states.unreadable.contains_key(&write(4).shipment_id), "may be the anonymous record");
+    assert!(
+        states.unreadable.contains_key(&write(4).shipment_id),
+        "may be the anonymous record"
+    );
 }
