@@ -150,6 +150,16 @@ impl Scope {
         )
     }
 
+    /// Every dead letter of this scope's dead-letter topic present now.
+    pub fn dead_letters(&self) -> anyhow::Result<Vec<backbone_kafka::DeadLetterView>> {
+        Ok(backbone_kafka::read_dead_letters(
+            &self.kafka.client,
+            &format!("{}-dlq-reader", self.kafka.group()),
+            &self.kafka.dead_letter_topic,
+            &backbone_kafka::ReplayFilter::default(),
+        )?)
+    }
+
     pub async fn drop_database(&self) {
         if let Ok(admin) = PgPool::connect(&format!("{}/postgres", pg_base())).await {
             let _ = sqlx::query(&format!(

@@ -1,7 +1,6 @@
 //! crm-sync against records and CRMs that used to stall or mislead it: each test is named for the
 //! behaviour it holds the service to.
 
-use backbone_kafka::{read_dead_letters, ReplayFilter};
 use backbone_sync::retry::RetryPolicy;
 use backbone_tests::gift::read_until;
 use backbone_tests::*;
@@ -99,12 +98,7 @@ async fn an_oversized_record_is_set_aside_and_the_flow_goes_on() -> anyhow::Resu
     })
     .await?;
 
-    let letters = read_dead_letters(
-        &scope.kafka.client,
-        &format!("{}-dlq-reader", scope.kafka.group()),
-        &scope.kafka.dead_letter_topic,
-        &ReplayFilter::default(),
-    )?;
+    let letters = scope.dead_letters()?;
     assert_eq!(letters.len(), 2, "both set aside, once each");
     let too_large = letters
         .iter()
@@ -208,12 +202,7 @@ async fn no_older_status_and_no_future_event_wins() -> anyhow::Result<()> {
     })
     .await?;
     assert_eq!(sim.record("ship-f").expect("written")["status"], "in_transit");
-    let letters = read_dead_letters(
-        &scope.kafka.client,
-        &format!("{}-dlq-reader", scope.kafka.group()),
-        &scope.kafka.dead_letter_topic,
-        &ReplayFilter::default(),
-    )?;
+    let letters = scope.dead_letters()?;
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].header("x-dlq-reason-code"), Some("event_in_future"));
     shutdown.cancel();

@@ -1,4 +1,3 @@
-use backbone_kafka::{read_dead_letters, ReplayFilter};
 use backbone_tests::*;
 use crm_sim::Faults;
 use std::collections::{BTreeMap, HashSet};
@@ -118,12 +117,7 @@ async fn a_messy_stream_converges_to_the_newest_status_exactly_once() -> anyhow:
     assert_eq!(dead_rows, bad.len() as i64);
 
     // Exactly the bad events are in dead.letters, each with its reason and source.
-    let letters = read_dead_letters(
-        &scope.kafka.client,
-        &format!("{}-dlq-reader", scope.kafka.group()),
-        &scope.kafka.dead_letter_topic,
-        &ReplayFilter::default(),
-    )?;
+    let letters = scope.dead_letters()?;
     let mut got: Vec<String> = letters
         .iter()
         .map(|l| String::from_utf8_lossy(l.payload.as_deref().unwrap_or_default()).into_owned())
