@@ -282,16 +282,23 @@ pub async fn probe(brokers: String, properties: BTreeMap<String, String>, timeou
     // One connection attempt after another until the timeout: fail at the first refusal.
     config
         .set("reconnect.backoff.ms", "100")
-        .set("group.id", "tls-probe");
+        .set("group.id", "tls-probe")
+        .set_log_level(RDKafkaLogLevel::Warning);
     let recorder = Recorder::default();
     let created: Result<BaseConsumer<Recorder>, _> = config.create_with_context(recorder.clone());
     let result = match created {
         Err(e) => Err(format!("client not created: {e}")),
         Ok(consumer) => tokio::task::spawn_blocking(move || {
-            consumer
+            let result = consumer
                 .fetch_metadata(None, timeout)
                 .map(|m| m.topics().iter().map(|t| t.name().to_owned()).collect())
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string());
+            // Errors reach the context through the client's queue: serve it.
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_millis(500) {
+                let _ = consumer.poll(Duration::from_millis(50));
+            }
+            result
         })
         .await
         .unwrap_or_else(|e| Err(format!("probe task: {e}"))),
@@ -305,15 +312,21 @@ pub async fn probe(brokers: String, properties: BTreeMap<String, String>, timeou
 // ---------------------------------------------------------------------------------------------
 // The broker
 
-/// tansu, installed by `deploy/stack.sh up` (`TANSU` names another binary).
+/// tansu as `deploy/stack.sh up` installs it: `$TOOLS_DIR/tansu-0.6.0/bin/tansu`, TOOLS_DIR
+/// defaulting to `${XDG_CACHE_HOME:-$HOME/.cache}/backbone`; `TANSU` names another binary.
 pub fn tansu_binary() -> anyhow::Result<PathBuf> {
-    let bin = match std::env::var_os("TANSU") {
-        Some(b) => PathBuf::from(b),
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let bin = match var("TANSU") {
+        Some(b) => b,
         None => {
-            let tools = std::env::var_os("TOOLS_DIR")
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/backbone")))
-                .context("neither TOOLS_DIR nor HOME is set: cannot find tansu")?;
+            let tools = var("TOOLS_DIR")
+                .or_else(|| var("XDG_CACHE_HOME").map(|c| c.join("backbone")))
+                .or_else(|| var("HOME").map(|h| h.join(".cache/backbone")))
+                .context("none of TOOLS_DIR, XDG_CACHE_HOME and HOME is set: cannot find tansu")?;
             tools.join("tansu-0.6.0/bin/tansu")
         }
     };
@@ -489,9 +502,17 @@ impl TlsFront {
         Ok(Self { port, task, refusals })
     }
 
-    /// Why handshakes failed so far, as the front saw it.
+    /// Why handshakes failed so far, as the front saw it, oldest first.
     pub fn refusals(&self) -> Vec<String> {
         self.refusals.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// The distinct reasons among [`Self::refusals`] from index `from` on.
+    pub fn reasons_since(&self, from: usize) -> Vec<String> {
+        let mut reasons: Vec<String> = self.refusals().into_iter().skip(from).collect();
+        reasons.sort();
+        reasons.dedup();
+        reasons
     }
 }
 
@@ -584,8 +605,11 @@ async fn serve(
 /// The directory with `initdb` and `pg_ctl`: `PG_BINDIR`, or the newest
 /// `/usr/lib/postgresql/<version>/bin` that has them.
 pub fn pg_bindir() -> anyhow::Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("PG_BINDIR") {
-        return Ok(PathBuf::from(dir));
+    if let Some(dir) = std::env::var_os("PG_BINDIR").map(PathBuf::from) {
+        if !(dir.join("initdb").is_file() && dir.join("pg_ctl").is_file()) {
+            bail!("PG_BINDIR={} has no initdb and pg_ctl", dir.display());
+        }
+        return Ok(dir);
     }
     let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
