@@ -95,8 +95,12 @@ struct ListResult {
 }
 
 pub(super) fn parse_list(result: Value, mapping: &CrmMapping) -> Result<Vec<ListedItem>, CrmError> {
-    let list: ListResult = serde_json::from_value(result)
-        .map_err(|e| CrmError::permanent(format!("crm.item.list: unexpected result: {e}")))?;
+    let list: ListResult = serde_json::from_value(result).map_err(|e| {
+        CrmError::permanent(format!(
+            "crm.item.list: unexpected result: {}",
+            crate::wire::clip(&e.to_string())
+        ))
+    })?;
     let mut out = Vec::with_capacity(list.items.len());
     for item in list.items {
         // An item without an id fails only its own shipment (the caller marks it unreadable).
@@ -207,6 +211,22 @@ mod tests {
             .into_owned()
             .collect();
         assert!(decoded.contains(&("fields[ufCrmNote]".into(), "a&b=c d".into())));
+    }
+
+    #[test]
+    fn an_unexpected_list_result_is_refused_with_a_bounded_message() {
+        let mapping = CrmMapping::new(backbone_sync::mapping::MappingConfig::default()).unwrap();
+        let err = parse_list(json!({"items": "v".repeat(5000)}), &mapping)
+            .err()
+            .unwrap();
+        assert!(err
+            .message
+            .starts_with("crm.item.list: unexpected result: invalid type"));
+        assert!(
+            err.message.chars().count() < 600,
+            "{} characters",
+            err.message.chars().count()
+        );
     }
 
     #[test]

@@ -79,13 +79,17 @@ pub(super) fn item(mapping: &CrmMapping, w: &CrmStatusWrite) -> Map<String, Valu
 
 impl WriteResultDto {
     pub fn into_item_result(self) -> ItemResult {
-        let excerpt = self.error.as_ref().and_then(|e| serde_json::to_string(e).ok());
+        let excerpt = self
+            .error
+            .as_ref()
+            .and_then(|e| serde_json::to_string(e).ok())
+            .map(|e| crate::wire::excerpt(e.as_bytes()));
         let result = if (200..300).contains(&self.status) {
             Ok(())
         } else {
             let msg = self
                 .error
-                .map(|e| format!("{}: {}", e.code, e.message))
+                .map(|e| crate::wire::clip(&format!("{}: {}", e.code, e.message)))
                 .unwrap_or_default();
             Err(CrmError::from_status(
                 self.status,
@@ -130,4 +134,40 @@ pub(super) fn gather_states(
         }
     }
     states
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_item_keeps_a_bounded_message_and_excerpt() {
+        let dto: WriteResultDto = serde_json::from_value(serde_json::json!({
+            "status": 400, "error": {"code": "INVALID", "message": "v".repeat(5000)}
+        }))
+        .unwrap();
+        let item = dto.into_item_result();
+        let err = item.result.unwrap_err();
+        assert!(
+            err.message.starts_with("item refused with 400: INVALID: vvv"),
+            "{}",
+            err.message
+        );
+        assert!(
+            err.message.chars().count() < 600,
+            "{} characters",
+            err.message.chars().count()
+        );
+        let excerpt = item.response_excerpt.unwrap();
+        assert!(
+            excerpt.starts_with(r#"{"code":"INVALID","message":"vvv"#),
+            "{excerpt}"
+        );
+        assert!(
+            excerpt.chars().count() <= 512,
+            "{} characters",
+            excerpt.chars().count()
+        );
+        assert_eq!(item.http_status, Some(400));
+    }
 }

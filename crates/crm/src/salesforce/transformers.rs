@@ -96,7 +96,8 @@ fn normalise_time(v: &mut Value) {
     if let Value::String(s) = v {
         let b = s.as_bytes();
         let n = b.len();
-        if n > 5
+        // The shortest text this can apply to is eight bytes: `b[n - 8]` is read.
+        if n >= 8
             && matches!(b[n - 5], b'+' | b'-')
             && b[n - 4..].iter().all(u8::is_ascii_digit)
             && b[n - 8] != b'-'
@@ -162,6 +163,26 @@ mod tests {
         assert_eq!(api_usage("api-usage=10018/100000"), Some((10018, 100_000)));
         assert_eq!(api_usage("api-usage=18/5000; api-bursts=1/750"), Some((18, 5000)));
         assert_eq!(api_usage("per-app-api-usage=1/2"), None);
+    }
+
+    #[test]
+    fn a_short_time_ending_like_an_offset_is_left_as_it_is() {
+        for short in ["a+1234", "-+1234", "12-1234"] {
+            let mut v = Value::from(short);
+            normalise_time(&mut v);
+            assert_eq!(v, Value::from(short));
+        }
+        let m = CrmMapping::new(MappingConfig::default()).unwrap();
+        let rec: Map<String, Value> = serde_json::from_value(serde_json::json!({
+            "shipmentId": "s-1", "status": "x", "timestamp": "a+1234"}))
+        .unwrap();
+        let wanted = [ShipmentId::parse("s-1").unwrap()];
+        let (id, state) = parse_record(rec, &m, &wanted).unwrap();
+        assert_eq!(id.as_str(), "s-1");
+        assert!(state.is_none(), "not a time: no state");
+        let mut v = Value::from("10:00:00+0000");
+        normalise_time(&mut v);
+        assert_eq!(v, Value::from("10:00:00+00:00"));
     }
 
     #[test]
