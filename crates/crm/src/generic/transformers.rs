@@ -7,31 +7,31 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// The item field that carries the correlation id; the API owns it, so a mapping may not use it.
-pub(super) const REQUEST_ID_FIELD: &str = "requestId";
+pub(crate) const REQUEST_ID_FIELD: &str = "requestId";
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-pub(super) struct BatchGet<'a> {
+pub(crate) struct BatchGet<'a> {
     pub shipment_ids: Vec<&'a str>,
 }
 
 #[derive(Deserialize)]
-pub(super) struct Items {
+pub(crate) struct Items {
     pub items: Vec<Map<String, Value>>,
 }
 
 #[derive(Serialize)]
-pub(super) struct BatchWrite {
+pub(crate) struct BatchWrite {
     pub items: Vec<Map<String, Value>>,
 }
 
 #[derive(Deserialize)]
-pub(super) struct WriteResults {
+pub(crate) struct WriteResults {
     pub results: Vec<WriteResultDto>,
 }
 
 #[derive(Deserialize)]
-pub(super) struct WriteResultDto {
+pub(crate) struct WriteResultDto {
     status: u16,
     #[serde(default)]
     error: Option<ErrorDto>,
@@ -47,7 +47,7 @@ struct ErrorDto {
 
 /// One record of a read: its shipment and state, or why it cannot be read (with its shipment
 /// when it names a valid one).
-pub(super) fn parse_record(
+pub(crate) fn parse_record(
     mapping: &CrmMapping,
     obj: &Map<String, Value>,
 ) -> Result<(ShipmentId, CrmShipmentState), (Option<ShipmentId>, CrmError)> {
@@ -71,7 +71,7 @@ pub(super) fn parse_record(
     }
 }
 
-pub(super) fn item(mapping: &CrmMapping, w: &CrmStatusWrite) -> Map<String, Value> {
+pub(crate) fn item(mapping: &CrmMapping, w: &CrmStatusWrite) -> Map<String, Value> {
     let mut item = mapping.render(w);
     item.insert(REQUEST_ID_FIELD.into(), Value::from(w.correlation_id.as_str()));
     item
@@ -108,7 +108,7 @@ impl WriteResultDto {
 /// The states of a read, record by record: a record that names a requested shipment but cannot
 /// be read fails only that shipment; a record that names none may be any requested shipment the
 /// answer does not otherwise cover, so those are unreadable too.
-pub(super) fn gather_states(
+pub(crate) fn gather_states(
     requested: &[ShipmentId],
     records: impl IntoIterator<Item = Result<(ShipmentId, CrmShipmentState), (Option<ShipmentId>, CrmError)>>,
 ) -> ShipmentStates {

@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 /// `[{"message": "...", "errorCode": "...", "fields": [...]}]` (REST) or, inside collection
 /// results, `{"statusCode": "...", "message": "..."}`.
 #[derive(Debug, Deserialize)]
-pub(super) struct ApiError {
+pub(crate) struct ApiError {
     #[serde(default, alias = "statusCode")]
     #[serde(rename = "errorCode")]
     pub code: String,
@@ -19,13 +19,13 @@ pub(super) struct ApiError {
     pub message: String,
 }
 
-pub(super) fn parse_errors(body: &[u8]) -> Vec<ApiError> {
+pub(crate) fn parse_errors(body: &[u8]) -> Vec<ApiError> {
     serde_json::from_slice(body).unwrap_or_default()
 }
 
 /// Record-level error codes worth another try: row locks and a concurrent create of the same
 /// external id (the retry then updates).
-pub(super) fn classify(code: &str) -> CrmErrorKind {
+pub(crate) fn classify(code: &str) -> CrmErrorKind {
     match code {
         "UNABLE_TO_LOCK_ROW" | "DUPLICATE_VALUE" | "SERVER_UNAVAILABLE" | "REQUEST_RUNNING_TOO_LONG" => {
             CrmErrorKind::Transient
@@ -36,7 +36,7 @@ pub(super) fn classify(code: &str) -> CrmErrorKind {
 
 /// One result of a collections upsert.
 #[derive(Debug, Deserialize)]
-pub(super) struct UpsertResult {
+pub(crate) struct UpsertResult {
     #[serde(default)]
     pub success: bool,
     #[serde(default)]
@@ -45,7 +45,7 @@ pub(super) struct UpsertResult {
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub(super) struct QueryResult {
+pub(crate) struct QueryResult {
     #[serde(default)]
     pub records: Vec<Map<String, Value>>,
     #[serde(default)]
@@ -55,14 +55,14 @@ pub(super) struct QueryResult {
 }
 
 /// An API name: letters, digits and single underscores (custom ones end in `__c`).
-pub(super) fn is_api_name(s: &str) -> bool {
+pub(crate) fn is_api_name(s: &str) -> bool {
     s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
         && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         && !s.ends_with('_')
 }
 
 /// A SOQL string literal.
-pub(super) fn soql_quote(s: &str) -> String {
+pub(crate) fn soql_quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('\'');
     for c in s.chars() {
@@ -79,7 +79,7 @@ pub(super) fn soql_quote(s: &str) -> String {
     out
 }
 
-pub(super) fn soql(sobject: &str, mapping: &CrmMapping, shipments: &[ShipmentId]) -> String {
+pub(crate) fn soql(sobject: &str, mapping: &CrmMapping, shipments: &[ShipmentId]) -> String {
     let f = mapping.fields();
     let ids: Vec<String> = shipments.iter().map(|s| soql_quote(s.as_str())).collect();
     format!(
@@ -109,7 +109,7 @@ fn normalise_time(v: &mut Value) {
 
 /// A record's shipment id and state; `None` for records not of one of `wanted` (SOQL matches
 /// text case-insensitively, so `ABC` also returns `abc`).
-pub(super) fn parse_record(
+pub(crate) fn parse_record(
     mut record: Map<String, Value>,
     mapping: &CrmMapping,
     wanted: &[ShipmentId],
@@ -124,7 +124,7 @@ pub(super) fn parse_record(
 }
 
 /// The fields of one write. Times go at millisecond precision, which is what Salesforce keeps.
-pub(super) fn record(mapping: &CrmMapping, w: &CrmStatusWrite) -> Map<String, Value> {
+pub(crate) fn record(mapping: &CrmMapping, w: &CrmStatusWrite) -> Map<String, Value> {
     let mut m = mapping.render(w);
     if let Some(Value::String(s)) = m.get_mut(&mapping.fields().timestamp) {
         if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
@@ -140,7 +140,7 @@ pub(super) fn record(mapping: &CrmMapping, w: &CrmStatusWrite) -> Map<String, Va
 }
 
 /// `Sforce-Limit-Info: api-usage=10018/100000; api-bursts=1/750` → (used, max).
-pub(super) fn api_usage(header: &str) -> Option<(u64, u64)> {
+pub(crate) fn api_usage(header: &str) -> Option<(u64, u64)> {
     header.split(';').find_map(|part| {
         let v = part.trim().strip_prefix("api-usage=")?;
         let (used, max) = v.split_once('/')?;
