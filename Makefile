@@ -8,7 +8,7 @@ export DATABASE_URL ?= postgres://postgres:postgres@127.0.0.1:5432/postgres
 # them against KAFKA_BROKERS instead.
 WITH_BROKER ?= deploy/with-broker.sh
 
-.PHONY: stack stack-down test test-stack lint fmt run bench-sync bench-certificates bench-loader check-rules
+.PHONY: stack stack-down test test-stack lint fmt run bench-sync bench-certificates bench-loader check-rules fuzz
 
 stack:
 	deploy/stack.sh up
@@ -62,3 +62,15 @@ bench-loader: stack
 ## Prometheus rules check (needs promtool: apt-get install prometheus).
 check-rules:
 	promtool check rules deploy/prometheus/crm-sync-alerts.yml
+
+## Fuzz targets (cargo-fuzz, nightly toolchain), each for FUZZ_SECONDS; not part of `make test`.
+## Reads fuzz/corpus/<target>, writes new inputs to fuzz/corpus-new/<target> (see fuzz/README.md).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= tracking_event dead_letter_headers vendor_transformers
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	@for t in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/corpus-new/$$t && \
+		$(CARGO) +nightly fuzz run $$t fuzz/corpus-new/$$t fuzz/corpus/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -max_len=8192 -timeout=10 -print_final_stats=1 || exit 1; \
+	done

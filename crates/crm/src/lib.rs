@@ -10,6 +10,8 @@
 //! | [`kommo`] | custom field + `request_id` | `POST`/`PATCH /api/v4/leads` (50) | 7 requests/s |
 
 pub mod bitrix24;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod generic;
 pub mod kommo;
 pub use kommo::{KommoConfig, KommoCrm};

@@ -27,8 +27,7 @@ impl Reply {
     }
 
     pub fn json<T: serde::de::DeserializeOwned>(&self, what: &str) -> Result<T, CrmError> {
-        serde_json::from_slice(&self.body)
-            .map_err(|e| CrmError::permanent(format!("{what}: response is not the documented JSON: {e}")))
+        parse_json(&self.body, what)
     }
 
     /// The error of a whole call that the vendor refused, classified by HTTP status.
@@ -39,6 +38,17 @@ impl Reply {
             format!("{what}: HTTP {} {}", self.status.as_u16(), self.excerpt()),
         )
     }
+}
+
+/// A vendor's JSON answer as `T`; a body that is not that shape is a permanent error.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, CrmError> {
+    // serde quotes what it did not expect (`invalid type: string "..."`): a whole vendor value.
+    serde_json::from_slice(body).map_err(|e| {
+        CrmError::permanent(format!(
+            "{what}: response is not the documented JSON: {}",
+            clip(&e.to_string())
+        ))
+    })
 }
 
 /// Sends a request with the current trace context and reads the whole body.
@@ -96,6 +106,15 @@ pub(crate) fn excerpt(body: &[u8]) -> String {
     }
 }
 
+/// Vendor-sourced text fit for an error message: at most [`EXCERPT_LEN`] characters, with `…`
+/// where it was cut.
+pub(crate) fn clip(text: &str) -> String {
+    match text.char_indices().nth(EXCERPT_LEN) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_owned(),
+    }
+}
+
 /// Checks a base URL from configuration: absolute http(s), no credentials in it.
 pub(crate) fn check_base_url(key: &str, value: &str) -> Result<reqwest::Url, String> {
     let url = reqwest::Url::parse(value).map_err(|e| format!("{key}: {e}"))?;
@@ -106,4 +125,33 @@ pub(crate) fn check_base_url(key: &str, value: &str) -> Result<reqwest::Url, Str
         return Err(format!("{key} must not carry credentials"));
     }
     Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_of_the_wrong_shape_is_refused_with_a_bounded_message() {
+        let body = serde_json::to_vec(&"v".repeat(5000)).unwrap();
+        let err = parse_json::<serde_json::Map<String, serde_json::Value>>(&body, "read status").unwrap_err();
+        assert!(err
+            .message
+            .starts_with("read status: response is not the documented JSON: invalid type"));
+        assert!(
+            err.message.chars().count() < 600,
+            "{} characters",
+            err.message.chars().count()
+        );
+        assert!(err.message.ends_with('…'), "{}", err.message);
+        let short = parse_json::<u32>(b"{}", "count").unwrap_err();
+        assert!(!short.message.ends_with('…'), "{}", short.message);
+    }
+
+    #[test]
+    fn clipped_text_is_cut_at_a_character_boundary() {
+        assert_eq!(clip("short"), "short");
+        let long = "é".repeat(EXCERPT_LEN + 1);
+        assert_eq!(clip(&long), format!("{}…", "é".repeat(EXCERPT_LEN)));
+    }
 }

@@ -14,7 +14,7 @@
 //!   `oauth.bitrix.info` once it expires or on `expired_token`, one refresh at a time).
 
 mod client;
-mod transformers;
+pub(crate) mod transformers;
 
 pub use client::Bitrix24Crm;
 

@@ -8,13 +8,13 @@ use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
 /// Fields this adapter owns; a mapping may not reuse them.
-pub(super) const ORIGINATOR_FIELD: &str = "originatorId";
-pub(super) const ORIGIN_FIELD: &str = "originId";
-pub(super) const RESERVED: [&str; 3] = ["id", ORIGINATOR_FIELD, ORIGIN_FIELD];
+pub(crate) const ORIGINATOR_FIELD: &str = "originatorId";
+pub(crate) const ORIGIN_FIELD: &str = "originId";
+pub(crate) const RESERVED: [&str; 3] = ["id", ORIGINATOR_FIELD, ORIGIN_FIELD];
 
 /// `{"error": "...", "error_description": "..."}`
 #[derive(Debug, Default, Deserialize)]
-pub(super) struct ErrorDto {
+pub(crate) struct ErrorDto {
     #[serde(default)]
     pub error: Value,
     #[serde(default)]
@@ -34,13 +34,13 @@ impl ErrorDto {
 /// The `time` block every answer carries; `operating_reset_at` is when a method blocked by the
 /// resource limit is usable again (unix seconds).
 #[derive(Debug, Default, Deserialize)]
-pub(super) struct TimeDto {
+pub(crate) struct TimeDto {
     #[serde(default)]
     pub operating_reset_at: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub(super) struct ErrorEnvelope {
+pub(crate) struct ErrorEnvelope {
     #[serde(flatten)]
     pub error: ErrorDto,
     #[serde(default)]
@@ -49,7 +49,7 @@ pub(super) struct ErrorEnvelope {
 
 /// Is a refused command worth another try? Rate and load refusals and server faults are;
 /// permissions, validation and unknown methods are not.
-pub(super) fn classify(code: &str) -> CrmErrorKind {
+pub(crate) fn classify(code: &str) -> CrmErrorKind {
     match code {
         "QUERY_LIMIT_EXCEEDED"
         | "OPERATION_TIME_LIMIT"
@@ -62,7 +62,7 @@ pub(super) fn classify(code: &str) -> CrmErrorKind {
     }
 }
 
-pub(super) fn list_request(
+pub(crate) fn list_request(
     entity_type_id: u32,
     originator: &str,
     mapping: &CrmMapping,
@@ -81,7 +81,7 @@ pub(super) fn list_request(
 }
 
 /// One CRM item as listed: its id, whose shipment it is, and the state we keep in it.
-pub(super) struct ListedItem {
+pub(crate) struct ListedItem {
     /// `None` for an item the list returned without an id.
     pub id: Option<u64>,
     pub shipment: ShipmentId,
@@ -94,9 +94,13 @@ struct ListResult {
     items: Vec<Map<String, Value>>,
 }
 
-pub(super) fn parse_list(result: Value, mapping: &CrmMapping) -> Result<Vec<ListedItem>, CrmError> {
-    let list: ListResult = serde_json::from_value(result)
-        .map_err(|e| CrmError::permanent(format!("crm.item.list: unexpected result: {e}")))?;
+pub(crate) fn parse_list(result: Value, mapping: &CrmMapping) -> Result<Vec<ListedItem>, CrmError> {
+    let list: ListResult = serde_json::from_value(result).map_err(|e| {
+        CrmError::permanent(format!(
+            "crm.item.list: unexpected result: {}",
+            crate::wire::clip(&e.to_string())
+        ))
+    })?;
     let mut out = Vec::with_capacity(list.items.len());
     for item in list.items {
         // An item without an id fails only its own shipment (the caller marks it unreadable).
@@ -125,7 +129,7 @@ fn as_u64(v: &Value) -> Option<u64> {
 }
 
 /// The fields of one write, as strings for a `batch` command.
-pub(super) fn write_fields(mapping: &CrmMapping, w: &CrmStatusWrite) -> BTreeMap<String, String> {
+pub(crate) fn write_fields(mapping: &CrmMapping, w: &CrmStatusWrite) -> BTreeMap<String, String> {
     mapping
         .render(w)
         .into_iter()
@@ -141,7 +145,7 @@ pub(super) fn write_fields(mapping: &CrmMapping, w: &CrmStatusWrite) -> BTreeMap
 
 /// A `batch` command string: `method?entityTypeId=2&id=82&fields[stageId]=...`, URL-encoded so
 /// that the batch method's own decoding yields the nested parameters.
-pub(super) fn command(
+pub(crate) fn command(
     method: &str,
     entity_type_id: u32,
     id: Option<u64>,
@@ -160,12 +164,12 @@ pub(super) fn command(
 
 /// `result` of a `batch` call. PHP renders an empty map as `[]`, so both shapes are accepted.
 #[derive(Debug, Default)]
-pub(super) struct BatchResult {
+pub(crate) struct BatchResult {
     pub result: Map<String, Value>,
     pub result_error: Map<String, Value>,
 }
 
-pub(super) fn parse_batch(result: Value) -> Result<BatchResult, CrmError> {
+pub(crate) fn parse_batch(result: Value) -> Result<BatchResult, CrmError> {
     let Value::Object(mut obj) = result else {
         return Err(CrmError::permanent("batch: result is not an object"));
     };
@@ -184,7 +188,7 @@ pub(super) fn parse_batch(result: Value) -> Result<BatchResult, CrmError> {
 }
 
 /// The new item's id from a `crm.item.add` command result (`{"item": {"id": 46, ...}}`).
-pub(super) fn added_id(result: &Value) -> Option<u64> {
+pub(crate) fn added_id(result: &Value) -> Option<u64> {
     result.get("item").and_then(|i| i.get("id")).and_then(as_u64)
 }
 
@@ -207,6 +211,22 @@ mod tests {
             .into_owned()
             .collect();
         assert!(decoded.contains(&("fields[ufCrmNote]".into(), "a&b=c d".into())));
+    }
+
+    #[test]
+    fn an_unexpected_list_result_is_refused_with_a_bounded_message() {
+        let mapping = CrmMapping::new(backbone_sync::mapping::MappingConfig::default()).unwrap();
+        let err = parse_list(json!({"items": "v".repeat(5000)}), &mapping)
+            .err()
+            .unwrap();
+        assert!(err
+            .message
+            .starts_with("crm.item.list: unexpected result: invalid type"));
+        assert!(
+            err.message.chars().count() < 600,
+            "{} characters",
+            err.message.chars().count()
+        );
     }
 
     #[test]

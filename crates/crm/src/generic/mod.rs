@@ -5,7 +5,7 @@
 //! Reads and batch calls carry a fresh `X-Request-Id`; batch items carry their own `requestId`.
 
 mod client;
-mod transformers;
+pub(crate) mod transformers;
 
 pub use client::GenericRestCrm;
 

@@ -7,31 +7,31 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// The item field that carries the correlation id; the API owns it, so a mapping may not use it.
-pub(super) const REQUEST_ID_FIELD: &str = "requestId";
+pub(crate) const REQUEST_ID_FIELD: &str = "requestId";
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-pub(super) struct BatchGet<'a> {
+pub(crate) struct BatchGet<'a> {
     pub shipment_ids: Vec<&'a str>,
 }
 
 #[derive(Deserialize)]
-pub(super) struct Items {
+pub(crate) struct Items {
     pub items: Vec<Map<String, Value>>,
 }
 
 #[derive(Serialize)]
-pub(super) struct BatchWrite {
+pub(crate) struct BatchWrite {
     pub items: Vec<Map<String, Value>>,
 }
 
 #[derive(Deserialize)]
-pub(super) struct WriteResults {
+pub(crate) struct WriteResults {
     pub results: Vec<WriteResultDto>,
 }
 
 #[derive(Deserialize)]
-pub(super) struct WriteResultDto {
+pub(crate) struct WriteResultDto {
     status: u16,
     #[serde(default)]
     error: Option<ErrorDto>,
@@ -47,7 +47,7 @@ struct ErrorDto {
 
 /// One record of a read: its shipment and state, or why it cannot be read (with its shipment
 /// when it names a valid one).
-pub(super) fn parse_record(
+pub(crate) fn parse_record(
     mapping: &CrmMapping,
     obj: &Map<String, Value>,
 ) -> Result<(ShipmentId, CrmShipmentState), (Option<ShipmentId>, CrmError)> {
@@ -71,7 +71,7 @@ pub(super) fn parse_record(
     }
 }
 
-pub(super) fn item(mapping: &CrmMapping, w: &CrmStatusWrite) -> Map<String, Value> {
+pub(crate) fn item(mapping: &CrmMapping, w: &CrmStatusWrite) -> Map<String, Value> {
     let mut item = mapping.render(w);
     item.insert(REQUEST_ID_FIELD.into(), Value::from(w.correlation_id.as_str()));
     item
@@ -79,13 +79,17 @@ pub(super) fn item(mapping: &CrmMapping, w: &CrmStatusWrite) -> Map<String, Valu
 
 impl WriteResultDto {
     pub fn into_item_result(self) -> ItemResult {
-        let excerpt = self.error.as_ref().and_then(|e| serde_json::to_string(e).ok());
+        let excerpt = self
+            .error
+            .as_ref()
+            .and_then(|e| serde_json::to_string(e).ok())
+            .map(|e| crate::wire::excerpt(e.as_bytes()));
         let result = if (200..300).contains(&self.status) {
             Ok(())
         } else {
             let msg = self
                 .error
-                .map(|e| format!("{}: {}", e.code, e.message))
+                .map(|e| crate::wire::clip(&format!("{}: {}", e.code, e.message)))
                 .unwrap_or_default();
             Err(CrmError::from_status(
                 self.status,
@@ -104,7 +108,7 @@ impl WriteResultDto {
 /// The states of a read, record by record: a record that names a requested shipment but cannot
 /// be read fails only that shipment; a record that names none may be any requested shipment the
 /// answer does not otherwise cover, so those are unreadable too.
-pub(super) fn gather_states(
+pub(crate) fn gather_states(
     requested: &[ShipmentId],
     records: impl IntoIterator<Item = Result<(ShipmentId, CrmShipmentState), (Option<ShipmentId>, CrmError)>>,
 ) -> ShipmentStates {
@@ -130,4 +134,40 @@ pub(super) fn gather_states(
         }
     }
     states
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_item_keeps_a_bounded_message_and_excerpt() {
+        let dto: WriteResultDto = serde_json::from_value(serde_json::json!({
+            "status": 400, "error": {"code": "INVALID", "message": "v".repeat(5000)}
+        }))
+        .unwrap();
+        let item = dto.into_item_result();
+        let err = item.result.unwrap_err();
+        assert!(
+            err.message.starts_with("item refused with 400: INVALID: vvv"),
+            "{}",
+            err.message
+        );
+        assert!(
+            err.message.chars().count() < 600,
+            "{} characters",
+            err.message.chars().count()
+        );
+        let excerpt = item.response_excerpt.unwrap();
+        assert!(
+            excerpt.starts_with(r#"{"code":"INVALID","message":"vvv"#),
+            "{excerpt}"
+        );
+        assert!(
+            excerpt.chars().count() <= 512,
+            "{} characters",
+            excerpt.chars().count()
+        );
+        assert_eq!(item.http_status, Some(400));
+    }
 }

@@ -18,7 +18,7 @@
 //!   atomically so a restart does not present a spent token.
 
 mod client;
-mod transformers;
+pub(crate) mod transformers;
 
 pub use client::KommoCrm;
 

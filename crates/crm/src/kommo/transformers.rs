@@ -7,7 +7,7 @@ use serde_json::{json, Map, Value};
 
 /// Where a mapped value lives on a lead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(super) enum Slot {
+pub(crate) enum Slot {
     StatusId,
     Name,
     Custom(u64),
@@ -28,7 +28,7 @@ impl Slot {
 }
 
 #[derive(Debug, Deserialize)]
-pub(super) struct Lead {
+pub(crate) struct Lead {
     pub id: u64,
     #[serde(default)]
     pub name: Option<String>,
@@ -41,27 +41,27 @@ pub(super) struct Lead {
 }
 
 #[derive(Debug, Deserialize)]
-pub(super) struct CustomFieldValues {
+pub(crate) struct CustomFieldValues {
     pub field_id: u64,
     #[serde(default)]
     pub values: Vec<Map<String, Value>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub(super) struct Embedded {
+pub(crate) struct Embedded {
     #[serde(default)]
     pub leads: Vec<Lead>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub(super) struct LeadsPage {
+pub(crate) struct LeadsPage {
     #[serde(default, rename = "_embedded")]
     pub embedded: Embedded,
 }
 
 /// `{"validation-errors": [{"request_id": "0", "errors": [{"code", "path", "detail"}]}], ...}`
 #[derive(Debug, Default, Deserialize)]
-pub(super) struct Problem {
+pub(crate) struct Problem {
     #[serde(default, rename = "validation-errors")]
     pub validation_errors: Vec<ValidationError>,
     #[serde(default)]
@@ -69,13 +69,13 @@ pub(super) struct Problem {
 }
 
 #[derive(Debug, Deserialize)]
-pub(super) struct ValidationError {
+pub(crate) struct ValidationError {
     pub request_id: Value,
     #[serde(default)]
     pub errors: Vec<Value>,
 }
 
-pub(super) fn request_id_text(v: &Value) -> String {
+pub(crate) fn request_id_text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Array(a) => a.first().map(request_id_text).unwrap_or_default(),
@@ -119,7 +119,7 @@ impl Lead {
 }
 
 /// One lead to add or update. `id` for an update; `request_id` comes back in the answer.
-pub(super) fn lead_body(
+pub(crate) fn lead_body(
     mapping: &CrmMapping,
     w: &CrmStatusWrite,
     id: Option<u64>,

@@ -15,7 +15,7 @@
 //!   apart from the org's own changes.
 
 mod client;
-mod transformers;
+pub(crate) mod transformers;
 
 pub use client::SalesforceCrm;
 

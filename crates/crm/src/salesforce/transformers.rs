@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 /// `[{"message": "...", "errorCode": "...", "fields": [...]}]` (REST) or, inside collection
 /// results, `{"statusCode": "...", "message": "..."}`.
 #[derive(Debug, Deserialize)]
-pub(super) struct ApiError {
+pub(crate) struct ApiError {
     #[serde(default, alias = "statusCode")]
     #[serde(rename = "errorCode")]
     pub code: String,
@@ -19,13 +19,13 @@ pub(super) struct ApiError {
     pub message: String,
 }
 
-pub(super) fn parse_errors(body: &[u8]) -> Vec<ApiError> {
+pub(crate) fn parse_errors(body: &[u8]) -> Vec<ApiError> {
     serde_json::from_slice(body).unwrap_or_default()
 }
 
 /// Record-level error codes worth another try: row locks and a concurrent create of the same
 /// external id (the retry then updates).
-pub(super) fn classify(code: &str) -> CrmErrorKind {
+pub(crate) fn classify(code: &str) -> CrmErrorKind {
     match code {
         "UNABLE_TO_LOCK_ROW" | "DUPLICATE_VALUE" | "SERVER_UNAVAILABLE" | "REQUEST_RUNNING_TOO_LONG" => {
             CrmErrorKind::Transient
@@ -36,7 +36,7 @@ pub(super) fn classify(code: &str) -> CrmErrorKind {
 
 /// One result of a collections upsert.
 #[derive(Debug, Deserialize)]
-pub(super) struct UpsertResult {
+pub(crate) struct UpsertResult {
     #[serde(default)]
     pub success: bool,
     #[serde(default)]
@@ -45,7 +45,7 @@ pub(super) struct UpsertResult {
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub(super) struct QueryResult {
+pub(crate) struct QueryResult {
     #[serde(default)]
     pub records: Vec<Map<String, Value>>,
     #[serde(default)]
@@ -55,14 +55,14 @@ pub(super) struct QueryResult {
 }
 
 /// An API name: letters, digits and single underscores (custom ones end in `__c`).
-pub(super) fn is_api_name(s: &str) -> bool {
+pub(crate) fn is_api_name(s: &str) -> bool {
     s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
         && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         && !s.ends_with('_')
 }
 
 /// A SOQL string literal.
-pub(super) fn soql_quote(s: &str) -> String {
+pub(crate) fn soql_quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('\'');
     for c in s.chars() {
@@ -79,7 +79,7 @@ pub(super) fn soql_quote(s: &str) -> String {
     out
 }
 
-pub(super) fn soql(sobject: &str, mapping: &CrmMapping, shipments: &[ShipmentId]) -> String {
+pub(crate) fn soql(sobject: &str, mapping: &CrmMapping, shipments: &[ShipmentId]) -> String {
     let f = mapping.fields();
     let ids: Vec<String> = shipments.iter().map(|s| soql_quote(s.as_str())).collect();
     format!(
@@ -96,7 +96,8 @@ fn normalise_time(v: &mut Value) {
     if let Value::String(s) = v {
         let b = s.as_bytes();
         let n = b.len();
-        if n > 5
+        // The shortest text this can apply to is eight bytes: `b[n - 8]` is read.
+        if n >= 8
             && matches!(b[n - 5], b'+' | b'-')
             && b[n - 4..].iter().all(u8::is_ascii_digit)
             && b[n - 8] != b'-'
@@ -108,7 +109,7 @@ fn normalise_time(v: &mut Value) {
 
 /// A record's shipment id and state; `None` for records not of one of `wanted` (SOQL matches
 /// text case-insensitively, so `ABC` also returns `abc`).
-pub(super) fn parse_record(
+pub(crate) fn parse_record(
     mut record: Map<String, Value>,
     mapping: &CrmMapping,
     wanted: &[ShipmentId],
@@ -123,7 +124,7 @@ pub(super) fn parse_record(
 }
 
 /// The fields of one write. Times go at millisecond precision, which is what Salesforce keeps.
-pub(super) fn record(mapping: &CrmMapping, w: &CrmStatusWrite) -> Map<String, Value> {
+pub(crate) fn record(mapping: &CrmMapping, w: &CrmStatusWrite) -> Map<String, Value> {
     let mut m = mapping.render(w);
     if let Some(Value::String(s)) = m.get_mut(&mapping.fields().timestamp) {
         if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
@@ -139,7 +140,7 @@ pub(super) fn record(mapping: &CrmMapping, w: &CrmStatusWrite) -> Map<String, Va
 }
 
 /// `Sforce-Limit-Info: api-usage=10018/100000; api-bursts=1/750` → (used, max).
-pub(super) fn api_usage(header: &str) -> Option<(u64, u64)> {
+pub(crate) fn api_usage(header: &str) -> Option<(u64, u64)> {
     header.split(';').find_map(|part| {
         let v = part.trim().strip_prefix("api-usage=")?;
         let (used, max) = v.split_once('/')?;
@@ -162,6 +163,26 @@ mod tests {
         assert_eq!(api_usage("api-usage=10018/100000"), Some((10018, 100_000)));
         assert_eq!(api_usage("api-usage=18/5000; api-bursts=1/750"), Some((18, 5000)));
         assert_eq!(api_usage("per-app-api-usage=1/2"), None);
+    }
+
+    #[test]
+    fn a_short_time_ending_like_an_offset_is_left_as_it_is() {
+        for short in ["a+1234", "-+1234", "12-1234"] {
+            let mut v = Value::from(short);
+            normalise_time(&mut v);
+            assert_eq!(v, Value::from(short));
+        }
+        let m = CrmMapping::new(MappingConfig::default()).unwrap();
+        let rec: Map<String, Value> = serde_json::from_value(serde_json::json!({
+            "shipmentId": "s-1", "status": "x", "timestamp": "a+1234"}))
+        .unwrap();
+        let wanted = [ShipmentId::parse("s-1").unwrap()];
+        let (id, state) = parse_record(rec, &m, &wanted).unwrap();
+        assert_eq!(id.as_str(), "s-1");
+        assert!(state.is_none(), "not a time: no state");
+        let mut v = Value::from("10:00:00+0000");
+        normalise_time(&mut v);
+        assert_eq!(v, Value::from("10:00:00+00:00"));
     }
 
     #[test]
