@@ -176,27 +176,104 @@ pub struct KafkaConsumer {
     /// forgets revoked partitions).
     processed: Arc<Mutex<BTreeMap<(String, i32), i64>>>,
     max_record_bytes: usize,
-    topics: Vec<String>,
     /// Next offset per partition of every record handed out.
     handed: Mutex<BTreeMap<(String, i32), i64>>,
     in_flight: Arc<InFlight>,
-    watchdog: Watchdog,
+    watchdog: Arc<Watchdog>,
 }
 
 /// Rejoins the group when this member has waited `rejoin_after` for records while the group's
 /// partitions hold unconsumed ones: an assignment left empty (or fetching nothing) after another
 /// member died, which the local broker does not repair by itself (ADR 0001).
+///
+/// The wait is tracked across calls (callers may drop a `next_batch` and call again, as
+/// crm-sync's loop does on every retry tick), and the check runs as a task of its own, so a
+/// dropped wait never cancels it.
 struct Watchdog {
     rejoin_after: Option<Duration>,
     /// A client of the same group that never joins it: asks for metadata, watermarks and the
     /// group's committed offsets without disturbing the member.
     probe: Arc<BaseConsumer>,
-    last_check: Mutex<Option<Instant>>,
+    member: Arc<StreamConsumer<StatsContext>>,
+    topics: Vec<String>,
+    state: Mutex<WatchState>,
+    checking: std::sync::atomic::AtomicBool,
+    rejoins: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Default)]
+struct WatchState {
+    /// Since when the member has been waiting for a record (cleared when one arrives).
+    waiting_since: Option<Instant>,
+    last_check: Option<Instant>,
     /// The group's committed offsets at the last check that found records waiting: a rejoin
     /// needs two checks a window apart with records waiting and no commit in between (so a
     /// member does not rejoin while the others are merely busy).
-    last_committed: Mutex<Option<Offsets>>,
-    rejoins: std::sync::atomic::AtomicU64,
+    last_committed: Option<Offsets>,
+}
+
+impl Watchdog {
+    /// Starts a check when the member has waited a window and none ran for a window.
+    fn tick(self: &Arc<Self>, window: Duration, handed: Offsets) {
+        let due = {
+            let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let since = *st.waiting_since.get_or_insert_with(Instant::now);
+            let due = since.elapsed() >= window && st.last_check.is_none_or(|t| t.elapsed() >= window);
+            if due {
+                st.last_check = Some(Instant::now());
+            }
+            due
+        };
+        if !due || self.checking.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.check(handed).await;
+            this.checking.store(false, std::sync::atomic::Ordering::SeqCst);
+        });
+    }
+
+    fn record_arrived(&self) {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .waiting_since = None;
+    }
+
+    async fn check(&self, handed: Offsets) {
+        let probe = self.probe.clone();
+        let topics = self.topics.clone();
+        let found = tokio::task::spawn_blocking(move || unconsumed(&probe, &topics, &handed)).await;
+        let (waiting, committed) = match found {
+            Ok(Ok(found)) => found,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "stall check failed");
+                return;
+            }
+            Err(_) => return,
+        };
+        let waited = {
+            let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let stuck = waiting > 0 && st.last_committed.as_ref() == Some(&committed);
+            st.last_committed = (waiting > 0 && !stuck).then_some(committed);
+            if !stuck {
+                return;
+            }
+            st.waiting_since.map(|t| t.elapsed()).unwrap_or_default()
+        };
+        tracing::warn!(
+            waited_s = waited.as_secs(),
+            unconsumed = waiting,
+            "no records while the group's partitions hold unconsumed ones; rejoining the group"
+        );
+        self.rejoins.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.member.unsubscribe();
+        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        if let Err(e) = self.member.subscribe(&topics) {
+            tracing::error!(error = %e, "resubscribing failed");
+        }
+    }
 }
 
 /// Records received together, with the offsets to commit once they are handled.
@@ -238,14 +315,17 @@ impl KafkaConsumer {
                 drain_timeout: Duration::from_millis(settings.drain_timeout_ms),
             })?;
         consumer.subscribe(topics)?;
+        let consumer = Arc::new(consumer);
+        let topics: Vec<String> = topics.iter().map(|t| (*t).to_owned()).collect();
         Ok(Self {
-            consumer: Arc::new(consumer),
+            consumer: consumer.clone(),
             processed,
             max_record_bytes: settings.max_record_bytes,
-            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
             handed: Mutex::default(),
             in_flight,
-            watchdog: Watchdog {
+            watchdog: Arc::new(Watchdog {
+                member: consumer,
+                topics,
                 probe: Arc::new(
                     settings
                         .client_config()
@@ -255,10 +335,10 @@ impl KafkaConsumer {
                 ),
                 rejoin_after: (settings.rejoin_after_ms > 0)
                     .then(|| Duration::from_millis(settings.rejoin_after_ms)),
-                last_check: Mutex::default(),
-                last_committed: Mutex::default(),
+                state: Mutex::default(),
+                checking: std::sync::atomic::AtomicBool::new(false),
                 rejoins: std::sync::atomic::AtomicU64::new(0),
-            },
+            }),
         })
     }
 
@@ -267,75 +347,22 @@ impl KafkaConsumer {
         self.watchdog.rejoins.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Waits for the first record of a batch; while waiting, checks every `rejoin_after` whether
-    /// the group's partitions hold records nobody consumes, and rejoins if so.
+    /// Waits for the first record of a batch; while waiting, checks every half window whether
+    /// the watchdog is due.
     async fn first_record(&self) -> Result<BorrowedMessage<'_>, KafkaError> {
         let Some(window) = self.watchdog.rejoin_after else {
             return Ok(self.consumer.recv().await?);
         };
-        let waiting_since = Instant::now();
         loop {
+            let handed = self.handed.lock().unwrap_or_else(PoisonError::into_inner).clone();
+            self.watchdog.tick(window, handed);
             tokio::select! {
-                m = self.consumer.recv() => return Ok(m?),
+                m = self.consumer.recv() => {
+                    self.watchdog.record_arrived();
+                    return Ok(m?);
+                }
                 () = tokio::time::sleep(window / 2) => {}
             }
-            let due = {
-                let last = self
-                    .watchdog
-                    .last_check
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                waiting_since.elapsed() >= window && last.is_none_or(|t| t.elapsed() >= window)
-            };
-            if due {
-                *self
-                    .watchdog
-                    .last_check
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
-                self.rejoin_if_stalled(waiting_since.elapsed()).await;
-            }
-        }
-    }
-
-    async fn rejoin_if_stalled(&self, waited: Duration) {
-        let consumer = self.watchdog.probe.clone();
-        let topics = self.topics.clone();
-        let handed = self.handed.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        let probe = tokio::task::spawn_blocking(move || unconsumed(&consumer, &topics, &handed)).await;
-        let (waiting, committed) = match probe {
-            Ok(Ok(found)) => found,
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "stall check failed");
-                return;
-            }
-            Err(_) => return,
-        };
-        let mut last = self
-            .watchdog
-            .last_committed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let stuck = waiting > 0 && last.as_ref() == Some(&committed);
-        *last = (waiting > 0 && !stuck).then_some(committed);
-        drop(last);
-        if !stuck {
-            return;
-        }
-        let assigned = self.assigned_partitions();
-        tracing::warn!(
-            waited_s = waited.as_secs(),
-            unconsumed = waiting,
-            assigned = ?assigned,
-            "no records while the group's partitions hold unconsumed ones; rejoining the group"
-        );
-        self.watchdog
-            .rejoins
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.consumer.unsubscribe();
-        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
-        if let Err(e) = self.consumer.subscribe(&topics) {
-            tracing::error!(error = %e, "resubscribing failed");
         }
     }
 
