@@ -137,12 +137,22 @@ pub struct TrackingEventWire {
 impl TrackingEvent {
     /// Parses and validates one record payload.
     pub fn from_json(payload: &[u8]) -> Result<Self, InvalidEvent> {
-        let mut de = serde_json::Deserializer::from_slice(payload);
-        let wire: TrackingEventWire = serde_path_to_error::deserialize(&mut de)
-            .map_err(|e| InvalidEvent::Malformed(describe_json_error(&e)))?;
-        de.end()
-            .map_err(|e| InvalidEvent::Malformed(describe_json_error_at(&e)))?;
-        Self::try_from(wire)
+        // The fast path: plain serde. Only a refused document is read again, with the path
+        // tracked, to name the field in the reason.
+        match serde_json::from_slice::<TrackingEventWire>(payload) {
+            Ok(wire) => Self::try_from(wire),
+            Err(_) => {
+                let mut de = serde_json::Deserializer::from_slice(payload);
+                let reason = match serde_path_to_error::deserialize::<_, TrackingEventWire>(&mut de) {
+                    Err(e) => describe_json_error(&e),
+                    Ok(_) => match de.end() {
+                        Err(e) => describe_json_error_at(&e),
+                        Ok(()) => "invalid document".to_owned(),
+                    },
+                };
+                Err(InvalidEvent::Malformed(reason))
+            }
+        }
     }
 
     /// The event id and shipment id of a record that is not a valid event, where they are there
