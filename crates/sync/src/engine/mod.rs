@@ -22,62 +22,18 @@ use crate::retry::{RetryPolicy, RetryStep};
 use crate::rules::{decide, WriteDecision};
 use futures::future::join_all;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
 mod accumulator;
+mod batch;
+mod newest;
 
 use accumulator::Accumulator;
-
-/// One record consumed from `tracking.events`.
-#[derive(Debug, Clone)]
-pub struct Inbound {
-    pub source: SourcePosition,
-    pub key: Option<Vec<u8>>,
-    /// `None` for a tombstone, or for a record too large to take in.
-    pub payload: Option<Vec<u8>>,
-    /// `Some(size)` when the record was larger than the intake limit (its value was dropped).
-    pub oversized: Option<usize>,
-    /// How many times this record was replayed from `dead.letters` (header `x-replay-count`).
-    pub replay_count: u32,
-}
-
-/// Everything a decided batch still has to make durable, in order: dead letters, the ledger
-/// transaction, outcomes.
-#[derive(Debug)]
-pub struct Effects {
-    ledger: LedgerBatch,
-    outcomes: Vec<OutcomeRecord>,
-    letters: Vec<DeadLetter>,
-    report: BatchReport,
-    /// Steps already done (0 none, 1 dead letters, 2 ledger, 3 outcomes), so a retried apply
-    /// resumes where the failed one stopped instead of writing the log rows again.
-    done: AtomicU8,
-}
-
-impl Effects {
-    /// What the batch ends in once applied.
-    pub fn report(&self) -> &BatchReport {
-        &self.report
-    }
-}
-
-/// What a batch ended in, for metrics.
-#[derive(Debug, Default, Clone)]
-pub struct BatchReport {
-    pub counts: HashMap<Outcome, u64>,
-    /// Event-to-CRM latency of each successful write, in milliseconds.
-    pub success_lag_ms: Vec<f64>,
-    pub dead_letter_reasons: Vec<DeadLetterReason>,
-}
-
-impl BatchReport {
-    pub fn count(&self, outcome: Outcome) -> u64 {
-        self.counts.get(&outcome).copied().unwrap_or(0)
-    }
-}
+pub use batch::{BatchReport, Effects, Inbound};
+use newest::PendingNewest;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -113,9 +69,7 @@ pub struct SyncEngine {
     crm_batch_limit: usize,
     max_clock_skew: Duration,
     max_record_bytes: usize,
-    /// Newest event times concluded but perhaps not committed yet (a decided batch waits for its
-    /// ledger commit while the next one is decided): consulted with the ledger's.
-    pending_newest: Mutex<HashMap<ShipmentId, OffsetDateTime>>,
+    pending_newest: PendingNewest,
     crm: Arc<dyn CrmGateway>,
     ledger: Arc<dyn SyncLedger>,
     outcomes: Arc<dyn OutcomeSink>,
@@ -159,7 +113,7 @@ impl SyncEngine {
             crm_batch_limit: settings.crm_batch_limit.max(1),
             max_clock_skew: settings.max_clock_skew,
             max_record_bytes: settings.max_record_bytes,
-            pending_newest: Mutex::default(),
+            pending_newest: PendingNewest::default(),
             crm,
             ledger,
             outcomes,
@@ -271,13 +225,7 @@ impl SyncEngine {
         shipments.sort_unstable();
         shipments.dedup();
         let mut newest = self.ledger.newest_seen(&shipments).await?;
-        let pending = self.pending_newest.lock().unwrap_or_else(PoisonError::into_inner);
-        for s in &shipments {
-            if let Some(t) = pending.get(s) {
-                let slot = newest.entry(s.clone()).or_insert(*t);
-                *slot = (*slot).max(*t);
-            }
-        }
+        self.pending_newest.raise(&shipments, &mut newest);
         Ok(newest)
     }
 
@@ -311,7 +259,7 @@ impl SyncEngine {
         effects.done.fetch_max(1, Ordering::SeqCst);
         if !done(2) {
             self.ledger.commit(&effects.ledger).await?;
-            self.forget_pending(&effects.ledger.newest);
+            self.pending_newest.forget(&effects.ledger.newest);
         }
         effects.done.fetch_max(2, Ordering::SeqCst);
         if !done(3) && !effects.outcomes.is_empty() {
@@ -319,24 +267,6 @@ impl SyncEngine {
         }
         effects.done.fetch_max(3, Ordering::SeqCst);
         Ok(())
-    }
-
-    /// Committed newest times need no in-memory copy; a newer pending one stays.
-    fn forget_pending(&self, committed: &[(ShipmentId, OffsetDateTime)]) {
-        let mut pending = self.pending_newest.lock().unwrap_or_else(PoisonError::into_inner);
-        for (s, t) in committed {
-            if pending.get(s).is_some_and(|p| p <= t) {
-                pending.remove(s);
-            }
-        }
-    }
-
-    fn remember_pending(&self, concluded: &[(ShipmentId, OffsetDateTime)]) {
-        let mut pending = self.pending_newest.lock().unwrap_or_else(PoisonError::into_inner);
-        for (s, t) in concluded {
-            let slot = pending.entry(s.clone()).or_insert(*t);
-            *slot = (*slot).max(*t);
-        }
     }
 
     async fn sync(
@@ -391,7 +321,7 @@ impl SyncEngine {
             acc.merge(chunk_acc);
         }
         let effects = acc.into_effects();
-        self.remember_pending(&effects.ledger.newest);
+        self.pending_newest.remember(&effects.ledger.newest);
         effects
     }
 
