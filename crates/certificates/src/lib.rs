@@ -8,6 +8,7 @@ pub mod channel;
 pub mod code;
 pub mod contract;
 pub mod events;
+pub mod ids;
 pub mod memory;
 pub mod money;
 pub mod operation;
