@@ -5,6 +5,7 @@
 
 mod api;
 mod concurrency;
+mod hardening;
 mod harness;
 mod sales;
 mod upload;

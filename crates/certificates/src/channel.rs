@@ -45,6 +45,14 @@ impl Channel {
     }
 }
 
+impl Channel {
+    /// Whether this channel may capture or void a hold (or reverse a capture) that the channel
+    /// named `owner` made: only its own, except `internal`, which may act on any.
+    pub fn may_act_on(self, owner: &str) -> bool {
+        self == Channel::Internal || self.as_str() == owner
+    }
+}
+
 impl std::fmt::Display for Channel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

@@ -7,7 +7,9 @@ use crate::channel::Channel;
 use crate::events::Origin;
 use crate::money::{Amount, Currency};
 use crate::operation::Command;
-use crate::ports::{ApplyError, CertificateRef, CodeDigest, IdempotencyClaim, OperationRequest, SealedCvc};
+use crate::ports::{
+    ApplyError, CertificateRef, CodeDigest, IdempotencyClaim, OperationRequest, Refusal, SealedCvc,
+};
 use crate::sale::{OrderLine, PaymentRecord, SaleOrder};
 use crate::service::CertificateService;
 use crate::store::*;
@@ -190,8 +192,42 @@ where
     assert_eq!(service.apply(wrong).await, Err(ApplyError::WrongCvc));
     let mut hold = request(1, "hold-1", authorize, Some(claim("k-h1", 1)));
     hold.cvc_verifier = Some([101; 32]);
-    let held = service.apply(hold).await.expect("held");
+    let held = service.apply(hold.clone()).await.expect("held");
     assert_eq!((held.balance, held.available), (1_000, 700));
+    // A known key with a wrong CVC is a wrong CVC, not a stored answer nor a key reused: the
+    // CVC is checked before the key's record is looked at, so a key is no oracle.
+    let mut guess = hold.clone();
+    guess.cvc_verifier = Some([8; 32]);
+    assert_eq!(service.apply(guess).await, Err(ApplyError::WrongCvc));
+    assert!(service.apply(hold).await.expect("replayed").replayed);
+
+    // A hold is its channel's: another front cannot capture or void it, and hears exactly what
+    // it would hear for a hold that does not exist (nothing stored under its key).
+    for command in [
+        Command::Capture {
+            hold: op("hold-1"),
+            amount: rub(100),
+        },
+        Command::Void { target: op("hold-1") },
+    ] {
+        let mut foreign = request(1, "foreign", command.clone(), Some(claim("k-foreign", 1)));
+        foreign.origin.channel = Channel::Pos;
+        assert_eq!(
+            service.apply(foreign.clone()).await,
+            Err(ApplyError::UnknownTarget)
+        );
+        assert_eq!(service.apply(foreign).await, Err(ApplyError::UnknownTarget));
+        let mut unknown = request(
+            1,
+            "unknown",
+            Command::Void {
+                target: op("no-such-hold"),
+            },
+            None,
+        );
+        unknown.origin.channel = Channel::Pos;
+        assert_eq!(service.apply(unknown).await, Err(ApplyError::UnknownTarget));
+    }
     let capture = Command::Capture {
         hold: op("hold-1"),
         amount: rub(200),
@@ -216,7 +252,14 @@ where
     let replayed = service
         .apply(request(1, "cap-3", capture, Some(claim("k-c2", 1))))
         .await;
-    assert_eq!(replayed, Err(ApplyError::Refused(refusal)));
+    // ... marked as a replay, so the answer can say so.
+    assert_eq!(
+        replayed,
+        Err(ApplyError::Refused(Refusal {
+            replayed: true,
+            ..refusal
+        }))
+    );
 
     // The capture's id names it for a void (a refund to the certificate).
     let voided = service

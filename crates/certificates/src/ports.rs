@@ -163,6 +163,9 @@ pub struct Applied {
 pub struct Refusal {
     pub code: String,
     pub detail: String,
+    /// True when this is the stored refusal of an earlier request with the same key.
+    #[serde(skip)]
+    pub replayed: bool,
 }
 
 impl From<&crate::certificate::CertificateError> for Refusal {
@@ -170,6 +173,7 @@ impl From<&crate::certificate::CertificateError> for Refusal {
         Self {
             code: e.code().to_owned(),
             detail: e.to_string(),
+            replayed: false,
         }
     }
 }
@@ -182,6 +186,11 @@ pub enum ApplyError {
     /// The presented CVC does not match. Not stored under the idempotency key.
     #[error("wrong CVC")]
     WrongCvc,
+    /// The hold or capture the command names is not on this certificate, or another channel
+    /// made it: the same answer either way, not stored under the idempotency key (a stored
+    /// answer would tell a retry that the certificate exists).
+    #[error("no such hold or capture")]
+    UnknownTarget,
     /// The rules refused the operation; stored under the idempotency key and replayed.
     #[error("refused: {}", .0.detail)]
     Refused(Refusal),

@@ -3,12 +3,15 @@
 //! together or not at all.
 //!
 //! An operation, in order: claim the idempotency key (a concurrent duplicate is `InFlight` at
-//! once), lock and load the certificate, replay a stored result under the key, check the CVC,
-//! replay an operation id seen before, decide in the domain ([`execute`]), save the certificate
-//! with its holds, operation, audit and events (and the CVC SMS on activation), commit. A
-//! refusal is remembered under the key and committed, so a retry gets the same answer.
+//! once), lock and load the certificate, check the CVC (before any stored answer is looked at, so
+//! a known key is no oracle for CVCs), replay a stored result under the key, check that the hold
+//! or capture named is the channel's own, replay an operation id seen before, decide in the
+//! domain ([`execute`]), save the certificate with its holds, operation, audit and events (and
+//! the CVC SMS on activation), commit. A refusal is remembered under the key and committed, so a
+//! retry gets the same answer; an unknown certificate, a wrong CVC and an unknown (or someone
+//! else's) hold are not, so they answer alike however often they are asked.
 
-use crate::certificate::{Certificate, Effect, OperationId, SaleLinks};
+use crate::certificate::{Certificate, CertificateError, Effect, OperationId, SaleLinks};
 use crate::channel::Channel;
 use crate::events::{self, Origin};
 use crate::operation::{execute, Command};
@@ -227,8 +230,9 @@ fn replay(stored: StoredResult, request_hash: &[u8; 32]) -> Result<Applied, Appl
     }
     match stored.outcome {
         KeyOutcome::Refused => {
-            let refusal: Refusal =
+            let mut refusal: Refusal =
                 serde_json::from_value(stored.result).map_err(|e| corrupt("stored refusal", e))?;
+            refusal.replayed = true;
             Err(ApplyError::Refused(refusal))
         }
         KeyOutcome::Applied => {
@@ -238,6 +242,15 @@ fn replay(stored: StoredResult, request_hash: &[u8; 32]) -> Result<Applied, Appl
             Ok(applied)
         }
     }
+}
+
+/// The channel that made the hold `target` names, or the hold of the capture it names.
+fn owner_of<'a>(locked: &'a LockedCertificate, target: &OperationId) -> Option<&'a str> {
+    let hold = match locked.certificate.captures().get(target) {
+        Some(capture) => &capture.hold,
+        None => target,
+    };
+    locked.hold_channels.get(hold).map(String::as_str)
 }
 
 /// One operation inside `unit`; the caller commits or rolls back.
@@ -258,12 +271,18 @@ async fn apply_in(unit: &mut dyn UnitOfWork, request: &OperationRequest) -> Resu
         .lock(request.certificate, lookup)
         .await?
         .ok_or(ApplyError::NotFound)?;
-    if let (Some(stored), Some(claim)) = (locked.stored.take(), &request.idempotency) {
-        return replay(stored, &claim.request_hash);
-    }
     if let Some(presented) = &request.cvc_verifier {
         if !bool::from(presented.as_slice().ct_eq(&locked.cvc_verifier)) {
             return Err(ApplyError::WrongCvc);
+        }
+    }
+    if let (Some(stored), Some(claim)) = (locked.stored.take(), &request.idempotency) {
+        return replay(stored, &claim.request_hash);
+    }
+    if let Some(target) = request.command.target() {
+        let owner = owner_of(&locked, target);
+        if owner.is_some_and(|owner| !request.origin.channel.may_act_on(owner)) {
+            return Err(ApplyError::UnknownTarget);
         }
     }
     let now = OffsetDateTime::now_utc();
@@ -276,6 +295,7 @@ async fn apply_in(unit: &mut dyn UnitOfWork, request: &OperationRequest) -> Resu
     let mut after = locked.certificate.clone();
     let effects = match execute(&mut after, request.operation.clone(), &request.command, now) {
         Ok(effects) => effects,
+        Err(CertificateError::UnknownOperation(_)) => return Err(ApplyError::UnknownTarget),
         Err(refused) => {
             let refusal = Refusal::from(&refused);
             if let Some(claim) = &request.idempotency {

@@ -1,10 +1,11 @@
 //! What a channel's request goes through around the certificate service: the attempt limits
-//! (wrong codes and CVCs are counted per channel and per certificate), the CVC turned into its
-//! keyed verifier, the idempotency claim with a hash of the request, the write detached from the
-//! request, then the balance cache dropped and the relay woken. The HTTP handlers parse and
-//! render; this decides what happens in between.
+//! (every lookup is counted per channel, and per certificate when it carries a CVC, before it is
+//! verified; a success gives its count back), the CVC turned into its keyed verifier, the
+//! idempotency claim with a hash of the request, the write detached from the request, then the
+//! balance cache dropped and the relay woken. The HTTP handlers parse and render; this decides
+//! what happens in between.
 
-use crate::http::{apply_error, not_found};
+use crate::http::{apply_error, not_found, unknown_hold};
 use crate::problem::{Problem, ProblemCode};
 use crate::state::AppState;
 use backbone_certificates::events::Origin;
@@ -14,6 +15,7 @@ use backbone_certificates::{
     Applied, ApplyError, CertificateRef, CodeDigest, Command, Cvc, IdempotencyClaim, OperationId,
     OperationRequest,
 };
+use backbone_redis::{Attempt, Reservation};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -22,8 +24,8 @@ pub struct ChannelOperation {
     /// The route template's last segment, for metrics and the request hash.
     pub route: &'static str,
     pub channel: Channel,
-    pub digest: CodeDigest,
-    pub digest_hex: String,
+    /// The code's digest and its hex form; the problem of a code that does not parse.
+    pub code: Result<(CodeDigest, String), Problem>,
     pub command: Command,
     /// What defines the request besides the route and certificate (the parsed body).
     pub canonical: serde_json::Value,
@@ -47,58 +49,149 @@ fn request_hash(route: &str, digest: &CodeDigest, canonical: serde_json::Value) 
         .into()
 }
 
-pub async fn too_many_attempts(
+/// How events and the audit log name the request that caused a change: a digest of the channel
+/// and its `Idempotency-Key`, never the key itself (a key is a capability: whoever knows it can
+/// ask for its stored answer). An operator finds a key's events by computing the same digest.
+pub fn source_event(channel: Channel, idempotency_key: &str) -> String {
+    let digest = Sha256::new()
+        .chain_update(b"idempotency-key\0")
+        .chain_update(channel.as_str().as_bytes())
+        .chain_update([0])
+        .chain_update(idempotency_key.as_bytes())
+        .finalize();
+    format!("http:{}", hex::encode(&digest[..16]))
+}
+
+/// Admits a lookup: refused with 429 when the channel's or the certificate's failures reach
+/// their limit (`Retry-After`: when that counter's window ends), with 503 when the counters cannot
+/// be reached or written (never run unlimited). With `digest_hex` (an attempt that carries a
+/// CVC), the attempt also takes one of the certificate's places in flight: when all are taken
+/// it waits for one, up to about two seconds, then is refused with 429 and `Retry-After: 1`.
+pub async fn admit(
     state: &AppState,
     channel: Channel,
     digest_hex: Option<&str>,
-) -> Result<(), Problem> {
-    match state.limiter.is_blocked(channel.as_str(), digest_hex).await {
-        Ok(false) => Ok(()),
-        Ok(true) => {
-            state.metrics.blocked.inc();
-            Err(Problem::new(ProblemCode::TooManyAttempts, None).with(
-                "retry_after_seconds",
-                state.limiter.policy().lockout_seconds.into(),
-            ))
+) -> Result<Reservation, Problem> {
+    use backon::{ConstantBuilder, Retryable};
+    #[derive(Debug)]
+    enum Refused {
+        Busy,
+        Blocked(u64),
+        Counters(backbone_redis::RedisError),
+    }
+    let reserve = || async {
+        match state.limiter.reserve(channel.as_str(), digest_hex).await {
+            Ok(Attempt::Allowed(reservation)) => Ok(reservation),
+            Ok(Attempt::Busy) => Err(Refused::Busy),
+            Ok(Attempt::Blocked { retry_after_seconds }) => Err(Refused::Blocked(retry_after_seconds)),
+            Err(e) => Err(Refused::Counters(e)),
         }
-        // Failing open would give up the brute-force limit; failing closed keeps it.
-        Err(e) => {
+    };
+    let waiting = ConstantBuilder::default()
+        .with_delay(std::time::Duration::from_millis(20))
+        .with_max_times(100)
+        .with_jitter();
+    let too_many = |seconds: u64| {
+        state.metrics.blocked.inc();
+        Problem::new(ProblemCode::TooManyAttempts, None).with("retry_after_seconds", seconds.into())
+    };
+    match reserve.retry(waiting).when(|e| matches!(e, Refused::Busy)).await {
+        Ok(reservation) => Ok(reservation),
+        Err(Refused::Busy) => Err(too_many(1)),
+        Err(Refused::Blocked(seconds)) => Err(too_many(seconds)),
+        Err(Refused::Counters(e)) => {
             tracing::error!(error = %e, "attempt counters unavailable");
             Err(Problem::new(ProblemCode::Unavailable, None))
         }
     }
 }
 
-pub async fn record_failure(state: &AppState, channel: Channel, digest_hex: Option<&str>) {
-    state.metrics.failed_lookups.inc();
-    if let Err(e) = state.limiter.record_failure(channel.as_str(), digest_hex).await {
-        tracing::error!(error = %e, "cannot count a failed attempt");
+/// Ends an admitted lookup; a failed one is counted. A failure that cannot be counted is not
+/// answered as one (that would be a guess the limits never saw): it becomes a 503.
+async fn finish(state: &AppState, reservation: &Reservation, failed: bool) -> Result<(), Problem> {
+    if failed {
+        state.metrics.failed_lookups.inc();
+    }
+    match state.limiter.finish(reservation, failed).await {
+        Ok(()) => Ok(()),
+        Err(e) if failed => {
+            tracing::error!(error = %e, "cannot count a failed attempt");
+            Err(Problem::new(ProblemCode::Unavailable, None))
+        }
+        Err(e) => {
+            // Its place in flight is freed when its lease ends.
+            tracing::warn!(error = %e, "cannot end an attempt");
+            Ok(())
+        }
     }
 }
 
-/// Runs one operation under its idempotency key; counts wrong codes and CVCs.
+/// Admits the lookup of a code: by its digest when it carries a CVC, on the channel's budget
+/// otherwise; a code that does not parse is a counted failure at once.
+async fn admit_code(
+    state: &AppState,
+    channel: Channel,
+    code: Result<(CodeDigest, String), Problem>,
+    with_cvc: bool,
+) -> Result<(Reservation, CodeDigest, String), Problem> {
+    match code {
+        Ok((digest, digest_hex)) => {
+            let reservation = admit(state, channel, with_cvc.then_some(digest_hex.as_str())).await?;
+            Ok((reservation, digest, digest_hex))
+        }
+        Err(problem) => {
+            let reservation = admit(state, channel, None).await?;
+            finish(state, &reservation, true).await?;
+            Err(problem)
+        }
+    }
+}
+
+/// Runs one operation under its idempotency key. Every operation counts toward the channel's
+/// lookup budget; one that carries a CVC counts toward the certificate's too. An unknown code, a
+/// wrong CVC and a hold or capture that is not the channel's to name stay counted.
 pub async fn operate(state: &AppState, op: ChannelOperation) -> Result<Applied, Problem> {
+    let names_target = op.command.target().is_some();
+    let lookup_failed = |p: Problem| if names_target { unknown_hold() } else { p };
+    let (reservation, digest, digest_hex) = admit_code(state, op.channel, op.code, op.cvc.is_some())
+        .await
+        .map_err(|p| {
+            if p.code == ProblemCode::CertificateNotFound.as_str() {
+                lookup_failed(p)
+            } else {
+                p
+            }
+        })?;
     let key = op.idempotency_key;
-    let cvc_verifier = op
-        .cvc
-        .as_ref()
-        .map(|cvc| state.keys.cvc_verifier(&op.digest, cvc));
+    // A CVC is verified first, in the attempt's place among the certificate's attempts in flight
+    // and before any stored answer is looked at: a burst of guesses gets at most the limit
+    // verified, and a known Idempotency-Key tells nothing about a CVC.
+    let cvc_verifier = match &op.cvc {
+        Some(cvc) => {
+            let checked = verify_cvc(state, &digest, &digest_hex, cvc).await;
+            let wrong = matches!(&checked, Err(p) if p.code == ProblemCode::CertificateNotFound.as_str());
+            finish(state, &reservation, wrong).await?;
+            checked?;
+            Some(state.keys.cvc_verifier(&digest, cvc))
+        }
+        None => None,
+    };
     let mut canonical = op.canonical;
     if let Some(v) = &cvc_verifier {
         canonical["cvc"] = hex::encode(v).into();
     }
     let request = OperationRequest {
-        certificate: CertificateRef::Code(op.digest),
+        certificate: CertificateRef::Code(digest),
         operation: OperationId::parse(Uuid::now_v7().to_string())
             .map_err(|e| Problem::new(ProblemCode::Internal, Some(e.to_string())))?,
         command: op.command,
         origin: Origin {
             channel: op.channel,
             initiator: op.initiator,
-            source_event: Some(format!("http:{key}")),
+            source_event: Some(source_event(op.channel, &key)),
         },
         idempotency: Some(IdempotencyClaim {
-            request_hash: request_hash(op.route, &op.digest, canonical),
+            request_hash: request_hash(op.route, &digest, canonical),
             key,
             retention: time::Duration::hours(i64::from(state.idempotency_retention_hours)),
         }),
@@ -117,6 +210,16 @@ pub async fn operate(state: &AppState, op: ChannelOperation) -> Result<Applied, 
         .await
         .unwrap_or_else(|e| Err(ApplyError::Unavailable(format!("operation task failed: {e}"))));
     timer.observe_duration();
+    let failed_lookup = matches!(
+        result,
+        Err(ApplyError::NotFound | ApplyError::WrongCvc | ApplyError::UnknownTarget)
+    );
+    if cvc_verifier.is_none() {
+        finish(state, &reservation, failed_lookup).await?;
+    } else if failed_lookup {
+        // Verified a moment ago; only a certificate changed since can get here.
+        state.metrics.failed_lookups.inc();
+    }
     match result {
         Ok(applied) => {
             state
@@ -125,22 +228,15 @@ pub async fn operate(state: &AppState, op: ChannelOperation) -> Result<Applied, 
                 .with_label_values(&[op.route, if applied.replayed { "replayed" } else { "applied" }])
                 .inc();
             if !applied.replayed {
-                state.after_commit(&op.digest_hex).await;
-            }
-            // The right CVC ends the certificate's run of failures.
-            if op.cvc.is_some() {
-                if let Err(e) = state.limiter.clear(&op.digest_hex).await {
-                    tracing::warn!(error = %e, "cannot reset the failed-attempt count");
-                }
+                state.after_commit(&digest_hex).await;
             }
             Ok(applied)
         }
         Err(e) => {
-            let wrong = matches!(e, ApplyError::NotFound | ApplyError::WrongCvc);
-            if wrong && op.cvc.is_some() {
-                record_failure(state, op.channel, Some(&op.digest_hex)).await;
-            }
-            let problem = apply_error(e);
+            let problem = match e {
+                ApplyError::NotFound | ApplyError::UnknownTarget => lookup_failed(not_found()),
+                other => apply_error(other),
+            };
             state
                 .metrics
                 .operations
@@ -151,31 +247,31 @@ pub async fn operate(state: &AppState, op: ChannelOperation) -> Result<Applied, 
     }
 }
 
-/// A balance check: the limits first, then the cached view, then the CVC. An unknown code, an
-/// unknown certificate and a wrong CVC are the same answer, and each is counted.
+/// Whether `cvc` is the certificate's: read through the balance cache (the verifier never
+/// changes). An unknown certificate and a wrong CVC are the same `404`.
+async fn verify_cvc(
+    state: &AppState,
+    digest: &CodeDigest,
+    digest_hex: &str,
+    cvc: &Cvc,
+) -> Result<BalanceView, Problem> {
+    match state.balance_view(digest, digest_hex).await? {
+        Some(view) if state.keys.verify_cvc(digest, cvc, &view.cvc_verifier) => Ok(view),
+        _ => Err(not_found()),
+    }
+}
+
+/// A balance check: counted first, then the cached view, then the CVC. An unknown code, an
+/// unknown certificate and a wrong CVC are the same answer, and each stays counted.
 pub async fn check_balance(
     state: &AppState,
     channel: Channel,
     code: Result<(CodeDigest, String), Problem>,
     cvc: &Cvc,
 ) -> Result<BalanceView, Problem> {
-    let (digest, digest_hex) = match code {
-        Ok(d) => d,
-        Err(p) => {
-            too_many_attempts(state, channel, None).await?;
-            record_failure(state, channel, None).await;
-            return Err(p);
-        }
-    };
-    too_many_attempts(state, channel, Some(&digest_hex)).await?;
-    let view = state.balance_view(&digest, &digest_hex).await?;
-    let Some(view) = view else {
-        record_failure(state, channel, Some(&digest_hex)).await;
-        return Err(not_found());
-    };
-    if !state.keys.verify_cvc(&digest, cvc, &view.cvc_verifier) {
-        record_failure(state, channel, Some(&digest_hex)).await;
-        return Err(not_found());
-    }
-    Ok(view)
+    let (reservation, digest, digest_hex) = admit_code(state, channel, code, true).await?;
+    let checked = verify_cvc(state, &digest, &digest_hex, cvc).await;
+    let wrong = matches!(&checked, Err(p) if p.code == ProblemCode::CertificateNotFound.as_str());
+    finish(state, &reservation, wrong).await?;
+    checked
 }

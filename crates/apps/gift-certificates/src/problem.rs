@@ -47,11 +47,13 @@ problem_codes! {
     Forbidden = ("forbidden", 403, "This channel may not perform this operation"),
     CertificateNotFound = ("certificate-not-found", 404, "No certificate matches this code and security code"),
     UnknownHold = ("unknown-hold", 404, "No such hold or capture on this certificate"),
+    MethodNotAllowed = ("method-not-allowed", 405, "This endpoint does not accept this method"),
     IdempotencyInFlight = ("idempotency-in-flight", 409, "A request with this Idempotency-Key is still being processed"),
     WrongState = ("wrong-state", 409, "The certificate's state does not allow this operation"),
     HoldNotActive = ("hold-not-active", 409, "The hold is no longer active"),
     AlreadyReversed = ("already-reversed", 409, "The capture was already reversed"),
     CertificateInUse = ("certificate-in-use", 409, "The certificate has been spent from or has active holds"),
+    PayloadTooLarge = ("payload-too-large", 413, "The request body is larger than this service accepts"),
     IdempotencyKeyReused = ("idempotency-key-reused", 422, "This Idempotency-Key was used for a different request"),
     InvalidAmount = ("invalid-amount", 422, "Amounts are positive integers in minor units"),
     InvalidCurrency = ("invalid-currency", 422, "Currencies are ISO 4217 codes"),
@@ -88,6 +90,10 @@ pub struct Problem {
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Object)]
     pub extra: Option<serde_json::Map<String, serde_json::Value>>,
+    /// A stored refusal answered again: sent as the `idempotent-replayed: true` header.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub replayed: bool,
 }
 
 impl Problem {
@@ -99,6 +105,7 @@ impl Problem {
             code: code.as_str(),
             detail: detail.into(),
             extra: None,
+            replayed: false,
         }
     }
 
@@ -130,6 +137,7 @@ impl IntoResponse for Problem {
             .as_ref()
             .and_then(|e| e.get("retry_after_seconds"))
             .and_then(serde_json::Value::as_u64);
+        let replayed = self.replayed;
         let mut response = (status, axum::Json(self)).into_response();
         response.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -140,8 +148,45 @@ impl IntoResponse for Problem {
                 response.headers_mut().insert(header::RETRY_AFTER, v);
             }
         }
+        if replayed {
+            response
+                .headers_mut()
+                .insert(crate::http::REPLAYED_HEADER, HeaderValue::from_static("true"));
+        }
         response
     }
+}
+
+/// Turns an error the framework answered by itself (405, 413, an undecodable path...) into a
+/// problem document of the same status. Its own text is dropped: it may quote the input.
+pub async fn as_problem(response: Response) -> Response {
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if is_problem || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let code = match status.as_u16() {
+        405 => ProblemCode::MethodNotAllowed,
+        413 => ProblemCode::PayloadTooLarge,
+        401 => ProblemCode::Unauthenticated,
+        403 => ProblemCode::Forbidden,
+        400..=499 => ProblemCode::BadRequest,
+        503 => ProblemCode::Unavailable,
+        _ => ProblemCode::Internal,
+    };
+    let allow = response.headers().get(header::ALLOW).cloned();
+    let mut problem = Problem::new(code, None);
+    if code == ProblemCode::BadRequest {
+        problem.detail = Some("the request could not be read".into());
+    }
+    let mut answer = problem.into_response();
+    if let Some(allow) = allow {
+        answer.headers_mut().insert(header::ALLOW, allow);
+    }
+    answer
 }
 
 #[cfg(test)]

@@ -112,33 +112,41 @@ impl fmt::Display for OperationId {
     }
 }
 
+/// Times in refusals are RFC 3339, as everywhere else in the API.
+fn rfc3339(at: &OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| at.unix_timestamp().to_string())
+}
+
+/// Why the rules refuse an operation. The texts name only the certificate's side (its state,
+/// balance, currency, expiry), never a value the caller sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CertificateError {
     #[error("operation id must be 1..=128 printable characters")]
     BadOperationId,
     #[error("{action} is not allowed in state {state:?}")]
     InvalidTransition { state: State, action: &'static str },
-    #[error("currency {got} does not match the certificate's {expected}")]
+    #[error("the currency is not the certificate's ({expected})")]
     CurrencyMismatch { expected: Currency, got: Currency },
-    #[error("insufficient funds: {available} available, {requested} requested")]
+    #[error("insufficient funds: {available} available")]
     InsufficientFunds { available: i64, requested: i64 },
-    #[error("no hold or capture {0}")]
+    #[error("no such hold or capture on this certificate")]
     UnknownOperation(OperationId),
-    #[error("hold {0} has expired")]
+    #[error("the hold has expired")]
     HoldExpired(OperationId),
-    #[error("hold {0} is no longer active")]
+    #[error("the hold is no longer active")]
     HoldNotActive(OperationId),
-    #[error("capture of {requested} exceeds the hold of {held}")]
+    #[error("a capture cannot exceed its hold of {held}")]
     CaptureExceedsHold { held: i64, requested: i64 },
-    #[error("capture {0} was already reversed")]
+    #[error("the capture was already reversed")]
     AlreadyReversed(OperationId),
     #[error("a hold must expire in the future")]
     HoldExpiryInPast,
-    #[error("the certificate expired at {0}")]
+    #[error("the certificate expired at {}", rfc3339(.0))]
     CertificateExpired(OffsetDateTime),
     #[error("the certificate has been spent from or has active holds")]
     InUse,
-    #[error("operation id {0} was already used for a different request")]
+    #[error("the operation id was already used for a different request")]
     IdempotencyConflict(OperationId),
 }
 

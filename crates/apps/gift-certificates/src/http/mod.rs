@@ -79,6 +79,9 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/health/ready", get(ready))
         .fallback(|| async { Problem::new(ProblemCode::BadRequest, Some("no such endpoint".into())) })
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+        // Whatever the framework answers by itself (405, 413, a path it cannot decode) is a
+        // problem document too, and never carries the framework's text about the input.
+        .layer(axum::middleware::map_response(crate::problem::as_problem))
         // Spans name the route template (`/certificates/{code}/balance`), never the code itself.
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
@@ -133,10 +136,99 @@ pub(crate) fn authenticate_for(
     }
 }
 
+/// The JSON body as `T`. A refusal names the place (a field, a line and column), never what the
+/// caller sent there: a value or an unknown field's name may be a code or a CVC.
 pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Problem> {
     let body: &[u8] = if body.is_empty() { b"{}" } else { body };
-    serde_json::from_slice(body)
-        .map_err(|e| Problem::new(ProblemCode::BadRequest, Some(format!("invalid JSON body: {e}"))))
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let bad = |detail: String| Problem::new(ProblemCode::BadRequest, Some(detail));
+    let value = serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| bad(describe_json_error(&e.path().to_string(), e.inner())))?;
+    de.end().map_err(|e| bad(describe_json_error(".", &e)))?;
+    Ok(value)
+}
+
+/// What is wrong with a JSON body, in the schema's words: serde's own messages quote the input.
+pub(crate) fn describe_json_error(path: &str, e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let message = e.to_string();
+    let place = if path.is_empty() || path == "." {
+        "the body".to_owned()
+    } else {
+        format!("field `{}`", path.chars().take(120).collect::<String>())
+    };
+    match e.classify() {
+        Category::Syntax | Category::Eof => format!(
+            "invalid JSON body: syntax error at line {} column {}",
+            e.line(),
+            e.column()
+        ),
+        Category::Io => "the body could not be read".to_owned(),
+        // The path ends in the unknown field's name, which is input: name nothing.
+        Category::Data if message.starts_with("unknown field") => {
+            "the body has a field this endpoint does not accept".to_owned()
+        }
+        Category::Data if message.starts_with("missing field") => {
+            // serde names the missing field of our own schema: safe to repeat.
+            let field = message.split('`').nth(1).unwrap_or_default();
+            let field: String = field.chars().take(64).collect();
+            if place == "the body" {
+                format!("field `{field}` is required")
+            } else {
+                format!("{place}: field `{field}` is required")
+            }
+        }
+        Category::Data => match message.rsplit_once(", expected ") {
+            // The expectation is the schema's; what came before it is the input.
+            Some((_, expected)) => {
+                let expected = expected.split(" at line ").next().unwrap_or_default();
+                format!(
+                    "{place}: expected {}",
+                    expected.chars().take(120).collect::<String>()
+                )
+            }
+            None => format!("{place}: value not allowed"),
+        },
+    }
+}
+
+/// Authenticates the channel, then requires the `Idempotency-Key`: both before the body is
+/// read, so a POST without a key is `400 idempotency-key-required` whatever its body.
+pub(crate) fn authenticate_post(
+    state: &AppState,
+    headers: &HeaderMap,
+    scope: Scope,
+) -> Result<(Channel, String), Problem> {
+    let channel = authenticate_for(state, headers, scope)?;
+    Ok((channel, required_idempotency_key(headers)?))
+}
+
+/// `X-Initiator`: at most 128 bytes, no control characters; refused, never cut or stored as sent.
+pub(crate) fn initiator(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    let Some(value) = headers.get(INITIATOR_HEADER) else {
+        return Ok(None);
+    };
+    let text = value.to_str().ok().filter(|t| {
+        backbone_certificates::ids::check_text(t, backbone_certificates::ids::MAX_TEXT_BYTES).is_ok()
+    });
+    match text {
+        Some(t) => Ok(Some(t.to_owned())),
+        None => Err(Problem::new(
+            ProblemCode::BadRequest,
+            Some("X-Initiator must be 1..=128 bytes of printable characters".into()),
+        )),
+    }
+}
+
+/// An id another system gives us (`client_id`, `order_id`, `payment_id`): bounded and printable.
+pub(crate) fn external_id(field: &str, value: Option<String>) -> Result<Option<String>, Problem> {
+    use backbone_certificates::ids::{check_id, MAX_ID_BYTES};
+    match value {
+        Some(v) => check_id(&v, MAX_ID_BYTES)
+            .map(|()| Some(v))
+            .map_err(|e| Problem::new(ProblemCode::BadRequest, Some(format!("{field} {e}")))),
+        None => Ok(None),
+    }
 }
 
 pub(crate) fn required_idempotency_key(headers: &HeaderMap) -> Result<String, Problem> {
@@ -168,8 +260,15 @@ pub(crate) fn amount(minor: i64, currency: &str) -> Result<Amount, Problem> {
     })
 }
 
-pub(crate) fn operation_id(raw: &str) -> Result<OperationId, Problem> {
-    OperationId::parse(raw).map_err(|e| Problem::new(ProblemCode::UnknownHold, Some(e.to_string())))
+/// A hold or capture id as the caller sent it: 1..=128 printable characters, else
+/// `422 bad-operation-id` (a malformed id says nothing about any certificate).
+pub(crate) fn operation_id(field: &str, raw: &str) -> Result<OperationId, Problem> {
+    OperationId::parse(raw).map_err(|_| {
+        Problem::new(
+            ProblemCode::BadOperationId,
+            Some(format!("{field} must be 1..=128 printable characters")),
+        )
+    })
 }
 
 /// A code that does not parse is answered exactly like an unknown one.
@@ -183,10 +282,21 @@ pub(crate) fn not_found() -> Problem {
     Problem::new(ProblemCode::CertificateNotFound, None)
 }
 
+/// A capture or void whose hold or capture is unknown, another channel's, or on an unknown code:
+/// one answer for all three.
+pub(crate) fn unknown_hold() -> Problem {
+    Problem::new(ProblemCode::UnknownHold, None)
+}
+
 pub(crate) fn apply_error(e: ApplyError) -> Problem {
     match e {
         ApplyError::NotFound | ApplyError::WrongCvc => not_found(),
-        ApplyError::Refused(r) => Problem::refusal(&r.code, r.detail),
+        ApplyError::UnknownTarget => unknown_hold(),
+        ApplyError::Refused(r) => {
+            let mut problem = Problem::refusal(&r.code, r.detail);
+            problem.replayed = r.replayed;
+            problem
+        }
         ApplyError::InFlight => Problem::new(ProblemCode::IdempotencyInFlight, None),
         ApplyError::KeyReused => Problem::new(ProblemCode::IdempotencyKeyReused, None),
         ApplyError::Unavailable(cause) => {

@@ -1,9 +1,9 @@
 //! The operations on one certificate: authorize, capture, void, activate, refund, cancel.
 
+use super::REPLAYED_HEADER;
 use super::{
-    amount, authenticate_for, code_digest, header, operation_id, parse_body, ApiResult, INITIATOR_HEADER,
+    amount, authenticate_post, code_digest, external_id, initiator, operation_id, parse_body, ApiResult,
 };
-use super::{required_idempotency_key, REPLAYED_HEADER};
 use crate::auth::Scope;
 use crate::desk::{self, ChannelOperation};
 use crate::problem::{Problem, ProblemCode};
@@ -23,21 +23,35 @@ use uuid::Uuid;
 #[serde(deny_unknown_fields)]
 pub struct AuthorizeRequest {
     /// Minor units (kopecks, cents), > 0.
+    #[schema(minimum = 1, maximum = 9_223_372_036_854_775_807_i64)]
     pub amount_minor: i64,
+    /// ISO 4217: three upper-case letters; the certificate's currency.
+    #[schema(pattern = r"^[A-Z]{3}$", min_length = 3, max_length = 3, example = "RUB")]
     pub currency: String,
-    /// The certificate's security code.
-    #[schema(example = "4821")]
-    pub cvc: String,
-    /// Hold lifetime; the configured default (15 minutes) when absent.
+    /// The certificate's security code: 3 or 4 digits, as a string (leading zeros count).
+    /// Missing or malformed: `400 cvc-required`.
+    #[schema(value_type = String, pattern = r"^[0-9]{3,4}$", min_length = 3, max_length = 4, example = "4821")]
+    pub cvc: Option<serde_json::Value>,
+    /// Hold lifetime in seconds; the configured default (15 minutes) when absent, at most
+    /// `holds.max_ttl_seconds` (7 days by default).
+    #[schema(minimum = 1, maximum = 604_800)]
     pub hold_seconds: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CaptureRequest {
+    /// The authorize's `operation_id`.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$"
+    )]
     pub hold_id: String,
     /// At most the held amount; the rest of the hold is released.
+    #[schema(minimum = 1, maximum = 9_223_372_036_854_775_807_i64)]
     pub amount_minor: i64,
+    #[schema(pattern = r"^[A-Z]{3}$", min_length = 3, max_length = 3, example = "RUB")]
     pub currency: String,
 }
 
@@ -45,16 +59,43 @@ pub struct CaptureRequest {
 #[serde(deny_unknown_fields)]
 pub struct VoidRequest {
     /// A hold to release, or a capture to reverse (refund to the certificate).
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$"
+    )]
     pub target_id: String,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ActivateRequest {
+    /// 1..=64 bytes, no whitespace or control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[^\s\u0000-\u001f\u007f-\u009f]+$"
+    )]
     pub client_id: Option<String>,
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[^\s\u0000-\u001f\u007f-\u009f]+$"
+    )]
     pub order_id: Option<String>,
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[^\s\u0000-\u001f\u007f-\u009f]+$"
+    )]
     pub payment_id: Option<String>,
     /// E.164 number the security code is sent to by SMS, once.
+    #[schema(
+        pattern = r"^\+[0-9]{8,15}$",
+        min_length = 9,
+        max_length = 16,
+        example = "+79991234567"
+    )]
     pub phone: Option<String>,
 }
 
@@ -124,8 +165,8 @@ struct Operation<'a> {
     route: &'static str,
     status: StatusCode,
     channel: backbone_certificates::Channel,
-    digest: backbone_certificates::CodeDigest,
-    digest_hex: String,
+    idempotency_key: String,
+    code: &'a str,
     command: Command,
     canonical: serde_json::Value,
     cvc: Option<Cvc>,
@@ -138,19 +179,17 @@ async fn run(state: &AppState, op: Operation<'_>) -> ApiResult {
 
 /// `cvc_sms_to` queues the CVC SMS with the activation.
 async fn run_with_sms(state: &AppState, op: Operation<'_>, cvc_sms_to: Option<String>) -> ApiResult {
-    let idempotency_key = required_idempotency_key(op.headers)?;
     let applied = desk::operate(
         state,
         ChannelOperation {
             route: op.route,
             channel: op.channel,
-            digest: op.digest,
-            digest_hex: op.digest_hex,
+            code: code_digest(state, op.code),
             command: op.command,
             canonical: op.canonical,
             cvc: op.cvc,
-            idempotency_key,
-            initiator: header(op.headers, INITIATOR_HEADER).map(|s| s.chars().take(128).collect()),
+            idempotency_key: op.idempotency_key,
+            initiator: initiator(op.headers)?,
             cvc_sms_to,
         },
     )
@@ -159,8 +198,9 @@ async fn run_with_sms(state: &AppState, op: Operation<'_>, cvc_sms_to: Option<St
 }
 
 #[utoipa::path(post, path = "/certificates/{code}/authorize", tag = "certificates",
-    params(("code" = String, Path, description = "Certificate code"),
-           ("Idempotency-Key" = String, Header, description = "Unique per request; retries reuse it")),
+    params(("code" = String, Path, description = "Certificate code: 16 characters of `ABCDEFGHJKLMNPQRSTUVWXYZ23456789`, either case, optionally in groups of four joined by `-`", pattern = r"^[A-HJ-NP-Za-hj-np-z2-9]{4}-?[A-HJ-NP-Za-hj-np-z2-9]{4}-?[A-HJ-NP-Za-hj-np-z2-9]{4}-?[A-HJ-NP-Za-hj-np-z2-9]{4}$", min_length = 16, max_length = 19),
+           ("Idempotency-Key" = String, Header, description = "Unique per request; retries reuse it. 1 to 255 printable characters", min_length = 1, max_length = 255, pattern = r"^[^\u0000-\u001f\u007f]+$"),
+           ("X-Initiator" = Option<String>, Header, description = "A cashier or system id for the audit log: 1 to 128 bytes, no control characters", max_length = 128)),
     request_body = AuthorizeRequest,
     responses((status = 201, body = OperationResponse, description = "Hold created"),
               (status = "4XX", body = Problem, content_type = "application/problem+json")),
@@ -171,7 +211,7 @@ pub async fn authorize(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
-    let channel = authenticate_for(&state, &headers, Scope::Authorize)?;
+    let (channel, idempotency_key) = authenticate_post(&state, &headers, Scope::Authorize)?;
     let req: AuthorizeRequest = parse_body(&body)?;
     let amount = amount(req.amount_minor, &req.currency)?;
     let ttl = req.hold_seconds.unwrap_or(state.holds.default_ttl_seconds);
@@ -184,16 +224,17 @@ pub async fn authorize(
             )),
         ));
     }
-    let cvc = Cvc::parse(&req.cvc)
-        .map_err(|_| Problem::new(ProblemCode::CvcRequired, Some("cvc is 3 or 4 digits".into())))?;
-    let (digest, digest_hex) = match code_digest(&state, &code) {
-        Ok(d) => d,
-        Err(p) => {
-            desk::record_failure(&state, channel, None).await;
-            return Err(p);
-        }
-    };
-    desk::too_many_attempts(&state, channel, Some(&digest_hex)).await?;
+    let cvc = req
+        .cvc
+        .as_ref()
+        .and_then(serde_json::Value::as_str)
+        .and_then(|c| Cvc::parse(c).ok())
+        .ok_or_else(|| {
+            Problem::new(
+                ProblemCode::CvcRequired,
+                Some("cvc is a string of 3 or 4 digits".into()),
+            )
+        })?;
     let canonical =
         serde_json::json!({"amount": amount.minor(), "currency": amount.currency().as_str(), "ttl": ttl});
     run(
@@ -202,8 +243,8 @@ pub async fn authorize(
             route: "authorize",
             status: StatusCode::CREATED,
             channel,
-            digest,
-            digest_hex,
+            idempotency_key,
+            code: &code,
             command: Command::Authorize {
                 amount,
                 ttl_seconds: ttl,
@@ -217,8 +258,9 @@ pub async fn authorize(
 }
 
 #[utoipa::path(post, path = "/certificates/{code}/capture", tag = "certificates",
-    params(("code" = String, Path, description = "Certificate code"),
-           ("Idempotency-Key" = String, Header, description = "Unique per request; retries reuse it")),
+    params(("code" = String, Path, description = "Certificate code: 16 characters of `ABCDEFGHJKLMNPQRSTUVWXYZ23456789`, either case, optionally in groups of four joined by `-`", pattern = r"^[A-HJ-NP-Za-hj-np-z2-9]{4}-?[A-HJ-NP-Za-hj-np-z2-9]{4}-?[A-HJ-NP-Za-hj-np-z2-9]{4}-?[A-HJ-NP-Za-hj-np-z2-9]{4}$", min_length = 16, max_length = 19),
+           ("Idempotency-Key" = String, Header, description = "Unique per request; retries reuse it. 1 to 255 printable characters", min_length = 1, max_length = 255, pattern = r"^[^\u0000-\u001f\u007f]+$"),
+           ("X-Initiator" = Option<String>, Header, description = "A cashier or system id for the audit log: 1 to 128 bytes, no control characters", max_length = 128)),
     request_body = CaptureRequest,
     responses((status = 200, body = OperationResponse, description = "Captured; the rest of the hold is released"),
               (status = "4XX", body = Problem, content_type = "application/problem+json")),
@@ -229,11 +271,10 @@ pub async fn capture(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
-    let channel = authenticate_for(&state, &headers, Scope::Capture)?;
+    let (channel, idempotency_key) = authenticate_post(&state, &headers, Scope::Capture)?;
     let req: CaptureRequest = parse_body(&body)?;
     let amount = amount(req.amount_minor, &req.currency)?;
-    let hold = operation_id(&req.hold_id)?;
-    let (digest, digest_hex) = code_digest(&state, &code)?;
+    let hold = operation_id("hold_id", &req.hold_id)?;
     let canonical = serde_json::json!({"hold": hold.as_str(), "amount": amount.minor(), "currency": amount.currency().as_str()});
     run(
         &state,
@@ -241,8 +282,8 @@ pub async fn capture(
             route: "capture",
             status: StatusCode::OK,
             channel,
-            digest,
-            digest_hex,
+            idempotency_key,
+            code: &code,
             command: Command::Capture { hold, amount },
             canonical,
             cvc: None,
@@ -253,8 +294,9 @@ pub async fn capture(
 }
 
 #[utoipa::path(post, path = "/certificates/{code}/void", tag = "certificates",
-    params(("code" = String, Path, description = "Certificate code"),
-           ("Idempotency-Key" = String, Header, description = "Unique per request; retries reuse it")),
+    params(("code" = String, Path, description = "Certificate code: 16 characters of `ABCDEFGHJKLMNPQRSTUVWXYZ23456789`, either case, optionally in groups of four joined by `-`", pattern = r"^[A-HJ-NP-Za-hj-np-z2-9]{4}-?[A-HJ-NP-Za-hj-np-z2-9]{4}-?[A-HJ-NP-Za-hj-np-z2-9]{4}-?[A-HJ-NP-Za-hj-np-z2-9]{4}$", min_length = 16, max_length = 19),
+           ("Idempotency-Key" = String, Header, description = "Unique per request; retries reuse it. 1 to 255 printable characters", min_length = 1, max_length = 255, pattern = r"^[^\u0000-\u001f\u007f]+$"),
+           ("X-Initiator" = Option<String>, Header, description = "A cashier or system id for the audit log: 1 to 128 bytes, no control characters", max_length = 128)),
     request_body = VoidRequest,
     responses((status = 200, body = OperationResponse, description = "Hold released or capture reversed"),
               (status = "4XX", body = Problem, content_type = "application/problem+json")),
@@ -265,10 +307,9 @@ pub async fn void(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
-    let channel = authenticate_for(&state, &headers, Scope::Void)?;
+    let (channel, idempotency_key) = authenticate_post(&state, &headers, Scope::Void)?;
     let req: VoidRequest = parse_body(&body)?;
-    let target = operation_id(&req.target_id)?;
-    let (digest, digest_hex) = code_digest(&state, &code)?;
+    let target = operation_id("target_id", &req.target_id)?;
     let canonical = serde_json::json!({"target": target.as_str()});
     run(
         &state,
@@ -276,8 +317,8 @@ pub async fn void(
             route: "void",
             status: StatusCode::OK,
             channel,
-            digest,
-            digest_hex,
+            idempotency_key,
+            code: &code,
             command: Command::Void { target },
             canonical,
             cvc: None,
@@ -288,8 +329,9 @@ pub async fn void(
 }
 
 #[utoipa::path(post, path = "/certificates/{code}/activate", tag = "certificates",
-    params(("code" = String, Path, description = "Certificate code"),
-           ("Idempotency-Key" = String, Header, description = "Unique per request; retries reuse it")),
+    params(("code" = String, Path, description = "Certificate code: 16 characters of `ABCDEFGHJKLMNPQRSTUVWXYZ23456789`, either case, optionally in groups of four joined by `-`", pattern = r"^[A-HJ-NP-Za-hj-np-z2-9]{4}-?[A-HJ-NP-Za-hj-np-z2-9]{4}-?[A-HJ-NP-Za-hj-np-z2-9]{4}-?[A-HJ-NP-Za-hj-np-z2-9]{4}$", min_length = 16, max_length = 19),
+           ("Idempotency-Key" = String, Header, description = "Unique per request; retries reuse it. 1 to 255 printable characters", min_length = 1, max_length = 255, pattern = r"^[^\u0000-\u001f\u007f]+$"),
+           ("X-Initiator" = Option<String>, Header, description = "A cashier or system id for the audit log: 1 to 128 bytes, no control characters", max_length = 128)),
     request_body = ActivateRequest,
     responses((status = 200, body = OperationResponse, description = "Active; the CVC SMS is queued when a phone is given"),
               (status = "4XX", body = Problem, content_type = "application/problem+json")),
@@ -300,8 +342,11 @@ pub async fn activate(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
-    let channel = authenticate_for(&state, &headers, Scope::Activate)?;
-    let req: ActivateRequest = parse_body(&body)?;
+    let (channel, idempotency_key) = authenticate_post(&state, &headers, Scope::Activate)?;
+    let mut req: ActivateRequest = parse_body(&body)?;
+    req.client_id = external_id("client_id", req.client_id.take())?;
+    req.order_id = external_id("order_id", req.order_id.take())?;
+    req.payment_id = external_id("payment_id", req.payment_id.take())?;
     if let Some(phone) = &req.phone {
         if !crate::sms::valid_phone(phone) {
             return Err(Problem::new(
@@ -310,7 +355,6 @@ pub async fn activate(
             ));
         }
     }
-    let (digest, digest_hex) = code_digest(&state, &code)?;
     let canonical = serde_json::json!({"client": req.client_id, "order": req.order_id, "payment": req.payment_id, "phone": req.phone});
     let phone = req.phone.clone();
     let response = run_with_sms(
@@ -319,8 +363,8 @@ pub async fn activate(
             route: "activate",
             status: StatusCode::OK,
             channel,
-            digest,
-            digest_hex,
+            idempotency_key,
+            code: &code,
             command: Command::Activate {
                 links: SaleLinks {
                     client_id: req.client_id,
@@ -342,8 +386,9 @@ pub async fn activate(
 macro_rules! simple_operation {
     ($name:ident, $route:literal, $path:literal, $scope:expr, $command:expr, $doc:literal) => {
         #[utoipa::path(post, path = $path, tag = "certificates",
-            params(("code" = String, Path, description = "Certificate code"),
-                   ("Idempotency-Key" = String, Header, description = "Unique per request; retries reuse it")),
+            params(("code" = String, Path, description = "Certificate code: 16 characters of `ABCDEFGHJKLMNPQRSTUVWXYZ23456789`, either case, optionally in groups of four joined by `-`", pattern = r"^[A-HJ-NP-Za-hj-np-z2-9]{4}-?[A-HJ-NP-Za-hj-np-z2-9]{4}-?[A-HJ-NP-Za-hj-np-z2-9]{4}-?[A-HJ-NP-Za-hj-np-z2-9]{4}$", min_length = 16, max_length = 19),
+                   ("Idempotency-Key" = String, Header, description = "Unique per request; retries reuse it. 1 to 255 printable characters", min_length = 1, max_length = 255, pattern = r"^[^\u0000-\u001f\u007f]+$"),
+           ("X-Initiator" = Option<String>, Header, description = "A cashier or system id for the audit log: 1 to 128 bytes, no control characters", max_length = 128)),
             responses((status = 200, body = OperationResponse, description = $doc),
                       (status = "4XX", body = Problem, content_type = "application/problem+json")),
             security(("bearer" = [])))]
@@ -353,17 +398,16 @@ macro_rules! simple_operation {
             headers: HeaderMap,
             body: Bytes,
         ) -> ApiResult {
-            let channel = authenticate_for(&state, &headers, $scope)?;
+            let (channel, idempotency_key) = authenticate_post(&state, &headers, $scope)?;
             let _: EmptyRequest = parse_body(&body)?;
-            let (digest, digest_hex) = code_digest(&state, &code)?;
             run(
                 &state,
                 Operation {
                     route: $route,
                     status: StatusCode::OK,
                     channel,
-                    digest,
-                    digest_hex,
+                    idempotency_key,
+                    code: &code,
                     command: $command,
                     canonical: serde_json::json!({}),
                     cvc: None,

@@ -27,8 +27,8 @@ pub struct BalanceResponse {
 }
 
 #[utoipa::path(get, path = "/certificates/{code}/balance", tag = "certificates",
-    params(("code" = String, Path, description = "Certificate code"),
-           ("X-Certificate-Cvc" = String, Header, description = "The certificate's security code")),
+    params(("code" = String, Path, description = "Certificate code: 16 characters of `ABCDEFGHJKLMNPQRSTUVWXYZ23456789`, either case, optionally in groups of four joined by `-`", pattern = r"^[A-HJ-NP-Za-hj-np-z2-9]{4}-?[A-HJ-NP-Za-hj-np-z2-9]{4}-?[A-HJ-NP-Za-hj-np-z2-9]{4}-?[A-HJ-NP-Za-hj-np-z2-9]{4}$", min_length = 16, max_length = 19),
+           ("X-Certificate-Cvc" = String, Header, description = "The certificate's security code: 3 or 4 digits", pattern = r"^[0-9]{3,4}$", min_length = 3, max_length = 4)),
     responses((status = 200, body = BalanceResponse),
               (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
@@ -56,7 +56,7 @@ pub async fn balance(
 }
 
 #[utoipa::path(get, path = "/certificates/{code}", tag = "certificates",
-    params(("code" = String, Path, description = "Certificate code")),
+    params(("code" = String, Path, description = "Certificate code: 16 characters of `ABCDEFGHJKLMNPQRSTUVWXYZ23456789`, either case, optionally in groups of four joined by `-`", pattern = r"^[A-HJ-NP-Za-hj-np-z2-9]{4}-?[A-HJ-NP-Za-hj-np-z2-9]{4}-?[A-HJ-NP-Za-hj-np-z2-9]{4}-?[A-HJ-NP-Za-hj-np-z2-9]{4}$", min_length = 16, max_length = 19)),
     responses((status = 200, description = "State, masked code, links and operation history"),
               (status = "4XX", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
