@@ -98,6 +98,8 @@ impl Service {
         cfg.sms.timeout_ms = 2_000;
         cfg.holds.sweep_interval_ms = 100;
         tune(&mut cfg);
+        // A test may point the service at another PostgreSQL (TLS): follow it.
+        let db_url = secrecy::ExposeSecret::expose_secret(&cfg.postgres.url).to_owned();
         let cfg_key_file = cfg.keys.key_file.clone();
         let topics = cfg.topics.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -790,3 +790,29 @@ impl Drop for TlsPostgres {
         let _ = self.run_pg("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"]);
     }
 }
+
+/// A broker of the test's own behind a TLS front with `server`'s certificate, and its
+/// bootstrap address; `client_ca` makes the front require client certificates; `scram_user`
+/// creates that user and requires SASL authentication.
+pub async fn tls_broker(
+    server: &Leaf,
+    client_ca: Option<&Path>,
+    scram_user: Option<(&str, &str)>,
+) -> anyhow::Result<(Tansu, TlsFront, String)> {
+    let listeners = TlsFront::bind().await?;
+    let port = listeners[0].local_addr()?.port();
+    let advertised = format!("localhost:{port}");
+    let user = scram_user.map(|(u, p)| (u.to_owned(), p.to_owned()));
+    let tansu = tokio::task::spawn_blocking(move || -> anyhow::Result<Tansu> {
+        let mut tansu = Tansu::start(&advertised, false)?;
+        if let Some((name, password)) = user {
+            // tansu's own client cannot authenticate: create the user first, then require SASL.
+            tansu.create_scram_user(&name, &password)?;
+            tansu.restart(true)?;
+        }
+        Ok(tansu)
+    })
+    .await??;
+    let front = TlsFront::start(listeners, server, client_ca, tansu.listen)?;
+    Ok((tansu, front, format!("localhost:{port}")))
+}

@@ -11,4 +11,5 @@ mod loader;
 mod pipeline;
 mod replay;
 mod tls;
+mod tls_certificates;
 mod vendors;

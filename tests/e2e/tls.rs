@@ -14,7 +14,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use sqlx::PgPool;
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -23,32 +22,6 @@ const PROBE: Duration = Duration::from_secs(6);
 const SHIPMENTS: usize = 6;
 const USER: &str = "crm-sync";
 const PASSWORD: &str = "scram-password-0123456789";
-
-/// A broker of the test's own behind a TLS front with `server`'s certificate, and its
-/// bootstrap address; `client_ca` makes the front require client certificates; `scram_user`
-/// creates that user and requires SASL authentication.
-async fn tls_broker(
-    server: &Leaf,
-    client_ca: Option<&Path>,
-    scram_user: Option<(&str, &str)>,
-) -> anyhow::Result<(Tansu, TlsFront, String)> {
-    let listeners = TlsFront::bind().await?;
-    let port = listeners[0].local_addr()?.port();
-    let advertised = format!("localhost:{port}");
-    let user = scram_user.map(|(u, p)| (u.to_owned(), p.to_owned()));
-    let tansu = tokio::task::spawn_blocking(move || -> anyhow::Result<Tansu> {
-        let mut tansu = Tansu::start(&advertised, false)?;
-        if let Some((name, password)) = user {
-            // tansu's own client cannot authenticate: create the user first, then require SASL.
-            tansu.create_scram_user(&name, &password)?;
-            tansu.restart(true)?;
-        }
-        Ok(tansu)
-    })
-    .await??;
-    let front = TlsFront::start(listeners, server, client_ca, tansu.listen)?;
-    Ok((tansu, front, format!("localhost:{port}")))
-}
 
 fn with(mut base: BTreeMap<String, String>, extra: &[(&str, &str)]) -> BTreeMap<String, String> {
     for (k, v) in extra {
