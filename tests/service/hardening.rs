@@ -493,17 +493,26 @@ async fn documented_answers_are_exact(pool: PgPool) {
 async fn ids_and_texts_are_bounded_at_the_edge(pool: PgPool) {
     let app = TestApp::start(pool).await;
     let (code, cvc) = app.active_certificate(5_000).await;
-    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
     let bodies = [
         json!({"client_id": "c".repeat(1_100_000)}),
         json!({"client_id": "client\u{0}1"}),
         json!({"order_id": "o".repeat(65)}),
         json!({"payment_id": "pay 1"}),
     ];
+    // An issued certificate that each of these would activate (before: the first did, with
+    // its 1.1 MB client id in the outbox).
     let other = new_code();
+    app.upload(
+        &format!("edge-{}", uuid::Uuid::new_v4().simple()),
+        0,
+        &[(other.clone(), "123".into())],
+        1_000,
+    )
+    .await;
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
     for (i, body) in bodies.iter().enumerate() {
         let (status, problem) = app
             .call(app.post(
