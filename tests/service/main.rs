@@ -6,5 +6,6 @@
 mod api;
 mod concurrency;
 mod harness;
+mod ops;
 mod sales;
 mod upload;
