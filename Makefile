@@ -61,7 +61,7 @@ bench-loader: stack
 
 ## Prometheus rules check (needs promtool: apt-get install prometheus).
 check-rules:
-	promtool check rules deploy/prometheus/crm-sync-alerts.yml
+	promtool check rules deploy/prometheus/crm-sync-alerts.yml deploy/prometheus/gift-certificates-alerts.yml
 
 ## Fuzz targets (cargo-fuzz, nightly toolchain), each for FUZZ_SECONDS; not part of `make test`.
 ## Reads fuzz/corpus/<target>, writes new inputs to fuzz/corpus-new/<target> (see fuzz/README.md).

@@ -44,12 +44,22 @@ CRM_SYNC_POSTGRES__URL=$DB_URL RUST_LOG=${RUST_LOG:-info} \
 crm_sync_pid=$!
 pids+=("$crm_sync_pid")
 
-# gift-certificates: tokens from its local configuration, master key created once.
+# gift-certificates: a fresh token per channel for this run (no configuration file ships any),
+# written to a git-ignored file for calling the API by hand; master key created once.
 GC_CONFIG=config/gift-certificates.local.toml
 GC_URL=http://127.0.0.1:8088
 GC_KEY_FILE=.stack/keys/master.key # keys.key_file of $GC_CONFIG
+GC_TOKENS=$STATE_DIR/gift-certificates.tokens
 [ -f "$GC_KEY_FILE" ] || target/debug/gift-certificates keys generate --out "$GC_KEY_FILE"
-RUST_LOG=${RUST_LOG:-info} \
+gc_tokens=()
+(umask 077 && : >"$GC_TOKENS") && chmod 600 "$GC_TOKENS"
+for channel in ONLINESTORE POS PAYMENTS BATCHLOADER INTERNAL; do
+  value=$(head -c 32 /dev/urandom | base64 | tr -d '/+=\n')
+  printf -v "GC_TOKEN_$channel" '%s' "$value"
+  gc_tokens+=("GIFT_CERTIFICATES_TOKENS__$channel=$value")
+  echo "GIFT_CERTIFICATES_TOKENS__$channel=$value" >>"$GC_TOKENS"
+done
+env "${gc_tokens[@]}" RUST_LOG="${RUST_LOG:-info}" \
   setsid target/debug/gift-certificates --config "$GC_CONFIG" </dev/null >"$STATE_DIR/gift-certificates.log" 2>&1 &
 gc_pid=$!
 pids+=("$gc_pid")
@@ -88,9 +98,11 @@ echo
 echo "== gift-certificates =="
 wait_ready gift-certificates "$GC_URL/health/ready" "$gc_pid" "$STATE_DIR/gift-certificates.log"
 echo "gift-certificates is ready (API and metrics: $GC_URL, logs: $STATE_DIR/gift-certificates.log)"
+echo "channel tokens of this run (GIFT_CERTIFICATES_TOKENS__<CHANNEL>=<token>): $GC_TOKENS"
 
-gc_token() { # the channel's token from $GC_CONFIG
-  awk -F'"' -v k="$1" '/^\[/ { t = ($0 == "[tokens]") } t && $1 ~ ("^" k " *= *$") { print $2 }' "$GC_CONFIG"
+gc_token() { # the channel's token of this run
+  local name="GC_TOKEN_${1^^}"
+  printf '%s' "${!name}"
 }
 DEMO_DIR=$STATE_DIR/demo
 mkdir -p "$DEMO_DIR"

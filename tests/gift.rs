@@ -142,12 +142,22 @@ impl Service {
     }
 
     pub async fn stop(self) {
+        let (_, result) = self.stop_timed(Duration::from_secs(30)).await;
+        assert!(result.is_ok(), "the service did not stop cleanly: {result:?}");
+    }
+
+    /// Asks the service to stop; returns how long `serve` took to return (waiting at most
+    /// `limit`) and what it returned.
+    pub async fn stop_timed(self, limit: Duration) -> (Duration, Result<(), String>) {
         self.stop.cancel();
-        let result = tokio::time::timeout(Duration::from_secs(30), self.task).await;
-        assert!(
-            matches!(result, Ok(Ok(Ok(())))),
-            "the service did not stop cleanly: {result:?}"
-        );
+        let asked = Instant::now();
+        let result = match tokio::time::timeout(limit, self.task).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(format!("serve failed: {e:#}")),
+            Ok(Err(e)) => Err(format!("serve panicked: {e}")),
+            Err(_) => Err(format!("serve had not returned after {limit:?}")),
+        };
+        let took = asked.elapsed();
         self.pool.close().await;
         if let Ok(admin) = PgPool::connect(&format!("{}/postgres", pg_base())).await {
             let _ = sqlx::query(&format!(
@@ -157,6 +167,7 @@ impl Service {
             .execute(&admin)
             .await;
         }
+        (took, result)
     }
 
     pub async fn upload(&self, code: &str, cvc: &str, nominal: i64) {

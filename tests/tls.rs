@@ -364,6 +364,39 @@ impl Tansu {
         Ok(broker)
     }
 
+    /// A plaintext broker that advertises its own address.
+    pub fn start_plain() -> anyhow::Result<Self> {
+        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let mut broker = Self {
+            bin: tansu_binary()?,
+            dir: tempfile::Builder::new().prefix("backbone-tansu-").tempdir()?,
+            child: None,
+            listen,
+            advertised: listen.to_string(),
+        };
+        broker.spawn(false)?;
+        Ok(broker)
+    }
+
+    /// Freezes the broker (SIGSTOP): its connections stay open and nothing is answered.
+    pub fn freeze(&self) -> anyhow::Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// Lets a frozen broker run again (SIGCONT).
+    pub fn thaw(&self) -> anyhow::Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let child = self.child.as_ref().context("the broker is not running")?;
+        run(
+            Command::new("kill").arg(signal).arg(child.id().to_string()),
+            "kill",
+        )
+        .map(|_| ())
+    }
+
     fn log(&self) -> PathBuf {
         self.dir.path().join("tansu.log")
     }

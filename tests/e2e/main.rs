@@ -8,6 +8,7 @@ mod certificates_crash;
 mod crash;
 mod hardening;
 mod loader;
+mod operations;
 mod pipeline;
 mod replay;
 mod tls;

@@ -7,5 +7,6 @@ mod api;
 mod concurrency;
 mod hardening;
 mod harness;
+mod ops;
 mod sales;
 mod upload;

@@ -19,7 +19,8 @@ impl std::fmt::Debug for CodeDigest {
     }
 }
 
-/// A CVC sealed with AES-256-GCM under a data key that the KMS wraps. Safe to store.
+/// A CVC (or another short secret, see [`CodeKeys::seal_secret`]) sealed with AES-256-GCM under
+/// a data key that the KMS wraps. Safe to store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SealedCvc {
     /// Which master key wrapped the data key (for rotation).
@@ -56,6 +57,12 @@ pub trait CodeKeys: Send + Sync {
     fn seal_cvc(&self, code: &CodeDigest, cvc: &Cvc) -> Result<SealedCvc, KeyError>;
     /// Returns `Open` when the ciphertext, the key or the code digest do not match.
     fn open_cvc(&self, code: &CodeDigest, sealed: &SealedCvc) -> Result<Cvc, KeyError>;
+    /// Encrypts another short secret kept at rest (a phone number) the same way. `context` is
+    /// authenticated data naming what the secret is and whose (`sms_delivery.phone:<id>`): the
+    /// ciphertext only opens under the same context.
+    fn seal_secret(&self, context: &[u8], secret: &str) -> Result<SealedCvc, KeyError>;
+    /// Returns `Open` when the ciphertext, the key or the context do not match.
+    fn open_secret(&self, context: &[u8], sealed: &SealedCvc) -> Result<String, KeyError>;
 }
 
 /// One SMS to send. `Debug` hides the text, which carries the CVC.

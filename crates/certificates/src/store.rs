@@ -299,7 +299,13 @@ pub trait CertificateViews: Send + Sync {
 #[derive(Debug, Clone)]
 pub struct SmsJob {
     pub certificate_id: Uuid,
-    pub phone: String,
+    /// The claim: finishing the job needs it, so a sender whose lease ran out (another sender
+    /// took the job over) cannot record an outcome.
+    pub lease: Uuid,
+    /// The number, opened from its sealed copy; `None` when that copy no longer opens.
+    pub phone: Option<String>,
+    /// What stays of the number once delivered, for operators and dead letters.
+    pub phone_last2: String,
     pub attempts: i32,
     pub code_digest: CodeDigest,
     pub code_last4: String,
@@ -331,23 +337,35 @@ pub struct OutboxLetter {
     pub headers: Vec<(String, String)>,
 }
 
-/// CVC deliveries: one per certificate, claimed with a lease so a crashed sender's job is taken
-/// over.
+/// How many deliveries wait, and how many failed for good.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SmsBacklog {
+    pub pending: i64,
+    pub failed: i64,
+}
+
+/// CVC deliveries: one per certificate, claimed one at a time with a lease of its own, so a
+/// crashed sender's job is taken over and a slow one's is not.
 #[async_trait]
 pub trait SmsQueue: Send + Sync {
-    /// Claims up to `limit` due deliveries for `lease`, counting an attempt on each.
-    async fn claim_sms(&self, limit: i64, lease: time::Duration) -> Result<Vec<SmsJob>, StoreError>;
-    /// Records one attempt's outcome. `Sent` erases the CVC ciphertext in the same transaction;
-    /// `Failed` parks the job and writes `letter` to the outbox.
+    /// Claims the most overdue delivery for `lease` (a new lease token), counting an attempt.
+    async fn claim_sms(&self, lease: time::Duration) -> Result<Option<SmsJob>, StoreError>;
+    /// Records one attempt's outcome, only while `job.lease` is still the job's lease: `false`
+    /// (nothing recorded) when another sender has claimed the job since. `Sent` erases the CVC
+    /// ciphertext and the phone number (all but its last two digits) in the same transaction;
+    /// `Failed` parks the job, keeping the sealed number for a requeue, and writes `letter` to
+    /// the outbox.
     async fn finish_sms(
         &self,
         job: &SmsJob,
         outcome: &SmsOutcome,
         letter: Option<&OutboxLetter>,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
     /// Puts failed deliveries whose CVC is still stored back in the queue (one certificate's, or
     /// all); returns how many.
     async fn requeue_failed_sms(&self, certificate_id: Option<Uuid>) -> Result<u64, StoreError>;
+    /// Pending and failed deliveries, for the gauges.
+    async fn sms_backlog(&self) -> Result<SmsBacklog, StoreError>;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -378,8 +396,15 @@ pub trait Outbox: Send + Sync {
     async fn next(&self, limit: i64) -> Result<Vec<OutboxRecord>, StoreError>;
     /// Deletes records the broker acknowledged.
     async fn delete(&self, ids: &[i64]) -> Result<(), StoreError>;
+    /// Moves a record the broker refuses for good out of the way (into the parked records),
+    /// with a reason code and a reason for operators; later records go out without it.
+    async fn park(&self, id: i64, reason_code: &str, reason: &str) -> Result<(), StoreError>;
+    /// Puts parked records back at the end of the outbox (one, or all); returns how many.
+    async fn requeue_parked(&self, id: Option<i64>) -> Result<u64, StoreError>;
     /// How many records wait.
     async fn pending(&self) -> Result<i64, StoreError>;
+    /// How many records are parked.
+    async fn parked(&self) -> Result<i64, StoreError>;
 }
 
 #[async_trait]

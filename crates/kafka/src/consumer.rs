@@ -459,6 +459,41 @@ impl KafkaConsumer {
         Ok(self.consumer.commit(&tpl, mode)?)
     }
 
+    /// Commits the offsets of every handled batch and leaves the group (shutdown), on a thread
+    /// of its own: a broker that does not answer holds up neither the caller's runtime nor the
+    /// caller for more than `timeout`. `false` when the time ran out; the commit and the close
+    /// then go on in the background, and what they do not commit is delivered again to the
+    /// partitions' next owner.
+    pub async fn close(self, timeout: Duration) -> bool {
+        let (done, finished) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("kafka-consumer-close".into())
+            .spawn(move || {
+                let committed = self.commit_processed();
+                drop(self);
+                let _ = done.send(committed);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the consumer's closing thread");
+            return false;
+        }
+        match tokio::time::timeout(timeout, finished).await {
+            Ok(Ok(Ok(()))) => true,
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(error = %e, "final offset commit failed");
+                true
+            }
+            Ok(Err(_)) => false,
+            Err(_) => {
+                tracing::warn!(
+                    timeout_ms = timeout.as_millis() as u64,
+                    "the broker did not confirm the final commit and the group leave in time; going on without"
+                );
+                false
+            }
+        }
+    }
+
     /// Partitions this member owns now.
     pub fn assigned_partitions(&self) -> Vec<(String, i32)> {
         self.consumer

@@ -22,7 +22,7 @@ pub use dead_letter::{
 pub use dlq::{read_dead_letters, scan_dead_letters, DeadLetterView, ReplayFilter};
 pub use producer::{KafkaPublisher, OutgoingRecord};
 pub use record::{ConsumedRecord, RecordPosition, MAX_KEPT_KEY_BYTES, REASON_RECORD_TOO_LARGE};
-pub use runner::{ConsumerRunner, Disposition, RecordHandler, Rejected, RetryBackoff};
+pub use runner::{ConsumerRunner, Disposition, RecordHandler, Rejected, RetryBackoff, DEFAULT_STOP_TIMEOUT};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -35,13 +35,35 @@ pub struct KafkaError {
     /// The broker or the client refused a record as too large: retrying the same bytes cannot
     /// help.
     pub too_large: bool,
+    /// The broker refused the record itself as invalid (`INVALID_RECORD`, a timestamp out of
+    /// range): retrying the same record cannot help either.
+    pub invalid: bool,
 }
+
+/// Reason code of a record the broker refused as too large.
+pub const REASON_TOO_LARGE: &str = REASON_RECORD_TOO_LARGE;
+/// Reason code of a record the broker refused as invalid.
+pub const REASON_INVALID_RECORD: &str = "record_invalid";
 
 impl KafkaError {
     pub fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
             too_large: false,
+            invalid: false,
+        }
+    }
+
+    /// The reason code when sending the same record again can never succeed
+    /// ([`REASON_TOO_LARGE`], [`REASON_INVALID_RECORD`]); `None` for a cause worth retrying
+    /// (the broker away, a timeout, a missing topic, refused credentials).
+    pub fn permanent(&self) -> Option<&'static str> {
+        if self.too_large {
+            Some(REASON_TOO_LARGE)
+        } else if self.invalid {
+            Some(REASON_INVALID_RECORD)
+        } else {
+            None
         }
     }
 }

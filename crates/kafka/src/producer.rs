@@ -1,5 +1,5 @@
 use crate::{KafkaError, KafkaSettings};
-use futures::future::try_join_all;
+use futures::future::{join_all, try_join_all};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -41,37 +41,48 @@ impl KafkaPublisher {
         self.max_record_bytes
     }
 
-    /// Publishes records and waits for every acknowledgement.
+    /// Publishes records and waits for every acknowledgement; the first failure is the error.
     pub async fn send_all(&self, records: Vec<OutgoingRecord<'_>>) -> Result<(), KafkaError> {
-        let sends = records.into_iter().map(|r| {
-            let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
-            for (k, v) in &r.headers {
-                headers = headers.insert(Header {
-                    key: k,
-                    value: Some(v.as_bytes()),
-                });
-            }
-            let mut record = FutureRecord::<[u8], [u8]>::to(r.topic).headers(headers);
-            if let Some(p) = r.payload {
-                record = record.payload(p);
-            }
-            if let Some(k) = r.key {
-                record = record.key(k);
-            }
-            self.producer
-                .send(record, Timeout::After(Duration::from_secs(30)))
-        });
-        try_join_all(sends).await.map_err(|(e, _)| {
-            let too_large = matches!(
-                e.rdkafka_error_code(),
-                Some(RDKafkaErrorCode::MessageSizeTooLarge)
-            );
-            KafkaError {
-                message: format!("delivery failed: {e}"),
-                too_large,
-            }
-        })?;
+        try_join_all(records.into_iter().map(|r| self.send_one(r))).await?;
         Ok(())
+    }
+
+    /// Publishes records and waits for each one's outcome, in the order given: a caller can
+    /// tell which record failed and why ([`KafkaError::permanent`]).
+    pub async fn send_each(&self, records: Vec<OutgoingRecord<'_>>) -> Vec<Result<(), KafkaError>> {
+        join_all(records.into_iter().map(|r| self.send_one(r))).await
+    }
+
+    async fn send_one(&self, r: OutgoingRecord<'_>) -> Result<(), KafkaError> {
+        let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+        for (k, v) in &r.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        let mut record = FutureRecord::<[u8], [u8]>::to(r.topic).headers(headers);
+        if let Some(p) = r.payload {
+            record = record.payload(p);
+        }
+        if let Some(k) = r.key {
+            record = record.key(k);
+        }
+        self.producer
+            .send(record, Timeout::After(Duration::from_secs(30)))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| {
+                let code = e.rdkafka_error_code();
+                KafkaError {
+                    message: format!("delivery failed: {e}"),
+                    too_large: matches!(code, Some(RDKafkaErrorCode::MessageSizeTooLarge)),
+                    invalid: matches!(
+                        code,
+                        Some(RDKafkaErrorCode::InvalidRecord | RDKafkaErrorCode::InvalidTimestamp)
+                    ),
+                }
+            })
     }
 
     /// Waits until every queued record is delivered (shutdown).

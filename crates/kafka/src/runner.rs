@@ -84,7 +84,13 @@ pub struct ConsumerRunner {
     backoff: RetryBackoff,
     /// Pause after a failed receive (the broker is away), so the loop does not spin.
     receive_backoff: Duration,
+    /// After a stop: how long a dead letter in flight, and then the final commit and the group
+    /// leave, may take before the runner returns without them.
+    stop_timeout: Duration,
 }
+
+/// The default [`ConsumerRunner::with_stop_timeout`].
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl ConsumerRunner {
     pub fn new(consumer: KafkaConsumer, dead_letters: DeadLetterPublisher, max_batch: usize) -> Self {
@@ -94,7 +100,16 @@ impl ConsumerRunner {
             max_batch: max_batch.max(1),
             backoff: RetryBackoff::default(),
             receive_backoff: Duration::from_millis(500),
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
         }
+    }
+
+    /// Bounds what a stop waits for: a dead letter being published, then the final offset
+    /// commit and the group leave (each at most `timeout`), so a broker that stopped answering
+    /// cannot hold up a shutdown.
+    pub fn with_stop_timeout(mut self, timeout: Duration) -> Self {
+        self.stop_timeout = timeout;
+        self
     }
 
     pub fn with_backoff(mut self, backoff: RetryBackoff) -> Self {
@@ -102,8 +117,9 @@ impl ConsumerRunner {
         self
     }
 
-    /// Runs until `stop`; then commits what was handled and returns.
-    pub async fn run<H: RecordHandler>(&self, handler: &H, stop: &CancellationToken) {
+    /// Runs until `stop`; then commits what was handled, leaves the group and returns, waiting
+    /// for the broker at most the stop timeout.
+    pub async fn run<H: RecordHandler>(self, handler: &H, stop: &CancellationToken) {
         while !stop.is_cancelled() {
             let batch = tokio::select! {
                 b = self.consumer.next_batch(self.max_batch) => b,
@@ -134,9 +150,7 @@ impl ConsumerRunner {
                 tracing::warn!(error = %e, "offset commit failed; records will be redelivered");
             }
         }
-        if let Err(e) = self.consumer.commit_processed() {
-            tracing::warn!(error = %e, "final offset commit failed");
-        }
+        self.consumer.close(self.stop_timeout).await;
     }
 
     /// `false` when stopped before the record was handled (it is left to redelivery).
@@ -195,11 +209,17 @@ impl ConsumerRunner {
         };
         let letters = [letter];
         let publish = || self.dead_letters.publish(&letters);
-        publish
+        let published = publish
             .retry(self.backoff.builder())
             .when(|_| !stop.is_cancelled())
-            .notify(|e, after| tracing::warn!(error = %e, retry_in = ?after, "dead letter not published; retrying"))
-            .await
-            .is_ok()
+            .notify(|e, after| tracing::warn!(error = %e, retry_in = ?after, "dead letter not published; retrying"));
+        let stopped = async {
+            stop.cancelled().await;
+            tokio::time::sleep(self.stop_timeout).await;
+        };
+        tokio::select! {
+            done = published => done.is_ok(),
+            () = stopped => false,
+        }
     }
 }

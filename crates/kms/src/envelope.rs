@@ -24,6 +24,8 @@ use zeroize::Zeroizing;
 
 /// Associated data of a sealed CVC, followed by the certificate's code digest.
 const AAD_CVC: &[u8] = b"backbone-kms/v1/cvc:";
+/// Associated data of another sealed secret, followed by its context.
+const AAD_SECRET: &[u8] = b"backbone-kms/v1/secret:";
 /// Unwrapped data keys kept for `open_cvc`; sealed CVCs of one batch share a data key.
 const OPENED_KEYS_CAPACITY: usize = 64;
 
@@ -169,6 +171,30 @@ impl CodeKeys for EnvelopeCodeKeys {
     }
 
     fn seal_cvc(&self, code: &CodeDigest, cvc: &Cvc) -> Result<SealedCvc, KeyError> {
+        self.seal(&cvc_aad(code), cvc.expose().as_bytes())
+    }
+
+    fn open_cvc(&self, code: &CodeDigest, sealed: &SealedCvc) -> Result<Cvc, KeyError> {
+        let plain = self.open(&cvc_aad(code), sealed)?;
+        let text = std::str::from_utf8(&plain).map_err(|_| KeyError::Open)?;
+        Cvc::parse(text).map_err(|_| KeyError::Open)
+    }
+
+    fn seal_secret(&self, context: &[u8], secret: &str) -> Result<SealedCvc, KeyError> {
+        self.seal(&[AAD_SECRET, context].concat(), secret.as_bytes())
+    }
+
+    fn open_secret(&self, context: &[u8], sealed: &SealedCvc) -> Result<String, KeyError> {
+        let plain = self.open(&[AAD_SECRET, context].concat(), sealed)?;
+        std::str::from_utf8(&plain)
+            .map(str::to_owned)
+            .map_err(|_| KeyError::Open)
+    }
+}
+
+impl EnvelopeCodeKeys {
+    /// AES-256-GCM under the cached data key, with `aad` authenticated.
+    fn seal(&self, aad: &[u8], msg: &[u8]) -> Result<SealedCvc, KeyError> {
         let mut nonce = [0u8; NONCE_LEN];
         fill_random(&mut nonce)?;
         let mut active = lock(&self.active);
@@ -180,7 +206,7 @@ impl CodeKeys for EnvelopeCodeKeys {
         if stale {
             let key = DataKey::generate()?;
             let wrapped = self.master.wrap(&key)?;
-            tracing::debug!(key_id = %wrapped.key_id, "new data key for sealing CVCs");
+            tracing::debug!(key_id = %wrapped.key_id, "new data key for sealing");
             *active = Some(ActiveDataKey {
                 key,
                 wrapped,
@@ -193,14 +219,8 @@ impl CodeKeys for EnvelopeCodeKeys {
         };
         a.uses += 1;
         let sealed = cipher(&a.key)
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: cvc.expose().as_bytes(),
-                    aad: &cvc_aad(code),
-                },
-            )
-            .map_err(|_| KeyError::Unavailable("CVC could not be sealed".into()))?;
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg, aad })
+            .map_err(|_| KeyError::Unavailable("the value could not be sealed".into()))?;
         Ok(SealedCvc {
             key_id: a.wrapped.key_id.clone(),
             wrapped_key: a.wrapped.bytes.clone(),
@@ -208,24 +228,15 @@ impl CodeKeys for EnvelopeCodeKeys {
         })
     }
 
-    fn open_cvc(&self, code: &CodeDigest, sealed: &SealedCvc) -> Result<Cvc, KeyError> {
+    fn open(&self, aad: &[u8], sealed: &SealedCvc) -> Result<Zeroizing<Vec<u8>>, KeyError> {
         if sealed.ciphertext.len() < NONCE_LEN + TAG_LEN {
             return Err(KeyError::Open);
         }
         let key = self.unwrap_cached(sealed)?;
         let (nonce, body) = sealed.ciphertext.split_at(NONCE_LEN);
-        let plain = Zeroizing::new(
-            cipher(&key)
-                .decrypt(
-                    Nonce::from_slice(nonce),
-                    Payload {
-                        msg: body,
-                        aad: &cvc_aad(code),
-                    },
-                )
-                .map_err(|_| KeyError::Open)?,
-        );
-        let text = std::str::from_utf8(&plain).map_err(|_| KeyError::Open)?;
-        Cvc::parse(text).map_err(|_| KeyError::Open)
+        cipher(&key)
+            .decrypt(Nonce::from_slice(nonce), Payload { msg: body, aad })
+            .map(Zeroizing::new)
+            .map_err(|_| KeyError::Open)
     }
 }

@@ -47,6 +47,28 @@ fn a_sealed_cvc_opens_for_its_certificate() {
 }
 
 #[test]
+fn a_sealed_secret_opens_only_under_its_context() {
+    let k = keys(KEY_A);
+    let phone = "+79991234567";
+    let sealed = k.seal_secret(b"sms_delivery.phone:1", phone).unwrap();
+    assert!(!sealed.ciphertext.windows(6).any(|w| w == &phone.as_bytes()[1..7]));
+    assert_eq!(k.open_secret(b"sms_delivery.phone:1", &sealed).unwrap(), phone);
+    assert!(matches!(
+        k.open_secret(b"sms_delivery.phone:2", &sealed),
+        Err(KeyError::Open)
+    ));
+    // A sealed CVC is not a sealed secret, and the other way round.
+    let digest = k.code_digest(&code(b"ABCDEFGHJKLMNPQ"));
+    let cvc_sealed = k.seal_cvc(&digest, &cvc("1234")).unwrap();
+    assert!(matches!(
+        k.open_secret(&digest.0, &cvc_sealed),
+        Err(KeyError::Open)
+    ));
+    // Another master key cannot open it.
+    assert!(keys(KEY_B).open_secret(b"sms_delivery.phone:1", &sealed).is_err());
+}
+
+#[test]
 fn sealing_twice_gives_different_ciphertexts() {
     let k = keys(KEY_A);
     let digest = k.code_digest(&code(b"ABCDEFGHJKLMNPQ"));

@@ -253,6 +253,51 @@ impl std::fmt::Debug for SmsConfig {
     }
 }
 
+/// Values this repository's configuration files once shipped as tokens: known to anyone, never
+/// accepted.
+const SHIPPED_TOKENS: &[&str] = &[
+    "change-me-onlinestore-token-at-least-24-chars",
+    "change-me-pos-token-at-least-24-chars",
+    "change-me-payments-token-at-least-24-chars",
+    "change-me-batchloader-token-at-least-24-chars",
+    "change-me-internal-token-at-least-24-chars",
+    "local-onlinestore-token-not-a-secret",
+    "local-pos-token-not-a-secret",
+    "local-payments-token-not-a-secret",
+    "local-batchloader-token-not-a-secret",
+    "local-internal-token-not-a-secret",
+];
+
+/// What gives a value away as a placeholder rather than a secret.
+const PLACEHOLDER_WORDS: &[&str] = &[
+    "change-me",
+    "changeme",
+    "change_me",
+    "example",
+    "placeholder",
+    "replace",
+    "not-a-secret",
+    "dummy",
+    "your-",
+    "<",
+    ">",
+];
+
+/// Fewer distinct characters than this is no random secret (`aaaa…`, `abab…`, `0000…`).
+const MIN_DISTINCT_CHARACTERS: usize = 6;
+
+const PLACEHOLDER_PROBLEM: &str =
+    "a placeholder or example value, not a secret; generate one (e.g. `openssl rand -base64 32`)";
+
+/// Whether `secret` is a value shipped in an example, or plainly a placeholder.
+pub fn is_placeholder(secret: &str) -> bool {
+    let lower = secret.to_ascii_lowercase();
+    let distinct = secret.chars().collect::<std::collections::HashSet<_>>().len();
+    SHIPPED_TOKENS.contains(&secret)
+        || PLACEHOLDER_WORDS.iter().any(|w| lower.contains(w))
+        || distinct < MIN_DISTINCT_CHARACTERS
+}
+
 impl Config {
     /// Every problem at once, one per line.
     pub fn validate(&self) -> Result<(), String> {
@@ -265,6 +310,8 @@ impl Config {
                 problems.push(format!(
                     "tokens.{channel}: a service token needs at least 24 characters"
                 ));
+            } else if is_placeholder(token.expose_secret()) {
+                problems.push(format!("tokens.{channel}: {PLACEHOLDER_PROBLEM}"));
             }
         }
         let mut seen = std::collections::HashSet::new();
@@ -285,6 +332,8 @@ impl Config {
         if !self.sms.base_url.is_empty() {
             if let Err(e) = self.sms_provider().validate() {
                 problems.push(e.0);
+            } else if is_placeholder(self.sms.token.expose_secret()) {
+                problems.push(format!("sms.token: {PLACEHOLDER_PROBLEM}"));
             }
         }
         if self.sms.max_attempts == 0 || self.sms.min_backoff_ms > self.sms.max_backoff_ms {
@@ -310,3 +359,7 @@ impl Config {
         c
     }
 }
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

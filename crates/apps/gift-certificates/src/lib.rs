@@ -51,9 +51,28 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     serve(cfg, listener, shutdown).await
 }
 
-/// Runs the API, the outbox relay, the order/payment/upload consumer, the SMS sender and the
-/// hold sweeper until `shutdown`; then drains: stops intake, finishes in-flight work, relays
-/// what was committed, commits offsets.
+/// The most a shutdown takes, from the stop to [`serve`] returning, even with a broker that no
+/// longer answers (`docs/gift-certificates.md`, "Shutdown"). Every step has a fixed share of it:
+/// HTTP requests in flight [`HTTP_GRACE`]; the consumer's record in flight, dead letter, final
+/// commit and group leave [`backbone_kafka::DEFAULT_STOP_TIMEOUT`] each; the SMS in flight
+/// [`sms::STOP_GRACE`]; the relay's last pass [`relay::STOP_GRACE`]; the producer's flush
+/// [`FLUSH_BUDGET`]. What is not done by then is left to the next instance: unacknowledged
+/// outbox rows stay, uncommitted offsets are redelivered, an unrecorded SMS waits for its lease.
+pub const SHUTDOWN_BUDGET: Duration = Duration::from_secs(10);
+/// How long requests in flight may take once a stop is asked.
+pub const HTTP_GRACE: Duration = Duration::from_secs(2);
+/// How long the producer's final flush may take.
+pub const FLUSH_BUDGET: Duration = Duration::from_secs(1);
+
+/// Completes `grace` after `stop` is cancelled.
+pub(crate) async fn after_stop(stop: &CancellationToken, grace: Duration) {
+    stop.cancelled().await;
+    tokio::time::sleep(grace).await;
+}
+
+/// Runs the API, the outbox relay, the order/payment/upload consumer, the SMS sender, the hold
+/// sweeper and the metrics refresh until `shutdown`; then drains, within [`SHUTDOWN_BUDGET`]:
+/// stops intake, finishes in-flight work, relays what was committed, commits offsets.
 pub async fn serve(
     cfg: Config,
     listener: tokio::net::TcpListener,
@@ -105,6 +124,11 @@ pub async fn serve(
         sms::SmsSettings::from(&cfg),
         shutdown.clone(),
     ));
+    tasks.spawn(metrics::run_refresh(
+        state.clone(),
+        metrics::REFRESH_INTERVAL,
+        shutdown.clone(),
+    ));
     let sweeper_state = state.clone();
     let sweeper_stop = shutdown.clone();
     let interval = Duration::from_millis(cfg.holds.sweep_interval_ms.max(10));
@@ -125,18 +149,41 @@ pub async fn serve(
 
     let app = router(state.clone(), cfg.http.max_body_bytes);
     let http_stop = shutdown.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { http_stop.cancelled().await })
-        .await?;
+    let server = std::future::IntoFuture::into_future(
+        axum::serve(listener, app).with_graceful_shutdown(async move { http_stop.cancelled().await }),
+    );
+    tokio::select! {
+        served = server => served?,
+        () = after_stop(&shutdown, HTTP_GRACE) => {
+            tracing::warn!("requests still in flight after the HTTP grace; their connections are closed");
+        }
+    }
+    let stopped = tokio::time::Instant::now();
+    // What is left once the HTTP grace and the flush are set aside, less a margin for the rest
+    // (dropping the clients).
+    let deadline =
+        stopped + SHUTDOWN_BUDGET.saturating_sub(HTTP_GRACE + FLUSH_BUDGET + Duration::from_millis(500));
     // Intake has stopped; let consumers and the SMS sender finish, then relay what they wrote.
     tokio::time::sleep(Duration::from_millis(100)).await;
     workers.cancel();
-    while let Some(done) = tasks.join_next().await {
-        if let Err(e) = done {
-            tracing::error!(error = %e, "a worker panicked");
+    loop {
+        match tokio::time::timeout_at(deadline, tasks.join_next()).await {
+            Ok(Some(Err(e))) => tracing::error!(error = %e, "a worker panicked"),
+            Ok(Some(Ok(()))) => {}
+            Ok(None) => break,
+            Err(_) => {
+                tracing::warn!(
+                    unfinished = tasks.len(),
+                    "workers still busy at the end of the shutdown budget; leaving them"
+                );
+                tasks.detach_all();
+                break;
+            }
         }
     }
-    publisher.flush(Duration::from_secs(10))?;
+    if let Err(e) = publisher.flush(FLUSH_BUDGET) {
+        tracing::warn!(error = %e, "producer flush at shutdown did not complete; unacknowledged events stay in the outbox");
+    }
     tracing::info!("gift-certificates stopped");
     Ok(())
 }

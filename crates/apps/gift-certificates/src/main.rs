@@ -1,4 +1,4 @@
-use backbone_certificates::store::SmsQueue;
+use backbone_certificates::store::{Outbox, SmsQueue};
 use clap::{Parser, Subcommand};
 use gift_certificates::config::{Config, ENV_PREFIX};
 use std::path::PathBuf;
@@ -31,6 +31,21 @@ enum Command {
     Sms {
         #[command(subcommand)]
         command: SmsCommand,
+    },
+    /// Outbox events the broker refused for good (parked).
+    Outbox {
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum OutboxCommand {
+    /// Put parked events back at the end of the outbox, to be published again.
+    Requeue {
+        /// Only this parked event (its id in outbox_parked); all when absent.
+        #[arg(long)]
+        id: Option<i64>,
     },
 }
 
@@ -81,6 +96,14 @@ async fn main() -> anyhow::Result<()> {
             let state = gift_certificates::build_state(&cfg).await?;
             let n = state.store().requeue_failed_sms(certificate).await?;
             println!("{n} deliveries queued again");
+            Ok(())
+        }
+        Command::Outbox {
+            command: OutboxCommand::Requeue { id },
+        } => {
+            let state = gift_certificates::build_state(&cfg).await?;
+            let n = state.store().requeue_parked(id).await?;
+            println!("{n} parked events queued again");
             Ok(())
         }
         Command::Run => {

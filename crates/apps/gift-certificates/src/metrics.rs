@@ -1,4 +1,11 @@
-//! The service's Prometheus metrics.
+//! The service's Prometheus metrics. The gauges that count rows (outbox, parked events, SMS
+//! queue) are set by a background task every [`REFRESH_INTERVAL`] ([`run_refresh`]), never by a
+//! scrape: `/metrics` renders what is in memory and touches no database.
+
+use crate::state::AppState;
+use backbone_certificates::store::{Outbox, SmsQueue, StoreError};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use prometheus::{
     exponential_buckets, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
@@ -14,6 +21,10 @@ pub struct Metrics {
     pub issued: IntCounter,
     pub outbox_published: IntCounter,
     pub outbox_pending: IntGauge,
+    pub outbox_parked: IntCounterVec,
+    pub outbox_parked_rows: IntGauge,
+    pub sms_pending: IntGauge,
+    pub sms_failed: IntGauge,
     pub sms: IntCounterVec,
     pub sales: IntCounterVec,
     pub dead_letters: IntCounterVec,
@@ -36,6 +47,7 @@ impl Metrics {
         let counter = |name: &str, help: &str| must(IntCounter::new(name, help));
         let counter_vec =
             |name: &str, help: &str, labels: &[&str]| must(IntCounterVec::new(Opts::new(name, help), labels));
+        let gauge = |name: &str, help: &str| must(IntGauge::new(name, help));
         let m = Self {
             operations: counter_vec(
                 "gift_certificates_operations_total",
@@ -71,10 +83,27 @@ impl Metrics {
                 "gift_certificates_outbox_published_total",
                 "Events relayed to Kafka",
             ),
-            outbox_pending: must(IntGauge::new(
+            outbox_pending: gauge(
                 "gift_certificates_outbox_pending",
-                "Events waiting in the outbox",
-            )),
+                "Events waiting in the outbox (refreshed in the background)",
+            ),
+            outbox_parked: counter_vec(
+                "gift_certificates_outbox_parked_total",
+                "Outbox events parked because the broker refuses them for good, by reason",
+                &["reason"],
+            ),
+            outbox_parked_rows: gauge(
+                "gift_certificates_outbox_parked",
+                "Events parked in outbox_parked (refreshed in the background)",
+            ),
+            sms_pending: gauge(
+                "gift_certificates_sms_pending",
+                "CVC SMS deliveries waiting (refreshed in the background)",
+            ),
+            sms_failed: gauge(
+                "gift_certificates_sms_failed",
+                "CVC SMS deliveries failed for good (refreshed in the background)",
+            ),
             sms: counter_vec(
                 "gift_certificates_sms_total",
                 "CVC SMS attempts by outcome",
@@ -95,11 +124,54 @@ impl Metrics {
         for c in [&m.failed_lookups, &m.blocked, &m.issued, &m.outbox_published] {
             must(m.registry.register(Box::new(c.clone())));
         }
-        for c in [&m.operations, &m.cache, &m.sms, &m.sales, &m.dead_letters] {
+        for c in [
+            &m.operations,
+            &m.cache,
+            &m.sms,
+            &m.sales,
+            &m.dead_letters,
+            &m.outbox_parked,
+        ] {
             must(m.registry.register(Box::new(c.clone())));
         }
         must(m.registry.register(Box::new(m.operation_seconds.clone())));
-        must(m.registry.register(Box::new(m.outbox_pending.clone())));
+        for g in [
+            &m.outbox_pending,
+            &m.outbox_parked_rows,
+            &m.sms_pending,
+            &m.sms_failed,
+        ] {
+            must(m.registry.register(Box::new(g.clone())));
+        }
         m
+    }
+}
+
+/// How often the row-counting gauges are refreshed.
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Counts the outbox, the parked events and the SMS queue once and sets the gauges.
+pub async fn refresh_gauges(state: &AppState) -> Result<(), StoreError> {
+    let store = state.store();
+    let pending = store.pending().await?;
+    let parked = store.parked().await?;
+    let sms = store.sms_backlog().await?;
+    state.metrics.outbox_pending.set(pending);
+    state.metrics.outbox_parked_rows.set(parked);
+    state.metrics.sms_pending.set(sms.pending);
+    state.metrics.sms_failed.set(sms.failed);
+    Ok(())
+}
+
+/// Refreshes the gauges every `interval` until `stop`. A failed refresh keeps the last values.
+pub async fn run_refresh(state: std::sync::Arc<AppState>, interval: Duration, stop: CancellationToken) {
+    while !stop.is_cancelled() {
+        if let Err(e) = refresh_gauges(&state).await {
+            tracing::warn!(error = %e, "metrics gauges not refreshed");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = stop.cancelled() => {}
+        }
     }
 }

@@ -1,6 +1,6 @@
-//! Sends each activated certificate's CVC by SMS, once: the job is leased, the CVC opened only
-//! in memory for the message, and the ciphertext erased in the transaction that records the
-//! delivery. Provider failures retry with jittered exponential backoff; after `max_attempts` the
+//! Sends each activated certificate's CVC by SMS, once: each job is leased on its own for its
+//! one send, the CVC and the phone number opened only in memory for the message, and both
+//! erased in the transaction that records the delivery (only while the lease is still held). Provider failures retry with jittered exponential backoff; after `max_attempts` the
 //! job is parked as failed and a dead letter (no CVC, no full phone number) is published;
 //! `gift-certificates sms requeue` puts it back.
 
@@ -16,6 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use backbone_orders::valid_phone;
 
+/// Jobs one call of [`send_due`] handles at most before it yields.
+pub const ROUND: usize = 16;
+
 #[derive(Debug, Clone)]
 pub struct SmsSettings {
     pub max_attempts: u32,
@@ -24,7 +27,8 @@ pub struct SmsSettings {
     pub poll: Duration,
     pub template: String,
     pub dead_letter_topic: String,
-    /// How long a claimed job is reserved for this sender.
+    /// How long a claimed job is reserved for this sender: one send, so longer than the
+    /// provider's timeout (`sms.timeout_ms` + 30 s).
     pub lease: time::Duration,
 }
 
@@ -67,6 +71,11 @@ pub async fn attempt(
             error: "the CVC is no longer stored".into(),
         };
     };
+    let Some(phone) = &job.phone else {
+        return SmsOutcome::Failed {
+            error: "the phone number does not open under the configured keys".into(),
+        };
+    };
     let retry_or_fail = |error: String| {
         if job.attempts >= settings.max_attempts as i32 {
             SmsOutcome::Failed {
@@ -86,7 +95,7 @@ pub async fn attempt(
         Err(e @ KeyError::Open) => return SmsOutcome::Failed { error: e.to_string() },
     };
     let message = SmsMessage {
-        to: job.phone.clone(),
+        to: phone.clone(),
         text: settings
             .template
             .replace("{last4}", &job.code_last4)
@@ -104,48 +113,68 @@ pub async fn attempt(
     }
 }
 
-/// Claims and sends due jobs once; returns how many were handled.
+/// Claims and sends due jobs, one at a time, at most [`ROUND`] of them; returns how many were
+/// handled.
 pub async fn send_due(
     state: &AppState,
     sender: &dyn SmsSender,
     settings: &SmsSettings,
 ) -> Result<usize, backbone_certificates::ApplyError> {
-    let jobs = state.store().claim_sms(16, settings.lease).await?;
-    for job in &jobs {
-        let outcome = attempt(state, sender, settings, job).await;
-        let label = match &outcome {
-            SmsOutcome::Sent { .. } => "sent",
-            SmsOutcome::Retry { error, .. } => {
-                tracing::warn!(certificate_id = %job.certificate_id, attempts = job.attempts, error = %error, "CVC SMS failed; will retry");
-                "retry"
-            }
-            SmsOutcome::Failed { error } => {
-                tracing::error!(certificate_id = %job.certificate_id, attempts = job.attempts, error = %error, "CVC SMS dead-lettered");
-                state
-                    .metrics
-                    .dead_letters
-                    .with_label_values(&[DeadLetterReason::SmsFailed.as_str()])
-                    .inc();
-                "failed"
-            }
-        };
-        state.metrics.sms.with_label_values(&[label]).inc();
-        let letter = match &outcome {
-            SmsOutcome::Failed { error } => Some(dead_letter(job, error, &settings.dead_letter_topic)),
-            _ => None,
-        };
-        state.store().finish_sms(job, &outcome, letter.as_ref()).await?;
-        if label == "failed" {
-            state.outbox_wakeup.notify_one();
-        }
+    let mut handled = 0;
+    while handled < ROUND && send_one(state, sender, settings).await? {
+        handled += 1;
     }
-    Ok(jobs.len())
+    Ok(handled)
+}
+
+/// Claims the most overdue job and sends it; `false` when none is due. The job's lease starts
+/// when it is claimed, right before its one send, and is longer than the provider's timeout:
+/// while this sender waits on a slow provider, no other sender can take the job and send the
+/// CVC again. The outcome is recorded only while the lease is held.
+pub async fn send_one(
+    state: &AppState,
+    sender: &dyn SmsSender,
+    settings: &SmsSettings,
+) -> Result<bool, backbone_certificates::ApplyError> {
+    let Some(job) = state.store().claim_sms(settings.lease).await? else {
+        return Ok(false);
+    };
+    let outcome = attempt(state, sender, settings, &job).await;
+    let letter = match &outcome {
+        SmsOutcome::Failed { error } => Some(dead_letter(&job, error, &settings.dead_letter_topic)),
+        _ => None,
+    };
+    if !state.store().finish_sms(&job, &outcome, letter.as_ref()).await? {
+        // The lease ran out and another sender claimed the job: it owns the outcome now.
+        tracing::warn!(certificate_id = %job.certificate_id, attempts = job.attempts, "CVC SMS lease lost; another sender owns the delivery, outcome not recorded");
+        state.metrics.sms.with_label_values(&["lease_lost"]).inc();
+        return Ok(true);
+    }
+    let label = match &outcome {
+        SmsOutcome::Sent { .. } => "sent",
+        SmsOutcome::Retry { error, .. } => {
+            tracing::warn!(certificate_id = %job.certificate_id, attempts = job.attempts, error = %error, "CVC SMS failed; will retry");
+            "retry"
+        }
+        SmsOutcome::Failed { error } => {
+            tracing::error!(certificate_id = %job.certificate_id, attempts = job.attempts, error = %error, "CVC SMS dead-lettered");
+            state
+                .metrics
+                .dead_letters
+                .with_label_values(&[DeadLetterReason::SmsFailed.as_str()])
+                .inc();
+            state.outbox_wakeup.notify_one();
+            "failed"
+        }
+    };
+    state.metrics.sms.with_label_values(&[label]).inc();
+    Ok(true)
 }
 
 /// The dead letter of a delivery given up: no CVC, the last two digits of the phone, the
 /// standard headers.
 fn dead_letter(job: &SmsJob, error: &str, topic: &str) -> OutboxLetter {
-    let phone_last2 = backbone_certificates::code::visible_tail(&job.phone, 2);
+    let phone_last2 = &job.phone_last2;
     let headers = backbone_kafka::DeadLetter {
         source: None,
         key: None,
@@ -174,6 +203,9 @@ fn dead_letter(job: &SmsJob, error: &str, topic: &str) -> OutboxLetter {
     }
 }
 
+/// Sends due deliveries until `stop`. A send in flight when `stop` comes gets [`STOP_GRACE`] to
+/// finish; one still waiting on the provider then is dropped unrecorded, and its lease runs out
+/// so a running instance sends it (under the same provider idempotency key).
 pub async fn run(
     state: Arc<AppState>,
     sender: Option<Arc<dyn SmsSender>>,
@@ -182,9 +214,16 @@ pub async fn run(
 ) {
     let Some(sender) = sender else { return };
     while !stop.is_cancelled() {
-        match send_due(&state, sender.as_ref(), &settings).await {
-            Ok(n) if n > 0 => continue,
-            Ok(_) => {}
+        let sent = tokio::select! {
+            sent = send_one(&state, sender.as_ref(), &settings) => sent,
+            () = crate::after_stop(&stop, STOP_GRACE) => {
+                tracing::warn!("stopping with a CVC SMS in flight; it is left to its lease");
+                return;
+            }
+        };
+        match sent {
+            Ok(true) => continue,
+            Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "SMS queue unavailable"),
         }
         tokio::select! {
@@ -194,6 +233,9 @@ pub async fn run(
         }
     }
 }
+
+/// How long a send in flight may take once a stop is asked (part of the shutdown budget).
+pub const STOP_GRACE: Duration = Duration::from_secs(3);
 
 #[cfg(test)]
 mod tests {

@@ -40,19 +40,31 @@ impl AppState {
 
     /// Connects to PostgreSQL (migrating it) and Redis, and loads the keys.
     pub async fn build(cfg: &Config) -> anyhow::Result<Arc<Self>> {
-        let store = PgCertificates::connect(cfg.postgres.url.expose_secret(), cfg.postgres.max_connections)
-            .await
-            .context("PostgreSQL")?;
-        let redis = Redis::connect(cfg.redis.url.expose_secret(), &cfg.redis.key_prefix)
-            .await
-            .context("Redis")?;
         let mut kms = backbone_kms::LocalKmsConfig::new(&cfg.keys.key_file);
         kms.retired_key_files = cfg.keys.retired_key_files.clone();
         kms.digest_key_id = cfg.keys.digest_key_id.clone();
-        let keys = backbone_kms::load_local(&kms).context("master key file")?;
+        let keys: Arc<dyn CodeKeys> = Arc::new(backbone_kms::load_local(&kms).context("master key file")?);
+        // Phone numbers are sealed at rest with the CVCs' key service.
+        let store = PgCertificates::connect(cfg.postgres.url.expose_secret(), cfg.postgres.max_connections)
+            .await
+            .context("PostgreSQL")?
+            .with_keys(keys.clone());
+        let sealed = store
+            .seal_clear_phones()
+            .await
+            .context("sealing phone numbers stored in clear")?;
+        if sealed > 0 {
+            tracing::info!(
+                sealed,
+                "phone numbers stored in clear by an earlier version are sealed now"
+            );
+        }
+        let redis = Redis::connect(cfg.redis.url.expose_secret(), &cfg.redis.key_prefix)
+            .await
+            .context("Redis")?;
         Ok(Arc::new(Self {
             certificates: CertificateService::new(store),
-            keys: Arc::new(keys),
+            keys,
             cache: BalanceCache::new(redis.clone(), Duration::from_secs(cfg.redis.balance_ttl_seconds)),
             limiter: AttemptLimiter::new(redis, cfg.attempts),
             tokens: Tokens::new(&cfg.tokens),

@@ -41,7 +41,10 @@ pub(super) struct Row {
 
 #[derive(Debug, Clone)]
 pub(super) struct SmsRow {
-    pub(super) phone: String,
+    /// Nothing is at rest here, so the number is kept as it came, until delivered.
+    pub(super) phone: Option<String>,
+    pub(super) phone_last2: String,
+    pub(super) lease: Option<Uuid>,
     pub(super) status: &'static str,
     pub(super) attempts: i32,
     pub(super) next_at: OffsetDateTime,
@@ -64,6 +67,8 @@ pub(super) struct Data {
     pub(super) payments: BTreeMap<String, PaymentRecord>,
     pub(super) sms: BTreeMap<Uuid, SmsRow>,
     pub(super) outbox: BTreeMap<i64, OutboxRecord>,
+    /// Parked outbox records by id, with their reason code and reason.
+    pub(super) parked: BTreeMap<i64, (OutboxRecord, String, String)>,
     pub(super) next_outbox_id: i64,
     pub(super) jobs: BTreeMap<(String, u32), JobRow>,
     pub(super) audit_rows: usize,

@@ -312,7 +312,9 @@ impl SmsQueueing for MemoryUnit {
     async fn queue_cvc_sms(&mut self, certificate_id: Uuid, phone: &str) -> Result<(), StoreError> {
         let data = self.data().await;
         data.sms.entry(certificate_id).or_insert(SmsRow {
-            phone: phone.to_owned(),
+            phone: Some(phone.to_owned()),
+            phone_last2: crate::code::visible_tail(phone, 2).to_owned(),
+            lease: None,
             status: "pending",
             attempts: 0,
             next_at: OffsetDateTime::now_utc(),

@@ -112,38 +112,39 @@ impl CertificateViews for MemoryStore {
 
 #[async_trait]
 impl SmsQueue for MemoryStore {
-    async fn claim_sms(&self, limit: i64, lease: time::Duration) -> Result<Vec<SmsJob>, StoreError> {
+    async fn claim_sms(&self, lease: time::Duration) -> Result<Option<SmsJob>, StoreError> {
         let now = OffsetDateTime::now_utc();
         let _exclusive = self.exclusive().await;
         let mut data = self.data();
-        let mut due: Vec<(OffsetDateTime, Uuid)> = data
+        let due = data
             .sms
             .iter()
             .filter(|(_, s)| s.status == "pending" && s.next_at <= now)
             .map(|(id, s)| (s.next_at, *id))
-            .collect();
-        due.sort();
-        due.truncate(usize::try_from(limit).unwrap_or(0));
-        let mut jobs = Vec::with_capacity(due.len());
-        for (_, id) in due {
-            let Some(row) = data.certificates.get(&id).cloned() else {
-                continue;
-            };
-            let Some(sms) = data.sms.get_mut(&id) else {
-                continue;
-            };
-            sms.next_at = now + lease;
-            sms.attempts += 1;
-            jobs.push(SmsJob {
-                certificate_id: id,
-                phone: sms.phone.clone(),
-                attempts: sms.attempts,
-                code_digest: row.digest,
-                code_last4: row.last4.clone(),
-                sealed: row.sealed.clone(),
-            });
-        }
-        Ok(jobs)
+            .min();
+        let Some((_, id)) = due else {
+            return Ok(None);
+        };
+        let Some(row) = data.certificates.get(&id).cloned() else {
+            return Ok(None);
+        };
+        let Some(sms) = data.sms.get_mut(&id) else {
+            return Ok(None);
+        };
+        let token = Uuid::new_v4();
+        sms.next_at = now + lease;
+        sms.attempts += 1;
+        sms.lease = Some(token);
+        Ok(Some(SmsJob {
+            certificate_id: id,
+            lease: token,
+            phone: sms.phone.clone(),
+            phone_last2: sms.phone_last2.clone(),
+            attempts: sms.attempts,
+            code_digest: row.digest,
+            code_last4: row.last4.clone(),
+            sealed: row.sealed.clone(),
+        }))
     }
 
     async fn finish_sms(
@@ -151,15 +152,20 @@ impl SmsQueue for MemoryStore {
         job: &SmsJob,
         outcome: &SmsOutcome,
         letter: Option<&OutboxLetter>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let _exclusive = self.exclusive().await;
         let mut data = self.data();
         let Some(sms) = data.sms.get_mut(&job.certificate_id) else {
             return Err(StoreError("no such delivery".into()));
         };
+        if sms.status != "pending" || sms.lease != Some(job.lease) {
+            return Ok(false);
+        }
+        sms.lease = None;
         match outcome {
             SmsOutcome::Sent { .. } => {
                 sms.status = "sent";
+                sms.phone = None;
                 if let Some(row) = data.certificates.get_mut(&job.certificate_id) {
                     row.sealed = None;
                 }
@@ -173,7 +179,7 @@ impl SmsQueue for MemoryStore {
                 }
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     async fn requeue_failed_sms(&self, certificate_id: Option<Uuid>) -> Result<u64, StoreError> {
@@ -188,7 +194,11 @@ impl SmsQueue for MemoryStore {
             .collect();
         let mut n = 0;
         for (id, sms) in data.sms.iter_mut() {
-            if sms.status == "failed" && sealed.contains(id) && certificate_id.is_none_or(|c| c == *id) {
+            if sms.status == "failed"
+                && sms.phone.is_some()
+                && sealed.contains(id)
+                && certificate_id.is_none_or(|c| c == *id)
+            {
                 sms.status = "pending";
                 sms.attempts = 0;
                 sms.next_at = now;
@@ -196,6 +206,15 @@ impl SmsQueue for MemoryStore {
             }
         }
         Ok(n)
+    }
+
+    async fn sms_backlog(&self) -> Result<SmsBacklog, StoreError> {
+        let data = self.data();
+        let count = |status: &str| data.sms.values().filter(|s| s.status == status).count() as i64;
+        Ok(SmsBacklog {
+            pending: count("pending"),
+            failed: count("failed"),
+        })
     }
 }
 
@@ -244,7 +263,38 @@ impl Outbox for MemoryStore {
         Ok(())
     }
 
+    async fn park(&self, id: i64, reason_code: &str, reason: &str) -> Result<(), StoreError> {
+        let _exclusive = self.exclusive().await;
+        let mut data = self.data();
+        if let Some(record) = data.outbox.remove(&id) {
+            data.parked
+                .insert(id, (record, reason_code.to_owned(), reason.to_owned()));
+        }
+        Ok(())
+    }
+
+    async fn requeue_parked(&self, id: Option<i64>) -> Result<u64, StoreError> {
+        let _exclusive = self.exclusive().await;
+        let mut data = self.data();
+        let ids: Vec<i64> = data
+            .parked
+            .keys()
+            .copied()
+            .filter(|p| id.is_none_or(|i| i == *p))
+            .collect();
+        for p in &ids {
+            if let Some((record, _, _)) = data.parked.remove(p) {
+                data.push_outbox(&record.topic, &record.key, record.payload, record.headers);
+            }
+        }
+        Ok(ids.len() as u64)
+    }
+
     async fn pending(&self) -> Result<i64, StoreError> {
         Ok(self.data().outbox.len() as i64)
+    }
+
+    async fn parked(&self) -> Result<i64, StoreError> {
+        Ok(self.data().parked.len() as i64)
     }
 }

@@ -9,6 +9,7 @@ use sqlx::PgPool;
 
 mod outbox;
 pub mod pgbench;
+mod phones;
 mod rows;
 mod sms;
 mod sql;
@@ -23,10 +24,12 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate::Migrator {
     ..sqlx::migrate!("../../migrations/gift-certificates")
 };
 
-/// Every certificate port over one pool.
+/// Every certificate port over one pool. Phone numbers are sealed with the key service given to
+/// [`PgCertificates::with_keys`]; without one, storing a number is refused.
 #[derive(Clone)]
 pub struct PgCertificates {
     pool: PgPool,
+    keys: phones::Keys,
 }
 
 impl PgCertificates {
@@ -35,7 +38,25 @@ impl PgCertificates {
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, crate::ConnectError> {
         Ok(Self {
             pool: crate::connect(url, max_connections, &MIGRATOR).await?,
+            keys: None,
         })
+    }
+
+    /// Seals (and opens) phone numbers at rest with `keys`, the key service of the CVCs.
+    pub fn with_keys(mut self, keys: std::sync::Arc<dyn backbone_certificates::CodeKeys>) -> Self {
+        self.keys = Some(keys);
+        self
+    }
+
+    /// Seals the phone numbers that rows written before numbers were sealed still hold in clear;
+    /// returns how many (run at start-up).
+    pub async fn seal_clear_phones(&self) -> Result<u64, StoreError> {
+        phones::seal_clear_phones(&self.pool, &self.keys).await
+    }
+
+    /// The pool every port uses (the API's connections).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
     }
 }
 
@@ -43,6 +64,9 @@ impl PgCertificates {
 impl CertificateStore for PgCertificates {
     async fn begin(&self) -> Result<Box<dyn UnitOfWork>, StoreError> {
         let tx = self.pool.begin().await.map_err(rows::unavailable)?;
-        Ok(Box::new(unit::PgUnit { tx }))
+        Ok(Box::new(unit::PgUnit {
+            tx,
+            keys: self.keys.clone(),
+        }))
     }
 }

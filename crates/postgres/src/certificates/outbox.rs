@@ -1,6 +1,8 @@
 //! The outbox relay's side of the table. One relay leads at a time (a session advisory lock on a
 //! dedicated connection), reads rows in id order and deletes them only after the broker
-//! acknowledged them, so events are never lost and a certificate's events keep their order.
+//! acknowledged them, so events are never lost and a certificate's events keep their order. A
+//! row the broker refuses for good moves to `outbox_parked` with its reason, until an operator
+//! puts it back (`gift-certificates outbox requeue`).
 
 use super::rows::unavailable;
 use super::PgCertificates;
@@ -78,8 +80,45 @@ impl Outbox for PgCertificates {
         Ok(())
     }
 
+    async fn park(&self, id: i64, reason_code: &str, reason: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "WITH moved AS (DELETE FROM outbox WHERE id = $1 RETURNING *)
+             INSERT INTO outbox_parked (id, topic, key, payload, headers, created_at, reason_code, reason)
+             SELECT id, topic, key, payload, headers, created_at, $2, $3 FROM moved
+                 ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(reason_code)
+        .bind(reason)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn requeue_parked(&self, id: Option<i64>) -> Result<u64, StoreError> {
+        // Back at the end of the outbox, in the order they were first committed.
+        let done = sqlx::query(
+            "WITH moved AS (DELETE FROM outbox_parked WHERE $1::bigint IS NULL OR id = $1 RETURNING *)
+             INSERT INTO outbox (topic, key, payload, headers, created_at)
+             SELECT topic, key, payload, headers, created_at FROM moved ORDER BY id",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(done.rows_affected())
+    }
+
     async fn pending(&self) -> Result<i64, StoreError> {
         sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn parked(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT count(*) FROM outbox_parked")
             .fetch_one(&self.pool)
             .await
             .map_err(unavailable)

@@ -1,60 +1,66 @@
-//! CVC deliveries: one per certificate, claimed with a lease so a crashed sender's job is taken
-//! over, and the CVC ciphertext erased in the transaction that records the delivery.
+//! CVC deliveries: one per certificate, claimed one at a time with a lease token of its own (a
+//! crashed sender's job is taken over once the lease runs out; a sender whose lease ran out
+//! records nothing), and the CVC ciphertext and the phone number erased in the transaction that
+//! records the delivery.
 
 use super::rows::{digest, unavailable};
-use super::PgCertificates;
+use super::{phones, PgCertificates};
 use async_trait::async_trait;
-use backbone_certificates::store::{OutboxLetter, SmsJob, SmsOutcome, SmsQueue, StoreError};
+use backbone_certificates::store::{OutboxLetter, SmsBacklog, SmsJob, SmsOutcome, SmsQueue, StoreError};
 use backbone_certificates::SealedCvc;
 use sqlx::Row;
 use uuid::Uuid;
 
 #[async_trait]
 impl SmsQueue for PgCertificates {
-    async fn claim_sms(&self, limit: i64, lease: time::Duration) -> Result<Vec<SmsJob>, StoreError> {
-        let rows = sqlx::query(
+    async fn claim_sms(&self, lease: time::Duration) -> Result<Option<SmsJob>, StoreError> {
+        let token = Uuid::new_v4();
+        let Some(r) = sqlx::query(
             "WITH due AS (
                  SELECT certificate_id FROM sms_delivery
                   WHERE status = 'pending' AND next_attempt_at <= now()
-                  ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED
+                  ORDER BY next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED
              ), claimed AS (
-                 UPDATE sms_delivery d SET next_attempt_at = now() + make_interval(secs => $2),
-                        attempts = d.attempts + 1
+                 UPDATE sms_delivery d SET next_attempt_at = now() + make_interval(secs => $1),
+                        attempts = d.attempts + 1, lease_token = $2
                    FROM due WHERE d.certificate_id = due.certificate_id
-                 RETURNING d.certificate_id, d.phone, d.attempts
+                 RETURNING d.certificate_id, d.attempts, d.phone, d.phone_last2, d.phone_key_id,
+                           d.phone_wrapped_key, d.phone_ciphertext
              )
              SELECT claimed.*, c.code_digest, c.code_last4, c.cvc_key_id, c.cvc_wrapped_key, c.cvc_ciphertext
                FROM claimed JOIN gift_certificate c ON c.id = claimed.certificate_id",
         )
-        .bind(limit)
         .bind(lease.as_seconds_f64())
-        .fetch_all(&self.pool)
+        .bind(token)
+        .fetch_optional(&self.pool)
         .await
-        .map_err(unavailable)?;
-        rows.into_iter()
-            .map(|r| {
-                let code: Vec<u8> = r.try_get("code_digest").map_err(unavailable)?;
-                let key_id: Option<String> = r.try_get("cvc_key_id").map_err(unavailable)?;
-                let wrapped: Option<Vec<u8>> = r.try_get("cvc_wrapped_key").map_err(unavailable)?;
-                let ciphertext: Option<Vec<u8>> = r.try_get("cvc_ciphertext").map_err(unavailable)?;
-                let sealed = match (key_id, wrapped, ciphertext) {
-                    (Some(key_id), Some(wrapped_key), Some(ciphertext)) => Some(SealedCvc {
-                        key_id,
-                        wrapped_key,
-                        ciphertext,
-                    }),
-                    _ => None,
-                };
-                Ok(SmsJob {
-                    certificate_id: r.try_get("certificate_id").map_err(unavailable)?,
-                    phone: r.try_get("phone").map_err(unavailable)?,
-                    attempts: r.try_get("attempts").map_err(unavailable)?,
-                    code_digest: digest(&code)?,
-                    code_last4: r.try_get("code_last4").map_err(unavailable)?,
-                    sealed,
-                })
-            })
-            .collect()
+        .map_err(unavailable)?
+        else {
+            return Ok(None);
+        };
+        let certificate_id: Uuid = r.try_get("certificate_id").map_err(unavailable)?;
+        let code: Vec<u8> = r.try_get("code_digest").map_err(unavailable)?;
+        let key_id: Option<String> = r.try_get("cvc_key_id").map_err(unavailable)?;
+        let wrapped: Option<Vec<u8>> = r.try_get("cvc_wrapped_key").map_err(unavailable)?;
+        let ciphertext: Option<Vec<u8>> = r.try_get("cvc_ciphertext").map_err(unavailable)?;
+        let sealed = match (key_id, wrapped, ciphertext) {
+            (Some(key_id), Some(wrapped_key), Some(ciphertext)) => Some(SealedCvc {
+                key_id,
+                wrapped_key,
+                ciphertext,
+            }),
+            _ => None,
+        };
+        Ok(Some(SmsJob {
+            certificate_id,
+            lease: token,
+            phone: phones::open(&self.keys, &phones::delivery_context(certificate_id), &r)?,
+            phone_last2: r.try_get("phone_last2").map_err(unavailable)?,
+            attempts: r.try_get("attempts").map_err(unavailable)?,
+            code_digest: digest(&code)?,
+            code_last4: r.try_get("code_last4").map_err(unavailable)?,
+            sealed,
+        }))
     }
 
     async fn finish_sms(
@@ -62,19 +68,62 @@ impl SmsQueue for PgCertificates {
         job: &SmsJob,
         outcome: &SmsOutcome,
         letter: Option<&OutboxLetter>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        match outcome {
+        // Every update names the lease: one taken over by another sender changes nothing.
+        let held = match outcome {
             SmsOutcome::Sent { provider_id } => {
                 sqlx::query(
-                    "UPDATE sms_delivery SET status = 'sent', sent_at = now(), provider_id = $2, last_error = NULL
-                      WHERE certificate_id = $1",
+                    "UPDATE sms_delivery SET status = 'sent', sent_at = now(), provider_id = $3, last_error = NULL,
+                            lease_token = NULL, phone = NULL, phone_key_id = NULL, phone_wrapped_key = NULL,
+                            phone_ciphertext = NULL
+                      WHERE certificate_id = $1 AND lease_token = $2 AND status = 'pending'",
                 )
                 .bind(job.certificate_id)
+                .bind(job.lease)
                 .bind(provider_id)
                 .execute(&mut *tx)
                 .await
-                .map_err(unavailable)?;
+                .map_err(unavailable)?
+                .rows_affected()
+                    == 1
+            }
+            SmsOutcome::Retry { error, next_at } => {
+                sqlx::query(
+                    "UPDATE sms_delivery SET next_attempt_at = $3, last_error = $4, lease_token = NULL
+                      WHERE certificate_id = $1 AND lease_token = $2 AND status = 'pending'",
+                )
+                .bind(job.certificate_id)
+                .bind(job.lease)
+                .bind(next_at)
+                .bind(error)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?
+                .rows_affected()
+                    == 1
+            }
+            SmsOutcome::Failed { error } => {
+                sqlx::query(
+                    "UPDATE sms_delivery SET status = 'failed', last_error = $3, lease_token = NULL
+                      WHERE certificate_id = $1 AND lease_token = $2 AND status = 'pending'",
+                )
+                .bind(job.certificate_id)
+                .bind(job.lease)
+                .bind(error)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?
+                .rows_affected()
+                    == 1
+            }
+        };
+        if !held {
+            tx.rollback().await.map_err(unavailable)?;
+            return Ok(false);
+        }
+        match outcome {
+            SmsOutcome::Sent { provider_id } => {
                 sqlx::query(
                     "UPDATE gift_certificate SET cvc_key_id = NULL, cvc_wrapped_key = NULL, cvc_ciphertext = NULL
                       WHERE id = $1",
@@ -95,26 +144,8 @@ impl SmsQueue for PgCertificates {
                 .await
                 .map_err(unavailable)?;
             }
-            SmsOutcome::Retry { error, next_at } => {
-                sqlx::query(
-                    "UPDATE sms_delivery SET next_attempt_at = $2, last_error = $3 WHERE certificate_id = $1",
-                )
-                .bind(job.certificate_id)
-                .bind(next_at)
-                .bind(error)
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-            }
-            SmsOutcome::Failed { error } => {
-                sqlx::query(
-                    "UPDATE sms_delivery SET status = 'failed', last_error = $2 WHERE certificate_id = $1",
-                )
-                .bind(job.certificate_id)
-                .bind(error)
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
+            SmsOutcome::Retry { .. } => {}
+            SmsOutcome::Failed { .. } => {
                 if let Some(letter) = letter {
                     let headers: serde_json::Map<String, serde_json::Value> = letter
                         .headers
@@ -132,7 +163,8 @@ impl SmsQueue for PgCertificates {
                 }
             }
         }
-        tx.commit().await.map_err(unavailable)
+        tx.commit().await.map_err(unavailable)?;
+        Ok(true)
     }
 
     async fn requeue_failed_sms(&self, certificate_id: Option<Uuid>) -> Result<u64, StoreError> {
@@ -140,6 +172,7 @@ impl SmsQueue for PgCertificates {
             "UPDATE sms_delivery d SET status = 'pending', attempts = 0, next_attempt_at = now()
                FROM gift_certificate c
               WHERE c.id = d.certificate_id AND d.status = 'failed' AND c.cvc_ciphertext IS NOT NULL
+                AND (d.phone_ciphertext IS NOT NULL OR d.phone IS NOT NULL)
                 AND ($1::uuid IS NULL OR d.certificate_id = $1)",
         )
         .bind(certificate_id)
@@ -147,5 +180,16 @@ impl SmsQueue for PgCertificates {
         .await
         .map_err(unavailable)?;
         Ok(done.rows_affected())
+    }
+
+    async fn sms_backlog(&self) -> Result<SmsBacklog, StoreError> {
+        let (pending, failed): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'failed')
+               FROM sms_delivery WHERE status <> 'sent'",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(SmsBacklog { pending, failed })
     }
 }

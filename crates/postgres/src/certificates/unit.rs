@@ -3,6 +3,7 @@
 //! write statement (version-guarded, CHECK-constrained) for the certificate, its changed holds,
 //! the operation, audit, outbox and idempotency rows.
 
+use super::phones;
 use super::rows::{self, unavailable};
 use super::sql::*;
 use async_trait::async_trait;
@@ -50,6 +51,8 @@ SELECT issued, already FROM counts";
 
 pub(crate) struct PgUnit {
     pub(crate) tx: Transaction<'static, Postgres>,
+    /// Seals phone numbers (see `phones`).
+    pub(crate) keys: super::phones::Keys,
 }
 
 pub(crate) fn lock_key(channel: &str, key: &str) -> i64 {
@@ -238,17 +241,28 @@ impl SaleRecords for PgUnit {
     }
 
     async fn insert_order(&mut self, order: &SaleOrder) -> Result<bool, StoreError> {
+        let sealed = match &order.phone {
+            Some(phone) => Some((
+                phones::seal(&self.keys, &phones::sale_context(&order.order_id), phone)?,
+                phones::last2(phone),
+            )),
+            None => None,
+        };
         let inserted = sqlx::query(
-            "INSERT INTO certificate_sale (order_id, client_id, phone, currency, total_minor, lines, source_event)
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (order_id) DO NOTHING",
+            "INSERT INTO certificate_sale (order_id, client_id, currency, total_minor, lines, source_event,
+                                           phone_last2, phone_key_id, phone_wrapped_key, phone_ciphertext)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (order_id) DO NOTHING",
         )
         .bind(&order.order_id)
         .bind(&order.client_id)
-        .bind(&order.phone)
         .bind(&order.currency)
         .bind(order.total_minor)
         .bind(serde_json::to_value(&order.lines).map_err(unavailable)?)
         .bind(&order.source_event)
+        .bind(sealed.as_ref().map(|(_, l)| l))
+        .bind(sealed.as_ref().map(|(s, _)| &s.key_id))
+        .bind(sealed.as_ref().map(|(s, _)| &s.wrapped_key))
+        .bind(sealed.as_ref().map(|(s, _)| &s.ciphertext))
         .execute(&mut *self.tx)
         .await
         .map_err(unavailable)?
@@ -275,7 +289,8 @@ impl SaleRecords for PgUnit {
 
     async fn pending_sale(&mut self, order_id: &str) -> Result<Option<PendingSale>, StoreError> {
         let Some(sale) = sqlx::query(
-            "SELECT s.client_id, s.phone, s.total_minor, s.currency, s.lines, s.source_event,
+            "SELECT s.client_id, s.phone, s.phone_key_id, s.phone_wrapped_key, s.phone_ciphertext,
+                    s.total_minor, s.currency, s.lines, s.source_event,
                     (SELECT coalesce(jsonb_agg(jsonb_build_array(p.payment_id, p.currency, p.amount_minor)
                                                ORDER BY p.payment_id), '[]'::jsonb)
                        FROM sale_payment p WHERE p.order_id = s.order_id) AS payments
@@ -297,7 +312,7 @@ impl SaleRecords for PgUnit {
             order: SaleOrder {
                 order_id: order_id.to_owned(),
                 client_id: sale.try_get("client_id").map_err(unavailable)?,
-                phone: sale.try_get("phone").map_err(unavailable)?,
+                phone: phones::open(&self.keys, &phones::sale_context(order_id), &sale)?,
                 currency: currency.trim().to_owned(),
                 total_minor: sale.try_get("total_minor").map_err(unavailable)?,
                 lines: serde_json::from_value::<Vec<OrderLine>>(lines).map_err(unavailable)?,
@@ -308,11 +323,16 @@ impl SaleRecords for PgUnit {
     }
 
     async fn mark_activated(&mut self, order_id: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE certificate_sale SET activated_at = now() WHERE order_id = $1")
-            .bind(order_id)
-            .execute(&mut *self.tx)
-            .await
-            .map_err(unavailable)?;
+        // The number has served: it goes with the sale's activation (its deliveries have their own).
+        sqlx::query(
+            "UPDATE certificate_sale SET activated_at = now(), phone = NULL, phone_key_id = NULL,
+                    phone_wrapped_key = NULL, phone_ciphertext = NULL
+              WHERE order_id = $1",
+        )
+        .bind(order_id)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(unavailable)?;
         Ok(())
     }
 }
@@ -320,12 +340,18 @@ impl SaleRecords for PgUnit {
 #[async_trait]
 impl SmsQueueing for PgUnit {
     async fn queue_cvc_sms(&mut self, certificate_id: Uuid, phone: &str) -> Result<(), StoreError> {
+        let sealed = phones::seal(&self.keys, &phones::delivery_context(certificate_id), phone)?;
         sqlx::query(
-            "INSERT INTO sms_delivery (certificate_id, phone, status) VALUES ($1, $2, 'pending')
+            "INSERT INTO sms_delivery (certificate_id, status, phone_last2, phone_key_id, phone_wrapped_key,
+                                       phone_ciphertext)
+             VALUES ($1, 'pending', $2, $3, $4, $5)
              ON CONFLICT (certificate_id) DO NOTHING",
         )
         .bind(certificate_id)
-        .bind(phone)
+        .bind(phones::last2(phone))
+        .bind(&sealed.key_id)
+        .bind(&sealed.wrapped_key)
+        .bind(&sealed.ciphertext)
         .execute(&mut *self.tx)
         .await
         .map_err(unavailable)?;
