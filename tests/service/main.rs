@@ -5,6 +5,7 @@
 
 mod api;
 mod concurrency;
+mod consumer;
 mod harness;
 mod sales;
 mod upload;

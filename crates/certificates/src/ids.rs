@@ -71,7 +71,11 @@ mod tests {
 
     #[test]
     fn a_sale_operation_id_of_the_longest_ids_fits() {
-        let longest = format!("sale:{}:{}", "o".repeat(MAX_ID_BYTES), "l".repeat(MAX_LINE_ID_BYTES));
+        let longest = format!(
+            "sale:{}:{}",
+            "o".repeat(MAX_ID_BYTES),
+            "l".repeat(MAX_LINE_ID_BYTES)
+        );
         assert!(crate::OperationId::parse(longest).is_ok());
     }
 }

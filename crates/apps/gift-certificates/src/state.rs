@@ -51,7 +51,8 @@ impl AppState {
         kms.digest_key_id = cfg.keys.digest_key_id.clone();
         let keys = backbone_kms::load_local(&kms).context("master key file")?;
         Ok(Arc::new(Self {
-            certificates: CertificateService::new(store),
+            certificates: CertificateService::new(store)
+                .with_refusal_letters(crate::sales::refusal_letters(&cfg.topics.dead_letters)),
             keys: Arc::new(keys),
             cache: BalanceCache::new(redis.clone(), Duration::from_secs(cfg.redis.balance_ttl_seconds)),
             limiter: AttemptLimiter::new(redis, cfg.attempts),
