@@ -292,3 +292,145 @@ async fn uploads_over_kafka_issue_and_bad_records_are_dead_lettered() {
     assert_eq!(issued, 5);
     service.stop().await;
 }
+
+#[tokio::test]
+async fn orders_and_payments_with_bad_ids_are_dead_lettered_and_do_not_stall_the_consumer() {
+    let sms = sms_provider(200).await;
+    let service = Service::start(&sms.uri(), |_| {}).await;
+    let producer = producer();
+    let t = &service.topics;
+    let codes: Vec<String> = (0..4).map(|_| new_code()).collect();
+    for code in &codes {
+        service.upload(code, "555", 10_000).await;
+    }
+    let with = |mut order: Value, field: &str, value: Value| {
+        order[field] = value;
+        order.to_string()
+    };
+    let order_of = |order_id: &str, code: &str| -> Value {
+        serde_json::from_str(&order(order_id, code, 10_000, "+79990001122")).unwrap()
+    };
+    let long = "o".repeat(120);
+    let mut newline_line = order_of("o-newline", &codes[1]);
+    newline_line["lines"][0]["line_id"] = json!("1\n");
+    // One key for every record: one partition, so the valid sale comes after the bad records.
+    let key = format!("stall-{}", service.id);
+    let bad = [
+        (&t.orders, with(order_of("x", &codes[0]), "order_id", json!(long))),
+        (&t.payments, payment("p-long", &long, 10_000)),
+        (&t.orders, newline_line.to_string()),
+        (&t.payments, payment("p-newline", "o-newline", 10_000)),
+        (
+            &t.orders,
+            with(order_of("o-nul", &codes[2]), "client_id", json!("client\0id")),
+        ),
+        (&t.payments, payment("p-nul", "o-nul", 10_000)),
+    ];
+    for (topic, value) in &bad {
+        send(&producer, topic, &key, value).await;
+    }
+    let valid = format!("o-valid-{}", service.id);
+    send(
+        &producer,
+        &t.orders,
+        &key,
+        &order(&valid, &codes[3], 10_000, "+79990001122"),
+    )
+    .await;
+    send(&producer, &t.payments, &key, &payment("p-valid", &valid, 10_000)).await;
+
+    service.wait_for_state(&codes[3], "Active").await;
+    for code in &codes[..3] {
+        assert_eq!(service.view(code).await["state"], "Issued");
+    }
+    let letters = read_until(&t.dead_letters, |got| got.len() >= 4).await;
+    let reasons: Vec<(&str, &str)> = letters
+        .iter()
+        .map(|l| {
+            (
+                l.headers
+                    .get(backbone_kafka::HEADER_REASON_CODE)
+                    .map_or("", String::as_str),
+                l.headers.get("x-source-topic").map_or("", String::as_str),
+            )
+        })
+        .collect();
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|(code, _)| *code == "invalid_field")
+            .count(),
+        4,
+        "three orders and the payment with the long order id: {reasons:?}"
+    );
+    for letter in &letters {
+        let reason = letter
+            .headers
+            .get(backbone_kafka::HEADER_REASON)
+            .map_or("", String::as_str);
+        assert!(!reason.contains(&long), "{reason}");
+        for code in &codes {
+            assert!(!letter.payload.contains(code.as_str()), "{}", letter.payload);
+        }
+    }
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn a_paid_order_below_the_nominal_is_refused_with_a_dead_letter() {
+    let sms = sms_provider(200).await;
+    let service = Service::start(&sms.uri(), |_| {}).await;
+    let producer = producer();
+    let t = &service.topics;
+    let (cheap, right) = (new_code(), new_code());
+    service.upload(&cheap, "555", 5_000_000).await;
+    service.upload(&right, "556", 5_000_000).await;
+    let key = format!("nominal-{}", service.id);
+    send(
+        &producer,
+        &t.orders,
+        &key,
+        &order("o-kopek", &cheap, 1, "+79990001122"),
+    )
+    .await;
+    send(&producer, &t.payments, &key, &payment("p-kopek", "o-kopek", 1)).await;
+    send(
+        &producer,
+        &t.orders,
+        &key,
+        &order("o-right", &right, 5_000_000, "+79990001122"),
+    )
+    .await;
+    send(
+        &producer,
+        &t.payments,
+        &key,
+        &payment("p-right", "o-right", 5_000_000),
+    )
+    .await;
+
+    service.wait_for_state(&right, "Active").await;
+    assert_eq!(service.view(&cheap).await["state"], "Issued", "sold for 1 kopek");
+    let letters = read_until(&t.dead_letters, |got| !got.is_empty()).await;
+    let letter = &letters[0];
+    assert_eq!(
+        letter
+            .headers
+            .get(backbone_kafka::HEADER_REASON_CODE)
+            .map(String::as_str),
+        Some("activation_refused"),
+        "{:?}",
+        letter.headers
+    );
+    let body: Value = serde_json::from_str(&letter.payload).unwrap();
+    assert_eq!(body["order_id"], "o-kopek", "{body}");
+    assert_eq!(
+        body["refused_lines"][0]["reason_code"], "nominal-mismatch",
+        "{body}"
+    );
+    assert!(!letter.payload.contains(&cheap), "{}", letter.payload);
+    // Only the CVC of the certificate that was activated went out.
+    service.wait_until_cvc_delivered(&right).await;
+    assert_eq!(sms_texts(&sms).await.len(), 1);
+    service.stop().await;
+}

@@ -5,6 +5,7 @@
 
 mod api;
 mod concurrency;
+mod consumer;
 mod hardening;
 mod harness;
 mod ops;

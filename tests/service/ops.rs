@@ -160,6 +160,7 @@ async fn phones_are_sealed_while_pending_and_erased_once_delivered(pool: PgPool)
         lines: vec![OrderLine {
             line_id: "1".into(),
             code_digest: app.state.keys.code_digest(&GiftCode::parse(&code).unwrap()),
+            code_last4: None,
             amount_minor: 3_000,
         }],
         source_event: "order-event-phone".into(),

@@ -17,6 +17,7 @@ fn sale(app: &TestApp, order_id: &str, code: &str) -> SaleOrder {
         lines: vec![OrderLine {
             line_id: "1".into(),
             code_digest: app.state.keys.code_digest(&GiftCode::parse(code).unwrap()),
+            code_last4: Some(code[12..].to_owned()),
             amount_minor: 3_000,
         }],
         source_event: format!("order-event-{order_id}"),

@@ -90,6 +90,7 @@ where
     keys_are_claimed_by_one_unit_at_a_time(store).await;
     a_stale_version_is_never_saved(&service).await;
     sales_complete_once_when_paid(&service).await;
+    a_paid_sale_refuses_lines_not_sold_at_the_nominal(store).await;
     the_cvc_sms_is_queued_once_and_erases_the_cvc(store).await;
     a_finish_after_the_lease_was_taken_over_is_refused(&service).await;
     the_outbox_keeps_commit_order_and_one_leader(store).await;
@@ -175,7 +176,12 @@ where
         client_id: Some("c1".into()),
         ..SaleLinks::default()
     };
-    let mut activate = request(1, "act-1", Command::Activate { links }, Some(claim("k-act", 1)));
+    let mut activate = request(
+        1,
+        "act-1",
+        Command::Activate { links, price: None },
+        Some(claim("k-act", 1)),
+    );
     activate.cvc_sms_to = Some("+79990001122".into());
     let active = service.apply(activate.clone()).await.expect("activated");
     assert_eq!((active.state, active.replayed), (State::Active, false));
@@ -408,6 +414,7 @@ where
         lines: vec![OrderLine {
             line_id: "1".into(),
             code_digest: digest(2),
+            code_last4: Some("AB02".into()),
             amount_minor: 500,
         }],
         source_event: "e-o1".into(),
@@ -455,6 +462,116 @@ where
         (view.order_id.as_deref(), view.payment_id.as_deref()),
         (Some("o-1"), Some("p-2"))
     );
+}
+
+/// Each line sells its certificate at the nominal, in the certificate's currency; a line that
+/// does not, or whose certificate cannot be activated, is refused, and the refusal is written as
+/// a letter to the outbox in the sale's transaction. The order must pay at least its lines.
+async fn a_paid_sale_refuses_lines_not_sold_at_the_nominal<S>(store: &S)
+where
+    S: CertificateStore + CertificateViews + Outbox,
+{
+    let letters: crate::sale::RefusalLetters = std::sync::Arc::new(|sale| OutboxLetter {
+        topic: "refused-sales".into(),
+        key: sale.order_id.clone(),
+        payload: serde_json::to_value(sale).unwrap_or_default(),
+        headers: vec![("x-dlq-reason-code".into(), "activation_refused".into())],
+    });
+    let service = CertificateService::new(store).with_refusal_letters(letters);
+    let issued = service
+        .issue(
+            &batch(
+                "b-sale",
+                0,
+                vec![new_certificate(7, 800), new_certificate(8, 800)],
+            ),
+            None,
+        )
+        .await
+        .expect("issued");
+    assert_eq!(issued.issued, 2);
+    let line = |id: &str, n: u8, amount_minor| OrderLine {
+        line_id: id.into(),
+        code_digest: digest(n),
+        code_last4: Some(format!("AB{n:02}")),
+        amount_minor,
+    };
+    let order = |order_id: &str, total_minor, lines| SaleOrder {
+        order_id: order_id.into(),
+        client_id: None,
+        phone: None,
+        currency: "RUB".into(),
+        total_minor,
+        lines,
+        source_event: format!("e-{order_id}"),
+    };
+    let paid = |order_id: &str, amount_minor| PaymentRecord {
+        payment_id: format!("p-{order_id}"),
+        order_id: order_id.into(),
+        currency: "RUB".into(),
+        amount_minor,
+        source_event: format!("e-p-{order_id}"),
+    };
+    // A total below its lines is not paid by the total.
+    service
+        .record_order(&order("o-low", 1, vec![line("1", 7, 800)]))
+        .await
+        .expect("recorded");
+    assert_eq!(
+        service.record_payment(&paid("o-low", 1)).await,
+        Ok(None),
+        "800 due"
+    );
+    // One line at 1 kopek, one at the nominal, one for a code never issued.
+    service
+        .record_order(&order(
+            "o-mixed",
+            1_601,
+            vec![line("1", 7, 1), line("2", 8, 800), line("3", 9, 800)],
+        ))
+        .await
+        .expect("recorded");
+    let sale = service
+        .record_payment(&paid("o-mixed", 1_601))
+        .await
+        .expect("recorded")
+        .expect("completed");
+    assert_eq!(sale.activated.len(), 1);
+    let refused: Vec<(&str, &str)> = sale
+        .problems
+        .iter()
+        .map(|p| (p.line_id.as_str(), p.reason_code.as_str()))
+        .collect();
+    assert_eq!(
+        refused,
+        [("1", "nominal-mismatch"), ("3", "certificate-not-found")]
+    );
+    let state = |n| async move { store.view(&digest(n)).await.expect("read").map(|v| v.state) };
+    assert_eq!(state(7).await, Some(State::Issued));
+    assert_eq!(state(8).await, Some(State::Active));
+    let written: Vec<OutboxRecord> = store
+        .next(10_000)
+        .await
+        .expect("read")
+        .into_iter()
+        .filter(|r| r.topic == "refused-sales")
+        .collect();
+    assert_eq!(written.len(), 1, "one letter per refused sale");
+    let letter: serde_json::Value = serde_json::from_str(&written[0].payload).expect("JSON");
+    assert_eq!(written[0].key, "o-mixed");
+    assert_eq!(
+        written[0].headers,
+        [("x-dlq-reason-code".to_owned(), "activation_refused".to_owned())]
+    );
+    assert_eq!(
+        (letter["activated"].clone(), letter["refused"].clone()),
+        (1.into(), 2.into())
+    );
+    assert_eq!(
+        letter["refused_lines"][0]["certificate_code"],
+        "****-****-****-AB07"
+    );
+    assert_eq!(letter["refused_lines"][1]["reason_code"], "certificate-not-found");
 }
 
 async fn the_cvc_sms_is_queued_once_and_erases_the_cvc<S>(store: &S)
@@ -516,6 +633,7 @@ where
         "activate-sms-9",
         Command::Activate {
             links: SaleLinks::default(),
+            price: None,
         },
         None,
     );

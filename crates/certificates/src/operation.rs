@@ -10,6 +10,10 @@ use time::{Duration, OffsetDateTime};
 pub enum Command {
     Activate {
         links: SaleLinks,
+        /// What a sale line charged for the certificate (a sale's activation); `None` for an
+        /// activation by a channel, which sells nothing.
+        #[serde(default)]
+        price: Option<Amount>,
     },
     Authorize {
         amount: Amount,
@@ -63,7 +67,7 @@ pub fn execute(
 ) -> Result<Vec<Effect>, CertificateError> {
     let mut effects = certificate.expire_holds(now);
     let own = match command {
-        Command::Activate { links } => certificate.activate(op, links.clone(), now)?,
+        Command::Activate { links, price } => certificate.activate(op, links.clone(), *price, now)?,
         Command::Authorize { amount, ttl_seconds } => {
             certificate.authorize(op, *amount, now + Duration::seconds(*ttl_seconds), now)?
         }

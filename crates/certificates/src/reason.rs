@@ -16,6 +16,8 @@ pub enum DeadLetterReason {
     RejectedRows,
     /// A CVC SMS given up after its attempts.
     SmsFailed,
+    /// A paid order with certificate lines that were not activated (each with its refusal code).
+    ActivationRefused,
 }
 
 impl DeadLetterReason {
@@ -28,6 +30,7 @@ impl DeadLetterReason {
             DeadLetterReason::InvalidJob => "invalid_job",
             DeadLetterReason::RejectedRows => "rejected_rows",
             DeadLetterReason::SmsFailed => "sms_failed",
+            DeadLetterReason::ActivationRefused => "activation_refused",
         }
     }
 }

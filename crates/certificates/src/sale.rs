@@ -3,8 +3,10 @@
 //! in the order's currency add up to its total.
 
 use crate::ports::CodeDigest;
+use crate::store::OutboxLetter;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// One certificate sold by an order.
@@ -14,6 +16,11 @@ pub struct OrderLine {
     /// Digest of the code of the card sold.
     #[serde(with = "hex_digest")]
     pub code_digest: CodeDigest,
+    /// The code's last four characters, for the dead letter of a refused line (absent in sales
+    /// stored before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_last4: Option<String>,
+    /// What the line charged for the certificate: its nominal, in the order's currency.
     pub amount_minor: i64,
 }
 
@@ -53,6 +60,18 @@ pub struct SaleOrder {
     pub source_event: String,
 }
 
+impl SaleOrder {
+    /// What the payments must add up to: the order's total, and never less than its certificate
+    /// lines (an order of 1 kopek cannot pay for a line of 50,000.00).
+    pub fn amount_due(&self) -> i64 {
+        let lines = self
+            .lines
+            .iter()
+            .fold(0i64, |sum, line| sum.saturating_add(line.amount_minor.max(0)));
+        self.total_minor.max(lines)
+    }
+}
+
 /// A payment towards an order, as recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PaymentRecord {
@@ -78,11 +97,72 @@ pub struct SaleActivation {
     pub activated: Vec<Uuid>,
     /// Digests of the certificates changed (for cache invalidation).
     pub touched: Vec<CodeDigest>,
-    /// Lines that could not be activated, with the reason (unknown code, wrong state).
-    pub problems: Vec<(String, String)>,
+    /// Lines that could not be activated, with the reason (unknown code, wrong state, a price
+    /// that is not the nominal).
+    pub problems: Vec<RefusedLine>,
     /// True when the event was seen before and changed nothing.
     pub duplicate: bool,
 }
+
+/// A line of a paid order that was not activated, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RefusedLine {
+    pub line_id: String,
+    /// `****-****-****-ABCD`, when the order's code is known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate_code: Option<String>,
+    pub amount_minor: i64,
+    /// The refusal's stable code, as the HTTP API names it: `certificate-not-found`,
+    /// `wrong-state`, `certificate-expired`, `nominal-mismatch`, `currency-mismatch`, ...
+    pub reason_code: String,
+}
+
+/// The most refused lines one letter lists; `refused` counts them all.
+pub const MAX_LETTER_LINES: usize = 100;
+
+/// A paid sale with lines that were not activated: the value of its dead letter, written in the
+/// same transaction as the sale (a crash cannot lose it). No code, no phone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RefusedSale {
+    pub version: u16,
+    /// Always `sale_activation`.
+    pub kind: &'static str,
+    pub order_id: String,
+    pub client_id: Option<String>,
+    pub currency: String,
+    pub total_minor: i64,
+    /// Lines activated by the sale.
+    pub activated: usize,
+    /// Lines refused.
+    pub refused: usize,
+    /// The first [`MAX_LETTER_LINES`] refused lines.
+    pub refused_lines: Vec<RefusedLine>,
+}
+
+impl RefusedSale {
+    pub fn new(order: &SaleOrder, activation: &SaleActivation) -> Self {
+        Self {
+            version: 1,
+            kind: "sale_activation",
+            order_id: order.order_id.clone(),
+            client_id: order.client_id.clone(),
+            currency: order.currency.clone(),
+            total_minor: order.total_minor,
+            activated: activation.activated.len(),
+            refused: activation.problems.len(),
+            refused_lines: activation
+                .problems
+                .iter()
+                .take(MAX_LETTER_LINES)
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+/// Turns a refused sale into the dead letter the service writes to its outbox (topic and
+/// headers are the deployment's).
+pub type RefusalLetters = Arc<dyn Fn(&RefusedSale) -> OutboxLetter + Send + Sync>;
 
 /// What distinct payments in the order's currency add up to. A payment delivered twice counts
 /// once (by `payment_id`; a redelivery keeps the first amount); payments in another currency do
@@ -139,14 +219,41 @@ mod tests {
     }
 
     #[test]
+    fn an_order_owes_at_least_its_certificate_lines() {
+        let line = |amount_minor| OrderLine {
+            line_id: "1".into(),
+            code_digest: CodeDigest([1; 32]),
+            code_last4: None,
+            amount_minor,
+        };
+        let order = |total_minor, lines| SaleOrder {
+            order_id: "o".into(),
+            client_id: None,
+            phone: None,
+            currency: "RUB".into(),
+            total_minor,
+            lines,
+            source_event: "e".into(),
+        };
+        assert_eq!(order(1, vec![line(5_000_000)]).amount_due(), 5_000_000);
+        assert_eq!(order(7_500, vec![line(5_000)]).amount_due(), 7_500);
+        assert_eq!(
+            order(1, vec![line(i64::MAX), line(i64::MAX)]).amount_due(),
+            i64::MAX
+        );
+    }
+
+    #[test]
     fn order_lines_store_their_digest_as_hex_and_read_it_back() {
         let line = OrderLine {
             line_id: "1".into(),
             code_digest: CodeDigest([0xab; 32]),
+            code_last4: None,
             amount_minor: 100,
         };
         let json = serde_json::to_value(&line).unwrap_or_default();
         assert_eq!(json["code_digest"], "ab".repeat(32));
+        assert!(json.get("code_last4").is_none(), "{json}");
         let back: Option<OrderLine> = serde_json::from_value(json).ok();
         assert_eq!(back, Some(line));
         let short = serde_json::json!({"line_id": "1", "code_digest": "ab", "amount_minor": 1});

@@ -14,9 +14,12 @@
 use crate::certificate::{Certificate, CertificateError, Effect, OperationId, SaleLinks};
 use crate::channel::Channel;
 use crate::events::{self, Origin};
+use crate::money::{Amount, Currency};
 use crate::operation::{execute, Command};
 use crate::ports::{Applied, ApplyError, CertificateRef, IdempotencyClaim, OperationRequest, Refusal};
-use crate::sale::{settles, PaymentRecord, SaleActivation, SaleOrder};
+use crate::sale::{
+    settles, OrderLine, PaymentRecord, RefusalLetters, RefusedLine, RefusedSale, SaleActivation, SaleOrder,
+};
 use crate::store::{
     CertificateStore, IssueBatch, IssueOutcome, KeyOutcome, LockedCertificate, Lookup, SavedOperation,
     StoreError, StoredResult, UnitOfWork,
@@ -41,19 +44,34 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> ApplyError {
 }
 
 /// The operation id a sale's line activates its certificate under: the same line of the same
-/// order always names the same operation, so a redelivered event changes nothing.
-pub fn sale_operation(order_id: &str, line_id: &str) -> Result<OperationId, ApplyError> {
-    OperationId::parse(format!("sale:{order_id}:{line_id}")).map_err(|e| corrupt("sale line", e))
+/// order always names the same operation, so a redelivered event changes nothing. Ids that
+/// pass `ids::check_id` (`MAX_ID_BYTES`, `MAX_LINE_ID_BYTES`) always make a valid one; a sale
+/// stored before those checks whose ids do not is refused line by line (`bad-operation-id`),
+/// never retried.
+pub fn sale_operation(order_id: &str, line_id: &str) -> Result<OperationId, CertificateError> {
+    OperationId::parse(format!("sale:{order_id}:{line_id}"))
 }
 
 #[derive(Clone)]
 pub struct CertificateService<S> {
     store: S,
+    refusals: Option<RefusalLetters>,
 }
 
 impl<S: CertificateStore> CertificateService<S> {
     pub fn new(store: S) -> Self {
-        Self { store }
+        Self {
+            store,
+            refusals: None,
+        }
+    }
+
+    /// A paid sale with lines that cannot be activated writes the letter `letters` makes of it
+    /// to the outbox, in the sale's transaction. Without: the lines are only reported in
+    /// [`SaleActivation::problems`].
+    pub fn with_refusal_letters(mut self, letters: RefusalLetters) -> Self {
+        self.refusals = Some(letters);
+        self
     }
 
     pub fn store(&self) -> &S {
@@ -79,7 +97,7 @@ impl<S: CertificateStore> CertificateService<S> {
         let result = async {
             unit.lock_order(&order.order_id).await?;
             let inserted = unit.insert_order(order).await?;
-            let outcome = complete_sale(unit.as_mut(), &order.order_id, None).await?;
+            let outcome = complete_sale(unit.as_mut(), &order.order_id, None, self.refusals.as_ref()).await?;
             Ok(outcome.or_else(|| {
                 (!inserted).then(|| SaleActivation {
                     order_id: order.order_id.clone(),
@@ -102,7 +120,13 @@ impl<S: CertificateStore> CertificateService<S> {
         let result = async {
             unit.lock_order(&payment.order_id).await?;
             unit.insert_payment(payment).await?;
-            complete_sale(unit.as_mut(), &payment.order_id, Some(&payment.payment_id)).await
+            complete_sale(
+                unit.as_mut(),
+                &payment.order_id,
+                Some(&payment.payment_id),
+                self.refusals.as_ref(),
+            )
+            .await
         }
         .await;
         let keep = result.is_ok();
@@ -331,11 +355,15 @@ async fn apply_in(unit: &mut dyn UnitOfWork, request: &OperationRequest) -> Resu
     Ok(applied)
 }
 
-/// Activates the order's certificates if it is recorded, not activated yet, and paid.
+/// Activates the order's certificates if it is recorded, not activated yet, and paid. Each line
+/// sells its certificate at the line's amount, which must be the nominal in the order's
+/// currency. A line that cannot be activated, for whatever reason in the data, is refused and
+/// reported (and written as a dead letter with `refusals`); only a storage failure is an error.
 async fn complete_sale(
     unit: &mut dyn UnitOfWork,
     order_id: &str,
     payment_id: Option<&str>,
+    refusals: Option<&RefusalLetters>,
 ) -> Result<Option<SaleActivation>, ApplyError> {
     let Some(sale) = unit.pending_sale(order_id).await? else {
         return Ok(None);
@@ -345,7 +373,7 @@ async fn complete_sale(
         .payments
         .iter()
         .map(|(id, currency, amount)| (id.as_str(), currency.as_str(), *amount));
-    if !settles(order.total_minor, &order.currency, counted) {
+    if !settles(order.amount_due(), &order.currency, counted) {
         return Ok(None);
     }
     let all_payments = sale
@@ -364,18 +392,12 @@ async fn complete_sale(
         ..SaleActivation::default()
     };
     for line in &order.lines {
-        let request = OperationRequest {
-            certificate: CertificateRef::Code(line.code_digest),
-            operation: sale_operation(order_id, &line.line_id)?,
-            command: Command::Activate { links: links.clone() },
-            origin: Origin {
-                channel: SALES_CHANNEL,
-                initiator: None,
-                source_event: Some(format!("order:{order_id}")),
-            },
-            idempotency: None,
-            cvc_verifier: None,
-            cvc_sms_to: order.phone.clone(),
+        let request = match sale_request(order, line, &links) {
+            Ok(request) => request,
+            Err(code) => {
+                activation.problems.push(refused(line, code));
+                continue;
+            }
         };
         match apply_in(unit, &request).await {
             Ok(applied) => {
@@ -383,11 +405,51 @@ async fn complete_sale(
                 activation.touched.push(line.code_digest);
             }
             Err(e @ ApplyError::Unavailable(_)) => return Err(e),
-            Err(other) => activation
+            Err(ApplyError::NotFound) => activation
                 .problems
-                .push((line.line_id.clone(), other.to_string())),
+                .push(refused(line, "certificate-not-found".to_owned())),
+            Err(ApplyError::Refused(refusal)) => activation.problems.push(refused(line, refusal.code)),
+            // No CVC and no idempotency key in a sale: not expected, still not retried.
+            Err(_) => activation.problems.push(refused(line, "internal".to_owned())),
         }
+    }
+    if let (Some(letters), false) = (refusals, activation.problems.is_empty()) {
+        unit.queue_letter(&letters(&RefusedSale::new(order, &activation)))
+            .await?;
     }
     unit.mark_activated(order_id).await?;
     Ok(Some(activation))
+}
+
+/// The activation of one sale line, or the refusal code of a line that cannot make one.
+fn sale_request(order: &SaleOrder, line: &OrderLine, links: &SaleLinks) -> Result<OperationRequest, String> {
+    let code = |e: &CertificateError| e.code().to_owned();
+    let operation = sale_operation(&order.order_id, &line.line_id).map_err(|e| code(&e))?;
+    let currency = Currency::parse(&order.currency).map_err(|_| "invalid-currency".to_owned())?;
+    let price = Amount::new(line.amount_minor, currency).map_err(|_| "invalid-amount".to_owned())?;
+    Ok(OperationRequest {
+        certificate: CertificateRef::Code(line.code_digest),
+        operation,
+        command: Command::Activate {
+            links: links.clone(),
+            price: Some(price),
+        },
+        origin: Origin {
+            channel: SALES_CHANNEL,
+            initiator: None,
+            source_event: Some(format!("order:{}", order.order_id)),
+        },
+        idempotency: None,
+        cvc_verifier: None,
+        cvc_sms_to: order.phone.clone(),
+    })
+}
+
+fn refused(line: &OrderLine, reason_code: String) -> RefusedLine {
+    RefusedLine {
+        line_id: line.line_id.clone(),
+        certificate_code: line.code_last4.as_deref().map(crate::code::mask_last4),
+        amount_minor: line.amount_minor,
+        reason_code,
+    }
 }

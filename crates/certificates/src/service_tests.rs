@@ -112,6 +112,7 @@ async fn active_certificate(service: &CertificateService<MemoryStore>) {
     let activate = OperationRequest {
         command: Command::Activate {
             links: SaleLinks::default(),
+            price: None,
         },
         operation: op("activate"),
         idempotency: None,

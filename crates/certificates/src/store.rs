@@ -190,6 +190,8 @@ pub trait SaleRecords: Send {
     /// The order with its payments, if it is recorded and not activated yet.
     async fn pending_sale(&mut self, order_id: &str) -> Result<Option<PendingSale>, StoreError>;
     async fn mark_activated(&mut self, order_id: &str) -> Result<(), StoreError>;
+    /// Writes a dead letter to the outbox with the sale (a paid order's refused lines).
+    async fn queue_letter(&mut self, letter: &OutboxLetter) -> Result<(), StoreError>;
 }
 
 /// The CVC SMS, queued with the activation that makes it due.

@@ -15,8 +15,52 @@ fn op(s: &str) -> OperationId {
 
 fn active(nominal: i64) -> Certificate {
     let mut c = Certificate::issue(rub(nominal), None);
-    c.activate(op("act"), SaleLinks::default(), T0).unwrap();
+    c.activate(op("act"), SaleLinks::default(), None, T0).unwrap();
     c
+}
+
+#[test]
+fn a_sale_activates_only_at_the_nominal_in_the_certificate_currency() {
+    let eur = Amount::new(10_000, Currency::parse("EUR").unwrap()).unwrap();
+    for (price, refused) in [
+        (rub(1), CertificateError::NominalMismatch),
+        (rub(10_001), CertificateError::NominalMismatch),
+        (
+            eur,
+            CertificateError::CurrencyMismatch {
+                expected: Currency::parse("RUB").unwrap(),
+                got: eur.currency(),
+            },
+        ),
+    ] {
+        let mut c = Certificate::issue(rub(10_000), None);
+        let sale = execute(
+            &mut c,
+            op("sale:o:1"),
+            &Command::Activate {
+                links: SaleLinks::default(),
+                price: Some(price),
+            },
+            T0,
+        );
+        assert_eq!(sale, Err(refused.clone()), "{price}");
+        assert_eq!(
+            refused.code(),
+            if price.currency() == eur.currency() {
+                "currency-mismatch"
+            } else {
+                "nominal-mismatch"
+            }
+        );
+        assert_eq!(c.state(), State::Issued);
+    }
+    let mut c = Certificate::issue(rub(10_000), None);
+    let sold = Command::Activate {
+        links: SaleLinks::default(),
+        price: Some(rub(10_000)),
+    };
+    assert!(execute(&mut c, op("sale:o:1"), &sold, T0).is_ok());
+    assert_eq!(c.state(), State::Active);
 }
 
 #[test]
@@ -28,7 +72,7 @@ fn sale_then_partial_use_then_full_use() {
         order_id: Some("o1".into()),
         payment_id: Some("p1".into()),
     };
-    c.activate(op("sale"), links.clone(), T0).unwrap();
+    c.activate(op("sale"), links.clone(), None, T0).unwrap();
     assert_eq!((c.state(), c.links()), (State::Active, &links));
 
     c.authorize(op("a1"), rub(3_000), T0 + Duration::minutes(15), T0)
@@ -94,7 +138,7 @@ fn refused_operations_say_why_and_change_nothing() {
             .unwrap_err(),
         c.authorize(op("x3"), rub(1), T0, T0).unwrap_err(),
         c.capture(op("x4"), op("nope"), rub(1), T0).unwrap_err(),
-        c.activate(op("x5"), SaleLinks::default(), T0).unwrap_err(),
+        c.activate(op("x5"), SaleLinks::default(), None, T0).unwrap_err(),
     ];
     assert!(matches!(
         cases[0],
@@ -178,7 +222,7 @@ fn refund_and_cancel_end_the_certificate() {
 fn an_expired_certificate_cannot_be_activated_or_spent() {
     let mut c = Certificate::issue(rub(100), Some(T0));
     assert_eq!(
-        c.activate(op("s"), SaleLinks::default(), T0),
+        c.activate(op("s"), SaleLinks::default(), None, T0),
         Err(CertificateError::CertificateExpired(T0))
     );
 }

@@ -65,6 +65,7 @@ problem_codes! {
     CertificateExpired = ("certificate-expired", 422, "The certificate has expired"),
     BadOperationId = ("bad-operation-id", 422, "The operation id is not valid"),
     OperationIdReused = ("operation-id-reused", 422, "The operation id was used for a different request"),
+    NominalMismatch = ("nominal-mismatch", 422, "A sale line's amount differs from the certificate's nominal"),
     TooManyAttempts = ("too-many-attempts", 429, "Too many failed attempts; try again later"),
     Unavailable = ("unavailable", 503, "A dependency is unavailable; retry with the same Idempotency-Key"),
     Internal = ("internal", 500, "Unexpected error"),
@@ -224,6 +225,7 @@ mod tests {
             E::CertificateExpired(time::OffsetDateTime::UNIX_EPOCH),
             E::InUse,
             E::IdempotencyConflict(op),
+            E::NominalMismatch,
         ];
         for e in all {
             let p = Problem::refusal(e.code(), String::new());

@@ -1,15 +1,19 @@
 //! The consumer of `All_SalesOrder`, `All_Payments` and `GiftCertificateUpload`. Each record's
 //! effect commits in PostgreSQL before its offset is committed; redelivery is harmless (orders,
 //! payments and upload jobs are recorded once by id). A record that cannot be understood goes to
-//! `dead.letters` with the reason; an upload record is never dead-lettered whole, since it
-//! carries codes and CVCs: only its rejected row numbers and reasons are.
+//! `dead.letters` with the reason: an order or a payment as its known fields only, codes masked
+//! (`backbone_orders::order_letter`, `payment_letter`); an upload record is never dead-lettered
+//! whole, since it carries codes and CVCs: only its rejected row numbers and reasons are. A paid
+//! order whose certificate lines cannot all be activated writes its own dead letter
+//! (`activation_refused`) through the outbox, in the sale's transaction ([`refusal_letters`]).
 //!
 //! Contracts: `docs/events/gift-certificates-in-v1.md`.
 
 use crate::config::Topics;
 use crate::state::AppState;
 use async_trait::async_trait;
-use backbone_certificates::sale::{OrderLine, PaymentRecord, SaleActivation, SaleOrder};
+use backbone_certificates::sale::{OrderLine, PaymentRecord, RefusalLetters, SaleActivation, SaleOrder};
+use backbone_certificates::store::OutboxLetter;
 use backbone_kafka::{
     ConsumedRecord, ConsumerRunner, DeadLetterPublisher, Disposition, KafkaConsumer, KafkaPublisher,
     KafkaSettings, RecordHandler, Rejected,
@@ -45,6 +49,7 @@ pub fn order_from(state: &AppState, payload: &[u8]) -> Result<Option<SaleOrder>,
             .map(|line| OrderLine {
                 line_id: line.line_id.clone(),
                 code_digest: state.keys.code_digest(&line.code),
+                code_last4: Some(line.code.last4().to_owned()),
                 amount_minor: line.amount_minor,
             })
             .collect(),
@@ -146,24 +151,36 @@ async fn upload(state: &AppState, payload: &[u8]) -> Result<Handled, backbone_ce
     })
 }
 
-/// A rejected order keeps its shape in the dead letter, but not its certificate codes (bearer
-/// secrets): each `certificate_code` keeps only its last four characters. A record that is not
-/// JSON cannot be masked, so it is withheld; its source position is in the headers.
-pub fn redacted_order(payload: &[u8]) -> Vec<u8> {
-    let Ok(mut order) = serde_json::from_slice::<serde_json::Value>(payload) else {
-        return br#"{"withheld":"not JSON; it may carry certificate codes: read it at its source position"}"#
-            .to_vec();
-    };
-    if let Some(lines) = order.get_mut("lines").and_then(serde_json::Value::as_array_mut) {
-        for line in lines {
-            if let Some(code) = line.get_mut("certificate_code") {
-                let text = code.as_str().unwrap_or_default();
-                let tail = backbone_certificates::code::visible_tail(text, 4);
-                *code = backbone_certificates::code::mask_last4(tail).into();
-            }
+/// The dead letter of a paid order with refused lines, as the outbox relay publishes it to
+/// `topic`: keyed by the order id, the standard `x-dlq-*` headers (reason code
+/// `activation_refused`), the order without codes or phone and each refused line with its
+/// reason code (`backbone_certificates::sale::RefusedSale`).
+pub fn refusal_letters(topic: &str) -> RefusalLetters {
+    let topic = topic.to_owned();
+    Arc::new(move |sale| {
+        let headers = backbone_kafka::DeadLetter {
+            source: None,
+            key: None,
+            payload: None,
+            withheld_bytes: None,
+            reason_code: DeadLetterReason::ActivationRefused.as_str().into(),
+            reason: format!(
+                "{} of {} certificate lines of a paid order not activated",
+                sale.refused,
+                sale.refused + sale.activated
+            ),
+            attempts: 1,
+            replay_count: None,
+            event_id: None,
         }
-    }
-    serde_json::to_vec(&order).unwrap_or_default()
+        .headers();
+        OutboxLetter {
+            topic: topic.clone(),
+            key: sale.order_id.clone(),
+            payload: serde_json::to_value(sale).unwrap_or_default(),
+            headers,
+        }
+    })
 }
 
 /// The consumer's use case for the runner: route by topic, record, and say what the dead letter
@@ -195,7 +212,9 @@ impl RecordHandler for SalesHandler {
         let rejected = match handled {
             Handled::Rejected(r) => {
                 let payload = if topic == self.topics.orders {
-                    Some(redacted_order(payload))
+                    Some(backbone_orders::order_letter(payload))
+                } else if topic == self.topics.payments {
+                    Some(backbone_orders::payment_letter(payload))
                 } else if topic == self.topics.uploads {
                     // An upload job is codes and CVCs: never copied; its position is in the headers.
                     Some(
@@ -218,8 +237,15 @@ impl RecordHandler for SalesHandler {
                 ),
             ),
             Handled::Recorded(Some(a)) => {
-                for (line, problem) in &a.problems {
-                    tracing::error!(order_id = %a.order_id, line = %line, problem = %problem, "certificate in a paid order could not be activated");
+                for line in &a.problems {
+                    tracing::error!(order_id = %a.order_id, line = %line.line_id, reason_code = %line.reason_code, "certificate in a paid order could not be activated");
+                }
+                if !a.problems.is_empty() {
+                    // Its letter was written to the outbox with the sale.
+                    metrics
+                        .dead_letters
+                        .with_label_values(&[DeadLetterReason::ActivationRefused.as_str()])
+                        .inc();
                 }
                 return Ok(Disposition::Done);
             }
@@ -271,16 +297,47 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
-    use super::redacted_order;
+    use super::refusal_letters;
+    use backbone_certificates::sale::{RefusedLine, RefusedSale};
 
     #[test]
-    fn dead_lettered_orders_keep_their_shape_but_not_their_codes() {
-        let order = br#"{"order_id":"o1","lines":[{"line_id":"1","certificate_code":"ABCD-EFGH-JKLM-NPQ7"},{"line_id":"2"}]}"#;
-        let out: serde_json::Value = serde_json::from_slice(&redacted_order(order)).unwrap_or_default();
-        assert_eq!(out["order_id"], "o1");
-        assert_eq!(out["lines"][0]["certificate_code"], "****-****-****-NPQ7");
-        assert!(out["lines"][1].get("certificate_code").is_none());
-        let garbage = redacted_order(b"ABCDEFGHJKLMNPQ7 not json");
-        assert!(!String::from_utf8_lossy(&garbage).contains("ABCDEFGHJKLMNPQ7"));
+    fn a_refused_sale_is_a_dead_letter_with_its_reason_code_and_no_code() {
+        let sale = RefusedSale {
+            version: 1,
+            kind: "sale_activation",
+            order_id: "o-1".into(),
+            client_id: Some("c-1".into()),
+            currency: "RUB".into(),
+            total_minor: 1,
+            activated: 1,
+            refused: 1,
+            refused_lines: vec![RefusedLine {
+                line_id: "2".into(),
+                certificate_code: Some("****-****-****-NPQ7".into()),
+                amount_minor: 1,
+                reason_code: "nominal-mismatch".into(),
+            }],
+        };
+        let letter = refusal_letters("dead")(&sale);
+        assert_eq!((letter.topic.as_str(), letter.key.as_str()), ("dead", "o-1"));
+        let header = |name: &str| {
+            letter
+                .headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(
+            header(backbone_kafka::HEADER_REASON_CODE),
+            Some("activation_refused")
+        );
+        assert_eq!(
+            header(backbone_kafka::HEADER_REASON),
+            Some("1 of 2 certificate lines of a paid order not activated")
+        );
+        assert_eq!(
+            letter.payload["refused_lines"][0]["reason_code"],
+            "nominal-mismatch"
+        );
     }
 }

@@ -63,7 +63,8 @@ impl AppState {
             .await
             .context("Redis")?;
         Ok(Arc::new(Self {
-            certificates: CertificateService::new(store),
+            certificates: CertificateService::new(store)
+                .with_refusal_letters(crate::sales::refusal_letters(&cfg.topics.dead_letters)),
             keys,
             cache: BalanceCache::new(redis.clone(), Duration::from_secs(cfg.redis.balance_ttl_seconds)),
             limiter: AttemptLimiter::new(redis, cfg.attempts),

@@ -42,7 +42,7 @@ pub(super) fn write_templates() -> anyhow::Result<WriteTemplates> {
     execute(
         &mut c,
         OperationId::parse(key())?,
-        &Command::Activate { links },
+        &Command::Activate { links, price: None },
         now,
     )?;
     let hold = OperationId::parse(AUTH_ID)?;

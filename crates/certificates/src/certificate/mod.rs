@@ -148,15 +148,24 @@ impl Certificate {
             .sum()
     }
 
+    /// Activates an issued certificate. `price`, when the activation is a sale's, is what the
+    /// sale line charged: it must be the nominal, in the certificate's currency.
     pub fn activate(
         &mut self,
         op: OperationId,
         links: SaleLinks,
+        price: Option<Amount>,
         now: OffsetDateTime,
     ) -> Result<Effect, CertificateError> {
         self.apply(op, Action::Activate, now, |c| {
             c.require(&[State::Issued], "activate")?;
             c.require_not_expired(now)?;
+            if let Some(price) = price {
+                c.require_currency(price.currency())?;
+                if price.minor() != c.nominal {
+                    return Err(CertificateError::NominalMismatch);
+                }
+            }
             c.links = links;
             c.state = State::Active;
             Ok(None)

@@ -148,6 +148,10 @@ pub enum CertificateError {
     InUse,
     #[error("the operation id was already used for a different request")]
     IdempotencyConflict(OperationId),
+    /// A sale line's amount is not the certificate's nominal: a certificate is sold for what it
+    /// is worth, not activated by any order that happens to be paid.
+    #[error("the sale line's amount differs from the certificate's nominal")]
+    NominalMismatch,
 }
 
 impl CertificateError {
@@ -167,6 +171,7 @@ impl CertificateError {
             CertificateError::CertificateExpired(_) => "certificate-expired",
             CertificateError::InUse => "certificate-in-use",
             CertificateError::IdempotencyConflict(_) => "operation-id-reused",
+            CertificateError::NominalMismatch => "nominal-mismatch",
         }
     }
 }

@@ -305,6 +305,17 @@ impl SaleRecords for MemoryUnit {
         }
         Ok(())
     }
+
+    async fn queue_letter(&mut self, letter: &OutboxLetter) -> Result<(), StoreError> {
+        let data = self.data().await;
+        data.push_outbox(
+            &letter.topic,
+            &letter.key,
+            letter.payload.to_string(),
+            letter.headers.clone(),
+        );
+        Ok(())
+    }
 }
 
 #[async_trait]

@@ -371,6 +371,7 @@ pub async fn activate(
                     order_id: req.order_id,
                     payment_id: req.payment_id,
                 },
+                price: None,
             },
             canonical,
             cvc: None,
