@@ -8,3 +8,4 @@ mod concurrency;
 mod harness;
 mod sales;
 mod upload;
+mod upload_rules;
