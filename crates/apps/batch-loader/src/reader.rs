@@ -38,7 +38,7 @@ pub struct Row<'a> {
 
 /// The rows of a batch file, in file order.
 pub struct BatchReader<R: Read> {
-    csv: csv::Reader<LineIndex<R>>,
+    csv: csv::Reader<LineIndex<io::Chain<io::Cursor<Vec<u8>>, R>>>,
     columns: Columns,
     record: ByteRecord,
 }
@@ -51,6 +51,7 @@ impl<R: Read> BatchReader<R> {
 
     /// As [`BatchReader::new`], with the parser's buffer of `capacity` bytes (at least 1).
     pub fn with_buffer(input: R, capacity: usize) -> Result<Self, ReadError> {
+        let input = without_bom(input).map_err(csv::Error::from)?;
         let mut csv = csv::ReaderBuilder::new()
             .has_headers(true)
             .flexible(true)
@@ -82,6 +83,28 @@ impl<R: Read> BatchReader<R> {
     pub fn bytes_read(&self) -> u64 {
         self.csv.position().byte()
     }
+}
+
+const BOM: &[u8; 3] = b"\xef\xbb\xbf";
+
+/// The input without a leading UTF-8 byte order mark. The parser drops one only when its first
+/// read holds the mark and more (one that is the whole first read ends its input there), so it
+/// is dropped here, whatever the reads.
+fn without_bom<R: Read>(mut input: R) -> io::Result<io::Chain<io::Cursor<Vec<u8>>, R>> {
+    let mut head = Vec::with_capacity(BOM.len());
+    let mut byte = [0u8; 1];
+    while head.len() < BOM.len() && BOM.starts_with(&head) {
+        match input.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) => head.push(byte[0]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if head == BOM {
+        head.clear();
+    }
+    Ok(io::Cursor::new(head).chain(input))
 }
 
 /// A run of consecutive `\r` and `\n` bytes.
@@ -212,6 +235,14 @@ mod tests {
     fn leading_blank_lines_and_a_missing_final_line_end_are_counted_right() {
         let text = format!("\r\n\n{HEADER}\r\nx,1\r\ny,2");
         assert_eq!(lines(&text, 4), [4, 5]);
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_read_past_whatever_the_buffer() {
+        let text = format!("\u{feff}{HEADER}\r\nx,1\r\ny,2\r\n");
+        for buffer in [1, 2, 3, 4, DEFAULT_BUFFER] {
+            assert_eq!(lines(&text, buffer), [2, 3], "a {buffer}-byte buffer");
+        }
     }
 
     #[test]
