@@ -66,7 +66,7 @@ check-rules:
 ## Fuzz targets (cargo-fuzz, nightly toolchain), each for FUZZ_SECONDS; not part of `make test`.
 ## Reads fuzz/corpus/<target>, writes new inputs to fuzz/corpus-new/<target> (see fuzz/README.md).
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= tracking_event dead_letter_headers vendor_transformers order_payment
+FUZZ_TARGETS ?= tracking_event dead_letter_headers vendor_transformers order_payment upload_job batch_file
 fuzz:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	@for t in $(FUZZ_TARGETS); do \

@@ -186,6 +186,23 @@ impl Service {
         assert_eq!(response.status(), 200);
     }
 
+    /// Opens an upload batch over the API (`PUT /certificates/upload/batches/{batch}`): the
+    /// service takes jobs from the upload topic only for an opened batch.
+    pub async fn open_batch(&self, batch: &str) {
+        let response = self
+            .http
+            .put(format!("{}/certificates/upload/batches/{batch}", self.base))
+            .bearer_auth(token(Channel::BatchLoader))
+            .send()
+            .await
+            .expect("test setup");
+        assert!(
+            matches!(response.status().as_u16(), 200 | 201),
+            "opening {batch}: {}",
+            response.status()
+        );
+    }
+
     pub async fn view(&self, code: &str) -> Value {
         self.http
             .get(format!("{}/certificates/{code}", self.base))

@@ -214,6 +214,13 @@ async fn uploads_over_kafka_issue_and_bad_records_are_dead_lettered() {
         .map(|c| json!({"code": c, "cvc": "123", "nominal_minor": 2_500, "currency": "RUB"}))
         .collect();
     let job = json!({"version": 1, "batch_id": batch, "job": 0, "certificates": rows}).to_string();
+    // A job of a batch nobody opened over the API: dead-lettered, nothing issued.
+    let unopened = format!("kafka-unopened-{}", service.id);
+    let stray = new_code();
+    let stray_job = json!({"version": 1, "batch_id": unopened, "job": 0,
+        "certificates": [{"code": stray, "cvc": "7531", "nominal_minor": 100, "currency": "RUB"}]});
+    send(&producer, &t.uploads, &batch, &stray_job.to_string()).await;
+    service.open_batch(&batch).await;
     send(&producer, &t.uploads, &batch, &job).await;
     // The same job again (a loader resumed after a crash): nothing issued twice.
     send(&producer, &t.uploads, &batch, &job).await;
@@ -252,10 +259,13 @@ async fn uploads_over_kafka_issue_and_bad_records_are_dead_lettered() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let letters = read_until(&t.dead_letters, |got| got.len() >= 3).await;
+    let letters = read_until(&t.dead_letters, |got| got.len() >= 4).await;
     for letter in &letters {
         assert!(
-            !letter.payload.contains(&secret) && !letter.payload.contains("8642"),
+            !letter.payload.contains(&secret)
+                && !letter.payload.contains("8642")
+                && !letter.payload.contains(&stray)
+                && !letter.payload.contains("7531"),
             "a dead letter carries a code or CVC: {}",
             letter.payload
         );
@@ -270,9 +280,22 @@ async fn uploads_over_kafka_issue_and_bad_records_are_dead_lettered() {
         .collect();
     assert!(codes_of.contains(&"malformed_json"), "{codes_of:?}");
     assert!(codes_of.contains(&"unsupported_version"), "{codes_of:?}");
+    assert!(
+        letters.iter().any(|l| {
+            l.headers
+                .get(backbone_kafka::HEADER_REASON_CODE)
+                .map(String::as_str)
+                == Some("invalid_job")
+                && l.headers.get(backbone_kafka::HEADER_REASON).map(String::as_str)
+                    == Some("batch not opened over the API")
+        }),
+        "no letter for the unopened batch: {:?}",
+        letters.iter().map(|l| &l.headers).collect::<Vec<_>>()
+    );
     // A later job under the same key (so the same partition): once it is issued, the duplicate
     // before it has been handled too.
     let sentinel = format!("{batch}-after");
+    service.open_batch(&sentinel).await;
     let job = json!({"version": 1, "batch_id": sentinel, "job": 0,
         "certificates": [{"code": new_code(), "cvc": "123", "nominal_minor": 100, "currency": "RUB"}]});
     send(&producer, &t.uploads, &batch, &job.to_string()).await;
@@ -290,6 +313,12 @@ async fn uploads_over_kafka_issue_and_bad_records_are_dead_lettered() {
         .await
         .unwrap();
     assert_eq!(issued, 5);
+    let stray_issued: i64 = sqlx::query_scalar("SELECT count(*) FROM gift_certificate WHERE batch_id = $1")
+        .bind(&unopened)
+        .fetch_one(&service.pool)
+        .await
+        .unwrap();
+    assert_eq!(stray_issued, 0, "a job of an unopened batch issued certificates");
     service.stop().await;
 }
 

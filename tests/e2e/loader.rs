@@ -72,17 +72,17 @@ fn load(service: &Service, file: &Path, batch: &str, via: &str) -> Command {
         .args(["--progress", "plain", "--progress-every", "1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    match via {
-        "http" => cmd
-            .args(["--url", &service.base])
-            .env("BATCH_LOADER_TOKEN", token(Channel::BatchLoader)),
-        _ => cmd.args([
+    // Over Kafka too: the loader opens the batch over the API before its first job.
+    cmd.args(["--url", &service.base])
+        .env("BATCH_LOADER_TOKEN", token(Channel::BatchLoader));
+    if via == "kafka" {
+        cmd.args([
             "--brokers",
             &backbone_tests::brokers(),
             "--topic",
             &service.topics.uploads,
-        ]),
-    };
+        ]);
+    }
     cmd
 }
 

@@ -11,3 +11,4 @@ mod harness;
 mod ops;
 mod sales;
 mod upload;
+mod upload_rules;

@@ -82,7 +82,7 @@ fn request(code: u8, operation: &str, command: Command, key: Option<IdempotencyC
 /// Every scenario, in order, against `store` (which must start empty).
 pub async fn store_contract<S>(store: &S)
 where
-    S: CertificateStore + CertificateViews + SmsQueue + Outbox,
+    S: CertificateStore + CertificateViews + SmsQueue + Outbox + UploadBatches,
 {
     let service = CertificateService::new(store);
     issue_counts_new_resent_and_duplicate_codes(&service).await;
@@ -95,6 +95,7 @@ where
     a_finish_after_the_lease_was_taken_over_is_refused(&service).await;
     the_outbox_keeps_commit_order_and_one_leader(store).await;
     refused_outbox_records_are_parked_and_requeued(store).await;
+    a_batch_is_opened_once_by_its_first_opener(store).await;
 }
 
 async fn issue_counts_new_resent_and_duplicate_codes<S>(service: &CertificateService<&S>)
@@ -745,4 +746,22 @@ async fn refused_outbox_records_are_parked_and_requeued<S: Outbox>(store: &S) {
         "requeued at the end, unchanged"
     );
     assert!(last.id > refused.id);
+}
+
+async fn a_batch_is_opened_once_by_its_first_opener<S: UploadBatches>(store: &S) {
+    assert!(store.opened_batch("spring").await.expect("read").is_none());
+    let (first, opened) = store
+        .open_batch("spring", Channel::BatchLoader)
+        .await
+        .expect("open");
+    assert!(opened, "the first call opens it");
+    assert_eq!(
+        (first.batch_id.as_str(), first.opened_by),
+        ("spring", Channel::BatchLoader)
+    );
+    let (again, opened) = store.open_batch("spring", Channel::Internal).await.expect("open");
+    assert!(!opened, "a second call finds it open");
+    assert_eq!(again, first, "the first opener and time stand");
+    assert_eq!(store.opened_batch("spring").await.expect("read"), Some(first));
+    assert!(store.opened_batch("autumn").await.expect("read").is_none());
 }

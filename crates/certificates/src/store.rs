@@ -295,6 +295,29 @@ pub trait CertificateViews: Send + Sync {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Upload batches
+
+/// An upload batch opened over the authenticated API: who opened it, when. Jobs from the
+/// upload topic are taken only for an opened batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OpenedBatch {
+    pub batch_id: String,
+    pub opened_by: Channel,
+    #[serde(with = "time::serde::rfc3339")]
+    pub opened_at: OffsetDateTime,
+}
+
+/// Opened batches. Opening is idempotent and never undone.
+#[async_trait]
+pub trait UploadBatches: Send + Sync {
+    /// Opens the batch for `channel` unless it is open; returns it as recorded (the first
+    /// opener and time) and whether this call opened it.
+    async fn open_batch(&self, batch_id: &str, channel: Channel) -> Result<(OpenedBatch, bool), StoreError>;
+    /// The batch, if it was opened.
+    async fn opened_batch(&self, batch_id: &str) -> Result<Option<OpenedBatch>, StoreError>;
+}
+
+// ---------------------------------------------------------------------------------------------
 // The SMS queue
 
 /// A claimed delivery. `sealed` is `None` when the CVC was already erased (delivered before).

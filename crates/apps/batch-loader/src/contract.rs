@@ -7,6 +7,11 @@ use std::fmt;
 pub const CONTRACT_VERSION: u32 = 1;
 pub const UPLOAD_PATH: &str = "/certificates/upload/batch";
 pub const UPLOAD_TOPIC: &str = "GiftCertificateUpload";
+/// Where a batch is opened (`PUT`) and its totals read (`GET`); the id is one of
+/// [`validate_batch_id`]'s, safe in a path as it is.
+pub fn batch_path(batch_id: &str) -> String {
+    format!("/certificates/upload/batches/{batch_id}")
+}
 /// Most certificates in one job: keeps a Kafka record under the default 1 MB limit.
 pub const MAX_JOB_SIZE: usize = 5_000;
 
@@ -72,5 +77,20 @@ pub fn validate_batch_id(id: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err("a batch id has 1 to 64 characters from A-Z a-z 0-9 . _ -".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_ids_follow_the_contract() {
+        for good in ["spring-2027-rub-5000", "a", "A.b_c-9", &"x".repeat(64)] {
+            assert_eq!(validate_batch_id(good), Ok(()), "{good}");
+        }
+        for bad in ["", "bad id!", "ü-batch", &"x".repeat(65), "a/b", "a:b", "tab\t"] {
+            assert!(validate_batch_id(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -70,8 +70,7 @@ impl Columns {
         }
         if names.len() != COLUMNS.len() {
             return Err(format!(
-                "the header has {} columns; expected exactly {}",
-                names.len(),
+                "the header has columns besides {}; expected exactly those",
                 COLUMNS.join(",")
             ));
         }

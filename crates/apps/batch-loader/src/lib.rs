@@ -8,4 +8,5 @@ pub mod format;
 pub mod generate;
 pub mod load;
 pub mod progress;
+pub mod reader;
 pub mod sink;

@@ -9,13 +9,13 @@
 use crate::checkpoint::{job_digest, Checkpoint, JobDigest};
 use crate::contract::{UploadAck, UploadJob, CONTRACT_VERSION, MAX_JOB_SIZE};
 use crate::dedup::SeenCodes;
-use crate::format::{validate_row, Columns, RejectReason};
+use crate::format::RejectReason;
 use crate::progress::{Counters, Progress, ProgressMode};
+use crate::reader::BatchReader;
 use crate::sink::{OutgoingJob, SendError, Sink};
 use anyhow::Context;
 use rand::Rng;
 use std::fs::{File, OpenOptions};
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -143,31 +143,22 @@ fn read_file(
     counters: &Counters,
 ) -> anyhow::Result<ReadTotals> {
     let file = File::open(&options.file).with_context(|| format!("{}", options.file.display()))?;
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .flexible(true)
-        .from_reader(BufReader::with_capacity(1 << 18, file));
-    let columns = Columns::from_header(reader.byte_headers()?)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", options.file.display()))?;
+    let mut reader =
+        BatchReader::new(file).map_err(|e| anyhow::anyhow!("{}: {e}", options.file.display()))?;
     let mut rejects = open_rejects(&options.rejects)?;
 
     let mut seen = SeenCodes::new();
     let mut totals = ReadTotals::default();
     let mut current = Vec::with_capacity(options.job_size);
-    let mut record = csv::ByteRecord::new();
     let mut next_job: u32 = 0;
     let emit = |certificates, job| ready_job(&options.batch_id, certificates, job);
-    loop {
-        if !reader.read_byte_record(&mut record)? {
-            break;
-        }
+    while let Some(row) = reader.next_row()? {
         totals.rows += 1;
-        let line = record.position().map_or(0, |p| p.line());
         counters.rows.fetch_add(1, Ordering::Relaxed);
         counters
             .bytes
-            .store(record.position().map_or(0, |p| p.byte()), Ordering::Relaxed);
-        let outcome = validate_row(&record, &columns).and_then(|(code, cert)| {
+            .store(row.record.position().map_or(0, |p| p.byte()), Ordering::Relaxed);
+        let outcome = row.outcome.and_then(|(code, cert)| {
             if seen.insert(code.expose()) {
                 Ok(cert)
             } else {
@@ -196,7 +187,7 @@ fn read_file(
                     totals.duplicates_in_file += 1;
                 }
                 counters.rejected.fetch_add(1, Ordering::Relaxed);
-                write_reject(&mut rejects, line, reason, &record)?;
+                write_reject(&mut rejects, row.line, reason, row.record)?;
             }
         }
     }
@@ -205,7 +196,7 @@ fn read_file(
         totals.jobs += 1;
         let _ = tx.blocking_send(ready);
     }
-    counters.bytes.store(reader.position().byte(), Ordering::Relaxed);
+    counters.bytes.store(reader.bytes_read(), Ordering::Relaxed);
     close_rejects(rejects)?;
     Ok(totals)
 }
@@ -356,9 +347,32 @@ fn check_resumed(earlier: &JobDigest, ready: &ReadyJob, batch_id: &str) -> anyho
     Ok(())
 }
 
+/// Opens the batch at the service (over Kafka), retrying what is worth another try.
+async fn open_batch(sink: &Sink, options: &LoadOptions) -> anyhow::Result<()> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match sink.open_batch().await {
+            Ok(()) => return Ok(()),
+            Err(SendError::Retryable { reason, retry_after }) if attempt < options.max_attempts => {
+                let wait = retry_after
+                    .unwrap_or_else(|| backoff(options.retry_base, attempt - 1))
+                    .min(Duration::from_secs(30));
+                eprintln!("{reason}; try {attempt} of {}", options.max_attempts);
+                tokio::time::sleep(wait).await;
+            }
+            Err(SendError::Retryable { reason, .. }) => {
+                anyhow::bail!("{reason}; gave up after {attempt} tries; nothing was sent")
+            }
+            Err(SendError::Fatal(reason)) => anyhow::bail!("{reason}; nothing was sent"),
+        }
+    }
+}
+
 pub async fn load(options: LoadOptions, sink: Arc<Sink>) -> anyhow::Result<Summary> {
     let started = Instant::now();
     check_options(&options)?;
+    open_batch(&sink, &options).await?;
     let total_bytes = std::fs::metadata(&options.file)
         .with_context(|| format!("{}", options.file.display()))?
         .len();

@@ -8,7 +8,7 @@ use batch_loader::contract::UPLOAD_TOPIC;
 use batch_loader::generate::{generate, GenerateOptions};
 use batch_loader::load::{default_rejects_path, load, LoadOptions};
 use batch_loader::progress::ProgressMode;
-use batch_loader::sink::{HttpSink, KafkaSink, Sink};
+use batch_loader::sink::{HttpSink, KafkaSink, ServiceApi, Sink};
 use clap::{Parser, Subcommand, ValueEnum};
 use secrecy::SecretString;
 use std::collections::BTreeMap;
@@ -67,10 +67,13 @@ struct LoadArgs {
     batch_id: String,
     #[arg(long, value_enum)]
     via: Via,
-    /// Base URL of the gift-certificates service (`--via http`).
-    #[arg(long, required_if_eq("via", "http"))]
-    url: Option<String>,
-    /// Service token with the `upload` scope (`--via http`); prefer the environment variable.
+    /// Base URL of the gift-certificates service. `--via http` sends the jobs there; `--via
+    /// kafka` opens the batch there first (`PUT /certificates/upload/batches/{id}`), since the
+    /// service takes jobs from the topic only for a batch opened over its API.
+    #[arg(long)]
+    url: String,
+    /// Service token with the `upload` scope, needed with either `--via`; prefer the
+    /// environment variable.
     #[arg(long, env = "BATCH_LOADER_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Kafka bootstrap servers (`--via kafka`).
@@ -115,20 +118,20 @@ fn parse_property(s: &str) -> Result<(String, String), String> {
 }
 
 async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
+    let token = SecretString::from(args.token.unwrap_or_default());
+    let timeout = Duration::from_secs(args.timeout_secs.max(1));
     let sink = match args.via {
-        Via::Http => Sink::Http(HttpSink::new(
-            args.url.as_deref().unwrap_or_default(),
-            SecretString::from(args.token.unwrap_or_default()),
-            &args.batch_id,
-            Duration::from_secs(args.timeout_secs.max(1)),
-        )?),
+        Via::Http => Sink::Http(HttpSink::new(&args.url, token, &args.batch_id, timeout)?),
         Via::Kafka => {
+            let api = ServiceApi::new(&args.url, token, timeout)?;
             let settings = KafkaSettings {
                 brokers: args.brokers.unwrap_or_default(),
                 properties: args.kafka_properties.into_iter().collect::<BTreeMap<_, _>>(),
                 ..KafkaSettings::default()
             };
-            Sink::Kafka(KafkaSink::new(&settings, &args.topic, &args.batch_id).context("Kafka producer")?)
+            Sink::Kafka(
+                KafkaSink::new(&settings, &args.topic, &args.batch_id, api).context("Kafka producer")?,
+            )
         }
     };
     let options = LoadOptions {

@@ -175,8 +175,11 @@ async fn load_arguments_are_checked_before_anything_is_sent() {
     assert!(String::from_utf8_lossy(&no_url.stderr).contains("--url"));
 
     let server = service(Duration::ZERO).await;
+    let long_id = "b".repeat(65);
     for (args, expected) in [
         (vec!["--batch-id", "bad id!", "--job-size", "10"], "batch id"),
+        (vec!["--batch-id", "ü-batch", "--job-size", "10"], "batch id"),
+        (vec!["--batch-id", &long_id, "--job-size", "10"], "batch id"),
         (vec!["--batch-id", "ok", "--job-size", "0"], "--job-size"),
         (vec!["--batch-id", "ok", "--job-size", "5001"], "--job-size"),
     ] {
@@ -206,6 +209,33 @@ async fn load_arguments_are_checked_before_anything_is_sent() {
         .await
         .unwrap();
     assert!(!no_token.status.success());
+
+    // Over Kafka the batch is opened over the API first: the URL and token are needed too.
+    let kafka = |url: Option<String>, token: bool| {
+        let mut c = loader();
+        c.arg("load")
+            .arg(&file)
+            .args(["--batch-id", "x", "--via", "kafka", "--brokers", "127.0.0.1:1"]);
+        if let Some(url) = url {
+            c.args(["--url", &url]);
+        }
+        if token {
+            c.env("BATCH_LOADER_TOKEN", TOKEN);
+        } else {
+            c.env_remove("BATCH_LOADER_TOKEN");
+        }
+        c
+    };
+    let no_url = kafka(None, true).output().await.unwrap();
+    assert!(!no_url.status.success());
+    assert!(String::from_utf8_lossy(&no_url.stderr).contains("--url"));
+    let no_token = kafka(Some(server.uri()), false).output().await.unwrap();
+    assert!(!no_token.status.success());
+    let stderr = String::from_utf8_lossy(&no_token.stderr);
+    assert!(
+        stderr.contains("BATCH_LOADER_TOKEN") && stderr.contains("--via kafka opens the batch"),
+        "{stderr}"
+    );
     assert!(server.received_requests().await.unwrap().is_empty());
 }
 

@@ -21,6 +21,7 @@ use backbone_kafka::{
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+use backbone_certificates::store::UploadBatches;
 use backbone_certificates::{Channel, DeadLetterReason};
 pub use backbone_orders::{reject, Rejection};
 
@@ -125,6 +126,20 @@ async fn upload(state: &AppState, payload: &[u8]) -> Result<Handled, backbone_ce
             )))
         }
     };
+    if let Err(e) = crate::upload::check_job(&job) {
+        return Ok(Handled::Rejected(reject(
+            DeadLetterReason::InvalidJob,
+            e.to_string(),
+        )));
+    }
+    // Producing to the topic is not enough to issue: the batch must have been opened over the
+    // authenticated API (`PUT /certificates/upload/batches/{id}`, or an upload over HTTP).
+    if state.store().opened_batch(&job.batch_id).await?.is_none() {
+        return Ok(Handled::Rejected(reject(
+            DeadLetterReason::InvalidJob,
+            "batch not opened over the API".to_owned(),
+        )));
+    }
     let (batch, rejected_rows) =
         match crate::upload::prepare(state.keys.as_ref(), job, Channel::BatchLoader, None) {
             Ok(prepared) => prepared,

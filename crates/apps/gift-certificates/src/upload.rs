@@ -3,6 +3,7 @@
 //! rows are issued in one statement, the rest reported with their reasons. Neither codes nor
 //! CVCs appear in a reason.
 
+use backbone_certificates::code::CodeError;
 use backbone_certificates::store::{IssueBatch, NewCertificate};
 use backbone_certificates::{Amount, Channel, CodeKeys, Currency, Cvc, GiftCode};
 use serde::{Deserialize, Serialize};
@@ -11,8 +12,20 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-/// Most rows one job may carry.
-pub const MAX_ROWS: usize = 10_000;
+/// Most rows one job may carry (`docs/batch-upload-contract.md`): keeps a Kafka record under
+/// the default 1 MB limit.
+pub const MAX_ROWS: usize = 5_000;
+/// Longest batch id, in characters (all ASCII).
+pub const MAX_BATCH_ID: usize = 64;
+
+/// A batch id as the contract allows it: 1 to 64 characters from `A-Z a-z 0-9 . _ -`, safe in
+/// keys, headers, file names and operation ids.
+pub fn valid_batch_id(id: &str) -> bool {
+    (1..=MAX_BATCH_ID).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -50,67 +63,132 @@ impl std::fmt::Debug for UploadRow {
 pub struct RejectedRow {
     /// Position in `certificates`, from 0.
     pub index: usize,
+    /// Why, in one of the fixed texts of [`RowReason`]: never a part of the row.
     pub reason: String,
 }
 
-/// Why a job as a whole cannot be taken.
+impl RejectedRow {
+    pub fn new(index: usize, reason: RowReason) -> Self {
+        Self {
+            index,
+            reason: reason.text().to_owned(),
+        }
+    }
+}
+
+/// Why a row is not issued: a closed set of fixed texts (`docs/batch-upload-contract.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowReason {
+    CodeFormat,
+    CodeCheckCharacter,
+    Cvc,
+    Currency,
+    Nominal,
+    Expired,
+    RepeatedInJob,
+}
+
+impl RowReason {
+    pub const ALL: [RowReason; 7] = [
+        RowReason::CodeFormat,
+        RowReason::CodeCheckCharacter,
+        RowReason::Cvc,
+        RowReason::Currency,
+        RowReason::Nominal,
+        RowReason::Expired,
+        RowReason::RepeatedInJob,
+    ];
+
+    pub fn text(self) -> &'static str {
+        match self {
+            RowReason::CodeFormat => "a certificate code has 16 characters from the code alphabet",
+            RowReason::CodeCheckCharacter => "the certificate code's check character does not match",
+            RowReason::Cvc => "the CVC is not 3 or 4 digits",
+            RowReason::Currency => "currency is not an ISO 4217 code",
+            RowReason::Nominal => "nominal_minor must be greater than zero",
+            RowReason::Expired => "expires_at is not in the future",
+            RowReason::RepeatedInJob => "the same code appears earlier in this job",
+        }
+    }
+}
+
+/// One row's fields, checked in this order; the first that fails is the reason.
+fn check_row(row: &UploadRow, now: OffsetDateTime) -> Result<(GiftCode, Cvc, Amount), RowReason> {
+    let code = GiftCode::parse(&row.code).map_err(|e| match e {
+        CodeError::CheckCharacter => RowReason::CodeCheckCharacter,
+        _ => RowReason::CodeFormat,
+    })?;
+    let cvc = Cvc::parse(&row.cvc).map_err(|_| RowReason::Cvc)?;
+    let currency = Currency::parse(&row.currency).map_err(|_| RowReason::Currency)?;
+    let nominal = Amount::new(row.nominal_minor, currency).map_err(|_| RowReason::Nominal)?;
+    if row.expires_at.is_some_and(|at| at <= now) {
+        return Err(RowReason::Expired);
+    }
+    Ok((code, cvc, nominal))
+}
+
+/// Why a job as a whole cannot be taken. The words name the field, never its value.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
-    #[error("unsupported version {0}; this service reads version 1")]
-    Version(u16),
-    #[error("batch_id must be 1..=128 printable characters")]
+    #[error("version: this service reads version 1 only")]
+    Version,
+    #[error("batch_id: 1 to {MAX_BATCH_ID} characters from A-Z a-z 0-9 . _ -")]
     BatchId,
-    #[error("a job carries 1..={MAX_ROWS} certificates")]
+    #[error("certificates: a job carries 1 to {MAX_ROWS} certificates")]
     Size,
     #[error("sealing a CVC failed: {0}")]
     Keys(String),
 }
 
-/// Validates and seals a job's rows.
+/// Checks what concerns the job as a whole: version, batch id, size.
+pub fn check_job(job: &UploadJob) -> Result<(), JobError> {
+    if job.version != 1 {
+        return Err(JobError::Version);
+    }
+    if !valid_batch_id(&job.batch_id) {
+        return Err(JobError::BatchId);
+    }
+    if job.certificates.is_empty() || job.certificates.len() > MAX_ROWS {
+        return Err(JobError::Size);
+    }
+    Ok(())
+}
+
+/// Validates and seals a job's rows: the one validation of uploads over HTTP and Kafka. A job
+/// invalid as a whole is an error; each invalid row is listed with its reason (which never
+/// quotes the row), and the rest are ready to issue. A row that expires at or before `now`
+/// is rejected, not issued.
 pub fn prepare(
     keys: &dyn CodeKeys,
     job: UploadJob,
     channel: Channel,
     source_event: Option<String>,
 ) -> Result<(IssueBatch, Vec<RejectedRow>), JobError> {
-    if job.version != 1 {
-        return Err(JobError::Version(job.version));
-    }
-    if job.batch_id.is_empty() || job.batch_id.len() > 128 || job.batch_id.chars().any(char::is_control) {
-        return Err(JobError::BatchId);
-    }
-    if job.certificates.is_empty() || job.certificates.len() > MAX_ROWS {
-        return Err(JobError::Size);
-    }
+    prepare_at(keys, job, channel, source_event, OffsetDateTime::now_utc())
+}
+
+/// [`prepare`] as of `now`.
+pub fn prepare_at(
+    keys: &dyn CodeKeys,
+    job: UploadJob,
+    channel: Channel,
+    source_event: Option<String>,
+    now: OffsetDateTime,
+) -> Result<(IssueBatch, Vec<RejectedRow>), JobError> {
+    check_job(&job)?;
     let mut rejected = Vec::new();
     let mut certificates = Vec::with_capacity(job.certificates.len());
     let mut seen = HashSet::with_capacity(job.certificates.len());
     for (index, row) in job.certificates.into_iter().enumerate() {
-        let reject = |reason: &str| RejectedRow {
-            index,
-            reason: reason.to_owned(),
-        };
-        let code = match GiftCode::parse(&row.code) {
-            Ok(c) => c,
-            Err(e) => {
-                rejected.push(reject(&e.to_string()));
+        let (code, cvc, nominal) = match check_row(&row, now) {
+            Ok(valid) => valid,
+            Err(reason) => {
+                rejected.push(RejectedRow::new(index, reason));
                 continue;
             }
         };
-        let Ok(cvc) = Cvc::parse(&row.cvc) else {
-            rejected.push(reject("the CVC is not 3 or 4 digits"));
-            continue;
-        };
-        let Ok(currency) = Currency::parse(&row.currency) else {
-            rejected.push(reject("currency is not an ISO 4217 code"));
-            continue;
-        };
-        let Ok(nominal) = Amount::new(row.nominal_minor, currency) else {
-            rejected.push(reject("nominal_minor must be greater than zero"));
-            continue;
-        };
         if !seen.insert(code.expose().to_owned()) {
-            rejected.push(reject("the same code appears earlier in this job"));
+            rejected.push(RejectedRow::new(index, RowReason::RepeatedInJob));
             continue;
         }
         let digest = keys.code_digest(&code);
@@ -139,4 +217,35 @@ pub fn prepare(
         },
         rejected,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_ids_follow_the_contract() {
+        for good in ["spring-2027-rub-5000", "a", "A.b_c-9", &"x".repeat(MAX_BATCH_ID)] {
+            assert!(valid_batch_id(good), "{good}");
+        }
+        for bad in [
+            "",
+            "bad id!",
+            "ü-batch",
+            &"x".repeat(MAX_BATCH_ID + 1),
+            "a/b",
+            "a:b",
+            "a\0b",
+        ] {
+            assert!(!valid_batch_id(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn row_reasons_are_distinct_fixed_texts() {
+        let mut texts: Vec<&str> = RowReason::ALL.iter().map(|r| r.text()).collect();
+        texts.sort_unstable();
+        texts.dedup();
+        assert_eq!(texts.len(), RowReason::ALL.len());
+    }
 }

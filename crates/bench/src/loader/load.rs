@@ -120,8 +120,10 @@ impl Loader {
             "--progress-every".into(),
             "10".into(),
         ];
+        // Over Kafka too: the loader opens the batch over the service's API first.
+        load_args.extend(["--url".into(), service.base_url.clone()]);
         match via {
-            "http" => load_args.extend(["--url".into(), service.base_url.clone()]),
+            "http" => {}
             "kafka" => load_args.extend([
                 "--brokers".into(),
                 args.brokers.clone(),

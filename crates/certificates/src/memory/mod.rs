@@ -4,6 +4,7 @@
 //! and publishes the copy on commit; idempotency keys are claimed apart from that lock, so a
 //! second claim of a held key is refused at once.
 
+mod batches;
 mod unit;
 mod views;
 
@@ -71,6 +72,7 @@ pub(super) struct Data {
     pub(super) parked: BTreeMap<i64, (OutboxRecord, String, String)>,
     pub(super) next_outbox_id: i64,
     pub(super) jobs: BTreeMap<(String, u32), JobRow>,
+    pub(super) batches: BTreeMap<String, OpenedBatch>,
     pub(super) audit_rows: usize,
 }
 

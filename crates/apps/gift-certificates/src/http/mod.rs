@@ -31,10 +31,10 @@ type ApiResult = Result<axum::response::Response, Problem>;
     info(title = "gift-certificates", version = "1.0.0",
          description = "Master service for gift certificates. Every POST needs an Idempotency-Key; errors are RFC 9457 problem details."),
     paths(operations::authorize, operations::capture, operations::void, operations::activate, operations::refund,
-          operations::cancel, reads::balance, reads::view, uploads::upload_batch, uploads::batch_status),
+          operations::cancel, reads::balance, reads::view, uploads::upload_batch, uploads::open_batch, uploads::batch_status),
     components(schemas(Problem, operations::OperationResponse, reads::BalanceResponse, operations::AuthorizeRequest,
                        operations::CaptureRequest, operations::VoidRequest, operations::ActivateRequest, UploadJob, UploadRow,
-                       uploads::UploadResponse, RejectedRow)),
+                       uploads::UploadResponse, uploads::OpenedBatchResponse, RejectedRow)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -61,7 +61,10 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
     use tower_http::trace::TraceLayer;
     Router::new()
         .route("/certificates/upload/batch", post(uploads::upload_batch))
-        .route("/certificates/upload/batches/{id}", get(uploads::batch_status))
+        .route(
+            "/certificates/upload/batches/{id}",
+            get(uploads::batch_status).put(uploads::open_batch),
+        )
         .route("/certificates/{code}/activate", post(operations::activate))
         .route("/certificates/{code}/authorize", post(operations::authorize))
         .route("/certificates/{code}/capture", post(operations::capture))
