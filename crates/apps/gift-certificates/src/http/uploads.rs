@@ -90,8 +90,13 @@ pub async fn upload_batch(
         )
     })?;
     let job_no = job.job;
-    let (batch, rejected) =
-        prepare(state.keys.as_ref(), job, channel, Some(format!("http:{key}"))).map_err(job_problem)?;
+    let (batch, rejected) = prepare(
+        state.keys.as_ref(),
+        job,
+        channel,
+        Some(crate::desk::source_event(channel, &key)),
+    )
+    .map_err(job_problem)?;
     let claim = IdempotencyClaim {
         key,
         request_hash,
