@@ -255,7 +255,7 @@ impl std::fmt::Debug for SmsConfig {
 
 /// Values this repository's configuration files once shipped as tokens: known to anyone, never
 /// accepted.
-const SHIPPED_TOKENS: &[&str] = &[
+pub(crate) const SHIPPED_TOKENS: &[&str] = &[
     "change-me-onlinestore-token-at-least-24-chars",
     "change-me-pos-token-at-least-24-chars",
     "change-me-payments-token-at-least-24-chars",

@@ -7,7 +7,7 @@
 use super::rows::unavailable;
 use super::PgCertificates;
 use async_trait::async_trait;
-use backbone_certificates::store::{Leadership, Outbox, OutboxRecord, StoreError};
+use backbone_certificates::store::{Leadership, Outbox, OutboxLetter, OutboxRecord, StoreError};
 use sqlx::{ConnectOptions, PgConnection};
 
 const LEADER_LOCK: i64 = 0x6763_6f75_7462_6f78; // "gcoutbox"
@@ -123,4 +123,25 @@ impl Outbox for PgCertificates {
             .await
             .map_err(unavailable)
     }
+}
+
+/// Writes `letter` (a dead letter with its headers) to the outbox, in the caller's transaction.
+pub(super) async fn insert_letter(
+    connection: &mut PgConnection,
+    letter: &OutboxLetter,
+) -> Result<(), StoreError> {
+    let headers: serde_json::Map<String, serde_json::Value> = letter
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone().into()))
+        .collect();
+    sqlx::query("INSERT INTO outbox (topic, key, payload, headers) VALUES ($1, $2, $3, $4)")
+        .bind(&letter.topic)
+        .bind(&letter.key)
+        .bind(&letter.payload)
+        .bind(serde_json::Value::Object(headers))
+        .execute(connection)
+        .await
+        .map_err(unavailable)?;
+    Ok(())
 }

@@ -147,19 +147,7 @@ impl SmsQueue for PgCertificates {
             SmsOutcome::Retry { .. } => {}
             SmsOutcome::Failed { .. } => {
                 if let Some(letter) = letter {
-                    let headers: serde_json::Map<String, serde_json::Value> = letter
-                        .headers
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.clone().into()))
-                        .collect();
-                    sqlx::query("INSERT INTO outbox (topic, key, payload, headers) VALUES ($1, $2, $3, $4)")
-                        .bind(&letter.topic)
-                        .bind(&letter.key)
-                        .bind(&letter.payload)
-                        .bind(serde_json::Value::Object(headers))
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(unavailable)?;
+                    super::outbox::insert_letter(&mut tx, letter).await?;
                 }
             }
         }

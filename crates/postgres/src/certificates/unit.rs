@@ -337,20 +337,7 @@ impl SaleRecords for PgUnit {
     }
 
     async fn queue_letter(&mut self, letter: &OutboxLetter) -> Result<(), StoreError> {
-        let headers: serde_json::Map<String, serde_json::Value> = letter
-            .headers
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone().into()))
-            .collect();
-        sqlx::query("INSERT INTO outbox (topic, key, payload, headers) VALUES ($1, $2, $3, $4)")
-            .bind(&letter.topic)
-            .bind(&letter.key)
-            .bind(&letter.payload)
-            .bind(serde_json::Value::Object(headers))
-            .execute(&mut *self.tx)
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+        super::outbox::insert_letter(&mut self.tx, letter).await
     }
 }
 
