@@ -580,6 +580,14 @@ fn the_openapi_document_declares_the_bounds_the_service_enforces() {
         "pattern",
         json!("^\\+[0-9]{8,15}$"),
     );
+    expect(
+        schema("UploadJob", "batch_id"),
+        "pattern",
+        json!("^[A-Za-z0-9._-]{1,64}$"),
+    );
+    expect(schema("UploadJob", "certificates"), "maxItems", json!(5000));
+    expect(schema("UploadRow", "cvc"), "pattern", json!("^[0-9]{3,4}$"));
+    expect(schema("UploadRow", "nominal_minor"), "minimum", json!(1));
     let authorize = &doc["paths"]["/certificates/{code}/authorize"]["post"]["parameters"];
     let param = |name: &str| {
         authorize

@@ -30,21 +30,35 @@ pub fn valid_batch_id(id: &str) -> bool {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UploadJob {
+    /// `1`.
+    #[schema(minimum = 1, maximum = 1)]
     pub version: u16,
+    /// 1-64 characters of `A-Z a-z 0-9 . _ -`.
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$", min_length = 1, max_length = 64)]
     pub batch_id: String,
+    /// The job's number within its batch, from 0.
+    #[schema(minimum = 0)]
     pub job: u32,
+    #[schema(min_items = 1, max_items = 5000)]
     pub certificates: Vec<UploadRow>,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UploadRow {
+    /// The normalised code: 16 characters of `ABCDEFGHJKLMNPQRSTUVWXYZ23456789` with a valid
+    /// check character.
+    #[schema(pattern = r"^[A-HJ-NP-Z2-9]{16}$", min_length = 16, max_length = 16)]
     pub code: String,
+    #[schema(pattern = r"^[0-9]{3,4}$", min_length = 3, max_length = 4)]
     pub cvc: String,
+    #[schema(minimum = 1)]
     pub nominal_minor: i64,
+    #[schema(pattern = r"^[A-Z]{3}$", min_length = 3, max_length = 3)]
     pub currency: String,
+    /// RFC 3339, in the future; `null` for no expiry.
     #[serde(default, with = "time::serde::rfc3339::option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<OffsetDateTime>,
 }
 
