@@ -80,7 +80,8 @@ pub struct Args {
 
 /// Amount of every authorize and capture (1.00 RUB of a 5,000.00 certificate).
 const AMOUNT_MINOR: i64 = 100;
-const UPLOAD_JOB_ROWS: usize = 10_000;
+/// The upload contract's largest job.
+const UPLOAD_JOB_ROWS: usize = 5_000;
 const INITIATOR: &str = "bench-client";
 
 /// What the phases measure with.
