@@ -24,8 +24,8 @@ pub struct ChannelOperation {
     /// The route template's last segment, for metrics and the request hash.
     pub route: &'static str,
     pub channel: Channel,
-    /// The code's digest and its hex form; the problem of a code that does not parse.
-    pub code: Result<(CodeDigest, String), Problem>,
+    /// The code's digest and its hex form; `None` for a code that does not parse.
+    pub code: Option<(CodeDigest, String)>,
     pub command: Command,
     /// What defines the request besides the route and certificate (the parsed body).
     pub canonical: serde_json::Value,
@@ -127,22 +127,23 @@ async fn finish(state: &AppState, reservation: &Reservation, failed: bool) -> Re
 }
 
 /// Admits the lookup of a code: by its digest when it carries a CVC, on the channel's budget
-/// otherwise; a code that does not parse is a counted failure at once.
+/// otherwise; a code that does not parse is a counted failure at once, answered `unknown`.
 async fn admit_code(
     state: &AppState,
     channel: Channel,
-    code: Result<(CodeDigest, String), Problem>,
+    code: Option<(CodeDigest, String)>,
     with_cvc: bool,
+    unknown: Problem,
 ) -> Result<(Reservation, CodeDigest, String), Problem> {
     match code {
-        Ok((digest, digest_hex)) => {
+        Some((digest, digest_hex)) => {
             let reservation = admit(state, channel, with_cvc.then_some(digest_hex.as_str())).await?;
             Ok((reservation, digest, digest_hex))
         }
-        Err(problem) => {
+        None => {
             let reservation = admit(state, channel, None).await?;
             finish(state, &reservation, true).await?;
-            Err(problem)
+            Err(unknown)
         }
     }
 }
@@ -151,17 +152,11 @@ async fn admit_code(
 /// lookup budget; one that carries a CVC counts toward the certificate's too. An unknown code, a
 /// wrong CVC and a hold or capture that is not the channel's to name stay counted.
 pub async fn operate(state: &AppState, op: ChannelOperation) -> Result<Applied, Problem> {
-    let names_target = op.command.target().is_some();
-    let lookup_failed = |p: Problem| if names_target { unknown_hold() } else { p };
-    let (reservation, digest, digest_hex) = admit_code(state, op.channel, op.code, op.cvc.is_some())
-        .await
-        .map_err(|p| {
-            if p.code == ProblemCode::CertificateNotFound.as_str() {
-                lookup_failed(p)
-            } else {
-                p
-            }
-        })?;
+    // Capture and void name a hold: whatever was not found, the answer is `unknown-hold`.
+    let names_hold = op.command.target().is_some();
+    let unknown = move || if names_hold { unknown_hold() } else { not_found() };
+    let (reservation, digest, digest_hex) =
+        admit_code(state, op.channel, op.code, op.cvc.is_some(), unknown()).await?;
     let key = op.idempotency_key;
     // A CVC is verified first, in the attempt's place among the certificate's attempts in flight
     // and before any stored answer is looked at: a burst of guesses gets at most the limit
@@ -169,9 +164,8 @@ pub async fn operate(state: &AppState, op: ChannelOperation) -> Result<Applied, 
     let cvc_verifier = match &op.cvc {
         Some(cvc) => {
             let checked = verify_cvc(state, &digest, &digest_hex, cvc).await;
-            let wrong = matches!(&checked, Err(p) if p.code == ProblemCode::CertificateNotFound.as_str());
-            finish(state, &reservation, wrong).await?;
-            checked?;
+            finish(state, &reservation, matches!(checked, Ok(None))).await?;
+            checked?.ok_or_else(not_found)?;
             Some(state.keys.cvc_verifier(&digest, cvc))
         }
         None => None,
@@ -234,7 +228,7 @@ pub async fn operate(state: &AppState, op: ChannelOperation) -> Result<Applied, 
         }
         Err(e) => {
             let problem = match e {
-                ApplyError::NotFound | ApplyError::UnknownTarget => lookup_failed(not_found()),
+                ApplyError::NotFound | ApplyError::UnknownTarget => unknown(),
                 other => apply_error(other),
             };
             state
@@ -247,18 +241,16 @@ pub async fn operate(state: &AppState, op: ChannelOperation) -> Result<Applied, 
     }
 }
 
-/// Whether `cvc` is the certificate's: read through the balance cache (the verifier never
-/// changes). An unknown certificate and a wrong CVC are the same `404`.
+/// The certificate's view when `cvc` is its CVC, read through the balance cache (the verifier
+/// never changes); `None` alike for an unknown certificate and a wrong CVC.
 async fn verify_cvc(
     state: &AppState,
     digest: &CodeDigest,
     digest_hex: &str,
     cvc: &Cvc,
-) -> Result<BalanceView, Problem> {
-    match state.balance_view(digest, digest_hex).await? {
-        Some(view) if state.keys.verify_cvc(digest, cvc, &view.cvc_verifier) => Ok(view),
-        _ => Err(not_found()),
-    }
+) -> Result<Option<BalanceView>, Problem> {
+    let view = state.balance_view(digest, digest_hex).await?;
+    Ok(view.filter(|v| state.keys.verify_cvc(digest, cvc, &v.cvc_verifier)))
 }
 
 /// A balance check: counted first, then the cached view, then the CVC. An unknown code, an
@@ -266,12 +258,11 @@ async fn verify_cvc(
 pub async fn check_balance(
     state: &AppState,
     channel: Channel,
-    code: Result<(CodeDigest, String), Problem>,
+    code: Option<(CodeDigest, String)>,
     cvc: &Cvc,
 ) -> Result<BalanceView, Problem> {
-    let (reservation, digest, digest_hex) = admit_code(state, channel, code, true).await?;
+    let (reservation, digest, digest_hex) = admit_code(state, channel, code, true, not_found()).await?;
     let checked = verify_cvc(state, &digest, &digest_hex, cvc).await;
-    let wrong = matches!(&checked, Err(p) if p.code == ProblemCode::CertificateNotFound.as_str());
-    finish(state, &reservation, wrong).await?;
-    checked
+    finish(state, &reservation, matches!(checked, Ok(None))).await?;
+    checked?.ok_or_else(not_found)
 }

@@ -184,7 +184,7 @@ async fn run_with_sms(state: &AppState, op: Operation<'_>, cvc_sms_to: Option<St
         ChannelOperation {
             route: op.route,
             channel: op.channel,
-            code: code_digest(state, op.code),
+            code: code_digest(state, op.code).ok(),
             command: op.command,
             canonical: op.canonical,
             cvc: op.cvc,
