@@ -4,6 +4,7 @@
 //! Nothing here does I/O; the engine drives the ports it is given.
 
 pub mod breaker;
+pub mod clients;
 pub mod contract;
 pub mod engine;
 pub mod event;

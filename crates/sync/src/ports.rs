@@ -3,7 +3,7 @@
 use crate::event::{EventId, ShipmentId, TrackingEvent};
 use crate::mapping::{CrmShipmentState, CrmStatusWrite};
 use async_trait::async_trait;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -58,7 +58,7 @@ impl Outcome {
 }
 
 /// Where a record came from: the coordinates operators need to find it again.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SourcePosition {
     pub topic: String,
     pub partition: i32,
