@@ -153,6 +153,11 @@ pub enum StoreError {
     OperatorTaskResolved,
     #[error("an interaction with this id exists with other content")]
     InteractionExists,
+    #[error("the task belongs to another client")]
+    TaskOfAnotherClient,
+    /// A value an operator chose does not fit the field.
+    #[error("{0}")]
+    InvalidValue(super::model::Invalid),
     #[error("store unavailable: {0}")]
     Unavailable(String),
 }
