@@ -25,6 +25,7 @@ pub struct Config {
     pub retry: RetryPolicy,
     pub breaker: BreakerPolicy,
     pub pipeline: PipelineConfig,
+    pub two_way: crate::two_way::TwoWayConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -152,6 +153,11 @@ impl Config {
         }
         if let Err(e) = self.postgres.validate() {
             problems.push(e);
+        }
+        if self.two_way.enabled {
+            if let Err(e) = self.two_way.validate() {
+                problems.push(e);
+            }
         }
         let p = &self.pipeline;
         if p.max_batch == 0

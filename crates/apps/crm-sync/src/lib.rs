@@ -7,6 +7,7 @@ pub mod kafka;
 pub mod metrics;
 mod replay;
 mod service;
+pub mod two_way;
 
 pub use config::Config;
 pub use replay::{replay_dead_letters, ReplaySummary};

@@ -21,6 +21,14 @@ pub struct Metrics {
     batch_size: Histogram,
     batch_duration: Histogram,
     pub pipeline_errors: IntCounter,
+    two_way_dispatched: IntCounterVec,
+    two_way_processed: IntCounterVec,
+    two_way_failed: IntCounterVec,
+    two_way_clients: IntCounterVec,
+    /// Rows of `crm_outbox` published by this instance's relay.
+    pub outbox_published: IntCounter,
+    /// Rows waiting in `crm_outbox`.
+    pub outbox_depth: IntGauge,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -87,8 +95,50 @@ impl Metrics {
             "crm_sync_pipeline_errors_total",
             "Batches that failed on the database or the broker and were retried",
         ));
+        let two_way_dispatched = must(IntCounterVec::new(
+            Opts::new(
+                "crm_sync_two_way_dispatched_total",
+                "crm.outgoing changes handled by the dispatcher, by outcome (written, unchanged, dead_lettered)",
+            ),
+            &["outcome"],
+        ));
+        let two_way_processed = must(IntCounterVec::new(
+            Opts::new(
+                "crm_sync_two_way_processed_total",
+                "CRM webhooks applied to our copy, by outcome (applied, echo, unchanged, conflict, gone)",
+            ),
+            &["outcome"],
+        ));
+        let two_way_failed = must(IntCounterVec::new(
+            Opts::new(
+                "crm_sync_two_way_failed_total",
+                "CRM webhooks that ended on crm.failed, by reason",
+            ),
+            &["reason"],
+        ));
+        let two_way_clients = must(IntCounterVec::new(
+            Opts::new(
+                "crm_sync_two_way_all_clients_total",
+                "All_Clients records, by outcome (applied, unchanged, duplicate, or the dead-letter reason)",
+            ),
+            &["outcome"],
+        ));
+        let outbox_published = must(IntCounter::new(
+            "crm_sync_outbox_published_total",
+            "crm_outbox rows the relay published",
+        ));
+        let outbox_depth = must(IntGauge::new(
+            "crm_sync_outbox_depth",
+            "crm_outbox rows waiting to be published",
+        ));
         for c in [
-            Box::new(outcomes.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(two_way_dispatched.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(two_way_processed.clone()),
+            Box::new(two_way_failed.clone()),
+            Box::new(two_way_clients.clone()),
+            Box::new(outbox_published.clone()),
+            Box::new(outbox_depth.clone()),
+            Box::new(outcomes.clone()),
             Box::new(success_ratio.clone()),
             Box::new(lag.clone()),
             Box::new(retry_depth.clone()),
@@ -118,7 +168,29 @@ impl Metrics {
             batch_size,
             batch_duration,
             pipeline_errors,
+            two_way_dispatched,
+            two_way_processed,
+            two_way_failed,
+            two_way_clients,
+            outbox_published,
+            outbox_depth,
         }
+    }
+
+    pub fn two_way_dispatched(&self, outcome: &str) {
+        self.two_way_dispatched.with_label_values(&[outcome]).inc();
+    }
+
+    pub fn two_way_processed(&self, outcome: &str) {
+        self.two_way_processed.with_label_values(&[outcome]).inc();
+    }
+
+    pub fn two_way_failed(&self, reason: &str) {
+        self.two_way_failed.with_label_values(&[reason]).inc();
+    }
+
+    pub fn two_way_clients(&self, outcome: &str) {
+        self.two_way_clients.with_label_values(&[outcome]).inc();
     }
 
     pub fn observe(&self, report: &BatchReport, records: usize, seconds: f64) {

@@ -2,6 +2,8 @@
 //! and the CRM (`docs/two-way-sync.md`): the model and its bounds, the three-way merge with
 //! per-field ownership, the Kafka records, and the ports the adapters implement.
 
+pub mod flows;
+pub mod memory_crm;
 pub mod merge;
 pub mod model;
 pub mod ports;

@@ -56,6 +56,8 @@ pub struct CrmTask {
     pub state: TaskState,
     pub assignee: Option<String>,
     pub modified_at: Option<OffsetDateTime>,
+    /// The CRM id of the contact the task hangs on, when the CRM says.
+    pub contact: Option<String>,
 }
 
 /// Carried on every CRM call of one change.

@@ -101,8 +101,8 @@ pub struct Processed {
     pub applied: Vec<Field>,
     /// Fields written back to the CRM (ours won).
     pub sent_back: Vec<Field>,
-    /// Operator tasks opened.
-    pub operator_tasks: Vec<i64>,
+    /// Fields left to an operator task (both values kept until a person decides).
+    pub asked: Vec<Field>,
     pub request_id: String,
     #[serde(with = "time::serde::rfc3339")]
     pub processed_at: OffsetDateTime,
