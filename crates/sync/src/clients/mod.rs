@@ -2,13 +2,16 @@
 //! and the CRM (`docs/two-way-sync.md`): the model and its bounds, the three-way merge with
 //! per-field ownership, the Kafka records, and the ports the adapters implement.
 
+pub mod apply;
 pub mod flows;
+pub mod memory;
 pub mod memory_crm;
 pub mod merge;
 pub mod model;
 pub mod ports;
 pub mod records;
 
+pub use memory::MemoryClients;
 pub use merge::{merge, Base, Conflict, Owner, Ownership, Plan, Resolution};
 pub use model::{
     Card, ClientId, Direction, Field, Interaction, InteractionChannel, InteractionId, Invalid, Source, Stamp,
