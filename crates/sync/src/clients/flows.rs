@@ -16,9 +16,7 @@
 
 use super::merge::{merge, Ours, Ownership, Plan, Resolution, Theirs};
 use super::model::{Card, ClientId, Field};
-use super::ports::{
-    ClientCrm, ClientStore, Entity, StoreError, SyncSnapshot, SyncWrite, WriteContext,
-};
+use super::ports::{ClientCrm, ClientStore, Entity, StoreError, SyncSnapshot, SyncWrite, WriteContext};
 use super::records::{ChangeKind, IncomingHint, OutgoingChange, ProcessedOutcome};
 use crate::event::EventId;
 use crate::ports::{AttemptRecord, CrmError, Outcome};

@@ -4,6 +4,8 @@
 
 pub mod apply;
 pub mod flows;
+#[cfg(test)]
+mod flows_tests;
 pub mod memory;
 pub mod memory_crm;
 pub mod merge;

@@ -82,7 +82,11 @@ impl TwoWayConfig {
             return Err("two_way.relay_idle_poll_ms and two_way.max_batch must be > 0".into());
         }
         let groups = [&self.dispatcher_group, &self.processor_group, &self.clients_group];
-        if groups.iter().any(|g| g.is_empty()) || groups[0] == groups[1] || groups[1] == groups[2] || groups[0] == groups[2] {
+        if groups.iter().any(|g| g.is_empty())
+            || groups[0] == groups[1]
+            || groups[1] == groups[2]
+            || groups[0] == groups[2]
+        {
             return Err("two_way consumer groups must be set and distinct".into());
         }
         Ok(())
@@ -111,7 +115,11 @@ pub struct Parts {
 }
 
 /// Starts the relay and the three consumers; each returns after `stop`.
-pub fn start(cfg: &TwoWayConfig, parts: Parts, stop: &CancellationToken) -> anyhow::Result<Vec<JoinHandle<()>>> {
+pub fn start(
+    cfg: &TwoWayConfig,
+    parts: Parts,
+    stop: &CancellationToken,
+) -> anyhow::Result<Vec<JoinHandle<()>>> {
     let dead_letters = || DeadLetterPublisher::new(parts.publisher.clone(), parts.dead_letter_topic.clone());
     let relay = relay::Relay {
         store: parts.store.clone(),

@@ -43,7 +43,10 @@ pub struct Report {
 }
 
 async fn compare(crm: &dyn ClientCrm, card: &StoredCard) -> Result<Option<Drift>, String> {
-    let theirs = crm.read_contact(&card.client_id).await.map_err(|e| e.to_string())?;
+    let theirs = crm
+        .read_contact(&card.client_id)
+        .await
+        .map_err(|e| e.to_string())?;
     let (crm_id, missing, fields) = match &theirs {
         None => (None, true, Vec::new()),
         Some(t) => (

@@ -15,7 +15,9 @@ use backbone_sync::clients::flows::{Dispatcher, FlowError, Processor};
 use backbone_sync::clients::records::{
     ClientReference, Failed, IncomingHint, OutgoingChange, Processed, HEADER_REQUEST_ID, VERSION,
 };
-use backbone_sync::clients::{CardChange, ClientStore, Field, IdempotencyClaim, Idempotent, Source, StoreError};
+use backbone_sync::clients::{
+    CardChange, ClientStore, Field, IdempotencyClaim, Idempotent, Source, StoreError,
+};
 use backbone_sync::ports::SourcePosition;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
@@ -116,7 +118,11 @@ impl RecordHandler for Outgoing {
         if change.version != VERSION {
             return Ok(rejected("unsupported_version", "crm.outgoing version must be 1"));
         }
-        let result = self.flow.dispatch(&change).instrument(span("dispatcher", record)).await;
+        let result = self
+            .flow
+            .dispatch(&change)
+            .instrument(span("dispatcher", record))
+            .await;
         match result {
             Ok(d) => {
                 self.clock.done(record);
@@ -171,7 +177,13 @@ impl Incoming {
             .map_err(|e| e.to_string())
     }
 
-    async fn failed(&self, record: &ConsumedRecord, hint: &IncomingHint, code: &str, reason: String) -> Result<Disposition, String> {
+    async fn failed(
+        &self,
+        record: &ConsumedRecord,
+        hint: &IncomingHint,
+        code: &str,
+        reason: String,
+    ) -> Result<Disposition, String> {
         let failed = Failed {
             version: VERSION,
             webhook_id: Some(hint.webhook_id),
@@ -185,7 +197,8 @@ impl Incoming {
             failed_at: OffsetDateTime::now_utc(),
         };
         let bytes = serde_json::to_vec(&failed).map_err(|e| e.to_string())?;
-        self.publish(&self.failed_topic, &hint.key(), &bytes, &hint.request_id).await?;
+        self.publish(&self.failed_topic, &hint.key(), &bytes, &hint.request_id)
+            .await?;
         self.metrics.two_way_failed(code);
         Ok(Disposition::Done)
     }
@@ -203,13 +216,19 @@ impl RecordHandler for Incoming {
         if hint.version != VERSION {
             return Ok(rejected("unsupported_version", "crm.incoming version must be 1"));
         }
-        let result = self.flow.process(&hint).instrument(span("processor", record)).await;
+        let result = self
+            .flow
+            .process(&hint)
+            .instrument(span("processor", record))
+            .await;
         let done = match result {
             Ok(done) => done,
             Err(e) if e.is_transient() => {
                 if self.clock.exhausted(record) {
                     self.clock.done(record);
-                    return self.failed(record, &hint, "attempts_exhausted", format!("still failing: {e}")).await;
+                    return self
+                        .failed(record, &hint, "attempts_exhausted", format!("still failing: {e}"))
+                        .await;
                 }
                 return Err(e.to_string());
             }
@@ -243,7 +262,8 @@ impl RecordHandler for Incoming {
             .map(ToString::to_string)
             .unwrap_or_else(|| hint.key());
         let bytes = serde_json::to_vec(&processed).map_err(|e| e.to_string())?;
-        self.publish(&self.processed_topic, &key, &bytes, &hint.request_id).await?;
+        self.publish(&self.processed_topic, &key, &bytes, &hint.request_id)
+            .await?;
         self.metrics.two_way_processed(outcome_name(&processed));
         Ok(Disposition::Done)
     }
@@ -297,7 +317,10 @@ impl RecordHandler for Clients {
             Err(StoreError::Unavailable(e)) => {
                 if self.clock.exhausted(record) {
                     self.clock.done(record);
-                    return Ok(rejected("attempts_exhausted", format!("store still failing: {e}")));
+                    return Ok(rejected(
+                        "attempts_exhausted",
+                        format!("store still failing: {e}"),
+                    ));
                 }
                 Err(e)
             }
