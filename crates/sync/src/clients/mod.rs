@@ -3,6 +3,7 @@
 //! per-field ownership, the Kafka records, and the ports the adapters implement.
 
 pub mod apply;
+pub mod contract;
 pub mod flows;
 #[cfg(test)]
 mod flows_tests;
