@@ -10,7 +10,7 @@ pub mod sync;
 pub use certificates::PgCertificates;
 pub use config::{DatabaseDefaults, PostgresConfig};
 #[cfg(feature = "sync")]
-pub use sync::PgLedger;
+pub use sync::{PgClients, PgLedger};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;

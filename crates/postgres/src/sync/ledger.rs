@@ -4,9 +4,9 @@
 use async_trait::async_trait;
 use backbone_sync::event::{EventId, ShipmentId, TrackingEvent};
 use backbone_sync::ports::{
-    LedgerBatch, LedgerError, Outcome, ParkedEvent, Recorded, SourcePosition, SyncLedger,
+    AttemptRecord, LedgerBatch, LedgerError, Outcome, ParkedEvent, Recorded, SourcePosition, SyncLedger,
 };
-use sqlx::{PgPool, Postgres, Row, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 use std::collections::HashMap;
 use time::OffsetDateTime;
 
@@ -77,7 +77,9 @@ impl SyncLedger for PgLedger {
 
     async fn commit(&self, batch: &LedgerBatch) -> Result<(), LedgerError> {
         let mut tx = self.pool.begin().await.map_err(err("begin"))?;
-        insert_attempts(&mut tx, batch).await?;
+        insert_attempts(&mut tx, &batch.attempts, FLOW_PARCEL_STATUS)
+            .await
+            .map_err(err("writing integrations_log"))?;
         upsert_processed(&mut tx, batch).await?;
         if !batch.unpark.is_empty() {
             let ids: Vec<&str> = batch.unpark.iter().map(EventId::as_str).collect();
@@ -171,14 +173,21 @@ impl SyncLedger for PgLedger {
     }
 }
 
-/// Appends the attempt rows with `COPY ... FROM STDIN` (text format): the cheapest bulk path,
-/// inside the batch's transaction.
-async fn insert_attempts(tx: &mut Transaction<'_, Postgres>, batch: &LedgerBatch) -> Result<(), LedgerError> {
-    if batch.attempts.is_empty() {
+/// `integrations_log.flow` of the parcel-status flow's rows.
+const FLOW_PARCEL_STATUS: &str = "parcel_status";
+
+/// Appends the attempt rows of `flow` with `COPY ... FROM STDIN` (text format): the cheapest bulk
+/// path, inside the caller's transaction.
+pub(super) async fn insert_attempts(
+    connection: &mut PgConnection,
+    attempts: &[AttemptRecord],
+    flow: &str,
+) -> Result<(), sqlx::Error> {
+    if attempts.is_empty() {
         return Ok(());
     }
-    let mut buf = String::with_capacity(batch.attempts.len() * 512);
-    for r in &batch.attempts {
+    let mut buf = String::with_capacity(attempts.len() * 512);
+    for r in attempts {
         let payload = r.payload.as_ref().map(ToString::to_string);
         let source = r.source.as_ref();
         let fields: [Option<&str>; 4] = [
@@ -203,21 +212,19 @@ async fn insert_attempts(tx: &mut Transaction<'_, Postgres>, batch: &LedgerBatch
         copy_text(&mut buf, source.map(|s| s.topic.as_str()));
         copy_text(&mut buf, source.map(|s| s.partition.to_string()).as_deref());
         copy_text(&mut buf, source.map(|s| s.offset.to_string()).as_deref());
+        copy_text(&mut buf, Some(flow));
         buf.pop(); // the last field's tab
         buf.push('\n');
     }
-    let mut copy = tx
+    let mut copy = connection
         .copy_in_raw(
             "COPY integrations_log (event_id, shipment_id, client_id, correlation_id, payload, http_status,
                  response_excerpt, outcome, attempt, error, event_time, sent_at, latency_ms, source_topic,
-                 source_partition, source_offset) FROM STDIN",
+                 source_partition, source_offset, flow) FROM STDIN",
         )
-        .await
-        .map_err(err("writing integrations_log"))?;
-    copy.send(buf.into_bytes())
-        .await
-        .map_err(err("writing integrations_log"))?;
-    copy.finish().await.map_err(err("writing integrations_log"))?;
+        .await?;
+    copy.send(buf.into_bytes()).await?;
+    copy.finish().await?;
     Ok(())
 }
 

@@ -1,8 +1,11 @@
-//! crm-sync's schema: `integrations_log`, `processed_events` and `sync_retry`
-//! (`migrations/crm-sync/`).
+//! crm-sync's schema: `integrations_log`, `processed_events` and `sync_retry` (the parcel-status
+//! flow), and the company's copy of client cards with its outbox, webhooks and operator tasks
+//! (the two-way sync) (`migrations/crm-sync/`).
 
+mod clients;
 mod ledger;
 
+pub use clients::PgClients;
 pub use ledger::PgLedger;
 
 /// crm-sync's migrations, embedded at build time. Databases made before the schemas were split

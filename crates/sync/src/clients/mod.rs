@@ -3,6 +3,7 @@
 //! per-field ownership, the Kafka records, and the ports the adapters implement.
 
 pub mod apply;
+pub mod contract;
 pub mod memory;
 pub mod merge;
 pub mod model;

@@ -71,3 +71,20 @@ async fn a_dropped_session_writes_nothing_and_frees_the_client() {
         "values from the CRM are not sent back"
     );
 }
+
+/// The whole contract, each scenario on a fresh store.
+mod contract {
+    use super::MemoryClients;
+
+    macro_rules! memory {
+        ($name:ident) => {
+            #[tokio::test]
+            async fn $name() {
+                let store = MemoryClients::new();
+                crate::clients::contract::$name(&store, &store).await;
+            }
+        };
+    }
+
+    crate::client_store_scenarios!(memory);
+}

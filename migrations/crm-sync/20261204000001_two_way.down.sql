@@ -1,0 +1,10 @@
+ALTER TABLE integrations_log DROP COLUMN flow;
+DROP TABLE crm_conflict_log;
+DROP TABLE operator_task;
+DROP TABLE crm_webhook;
+DROP TABLE api_idempotency;
+DROP TABLE crm_outbox;
+DROP TABLE crm_interaction;
+DROP TABLE crm_task;
+DROP TABLE client_sync_base;
+DROP TABLE client_card;
