@@ -30,7 +30,10 @@ struct App {
     base: String,
     addr: std::net::SocketAddr,
     http: reqwest::Client,
+    /// The memory store behind the API (a fresh, unused one when the API is over another).
     store: MemoryClients,
+    /// The store the API serves from.
+    clients: Arc<dyn ClientStore>,
 }
 
 fn webhook_config() -> Json {
@@ -48,14 +51,9 @@ async fn start() -> App {
 
 async fn start_with(webhooks: Json) -> App {
     let store = MemoryClients::new();
-    let state = state_over(Arc::new(store.clone()), webhooks);
-    let addr = serve(state).await;
-    App {
-        base: format!("http://{addr}"),
-        addr,
-        http: reqwest::Client::new(),
-        store,
-    }
+    let clients: Arc<dyn ClientStore> = Arc::new(store.clone());
+    let addr = serve(state_over(clients.clone(), webhooks)).await;
+    App::at(addr, store, clients)
 }
 
 /// The API's state over `store`, with the test tokens and these webhook endpoints.
@@ -84,6 +82,16 @@ async fn serve(state: ApiState) -> std::net::SocketAddr {
 }
 
 impl App {
+    fn at(addr: std::net::SocketAddr, store: MemoryClients, clients: Arc<dyn ClientStore>) -> Self {
+        App {
+            base: format!("http://{addr}"),
+            addr,
+            http: reqwest::Client::new(),
+            store,
+            clients,
+        }
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -105,7 +113,7 @@ impl App {
     }
 
     async fn outbox(&self) -> i64 {
-        self.store.outbox_depth().await.unwrap()
+        self.clients.outbox_depth().await.unwrap()
     }
 }
 
@@ -137,6 +145,8 @@ mod failures;
 mod observability;
 #[path = "api/operator.rs"]
 mod operator;
+#[path = "api/postgres.rs"]
+mod postgres;
 #[path = "api/webhooks.rs"]
 mod webhooks;
 

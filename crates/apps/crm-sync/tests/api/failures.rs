@@ -146,12 +146,7 @@ async fn start_faulty(down: bool, gate: Option<Arc<Semaphore>>) -> (App, Arc<Ato
         entered: entered.clone(),
     };
     let addr = serve(state_over(Arc::new(faulty), webhook_config())).await;
-    let app = App {
-        base: format!("http://{addr}"),
-        addr,
-        http: reqwest::Client::new(),
-        store,
-    };
+    let app = App::at(addr, store.clone(), Arc::new(store));
     (app, entered)
 }
 

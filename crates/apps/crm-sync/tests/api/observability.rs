@@ -11,12 +11,7 @@ async fn counters_follow_answers_and_webhooks() {
     let store = MemoryClients::new();
     let state = state_over(Arc::new(store.clone()), webhook_config()).with_metrics(metrics);
     let addr = serve(state).await;
-    let app = App {
-        base: format!("http://{addr}"),
-        addr,
-        http: reqwest::Client::new(),
-        store,
-    };
+    let app = App::at(addr, store.clone(), Arc::new(store));
     app.get("/v1/clients/c-1").await;
     send(bitrix(&app, "wrong-app-token-0123456789")).await;
     send(bitrix(&app, BITRIX_TOKEN)).await;
