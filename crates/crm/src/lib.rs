@@ -21,6 +21,7 @@ pub mod salesforce;
 pub use salesforce::{SalesforceConfig, SalesforceCrm};
 pub mod signing;
 pub mod token;
+pub mod webhooks;
 pub(crate) mod wire;
 
 pub use bitrix24::{Bitrix24Config, Bitrix24Crm};

@@ -1,6 +1,7 @@
 //! crm-sync: wires the Kafka, PostgreSQL and CRM adapters into the sync engine, serves metrics
 //! and health, and drains cleanly on shutdown.
 
+pub mod api;
 pub mod config;
 pub mod crm;
 pub mod kafka;
