@@ -17,11 +17,27 @@ use serde_json::{json, Value as Json};
 /// one is an operator's case already.
 const MAX_LISTED: usize = 10;
 
+/// A refusal told by its status and code only: Bitrix24's description may quote a value.
+fn refused(method: &str, r: Refusal) -> CrmError {
+    if r.code.is_empty() {
+        return r.error;
+    }
+    let status = r
+        .error
+        .http_status
+        .map(|s| format!(" HTTP {s}"))
+        .unwrap_or_default();
+    CrmError {
+        message: format!("{method}:{status} {}", crate::wire::clip(&r.code)),
+        ..r.error
+    }
+}
+
 impl Bitrix24Crm {
     async fn rest(&self, method: &str, params: Json, request_id: &str) -> Result<Json, CrmError> {
         self.call_as(method, params, Some(request_id))
             .await
-            .map_err(|r| r.error)
+            .map_err(|r| refused(method, r))
     }
 
     /// A `*.get` by id: `None` when Bitrix24 answers `NOT_FOUND`.
@@ -29,7 +45,7 @@ impl Bitrix24Crm {
         match self.call_as(method, json!({"id": id}), Some(request_id)).await {
             Ok(v) => Ok(Some(v)),
             Err(Refusal { code, .. }) if code == "NOT_FOUND" => Ok(None),
-            Err(r) => Err(r.error),
+            Err(r) => Err(refused(method, r)),
         }
     }
 
@@ -42,22 +58,25 @@ impl Bitrix24Crm {
 
     /// An update of a record that has gone since it was read: worth another try, which reads
     /// again (and creates when it is gone for good).
-    fn gone_is_transient(r: Refusal) -> CrmError {
-        if r.code == "NOT_FOUND" {
-            r.error.as_transient()
-        } else {
-            r.error
-        }
+    async fn update(&self, method: &str, params: Json, request_id: &str) -> Result<Json, CrmError> {
+        self.call_as(method, params, Some(request_id)).await.map_err(|r| {
+            let gone = r.code == "NOT_FOUND";
+            let e = refused(method, r);
+            if gone {
+                e.as_transient()
+            } else {
+                e
+            }
+        })
     }
 
     async fn set_completed(&self, id: u64, state: TaskState, request_id: &str) -> Result<(), CrmError> {
-        self.call_as(
+        self.update(
             "crm.activity.update",
             pw::completion_params(id, state),
-            Some(request_id),
+            request_id,
         )
-        .await
-        .map_err(Self::gone_is_transient)?;
+        .await?;
         Ok(())
     }
 }
@@ -126,13 +145,12 @@ impl ClientCrm for Bitrix24Crm {
             return Ok(existing.to_owned());
         }
         let result = self
-            .call_as(
+            .update(
                 "crm.contact.update",
                 pw::update_params(f, id, card, fields)?,
-                Some(ctx.request_id),
+                ctx.request_id,
             )
-            .await
-            .map_err(Self::gone_is_transient)?;
+            .await?;
         if result != Json::Bool(true) {
             return Err(CrmError::permanent(
                 "crm.contact.update: the contact was not updated",
@@ -166,9 +184,7 @@ impl ClientCrm for Bitrix24Crm {
         if task.state == TaskState::Open {
             self.set_completed(id, task.state, rid).await?;
         }
-        self.call_as("crm.activity.todo.update", params, Some(rid))
-            .await
-            .map_err(Self::gone_is_transient)?;
+        self.update("crm.activity.todo.update", params, rid).await?;
         if task.state != TaskState::Open {
             self.set_completed(id, task.state, rid).await?;
         }

@@ -292,7 +292,7 @@ async fn query_limit_exceeded_is_transient_and_a_validation_error_permanent() {
         .await
         .unwrap_err();
     assert_eq!((e.kind, e.http_status), (CrmErrorKind::Permanent, Some(400)));
-    assert!(e.message.contains("ERROR_CORE"), "{}", e.message);
+    assert_eq!(e.message, "crm.contact.add: HTTP 400 ERROR_CORE");
 }
 
 #[tokio::test]
