@@ -10,6 +10,7 @@
 //! | [`kommo`] | custom field + `request_id` | `POST`/`PATCH /api/v4/leads` (50) | 7 requests/s |
 
 pub mod bitrix24;
+pub(crate) mod cards;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod generic;

@@ -32,10 +32,25 @@ enum Known {
     Ambiguous,
 }
 
+/// A refused call: the error, and the vendor's error code (`NOT_FOUND`, `ACCESS_DENIED`, ...).
+pub(super) struct Refusal {
+    pub code: String,
+    pub error: CrmError,
+}
+
+impl From<CrmError> for Refusal {
+    fn from(error: CrmError) -> Self {
+        Self {
+            code: String::new(),
+            error,
+        }
+    }
+}
+
 pub struct Bitrix24Crm {
     http: reqwest::Client,
     rest_base: String,
-    cfg: Bitrix24Config,
+    pub(super) cfg: Bitrix24Config,
     mapping: CrmMapping,
     limiter: RateLimiter,
     pause: VendorPause,
@@ -191,6 +206,16 @@ impl Bitrix24Crm {
 
     /// Calls one REST method; `Ok` holds the envelope's `result`.
     async fn call(&self, method: &str, params: Value) -> Result<Value, CrmError> {
+        self.call_as(method, params, None).await.map_err(|r| r.error)
+    }
+
+    /// [`Self::call`] with an `X-Request-Id`; a refusal keeps the vendor's error code.
+    pub(super) async fn call_as(
+        &self,
+        method: &str,
+        params: Value,
+        request_id: Option<&str>,
+    ) -> Result<Value, Refusal> {
         let mut retried_auth = false;
         loop {
             self.pause.check()?;
@@ -199,16 +224,22 @@ impl Bitrix24Crm {
                 None => None,
             };
             self.limiter.acquire().await;
-            let reply = self.post(method, &params, token.as_deref()).await?;
+            let reply = self.post(method, &params, token.as_deref(), request_id).await?;
             if reply.status.is_success() {
                 let mut envelope: Map<String, Value> = reply.json(method)?;
                 if let Some(err) = envelope.get("error").filter(|e| !e.is_null()) {
                     // Some failures come back with HTTP 200 and an error body.
-                    return Err(CrmError::permanent(format!("{method}: {err}")));
+                    let code = serde_json::from_value::<tf::ErrorDto>(Value::Object(envelope.clone()))
+                        .map(|e| e.code())
+                        .unwrap_or_default();
+                    return Err(Refusal {
+                        code,
+                        error: CrmError::permanent(format!("{method}: {err}")),
+                    });
                 }
                 return envelope
                     .remove("result")
-                    .ok_or_else(|| CrmError::permanent(format!("{method}: answer without `result`")));
+                    .ok_or_else(|| CrmError::permanent(format!("{method}: answer without `result`")).into());
             }
             let env: ErrorEnvelope = serde_json::from_slice(&reply.body).unwrap_or_default();
             let code = env.error.code();
@@ -225,7 +256,8 @@ impl Bitrix24Crm {
                     return Err(CrmError {
                         retry_after: Some(RATE_BACK_OFF),
                         ..CrmError::from_status(503, None, format!("{method}: QUERY_LIMIT_EXCEEDED"))
-                    });
+                    }
+                    .into());
                 }
                 (_, "OPERATION_TIME_LIMIT") => {
                     let wait = env
@@ -249,11 +281,12 @@ impl Bitrix24Crm {
                     return Err(CrmError {
                         retry_after: Some(wait),
                         ..CrmError::transient(format!("{method}: OPERATION_TIME_LIMIT"))
-                    });
+                    }
+                    .into());
                 }
                 _ => {}
             }
-            return Err(CrmError::from_status(
+            let error = CrmError::from_status(
                 reply.status.as_u16(),
                 reply.retry_after(),
                 format!(
@@ -261,7 +294,8 @@ impl Bitrix24Crm {
                     reply.status.as_u16(),
                     wire::excerpt(env.error.error_description.as_bytes())
                 ),
-            ));
+            );
+            return Err(Refusal { code, error });
         }
     }
 
@@ -270,15 +304,19 @@ impl Bitrix24Crm {
         method: &str,
         params: &Value,
         token: Option<&AccessToken>,
+        request_id: Option<&str>,
     ) -> Result<Reply, CrmError> {
         let mut body = params.clone();
         if let (Some(t), Value::Object(m)) = (token, &mut body) {
             m.insert("auth".into(), Value::from(t.value.expose_secret()));
         }
-        let req = self
+        let mut req = self
             .http
             .post(format!("{}/{method}.json", self.rest_base))
             .json(&body);
+        if let Some(id) = request_id {
+            req = req.header("x-request-id", id);
+        }
         wire::send(req).await
     }
 

@@ -12,8 +12,12 @@
 //!   `operating_reset_at`.
 //! - Auth: incoming-webhook URL token, or OAuth (`auth` in the body; refreshed through
 //!   `oauth.bitrix.info` once it expires or on `expired_token`, one refresh at a time).
+//! - Client cards ([`backbone_sync::clients::ClientCrm`], `people`): `crm.contact.*` linked by
+//!   `ORIGINATOR_ID` + `ORIGIN_ID`, tasks as `crm.activity.todo.*`, history as timeline comments.
 
 mod client;
+mod people;
+mod people_wire;
 pub(crate) mod transformers;
 
 pub use client::Bitrix24Crm;
@@ -62,6 +66,67 @@ pub struct Bitrix24Config {
     pub batch_size: usize,
     pub timeout_ms: u64,
     pub connect_timeout_ms: u64,
+    /// Client cards (`crm.contact.*`): our originator and the user fields we keep.
+    pub contact_fields: Bitrix24ContactFields,
+}
+
+/// Where a client card lives on a Bitrix24 contact besides the standard fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Bitrix24ContactFields {
+    /// `ORIGINATOR_ID` of the contacts we link (`ORIGIN_ID` is the client id).
+    pub originator_id: String,
+    /// User field (string) of the segment.
+    pub segment: String,
+    /// User fields of the consents, `Y`/`N`.
+    pub consent_sms: String,
+    pub consent_email: String,
+}
+
+impl Default for Bitrix24ContactFields {
+    fn default() -> Self {
+        Self {
+            originator_id: "backbone".into(),
+            segment: "UF_CRM_SEGMENT".into(),
+            consent_sms: "UF_CRM_CONSENT_SMS".into(),
+            consent_email: "UF_CRM_CONSENT_EMAIL".into(),
+        }
+    }
+}
+
+impl Bitrix24ContactFields {
+    fn validate(&self) -> Result<(), String> {
+        let o = &self.originator_id;
+        if o.is_empty() || o.len() > 64 || o.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(
+                "crm.bitrix24.contact_fields.originator_id must be 1..=64 characters without spaces".into(),
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (key, name) in [
+            ("segment", &self.segment),
+            ("consent_sms", &self.consent_sms),
+            ("consent_email", &self.consent_email),
+        ] {
+            let user_field = name.strip_prefix("UF_CRM_").is_some_and(|rest| {
+                !rest.is_empty()
+                    && rest
+                        .chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            });
+            if !user_field {
+                return Err(format!(
+                    "crm.bitrix24.contact_fields.{key}: `{name}` is not a contact user field (UF_CRM_...)"
+                ));
+            }
+            if !seen.insert(name) {
+                return Err(format!(
+                    "crm.bitrix24.contact_fields.{key}: `{name}` is used twice"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn empty_secret() -> SecretString {
@@ -86,6 +151,7 @@ impl Default for Bitrix24Config {
             batch_size: 50,
             timeout_ms: 10_000,
             connect_timeout_ms: 2_000,
+            contact_fields: Bitrix24ContactFields::default(),
         }
     }
 }
@@ -108,6 +174,7 @@ impl std::fmt::Debug for Bitrix24Config {
             .field("batch_size", &self.batch_size)
             .field("timeout_ms", &self.timeout_ms)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("contact_fields", &self.contact_fields)
             .finish()
     }
 }
@@ -151,6 +218,6 @@ impl Bitrix24Config {
         if self.timeout_ms == 0 {
             return Err("crm.bitrix24.timeout_ms must be > 0".into());
         }
-        Ok(())
+        self.contact_fields.validate()
     }
 }

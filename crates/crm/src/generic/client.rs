@@ -42,7 +42,7 @@ impl GenericRestCrm {
 
     /// Sends one request signed over its method, target (path and query as sent), timestamp,
     /// a fresh nonce and body (see [`crate::signing`]).
-    async fn call(
+    pub(super) async fn call(
         &self,
         method: Method,
         path: &str,

@@ -3,8 +3,14 @@
 //! One shipment: `GET`/`PUT /api/v1/shipments/{id}/status`; a `PUT` carries `X-Request-Id` = the
 //! event's correlation id. Several: `POST /api/v1/shipments/status:batchGet` and `:batchWrite`.
 //! Reads and batch calls carry a fresh `X-Request-Id`; batch items carry their own `requestId`.
+//!
+//! Client cards, tasks and interactions ([`backbone_sync::clients::ClientCrm`], `people`): `PUT`
+//! by our external id under `/api/v1/contacts`, `/api/v1/tasks`, `/api/v1/interactions`; read by
+//! external id or by the CRM's id (`.../by-id/{id}`).
 
 mod client;
+mod people;
+mod people_wire;
 pub(crate) mod transformers;
 
 pub use client::GenericRestCrm;

@@ -107,7 +107,7 @@ fn persist(path: &str, token: &str) -> std::io::Result<()> {
 pub struct KommoCrm {
     http: reqwest::Client,
     base: String,
-    cfg: KommoConfig,
+    pub(super) cfg: KommoConfig,
     mapping: CrmMapping,
     external: Slot,
     limiter: RateLimiter,
@@ -279,6 +279,17 @@ impl KommoCrm {
         path_and_query: &str,
         body: Option<&Value>,
     ) -> Result<Reply, CrmError> {
+        self.call_as(method, path_and_query, body, None).await
+    }
+
+    /// [`Self::call`] with an `X-Request-Id`.
+    pub(super) async fn call_as(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<&Value>,
+        request_id: Option<&str>,
+    ) -> Result<Reply, CrmError> {
         let mut renewed = false;
         loop {
             self.pause.check()?;
@@ -297,6 +308,9 @@ impl KommoCrm {
                 .bearer_auth(bearer);
             if let Some(b) = body {
                 req = req.json(b);
+            }
+            if let Some(id) = request_id {
+                req = req.header("x-request-id", id);
             }
             let reply = wire::send(req).await?;
             match reply.status {

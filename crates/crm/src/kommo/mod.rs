@@ -16,8 +16,13 @@
 //! - Auth: a long-lived token, or OAuth with single-use refresh tokens: one refresh at a time,
 //!   the rotated refresh token kept in memory and, when `token_file` is set, written there
 //!   atomically so a restart does not present a spent token.
+//! - Client cards ([`backbone_sync::clients::ClientCrm`], `people`): contacts (not leads) with
+//!   our client id in a custom field (`contact_fields.client_id`), tasks on the contact, history
+//!   as `common` notes.
 
 mod client;
+mod people;
+mod people_wire;
 pub(crate) mod transformers;
 
 pub use client::KommoCrm;
@@ -64,6 +69,46 @@ pub struct KommoConfig {
     pub block_pause_secs: u64,
     pub timeout_ms: u64,
     pub connect_timeout_ms: u64,
+    /// Client cards: the contact custom fields we keep.
+    pub contact_fields: KommoContactFields,
+}
+
+/// Ids of the contact custom fields of a client card (Kommo has no external id of its own).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KommoContactFields {
+    /// Text field holding our client id: the external id.
+    pub client_id: u64,
+    /// Text field of the segment.
+    pub segment: u64,
+    /// Checkbox fields of the consents.
+    pub consent_sms: u64,
+    pub consent_email: u64,
+}
+
+impl Default for KommoContactFields {
+    fn default() -> Self {
+        Self {
+            client_id: 900_001,
+            segment: 900_002,
+            consent_sms: 900_003,
+            consent_email: 900_004,
+        }
+    }
+}
+
+impl KommoContactFields {
+    fn validate(&self) -> Result<(), String> {
+        let ids = [self.client_id, self.segment, self.consent_sms, self.consent_email];
+        if ids.contains(&0) {
+            return Err("crm.kommo.contact_fields: every field id must be set (> 0)".into());
+        }
+        let distinct: std::collections::HashSet<u64> = ids.into_iter().collect();
+        if distinct.len() != ids.len() {
+            return Err("crm.kommo.contact_fields: each field needs its own id".into());
+        }
+        Ok(())
+    }
 }
 
 fn empty_secret() -> SecretString {
@@ -88,6 +133,7 @@ impl Default for KommoConfig {
             block_pause_secs: 900,
             timeout_ms: 10_000,
             connect_timeout_ms: 2_000,
+            contact_fields: KommoContactFields::default(),
         }
     }
 }
@@ -110,6 +156,7 @@ impl std::fmt::Debug for KommoConfig {
             .field("block_pause_secs", &self.block_pause_secs)
             .field("timeout_ms", &self.timeout_ms)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("contact_fields", &self.contact_fields)
             .finish()
     }
 }
@@ -148,6 +195,6 @@ impl KommoConfig {
         if self.block_pause_secs == 0 || self.timeout_ms == 0 {
             return Err("crm.kommo.block_pause_secs and timeout_ms must be > 0".into());
         }
-        Ok(())
+        self.contact_fields.validate()
     }
 }

@@ -129,7 +129,7 @@ impl TokenSource for Grantor {
 
 pub struct SalesforceCrm {
     http: reqwest::Client,
-    cfg: SalesforceConfig,
+    pub(super) cfg: SalesforceConfig,
     mapping: CrmMapping,
     limiter: RateLimiter,
     pause: VendorPause,
@@ -188,7 +188,7 @@ impl SalesforceCrm {
         self.tokens.fetches()
     }
 
-    fn data_path(&self, rest: &str) -> String {
+    pub(super) fn data_path(&self, rest: &str) -> String {
         format!("/services/data/v{}{rest}", self.cfg.api_version)
     }
 
@@ -250,6 +250,17 @@ impl SalesforceCrm {
     /// One data call with the cached token, renewed once on 401. Quota refusals pause the
     /// adapter and come back as `Err`; any other answer is returned for the caller to read.
     async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Reply, CrmError> {
+        self.call_as(method, path, body, None).await
+    }
+
+    /// [`Self::call`] with an `X-Request-Id`.
+    pub(super) async fn call_as(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        request_id: Option<&str>,
+    ) -> Result<Reply, CrmError> {
         let mut renewed = false;
         loop {
             self.pause.check()?;
@@ -266,6 +277,9 @@ impl SalesforceCrm {
                 );
             if let Some(b) = body {
                 req = req.json(b);
+            }
+            if let Some(id) = request_id {
+                req = req.header("x-request-id", id);
             }
             let reply = wire::send(req).await?;
             self.track_usage(&reply);

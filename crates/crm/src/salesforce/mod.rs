@@ -13,8 +13,13 @@
 //!   `REQUEST_LIMIT_EXCEEDED` pauses calls until the quota window has moved on.
 //! - Writes carry `Sforce-Call-Options: client=...` so change events caused by us can be told
 //!   apart from the org's own changes.
+//! - Client cards ([`backbone_sync::clients::ClientCrm`], `people`): `Contact` upserted by
+//!   `contact_fields.client_id`; tasks and history entries as `Task` records upserted by
+//!   `task_fields.task_id` and `task_fields.interaction_id`.
 
 mod client;
+mod people;
+mod people_wire;
 pub(crate) mod transformers;
 
 pub use client::SalesforceCrm;
@@ -69,6 +74,73 @@ pub struct SalesforceConfig {
     pub quota_pause_secs: u64,
     pub timeout_ms: u64,
     pub connect_timeout_ms: u64,
+    /// Client cards: our fields on `Contact`.
+    pub contact_fields: SalesforceContactFields,
+    /// Tasks and interaction history: the External ID fields on `Task`.
+    pub task_fields: SalesforceTaskFields,
+}
+
+/// Our fields on `Contact` besides the standard ones.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SalesforceContactFields {
+    /// The External ID field holding our client id; contacts are upserted by it.
+    pub client_id: String,
+    /// Text field of the segment.
+    pub segment: String,
+    /// Checkbox of the SMS consent (the e-mail consent is the negated `HasOptedOutOfEmail`).
+    pub consent_sms: String,
+}
+
+impl Default for SalesforceContactFields {
+    fn default() -> Self {
+        Self {
+            client_id: "Backbone_Client_Id__c".into(),
+            segment: "Segment__c".into(),
+            consent_sms: "Sms_Consent__c".into(),
+        }
+    }
+}
+
+/// The External ID fields on `Task`: one for our tasks, one for interaction-history entries
+/// (kept as completed tasks).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SalesforceTaskFields {
+    pub task_id: String,
+    pub interaction_id: String,
+}
+
+impl Default for SalesforceTaskFields {
+    fn default() -> Self {
+        Self {
+            task_id: "Backbone_Task_Id__c".into(),
+            interaction_id: "Backbone_Interaction_Id__c".into(),
+        }
+    }
+}
+
+fn check_client_fields(c: &SalesforceContactFields, t: &SalesforceTaskFields) -> Result<(), String> {
+    for (key, name, external) in [
+        ("contact_fields.client_id", &c.client_id, true),
+        ("contact_fields.segment", &c.segment, false),
+        ("contact_fields.consent_sms", &c.consent_sms, false),
+        ("task_fields.task_id", &t.task_id, true),
+        ("task_fields.interaction_id", &t.interaction_id, true),
+    ] {
+        if !transformers::is_api_name(name) {
+            return Err(format!("crm.salesforce.{key}: `{name}` is not a field API name"));
+        }
+        if external && !name.ends_with("__c") {
+            return Err(format!(
+                "crm.salesforce.{key}: `{name}` must be a custom External ID field (ending in __c)"
+            ));
+        }
+    }
+    if t.task_id == t.interaction_id {
+        return Err("crm.salesforce.task_fields: task_id and interaction_id must be two fields".into());
+    }
+    Ok(())
 }
 
 fn empty_secret() -> SecretString {
@@ -95,6 +167,8 @@ impl Default for SalesforceConfig {
             quota_pause_secs: 3600,
             timeout_ms: 20_000,
             connect_timeout_ms: 2_000,
+            contact_fields: SalesforceContactFields::default(),
+            task_fields: SalesforceTaskFields::default(),
         }
     }
 }
@@ -119,6 +193,8 @@ impl std::fmt::Debug for SalesforceConfig {
             .field("quota_pause_secs", &self.quota_pause_secs)
             .field("timeout_ms", &self.timeout_ms)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("contact_fields", &self.contact_fields)
+            .field("task_fields", &self.task_fields)
             .finish()
     }
 }
@@ -165,6 +241,6 @@ impl SalesforceConfig {
         if self.quota_pause_secs == 0 || self.timeout_ms == 0 {
             return Err("crm.salesforce.quota_pause_secs and timeout_ms must be > 0".into());
         }
-        Ok(())
+        check_client_fields(&self.contact_fields, &self.task_fields)
     }
 }

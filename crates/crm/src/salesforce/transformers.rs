@@ -92,7 +92,7 @@ pub(crate) fn soql(sobject: &str, mapping: &CrmMapping, shipments: &[ShipmentId]
 }
 
 /// Salesforce renders date-times as `2026-11-01T10:00:00.000+0000`: RFC 3339 needs `+00:00`.
-fn normalise_time(v: &mut Value) {
+pub(crate) fn normalise_time(v: &mut Value) {
     if let Value::String(s) = v {
         let b = s.as_bytes();
         let n = b.len();
