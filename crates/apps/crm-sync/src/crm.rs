@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use backbone_crm::{Bitrix24Crm, GenericRestCrm, KommoCrm, PauseState, SalesforceCrm};
 use backbone_sync::event::ShipmentId;
 use backbone_sync::mapping::{CrmMapping, CrmStatusWrite, MappingConfig};
+use backbone_sync::clients::{Card, ClientCrm, ClientId, CrmContact, CrmTask, Field, Interaction, Task, WriteContext};
 use backbone_sync::ports::{CrmError, CrmGateway, ItemResult, ShipmentStates};
 
 pub enum CrmAdapter {
@@ -50,6 +51,15 @@ impl CrmAdapter {
         }
     }
 
+    fn people(&self) -> &dyn ClientCrm {
+        match self {
+            Self::Generic(c) => c,
+            Self::Bitrix24(c) => c,
+            Self::Salesforce(c) => c,
+            Self::Kommo(c) => c,
+        }
+    }
+
     fn gateway(&self) -> &dyn CrmGateway {
         match self {
             Self::Generic(c) => c,
@@ -68,5 +78,50 @@ impl CrmGateway for CrmAdapter {
 
     async fn write_statuses(&self, writes: &[CrmStatusWrite]) -> Result<Vec<ItemResult>, CrmError> {
         self.gateway().write_statuses(writes).await
+    }
+}
+
+#[async_trait]
+impl ClientCrm for CrmAdapter {
+    async fn read_contact(&self, client: &ClientId) -> Result<Option<CrmContact>, CrmError> {
+        self.people().read_contact(client).await
+    }
+
+    async fn read_contact_by_crm_id(&self, crm_id: &str) -> Result<Option<CrmContact>, CrmError> {
+        self.people().read_contact_by_crm_id(crm_id).await
+    }
+
+    async fn write_contact(
+        &self,
+        client: &ClientId,
+        existing: Option<&str>,
+        card: &Card,
+        fields: &[Field],
+        ctx: WriteContext<'_>,
+    ) -> Result<String, CrmError> {
+        self.people().write_contact(client, existing, card, fields, ctx).await
+    }
+
+    async fn write_task(
+        &self,
+        task: &Task,
+        contact: &str,
+        existing: Option<&str>,
+        ctx: WriteContext<'_>,
+    ) -> Result<String, CrmError> {
+        self.people().write_task(task, contact, existing, ctx).await
+    }
+
+    async fn read_task(&self, crm_id: &str) -> Result<Option<CrmTask>, CrmError> {
+        self.people().read_task(crm_id).await
+    }
+
+    async fn add_interaction(
+        &self,
+        interaction: &Interaction,
+        contact: &str,
+        ctx: WriteContext<'_>,
+    ) -> Result<String, CrmError> {
+        self.people().add_interaction(interaction, contact, ctx).await
     }
 }

@@ -21,6 +21,19 @@ enum Command {
     Run,
     /// Load and validate the configuration, print it without secrets, and exit.
     CheckConfig,
+    /// Compare our client cards with the CRM's and report the drift as JSON (`--repair`: queue
+    /// the fixes through the normal path).
+    Reconcile {
+        /// One client.
+        #[arg(long, conflicts_with = "since", required_unless_present = "since")]
+        client: Option<String>,
+        /// Every card changed at or after this time (RFC 3339).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<OffsetDateTime>,
+        /// Queue a change through the outbox for each drifted client.
+        #[arg(long)]
+        repair: bool,
+    },
     /// Work with dead letters.
     Dlq {
         #[command(subcommand)]
@@ -82,6 +95,19 @@ async fn main() -> anyhow::Result<()> {
             };
             let summary = crm_sync::replay_dead_letters(&cfg.kafka, filter, limit, dry_run).await?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
+            Ok(())
+        }
+        Command::Reconcile { client, since, repair } => {
+            use crm_sync::two_way::reconcile::{from_config, Target};
+            let target = match (client, since) {
+                (Some(c), _) => Target::Client(
+                    backbone_sync::clients::ClientId::parse(c).map_err(|e| anyhow::anyhow!("--client: {e}"))?,
+                ),
+                (None, Some(t)) => Target::Since(t),
+                (None, None) => anyhow::bail!("--client or --since is required"),
+            };
+            let report = from_config(&cfg, target, repair).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
         Command::Run => {

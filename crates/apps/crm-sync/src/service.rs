@@ -85,7 +85,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             &cfg.kafka.outcome_topic,
             &cfg.kafka.dead_letter_topic,
         ];
-        let topics: Vec<&str> = topics.iter().map(|t| t.as_str()).collect();
+        let mut topics: Vec<&str> = topics.iter().map(|t| t.as_str()).collect();
+        if cfg.two_way.enabled {
+            topics.extend(cfg.two_way.topics());
+        }
         backbone_kafka::ensure_topics(&cfg.kafka.client, &topics, cfg.kafka.client.topic_partitions).await?;
     }
     let publisher = KafkaPublisher::new(&cfg.kafka.client)?;
@@ -107,6 +110,27 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         ledger: ledger.clone(),
     });
     let http = serve_health(&cfg, health.clone(), shutdown.clone()).await?;
+    let two_way = if cfg.two_way.enabled {
+        let store = backbone_postgres::PgClients::connect(
+            cfg.postgres.url.expose_secret(),
+            cfg.postgres.max_connections,
+        )
+        .await
+        .context("PostgreSQL (two-way)")?;
+        let wiring = crate::two_way::serve::Wiring {
+            cfg: &cfg.two_way,
+            store: Arc::new(store),
+            crm: crm.clone(),
+            publisher: publisher.clone(),
+            kafka: &cfg.kafka.client,
+            dead_letter_topic: &cfg.kafka.dead_letter_topic,
+            give_up_after: cfg.retry.give_up_after,
+            metrics: metrics.clone(),
+        };
+        Some(crate::two_way::serve::start(wiring, &shutdown).await?)
+    } else {
+        None
+    };
 
     let consumer = Arc::new(consumer);
     let (to_finisher, from_pipeline) = mpsc::channel(cfg.pipeline.batches_in_flight);
@@ -137,6 +161,13 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     pipeline.run().await;
     if let Err(e) = finisher.await {
         tracing::error!(error = %e, "finisher task failed");
+    }
+    if let Some(two_way) = two_way {
+        // Each stage commits what it handled and leaves its group; the relay stops leading.
+        for h in two_way.handles {
+            let _ = h.await;
+        }
+        let _ = two_way.api.await;
     }
     tracing::info!("intake stopped, in-flight batches applied; committing offsets");
     if let Err(e) = consumer.commit_processed() {

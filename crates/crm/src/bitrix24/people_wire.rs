@@ -241,6 +241,7 @@ pub(super) fn task(f: &Bitrix24ContactFields, obj: &Json) -> Result<CrmTask, Crm
         state,
         assignee,
         modified_at: text("LAST_UPDATED").and_then(cards::parse_rfc3339),
+        contact: as_id(obj.get("OWNER_ID")).map(|v| v.to_string()),
     })
 }
 

@@ -112,6 +112,7 @@ pub(super) fn task(obj: &Json) -> Result<CrmTask, CrmError> {
         state,
         assignee: text("assignee").filter(|a| !a.is_empty()),
         modified_at: text("updatedAt").as_deref().and_then(cards::parse_rfc3339),
+        contact: text("contactId").filter(|c| !c.is_empty()),
     })
 }
 

@@ -255,6 +255,7 @@ pub(super) fn task(obj: &Json) -> Result<CrmTask, CrmError> {
         state,
         assignee,
         modified_at: unix(obj.get("updated_at")),
+        contact: obj.get("entity_id").and_then(Json::as_u64).map(|v| v.to_string()),
     })
 }
 

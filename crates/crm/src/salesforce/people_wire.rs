@@ -126,6 +126,7 @@ pub(super) fn task(t: &SalesforceTaskFields, obj: &Json) -> Result<CrmTask, CrmE
         state,
         assignee: text("OwnerId").filter(|s| !s.is_empty()).map(str::to_owned),
         modified_at: time_of(obj.get("LastModifiedDate")),
+        contact: text("WhoId").filter(|s| !s.is_empty()).map(str::to_owned),
     })
 }
 

@@ -5,6 +5,7 @@
 
 pub mod reconcile;
 pub mod relay;
+pub mod serve;
 pub mod stages;
 
 use crate::metrics::Metrics;
@@ -40,6 +41,11 @@ pub struct TwoWayConfig {
     pub relay_idle_poll_ms: u64,
     /// Records per consumer batch.
     pub max_batch: usize,
+    /// `/v1/...`, `/webhooks/...`, `/openapi.json`.
+    pub api: crate::api::config::ApiConfig,
+    /// The vendors whose webhooks are served, with their credentials.
+    #[serde(skip_serializing)]
+    pub webhooks: backbone_crm::webhooks::WebhookConfig,
 }
 
 impl Default for TwoWayConfig {
@@ -58,6 +64,8 @@ impl Default for TwoWayConfig {
             relay_batch: 1000,
             relay_idle_poll_ms: 10,
             max_batch: 200,
+            api: crate::api::config::ApiConfig::default(),
+            webhooks: backbone_crm::webhooks::WebhookConfig::default(),
         }
     }
 }
@@ -75,6 +83,8 @@ impl TwoWayConfig {
                 ("two_way.failed_topic", &self.failed_topic),
             ],
         )?;
+        self.api.validate()?;
+        backbone_crm::webhooks::Webhooks::new(&self.webhooks).map_err(|e| format!("two_way.webhooks: {e}"))?;
         if self.relay_batch < 1 || self.relay_batch > 10_000 {
             return Err("two_way.relay_batch must be 1..=10000".into());
         }
@@ -122,6 +132,12 @@ pub fn start(
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     let dead_letters = || DeadLetterPublisher::new(parts.publisher.clone(), parts.dead_letter_topic.clone());
     let relay = relay::Relay {
+        topics: [
+            (backbone_sync::clients::apply::TOPIC_OUTGOING.to_owned(), cfg.outgoing_topic.clone()),
+            (backbone_sync::clients::apply::TOPIC_INCOMING.to_owned(), cfg.incoming_topic.clone()),
+        ]
+        .into_iter()
+        .collect(),
         store: parts.store.clone(),
         publisher: parts.publisher.clone(),
         dead_letters: dead_letters(),

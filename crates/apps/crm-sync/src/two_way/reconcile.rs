@@ -124,3 +124,15 @@ pub async fn run(
     }
     Ok(report)
 }
+
+/// `crm-sync reconcile` with the service's configuration: its database and its CRM adapter.
+pub async fn from_config(cfg: &crate::Config, target: Target, repair: bool) -> anyhow::Result<Report> {
+    use secrecy::ExposeSecret;
+    let mapping = cfg
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+    let store = backbone_postgres::PgClients::connect(cfg.postgres.url.expose_secret(), 2).await?;
+    let crm = crate::crm::CrmAdapter::build(&cfg.crm, mapping).map_err(anyhow::Error::msg)?;
+    let request_id = format!("reconcile-{}", OffsetDateTime::now_utc().unix_timestamp());
+    run(&store, &crm, target, repair, &request_id).await
+}

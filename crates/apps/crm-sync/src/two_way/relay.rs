@@ -26,6 +26,8 @@ pub struct Drained {
 }
 
 pub struct Relay {
+    /// The topic each row names (`crm.outgoing`, `crm.incoming`) → the configured topic.
+    pub topics: std::collections::HashMap<String, String>,
     pub store: Arc<dyn ClientStore>,
     pub publisher: KafkaPublisher,
     pub dead_letters: DeadLetterPublisher,
@@ -34,9 +36,9 @@ pub struct Relay {
     pub published: IntCounter,
 }
 
-fn record(row: &OutboxRow) -> OutgoingRecord<'_> {
+fn record<'a>(topics: &'a std::collections::HashMap<String, String>, row: &'a OutboxRow) -> OutgoingRecord<'a> {
     OutgoingRecord {
-        topic: &row.topic,
+        topic: topics.get(&row.topic).map_or(row.topic.as_str(), String::as_str),
         key: Some(row.key.as_bytes()),
         payload: Some(row.payload.as_bytes()),
         headers: std::iter::once(("content-type".to_owned(), "application/json".to_owned()))
@@ -53,7 +55,7 @@ impl Relay {
         if rows.is_empty() {
             return Ok(Drained::default());
         }
-        let results = self.publisher.send_each(rows.iter().map(record).collect()).await;
+        let results = self.publisher.send_each(rows.iter().map(|r| record(&self.topics, r)).collect()).await;
         let mut drained = Drained::default();
         let mut done = Vec::with_capacity(rows.len());
         for (row, result) in rows.iter().zip(results) {
