@@ -2,7 +2,8 @@
 //! that target in the vendor's shape ([`bodies`]), in a task of its own, so the API answer never
 //! waits for it.
 //!
-//! - Each attempt has a short timeout (2 s unless the target says otherwise).
+//! - Each attempt has a short timeout (2 s unless the target says otherwise). Deliveries run
+//!   concurrently, so two quick changes may arrive out of order, as the vendors' may.
 //! - Bitrix24, Kommo and the generic CRM try once: a failed delivery is counted, never resent
 //!   (Bitrix24 and Kommo do not retry either).
 //! - Salesforce tries up to [`SALESFORCE_ATTEMPTS`] times, 250 ms and then 500 ms apart, as its
