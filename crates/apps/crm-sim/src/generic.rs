@@ -28,7 +28,7 @@ impl Sim {
     ///
     /// `uri` is the request target as received: the routes are merged, never nested, so axum's
     /// `Uri` is the path and query the client sent and signed.
-    async fn admit(
+    pub(crate) async fn admit(
         &self,
         method: &Method,
         uri: &Uri,

@@ -14,7 +14,8 @@
 //! - `GET /api/v4/leads/custom_fields` and `/api/v4/leads/pipelines[/{id}]` describe the
 //!   account (the schema).
 //! - Faults: rate limit 429, failures and outages 503, all `application/problem+json`.
-//! - Not simulated: the 403 IP block, contacts, companies, `leads/complex`, webhooks.
+//! - Contacts, their tasks and notes: [`crate::kommo_people`].
+//! - Not simulated: the 403 IP block, companies, `leads/complex`, webhooks about leads.
 
 use crate::table::{text, Table};
 use crate::{json_response, origin, same, Dialect, Refusal, Sim};
@@ -60,6 +61,8 @@ pub struct KommoSchema {
     pub status_field: String,
     /// The field that carries the event id (for counting repeated writes).
     pub event_field: String,
+    /// Custom fields of contacts (the two-way sync).
+    pub contact_fields: crate::KommoContactFields,
 }
 
 impl Default for KommoSchema {
@@ -94,6 +97,7 @@ impl Default for KommoSchema {
             ],
             status_field: "status_id".into(),
             event_field: "cf:105".into(),
+            contact_fields: crate::KommoContactFields::default(),
         }
     }
 }
@@ -131,7 +135,7 @@ fn now() -> i64 {
 }
 
 impl Sim {
-    async fn kommo_admit(&self, headers: &HeaderMap) -> Result<(), Response> {
+    pub(crate) async fn kommo_admit(&self, headers: &HeaderMap) -> Result<(), Response> {
         let valid = crate::bearer(headers)
             .is_some_and(|t| same(t, self.vendor_secret()) || self.lock().grants(D).access_valid(t));
         if !valid {

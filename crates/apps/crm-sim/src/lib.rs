@@ -11,6 +11,10 @@
 //! Each dialect keeps its own records, found by our external id (the shipment id), counts
 //! writes per shipment, keeps every record's history, and answers injected faults in its
 //! vendor's documented shape. `/sim/...` reads all of it back.
+//!
+//! Each dialect also keeps contacts, tasks and notes for the two-way sync (`docs/two-way-sync.md`),
+//! served in its vendor's wire shapes, and announces every change to a contact or task by a
+//! webhook in the vendor's shape once told where to send them ([`webhooks`], `/sim/webhooks/...`).
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -27,13 +31,18 @@ mod auth;
 pub mod bitrix24;
 mod control;
 mod generic;
+mod generic_people;
 pub mod kommo;
+mod kommo_people;
 mod nonces;
+mod people;
 pub mod salesforce;
 mod table;
+pub mod webhooks;
 
 pub use bitrix24::Bitrix24Schema;
 pub use kommo::KommoSchema;
+pub use kommo_people::KommoContactFields;
 pub use salesforce::SalesforceSchema;
 
 pub const MAX_BATCH: usize = 500;
@@ -216,6 +225,9 @@ pub struct Sim {
     schemas: Arc<Schemas>,
     token_ttl: Duration,
     store: Arc<Mutex<Store>>,
+    /// Contacts, tasks and notes of every dialect.
+    people: Arc<Mutex<people::Stores>>,
+    hooks: Arc<webhooks::Hub>,
     started: Instant,
 }
 
@@ -229,6 +241,8 @@ impl Sim {
             secret: signing_secret.into(),
             vendor_secret: token.into(),
             store: Arc::new(Mutex::new(Store::new(&schemas))),
+            people: Arc::new(Mutex::new(people::Stores::new())),
+            hooks: Arc::new(webhooks::Hub::new()),
             schemas: Arc::new(schemas),
             token_ttl: DEFAULT_TOKEN_TTL,
             started: Instant::now(),
@@ -246,6 +260,7 @@ impl Sim {
     /// The vendor accounts' objects and fields. Starts the records over: call it first.
     pub fn with_schemas(mut self, schemas: Schemas) -> Self {
         self.store = Arc::new(Mutex::new(Store::new(&schemas)));
+        self.people = Arc::new(Mutex::new(people::Stores::new()));
         self.schemas = Arc::new(schemas);
         self
     }
@@ -392,10 +407,13 @@ impl Sim {
         Router::new()
             .route("/health", get(|| async { "ok" }))
             .merge(generic::routes())
+            .merge(generic_people::routes())
             .merge(control::routes())
+            .merge(people::control::routes())
             .merge(bitrix24::routes())
             .merge(salesforce::routes())
             .merge(kommo::routes())
+            .merge(kommo_people::routes())
             .with_state(self.clone())
     }
 

@@ -1,5 +1,6 @@
 use clap::Parser;
-use crm_sim::{Faults, Schemas, Sim};
+use crm_sim::webhooks::WebhookTarget;
+use crm_sim::{Dialect, Faults, Schemas, Sim};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -37,6 +38,101 @@ struct Args {
     /// Salesforce daily API allowance (0: none).
     #[arg(long, default_value_t = 0)]
     api_quota: u64,
+    #[command(flatten)]
+    webhooks: Webhooks,
+}
+
+/// Where each dialect sends its webhooks from the start (also settable at run time with
+/// `PUT /sim/webhooks/{dialect}`), with the credentials it puts in them.
+#[derive(clap::Args)]
+struct Webhooks {
+    /// Target of the generic CRM's webhooks, e.g. `http://127.0.0.1:8083/webhooks/generic`.
+    #[arg(long, env = "CRM_SIM_WEBHOOK_GENERIC")]
+    webhook_generic: Option<String>,
+    /// Key of the generic webhooks' signature.
+    #[arg(long, env = "CRM_SIM_WEBHOOK_GENERIC_SECRET", hide_env_values = true)]
+    webhook_generic_secret: Option<String>,
+    /// Target of the Bitrix24 events.
+    #[arg(long, env = "CRM_SIM_WEBHOOK_BITRIX24")]
+    webhook_bitrix24: Option<String>,
+    /// `auth[application_token]` of the Bitrix24 events.
+    #[arg(
+        long,
+        env = "CRM_SIM_WEBHOOK_BITRIX24_APPLICATION_TOKEN",
+        hide_env_values = true
+    )]
+    webhook_bitrix24_application_token: Option<String>,
+    /// `auth[member_id]` of the Bitrix24 events.
+    #[arg(long, env = "CRM_SIM_WEBHOOK_BITRIX24_MEMBER_ID")]
+    webhook_bitrix24_member_id: Option<String>,
+    /// `auth[domain]` of the Bitrix24 events.
+    #[arg(long, env = "CRM_SIM_WEBHOOK_BITRIX24_DOMAIN")]
+    webhook_bitrix24_domain: Option<String>,
+    /// Target of the Kommo webhooks (with its secret path).
+    #[arg(long, env = "CRM_SIM_WEBHOOK_KOMMO", hide_env_values = true)]
+    webhook_kommo: Option<String>,
+    /// `account[id]` of the Kommo webhooks.
+    #[arg(long, env = "CRM_SIM_WEBHOOK_KOMMO_ACCOUNT_ID")]
+    webhook_kommo_account_id: Option<u64>,
+    /// `account[subdomain]` of the Kommo webhooks.
+    #[arg(long, env = "CRM_SIM_WEBHOOK_KOMMO_SUBDOMAIN")]
+    webhook_kommo_subdomain: Option<String>,
+    /// Target of the Salesforce Outbound Messages (with its secret path).
+    #[arg(long, env = "CRM_SIM_WEBHOOK_SALESFORCE", hide_env_values = true)]
+    webhook_salesforce: Option<String>,
+    /// `OrganizationId` of the Salesforce Outbound Messages.
+    #[arg(long, env = "CRM_SIM_WEBHOOK_SALESFORCE_ORGANIZATION_ID")]
+    webhook_salesforce_organization_id: Option<String>,
+}
+
+impl Webhooks {
+    fn targets(self) -> Vec<(Dialect, WebhookTarget)> {
+        let mut out = Vec::new();
+        if let Some(url) = self.webhook_generic {
+            out.push((
+                Dialect::Generic,
+                WebhookTarget {
+                    url,
+                    secret: self.webhook_generic_secret,
+                    ..WebhookTarget::default()
+                },
+            ));
+        }
+        if let Some(url) = self.webhook_bitrix24 {
+            out.push((
+                Dialect::Bitrix24,
+                WebhookTarget {
+                    url,
+                    application_token: self.webhook_bitrix24_application_token,
+                    member_id: self.webhook_bitrix24_member_id,
+                    domain: self.webhook_bitrix24_domain,
+                    ..WebhookTarget::default()
+                },
+            ));
+        }
+        if let Some(url) = self.webhook_kommo {
+            out.push((
+                Dialect::Kommo,
+                WebhookTarget {
+                    url,
+                    account_id: self.webhook_kommo_account_id,
+                    subdomain: self.webhook_kommo_subdomain,
+                    ..WebhookTarget::default()
+                },
+            ));
+        }
+        if let Some(url) = self.webhook_salesforce {
+            out.push((
+                Dialect::Salesforce,
+                WebhookTarget {
+                    url,
+                    organization_id: self.webhook_salesforce_organization_id,
+                    ..WebhookTarget::default()
+                },
+            ));
+        }
+        out
+    }
 }
 
 #[tokio::main]
@@ -60,6 +156,10 @@ async fn main() -> anyhow::Result<()> {
         outage_for_ms: 0,
         api_quota: args.api_quota,
     });
+    for (dialect, target) in args.webhooks.targets() {
+        sim.set_webhook(dialect, target)
+            .map_err(|e| anyhow::anyhow!("webhook target of {}: {e}", dialect.name()))?;
+    }
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "crm-sim listening");
     axum::serve(listener, sim.router())

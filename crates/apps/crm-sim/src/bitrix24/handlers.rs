@@ -3,7 +3,9 @@
 use super::batch::batch;
 use super::methods::call;
 use super::params::params;
+use super::people;
 use super::{fail, time_block, D};
+use crate::people::request_id;
 use crate::table::text;
 use crate::{json_response, origin, same, Refusal, Sim};
 use axum::extract::{Path, RawQuery, State};
@@ -14,7 +16,7 @@ use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
 
 impl Sim {
-    async fn bitrix24(&self, method: &str, p: Map<String, Value>) -> Response {
+    async fn bitrix24(&self, method: &str, p: Map<String, Value>, headers: &HeaderMap) -> Response {
         let started = OffsetDateTime::now_utc();
         let gate = self.gate(D).await;
         match gate.refusal {
@@ -38,7 +40,9 @@ impl Sim {
         }
         let method = method.trim_end_matches(".json");
         let schema = &self.schemas().bitrix24;
-        let outcome = {
+        let outcome = if people::handles(method) {
+            self.bitrix24_people(method, &p, request_id(headers))
+        } else {
             let mut s = self.lock();
             if method == "batch" {
                 batch(&mut s.bitrix24, schema, &p)
@@ -82,7 +86,7 @@ pub(super) async fn webhook(
         .response();
     }
     match params(query.as_deref(), &headers, &body) {
-        Ok(p) => sim.bitrix24(&method, p).await,
+        Ok(p) => sim.bitrix24(&method, p, &headers).await,
         Err(f) => f.response(),
     }
 }
@@ -115,7 +119,7 @@ pub(super) async fn oauth_call(
         sim.reject(D);
         return f.response();
     }
-    sim.bitrix24(&method, p).await
+    sim.bitrix24(&method, p, &headers).await
 }
 
 /// The OAuth server: `grant_type=refresh_token` with the client's id and secret.

@@ -14,14 +14,17 @@
 //!   resolved.
 //! - Faults: rate limit 503 `QUERY_LIMIT_EXCEEDED`, failures and outages 500
 //!   `INTERNAL_SERVER_ERROR`. A batch counts as one request.
+//! - Contacts, to-do activities and timeline comments of the two-way sync: [`people`].
 //! - Not simulated: the leaky bucket itself (use `rate_limit_rps`), `OPERATION_TIME_LIMIT`,
-//!   stage validation, deprecated `crm.deal.*` methods, events.
+//!   stage validation, deprecated `crm.deal.*` methods, events other than those of contacts and
+//!   activities ([`crate::webhooks`]).
 
 mod batch;
 mod filter;
 mod handlers;
 mod methods;
 mod params;
+mod people;
 
 use crate::table::Table;
 use crate::{json_response, Dialect, Sim};

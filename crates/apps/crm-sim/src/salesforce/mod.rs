@@ -18,7 +18,10 @@
 //! - Faults: rate limit 403 `REQUEST_LIMIT_EXCEEDED` (`ConcurrentPerOrgLongTxn Limit
 //!   exceeded.`), spent `api_quota` 403 `REQUEST_LIMIT_EXCEEDED` (`TotalRequests Limit
 //!   exceeded.`), failures and outages 503 `SERVER_UNAVAILABLE`.
+//! - `Contact` and `Task` of the two-way sync, upserted and read by External ID or `Id`:
+//!   [`people`].
 
+mod people;
 mod query;
 mod schema;
 mod token;
@@ -60,8 +63,12 @@ pub(crate) fn routes() -> Router<Sim> {
             get(describe),
         )
         .route(
+            "/services/data/{version}/sobjects/{sobject}/{id}",
+            get(people::read_by_id),
+        )
+        .route(
             "/services/data/{version}/sobjects/{sobject}/{field}/{value}",
-            patch(upsert_one),
+            patch(upsert_one).get(people::read_by_external),
         )
         .route(
             "/services/data/{version}/composite/sobjects/{sobject}/{field}",

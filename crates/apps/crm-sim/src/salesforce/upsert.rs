@@ -92,6 +92,9 @@ pub(super) async fn upsert_one(
         Ok(u) => u,
         Err(r) => return r,
     };
+    if let Some(answer) = super::people::upsert(&sim, &v, &sobject, &field, &value, &headers, &body) {
+        return with_usage(answer, usage);
+    }
     let answer = upsert_one_answer(&sim, &v, &sobject, &field, &value, &body);
     with_usage(answer, usage)
 }
