@@ -3,9 +3,11 @@
 use crate::config::{CrmConfig, Vendor};
 use async_trait::async_trait;
 use backbone_crm::{Bitrix24Crm, GenericRestCrm, KommoCrm, PauseState, SalesforceCrm};
+use backbone_sync::clients::{
+    Card, ClientCrm, ClientId, CrmContact, CrmTask, Field, Interaction, Task, WriteContext,
+};
 use backbone_sync::event::ShipmentId;
 use backbone_sync::mapping::{CrmMapping, CrmStatusWrite, MappingConfig};
-use backbone_sync::clients::{Card, ClientCrm, ClientId, CrmContact, CrmTask, Field, Interaction, Task, WriteContext};
 use backbone_sync::ports::{CrmError, CrmGateway, ItemResult, ShipmentStates};
 
 pub enum CrmAdapter {
@@ -99,7 +101,9 @@ impl ClientCrm for CrmAdapter {
         fields: &[Field],
         ctx: WriteContext<'_>,
     ) -> Result<String, CrmError> {
-        self.people().write_contact(client, existing, card, fields, ctx).await
+        self.people()
+            .write_contact(client, existing, card, fields, ctx)
+            .await
     }
 
     async fn write_task(

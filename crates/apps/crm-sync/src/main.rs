@@ -97,11 +97,16 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&summary)?);
             Ok(())
         }
-        Command::Reconcile { client, since, repair } => {
+        Command::Reconcile {
+            client,
+            since,
+            repair,
+        } => {
             use crm_sync::two_way::reconcile::{from_config, Target};
             let target = match (client, since) {
                 (Some(c), _) => Target::Client(
-                    backbone_sync::clients::ClientId::parse(c).map_err(|e| anyhow::anyhow!("--client: {e}"))?,
+                    backbone_sync::clients::ClientId::parse(c)
+                        .map_err(|e| anyhow::anyhow!("--client: {e}"))?,
                 ),
                 (None, Some(t)) => Target::Since(t),
                 (None, None) => anyhow::bail!("--client or --since is required"),

@@ -151,8 +151,11 @@ pub fn merge(
         ..Plan::default()
     };
     for field in Field::ALL {
-        let o = our_card.get(field);
-        let t = their_card.get(field);
+        let (o, t) = (
+            normal(field, our_card.get(field)),
+            normal(field, their_card.get(field)),
+        );
+        let (o, t) = (&o, &t);
         let (od, td) = (o.digest(), t.digest());
         let b = base.get(&field);
         if b.is_some_and(|b| *b != td) {
@@ -241,6 +244,16 @@ pub fn merge(
     plan
 }
 
+/// The value as compared: a consent nobody gave is no consent (CRMs such as Salesforce keep
+/// checkboxes that cannot be empty), so an unknown consent and `false` are the same value.
+fn normal(field: Field, value: &Value) -> Value {
+    if field.is_flag() && *value == Value::Empty {
+        Value::Flag(false)
+    } else {
+        value.clone()
+    }
+}
+
 fn take_ours(plan: &mut Plan, field: Field, value: &Value, digest: String) {
     plan.to_crm.insert(field, value.clone());
     plan.base.insert(field, digest);
@@ -304,7 +317,14 @@ mod tests {
         assert_eq!(plan.to_crm.len(), 2);
         assert!(plan.to_ours.is_empty() && plan.conflicts.is_empty());
         assert!(!plan.echo);
-        assert_eq!(plan.base, base_of(&ours));
+        for (f, d) in base_of(&ours) {
+            assert_eq!(plan.base.get(&f), Some(&d));
+        }
+        // Unknown consents are agreed as "no consent".
+        assert_eq!(
+            plan.base.get(&Field::ConsentSms),
+            Some(&Value::Flag(false).digest())
+        );
     }
 
     #[test]
@@ -475,6 +495,23 @@ mod tests {
         assert_eq!(
             plan.base.get(&Field::FirstName),
             Some(&Value::text("Ada K.").digest())
+        );
+    }
+
+    #[test]
+    fn an_unknown_consent_is_no_consent_so_a_checkbox_crm_does_not_loop() {
+        // Our consent is unknown; the CRM cannot store "unknown" and shows `false`.
+        let ours = card(&[(Field::FirstName, "Ada")]);
+        let theirs = ours.clone().with(Field::ConsentSms, Value::Flag(false));
+        let plan = run(&base_of(&ours), &ours, &theirs);
+        assert!(plan.is_noop(), "{plan:?}");
+        // A CRM that shows `true` where we know nothing is a change of theirs, written back
+        // over (we own consents) as an explicit `false`.
+        let theirs = ours.clone().with(Field::ConsentEmail, Value::Flag(true));
+        let plan = run(&base_of(&ours), &ours, &theirs);
+        assert_eq!(
+            plan.to_crm,
+            BTreeMap::from([(Field::ConsentEmail, Value::Flag(false))])
         );
     }
 

@@ -144,7 +144,8 @@ impl Field {
         Self::ALL.into_iter().find(|f| f.as_str() == s)
     }
 
-    fn is_flag(self) -> bool {
+    /// A consent: `true` or `false`; an unknown consent counts as no consent.
+    pub fn is_flag(self) -> bool {
         matches!(self, Field::ConsentSms | Field::ConsentEmail)
     }
 

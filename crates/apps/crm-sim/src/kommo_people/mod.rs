@@ -58,10 +58,10 @@ pub struct KommoContactFields {
 impl Default for KommoContactFields {
     fn default() -> Self {
         Self {
-            client_id: 201,
-            segment: 202,
-            consent_sms: 203,
-            consent_email: 204,
+            client_id: 900001,
+            segment: 900002,
+            consent_sms: 900003,
+            consent_email: 900004,
         }
     }
 }

@@ -4,9 +4,9 @@
 use super::*;
 
 /// The default contact custom fields: client id, segment, SMS and e-mail consent.
-const CLIENT_ID: u64 = 201;
-const SEGMENT: u64 = 202;
-const CONSENT_SMS: u64 = 203;
+const CLIENT_ID: u64 = 900001;
+const SEGMENT: u64 = 900002;
+const CONSENT_SMS: u64 = 900003;
 
 async fn kommo(url: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
     let mut req = reqwest::Client::new()

@@ -84,7 +84,8 @@ impl TwoWayConfig {
             ],
         )?;
         self.api.validate()?;
-        backbone_crm::webhooks::Webhooks::new(&self.webhooks).map_err(|e| format!("two_way.webhooks: {e}"))?;
+        backbone_crm::webhooks::Webhooks::new(&self.webhooks)
+            .map_err(|e| format!("two_way.webhooks: {e}"))?;
         if self.relay_batch < 1 || self.relay_batch > 10_000 {
             return Err("two_way.relay_batch must be 1..=10000".into());
         }
@@ -133,8 +134,14 @@ pub fn start(
     let dead_letters = || DeadLetterPublisher::new(parts.publisher.clone(), parts.dead_letter_topic.clone());
     let relay = relay::Relay {
         topics: [
-            (backbone_sync::clients::apply::TOPIC_OUTGOING.to_owned(), cfg.outgoing_topic.clone()),
-            (backbone_sync::clients::apply::TOPIC_INCOMING.to_owned(), cfg.incoming_topic.clone()),
+            (
+                backbone_sync::clients::apply::TOPIC_OUTGOING.to_owned(),
+                cfg.outgoing_topic.clone(),
+            ),
+            (
+                backbone_sync::clients::apply::TOPIC_INCOMING.to_owned(),
+                cfg.incoming_topic.clone(),
+            ),
         ]
         .into_iter()
         .collect(),

@@ -36,7 +36,10 @@ pub struct Relay {
     pub published: IntCounter,
 }
 
-fn record<'a>(topics: &'a std::collections::HashMap<String, String>, row: &'a OutboxRow) -> OutgoingRecord<'a> {
+fn record<'a>(
+    topics: &'a std::collections::HashMap<String, String>,
+    row: &'a OutboxRow,
+) -> OutgoingRecord<'a> {
     OutgoingRecord {
         topic: topics.get(&row.topic).map_or(row.topic.as_str(), String::as_str),
         key: Some(row.key.as_bytes()),
@@ -55,7 +58,10 @@ impl Relay {
         if rows.is_empty() {
             return Ok(Drained::default());
         }
-        let results = self.publisher.send_each(rows.iter().map(|r| record(&self.topics, r)).collect()).await;
+        let results = self
+            .publisher
+            .send_each(rows.iter().map(|r| record(&self.topics, r)).collect())
+            .await;
         let mut drained = Drained::default();
         let mut done = Vec::with_capacity(rows.len());
         for (row, result) in rows.iter().zip(results) {
