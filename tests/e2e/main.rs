@@ -13,4 +13,5 @@ mod pipeline;
 mod replay;
 mod tls;
 mod tls_certificates;
+mod two_way;
 mod vendors;

@@ -75,7 +75,7 @@ fn expect(d: Dialect) -> Expect {
     }
 }
 
-async fn start_vendor_sim() -> anyhow::Result<(Sim, String)> {
+pub(crate) async fn start_vendor_sim() -> anyhow::Result<(Sim, String)> {
     let sim = Sim::new(TOKEN, SECRET).with_vendor_secret(VENDOR_SECRET);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
@@ -96,7 +96,7 @@ fn set_mapping(cfg: &mut crm_sync::Config, fields: [&str; 5], statuses: &[(&str,
 }
 
 /// crm-sync for this scope, talking to crm-sim's dialect `d` at `url`.
-fn config(scope: &Scope, d: Dialect, url: &str) -> anyhow::Result<crm_sync::Config> {
+pub(crate) fn config(scope: &Scope, d: Dialect, url: &str) -> anyhow::Result<crm_sync::Config> {
     let mut cfg = scope.config(url);
     match d {
         Dialect::Generic => {}
