@@ -14,4 +14,5 @@ mod replay;
 mod tls;
 mod tls_certificates;
 mod two_way;
+mod two_way_faults;
 mod vendors;

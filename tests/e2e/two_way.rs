@@ -29,7 +29,12 @@ pub fn free_port() -> u16 {
 }
 
 /// crm-sync with the two-way sync on, for this scope and dialect.
-pub fn two_way_config(scope: &Scope, d: Dialect, sim_url: &str, api_port: u16) -> anyhow::Result<crm_sync::Config> {
+pub fn two_way_config(
+    scope: &Scope,
+    d: Dialect,
+    sim_url: &str,
+    api_port: u16,
+) -> anyhow::Result<crm_sync::Config> {
     let mut cfg = crate::vendors::config(scope, d, sim_url)?;
     let id = &scope.id;
     let t = &mut cfg.two_way;
@@ -85,7 +90,9 @@ impl TwoWay {
         let stop = CancellationToken::new();
         let service = tokio::spawn(crm_sync::run(cfg, stop.clone()));
         let api = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
         let probe = http.clone();
         let openapi = format!("{api}/openapi.json");
         eventually(WAIT, "the two-way API", || {
@@ -113,7 +120,11 @@ impl TwoWay {
             .json(&webhook_target(self.dialect, &self.api))
             .send()
             .await?;
-        anyhow::ensure!(r.status().is_success(), "crm-sim refused the webhook target: {}", r.status());
+        anyhow::ensure!(
+            r.status().is_success(),
+            "crm-sim refused the webhook target: {}",
+            r.status()
+        );
         Ok(())
     }
 
@@ -127,7 +138,12 @@ impl TwoWay {
     }
 
     /// A `/v1` call with the token and a fresh `Idempotency-Key`.
-    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<(StatusCode, Value)> {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(StatusCode, Value)> {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.api))
@@ -143,7 +159,9 @@ impl TwoWay {
     }
 
     pub async fn ours(&self, client: &str) -> anyhow::Result<Value> {
-        let (s, b) = self.call(reqwest::Method::GET, &format!("/v1/clients/{client}"), None).await?;
+        let (s, b) = self
+            .call(reqwest::Method::GET, &format!("/v1/clients/{client}"), None)
+            .await?;
         anyhow::ensure!(s == StatusCode::OK, "GET client: {s} {b}");
         Ok(b)
     }
@@ -164,7 +182,11 @@ impl TwoWay {
 
     pub async fn edit_in_crm(&self, crm_id: &str, patch: Value) -> anyhow::Result<()> {
         self.http
-            .patch(format!("{}/sim/{}/contacts/{crm_id}", self.sim_url, self.dialect.name()))
+            .patch(format!(
+                "{}/sim/{}/contacts/{crm_id}",
+                self.sim_url,
+                self.dialect.name()
+            ))
             .json(&patch)
             .send()
             .await?
@@ -172,7 +194,12 @@ impl TwoWay {
         Ok(())
     }
 
-    pub async fn wait_theirs(&self, client: &str, what: &str, check: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+    pub async fn wait_theirs(
+        &self,
+        client: &str,
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
         let mut last = None;
         let start = std::time::Instant::now();
         while start.elapsed() < WAIT {
@@ -184,20 +211,34 @@ impl TwoWay {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        anyhow::bail!("{}: timed out waiting for the CRM: {what}; last: {last:?}", self.dialect.name())
+        anyhow::bail!(
+            "{}: timed out waiting for the CRM: {what}; last: {last:?}",
+            self.dialect.name()
+        )
     }
 
-    pub async fn wait_ours(&self, client: &str, what: &str, check: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+    pub async fn wait_ours(
+        &self,
+        client: &str,
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
         let mut last = Value::Null;
         let start = std::time::Instant::now();
         while start.elapsed() < WAIT {
-            last = self.ours(client).await?;
-            if check(&last) {
-                return Ok(last);
+            // Not there yet (404) is worth waiting for too.
+            if let Ok(c) = self.ours(client).await {
+                if check(&c) {
+                    return Ok(c);
+                }
+                last = c;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        anyhow::bail!("{}: timed out waiting for our copy: {what}; last: {last}", self.dialect.name())
+        anyhow::bail!(
+            "{}: timed out waiting for our copy: {what}; last: {last}",
+            self.dialect.name()
+        )
     }
 
     /// Stops crm-sim's webhooks and waits until every stored webhook and outbox row is handled,
@@ -224,7 +265,9 @@ impl TwoWay {
     }
 
     pub async fn open_tasks(&self) -> anyhow::Result<Vec<Value>> {
-        let (s, b) = self.call(reqwest::Method::GET, "/v1/operator-tasks?state=open", None).await?;
+        let (s, b) = self
+            .call(reqwest::Method::GET, "/v1/operator-tasks?state=open", None)
+            .await?;
         anyhow::ensure!(s == StatusCode::OK, "operator tasks: {s} {b}");
         let list = b.get("tasks").or(b.get("items")).cloned().unwrap_or(b);
         Ok(list.as_array().cloned().unwrap_or_default())
@@ -248,11 +291,15 @@ fn card() -> Value {
 /// in one operator task whose resolution reaches both sides.
 async fn converges(d: Dialect) -> anyhow::Result<()> {
     let tw = TwoWay::start("converge", d).await?;
-    let (s, b) = tw.call(reqwest::Method::PUT, "/v1/clients/c-1", Some(card())).await?;
+    let (s, b) = tw
+        .call(reqwest::Method::PUT, "/v1/clients/c-1", Some(card()))
+        .await?;
     anyhow::ensure!(s == StatusCode::CREATED, "PUT: {s} {b}");
 
     let contact = tw
-        .wait_theirs("c-1", "the card", |c| c["first_name"] == "Ada" && c["phone"] == "+79991234567")
+        .wait_theirs("c-1", "the card", |c| {
+            c["first_name"] == "Ada" && c["phone"] == "+79991234567"
+        })
         .await?;
     assert_eq!(contact["last_name"], "Lovelace", "{contact}");
     assert_eq!(contact["email"], "ada@example.com");
@@ -264,9 +311,10 @@ async fn converges(d: Dialect) -> anyhow::Result<()> {
     eventually(WAIT, "the echo processed", || {
         let pool = pool.clone();
         async move {
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM crm_webhook WHERE processed_at IS NOT NULL")
-                .fetch_one(&pool)
-                .await?;
+            let n: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM crm_webhook WHERE processed_at IS NOT NULL")
+                    .fetch_one(&pool)
+                    .await?;
             Ok(n >= 1)
         }
     })
@@ -274,20 +322,36 @@ async fn converges(d: Dialect) -> anyhow::Result<()> {
     let writes = tw.theirs("c-1").await?.unwrap()["writes"].as_u64().unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let later = tw.theirs("c-1").await?.unwrap();
-    assert_eq!(later["writes"].as_u64().unwrap(), writes, "{}: our write echoed back and looped: {later}", d.name());
+    assert_eq!(
+        later["writes"].as_u64().unwrap(),
+        writes,
+        "{}: our write echoed back and looped: {later}",
+        d.name()
+    );
 
     // A CRM user changes the manager (the CRM owns it) and the phone (we own it).
-    let manager = if d == Dialect::Salesforce { "005SIM000000009AAA" } else { "9" };
-    tw.edit_in_crm(&crm_id, json!({"manager": manager, "phone": "+79990000000"})).await?;
-    tw.wait_ours("c-1", "the CRM's manager", |c| c["fields"]["manager"] == manager).await?;
-    tw.wait_theirs("c-1", "our phone written back", |c| c["phone"] == "+79991234567").await?;
+    let manager = if d == Dialect::Salesforce {
+        "005SIM000000009AAA"
+    } else {
+        "9"
+    };
+    tw.edit_in_crm(&crm_id, json!({"manager": manager, "phone": "+79990000000"}))
+        .await?;
+    tw.wait_ours("c-1", "the CRM's manager", |c| c["fields"]["manager"] == manager)
+        .await?;
+    tw.wait_theirs("c-1", "our phone written back", |c| c["phone"] == "+79991234567")
+        .await?;
     assert_eq!(tw.ours("c-1").await?["fields"]["phone"], "+79991234567");
 
     // Both sides change the segment before they hear of each other: one operator task.
     tw.quiesce(&pool).await?;
     tw.edit_in_crm(&crm_id, json!({"segment": "churned"})).await?;
     let (s, b) = tw
-        .call(reqwest::Method::PATCH, "/v1/clients/c-1", Some(json!({"fields": {"segment": "vip"}})))
+        .call(
+            reqwest::Method::PATCH,
+            "/v1/clients/c-1",
+            Some(json!({"fields": {"segment": "vip"}})),
+        )
         .await?;
     anyhow::ensure!(s == StatusCode::OK, "PATCH: {s} {b}");
     let mut tasks = Vec::new();
@@ -296,7 +360,12 @@ async fn converges(d: Dialect) -> anyhow::Result<()> {
         tasks = tw.open_tasks().await?;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(tasks.len(), 1, "{}: exactly one operator task: {tasks:?}", d.name());
+    assert_eq!(
+        tasks.len(),
+        1,
+        "{}: exactly one operator task: {tasks:?}",
+        d.name()
+    );
     let task = &tasks[0];
     assert_eq!(task["field"], "segment");
     assert_eq!(task["ours"], "vip");
@@ -314,13 +383,19 @@ async fn converges(d: Dialect) -> anyhow::Result<()> {
         )
         .await?;
     anyhow::ensure!(s == StatusCode::OK, "resolve: {s} {b}");
-    tw.wait_theirs("c-1", "the resolution in the CRM", |c| c["segment"] == "vip-returning").await?;
+    tw.wait_theirs("c-1", "the resolution in the CRM", |c| {
+        c["segment"] == "vip-returning"
+    })
+    .await?;
     assert_eq!(tw.ours("c-1").await?["fields"]["segment"], "vip-returning");
     assert!(tw.open_tasks().await?.is_empty());
     let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM crm_conflict_log WHERE client_id = 'c-1'")
         .fetch_one(&pool)
         .await?;
-    assert!(logged >= 2, "the conflict and its resolution are logged: {logged}");
+    assert!(
+        logged >= 2,
+        "the conflict and its resolution are logged: {logged}"
+    );
     tw.stop().await
 }
 
