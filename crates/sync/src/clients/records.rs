@@ -162,6 +162,20 @@ impl RefusedReference {
 }
 
 impl ClientReference {
+    /// The whole card, except fields our copy changed after this record was made: an older
+    /// record never overwrites a newer change.
+    pub fn fields_to_apply(&self, current: Option<&super::ports::StoredCard>) -> BTreeMap<Field, Value> {
+        Field::ALL
+            .into_iter()
+            .filter(|f| {
+                !current
+                    .and_then(|c| c.stamps.get(f))
+                    .is_some_and(|s| s.at > self.occurred_at)
+            })
+            .map(|f| (f, self.card.get(f).clone()))
+            .collect()
+    }
+
     /// Parses one record's value. The key is not trusted: the client id is the body's.
     pub fn parse(bytes: &[u8]) -> Result<Self, RefusedReference> {
         let doc: serde_json::Value =

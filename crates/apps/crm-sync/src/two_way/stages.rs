@@ -15,12 +15,10 @@ use backbone_sync::clients::flows::{Dispatcher, FlowError, Processor};
 use backbone_sync::clients::records::{
     ClientReference, Failed, IncomingHint, OutgoingChange, Processed, HEADER_REQUEST_ID, VERSION,
 };
-use backbone_sync::clients::{
-    CardChange, ClientStore, Field, IdempotencyClaim, Idempotent, Source, StoreError,
-};
+use backbone_sync::clients::{CardChange, ClientStore, IdempotencyClaim, Idempotent, Source, StoreError};
 use backbone_sync::ports::SourcePosition;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
@@ -335,20 +333,9 @@ impl RecordHandler for Clients {
 impl Clients {
     async fn apply(&self, r: &ClientReference) -> Result<&'static str, StoreError> {
         let current = self.store.card(&r.client_id).await?;
-        // Whole card, except fields changed on our side after this record was made.
-        let mut fields = BTreeMap::new();
-        for f in Field::ALL {
-            let newer = current
-                .as_ref()
-                .and_then(|c| c.stamps.get(&f))
-                .is_some_and(|s| s.at > r.occurred_at);
-            if !newer {
-                fields.insert(f, r.card.get(f).clone());
-            }
-        }
         let change = CardChange {
             client_id: r.client_id.clone(),
-            fields,
+            fields: r.fields_to_apply(current.as_ref()),
             replace: false,
             must_exist: false,
             source: Source::AllClients,
