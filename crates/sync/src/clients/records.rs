@@ -168,9 +168,9 @@ impl ClientReference {
         Field::ALL
             .into_iter()
             .filter(|f| {
-                !current
+                current
                     .and_then(|c| c.stamps.get(f))
-                    .is_some_and(|s| s.at > self.occurred_at)
+                    .is_none_or(|s| s.at <= self.occurred_at)
             })
             .map(|f| (f, self.card.get(f).clone()))
             .collect()
