@@ -278,3 +278,31 @@ async fn the_two_way_migration_is_reversible(pool: PgPool) {
     backbone_postgres::sync::MIGRATOR.run(&pool).await.unwrap();
     assert_eq!((count(tables).await, count(flow).await), (9, 1));
 }
+
+#[sqlx::test(migrator = "backbone_postgres::sync::MIGRATOR")]
+async fn an_outbox_row_carries_the_writers_trace_context(pool: PgPool) {
+    use tracing::Instrument;
+    let _guard = backbone_telemetry::propagation_test_guard();
+    let store = store(&pool).await;
+    let span = tracing::info_span!("api_call");
+    let caller: BTreeMap<String, String> = span
+        .in_scope(backbone_telemetry::current_trace_headers)
+        .into_iter()
+        .collect();
+    let trace_id = |h: &BTreeMap<String, String>| {
+        h.get("traceparent")
+            .and_then(|t| t.split('-').nth(1))
+            .map(str::to_owned)
+    };
+    assert!(trace_id(&caller).is_some(), "{caller:?}");
+    store
+        .change_card(&put("c-1", "Ada"), None)
+        .instrument(span)
+        .await
+        .unwrap();
+    let rows = store.outbox_next(10).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    let headers: BTreeMap<String, String> = rows[0].headers.iter().cloned().collect();
+    assert_eq!(trace_id(&headers), trace_id(&caller), "{headers:?}");
+    assert_eq!(headers.get("x-request-id").map(String::as_str), Some("req-1"));
+}

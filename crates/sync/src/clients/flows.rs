@@ -52,6 +52,7 @@ impl FlowError {
     /// The reason code on `crm.failed` and in dead letters.
     pub fn reason_code(&self) -> &'static str {
         match self {
+            FlowError::Store(StoreError::CrmIdLinkedElsewhere) => "crm_id_linked_elsewhere",
             FlowError::Store(_) => "store_refused",
             FlowError::Crm(_) => "crm_rejected",
             FlowError::UnknownClient(_) => "unknown_client",
@@ -165,20 +166,26 @@ async fn sync_card(
         forced,
     );
     let mut crm_id = theirs.as_ref().map(|t| t.crm_id.clone());
+    let mut card = ours.card.clone();
+    for (f, v) in &plan.to_crm {
+        card.set(*f, v.clone());
+    }
     let written: Vec<Field> = if theirs.is_none() {
-        // A new contact: everything we know goes (the merge already says which fields differ).
+        // A new contact: everything we know goes, and every consent explicitly: a CRM's default
+        // may be "consented" (Salesforce's `HasOptedOutOfEmail` starts unticked).
+        for f in Field::ALL.into_iter().filter(|f| f.is_flag()) {
+            if *card.get(f) == super::model::Value::Empty {
+                card.set(f, super::model::Value::Flag(false));
+            }
+        }
         Field::ALL
             .into_iter()
-            .filter(|f| plan.to_crm.contains_key(f))
+            .filter(|f| plan.to_crm.contains_key(f) || f.is_flag())
             .collect()
     } else {
         plan.to_crm.keys().copied().collect()
     };
     if !written.is_empty() || crm_id.is_none() {
-        let mut card = ours.card.clone();
-        for (f, v) in &plan.to_crm {
-            card.set(*f, v.clone());
-        }
         let id = crm
             .write_contact(
                 client,

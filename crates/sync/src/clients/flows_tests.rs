@@ -396,3 +396,29 @@ async fn a_hint_for_a_contact_no_client_owns_fails_with_a_reason() {
     assert!(!e.is_transient());
     assert_eq!(e.reason_code(), "unknown_client");
 }
+
+#[test]
+fn a_crm_record_linked_to_another_client_is_a_case_for_a_person_not_a_retry() {
+    use super::ports::StoreError;
+    let e = FlowError::from(StoreError::CrmIdLinkedElsewhere);
+    assert!(!e.is_transient());
+    assert_eq!(e.reason_code(), "crm_id_linked_elsewhere");
+    assert!(FlowError::from(StoreError::Unavailable("down".into())).is_transient());
+}
+
+#[tokio::test]
+async fn a_new_contact_is_told_every_consent_even_one_never_given() {
+    let w = world();
+    w.change("c-1", &[(Field::ConsentSms, Value::Flag(true))], Source::Api)
+        .await;
+    w.dispatch_all().await;
+    let theirs = w.crm.contact_of(&client("c-1")).expect("created in the CRM");
+    assert_eq!(theirs.card.get(Field::ConsentSms), &Value::Flag(true));
+    // Not left to the CRM's default, which may be "consented".
+    assert_eq!(theirs.card.get(Field::ConsentEmail), &Value::Flag(false));
+    // And the webhook of that write is an echo: nothing goes back and forth.
+    let hint = w.webhook("c-1", "d-1").await;
+    let done = w.processor.process(&hint).await.unwrap();
+    assert_eq!(done.outcome, ProcessedOutcome::Echo);
+    assert_eq!(w.crm.contact_writes(), 1);
+}

@@ -177,14 +177,16 @@ pub fn merge(
             }
             continue;
         }
-        // A field never synced counts as unchanged on the side where it is empty.
+        // A field never synced counts as unchanged on the side where it is empty (for a consent:
+        // not given, so a CRM's unticked checkbox is no change of theirs).
+        let unset = normal(field, &Value::Empty);
         let ours_changed = match b {
             Some(b) => *b != od,
-            None => *o != Value::Empty,
+            None => *o != unset,
         };
         let theirs_changed = match b {
             Some(b) => *b != td,
-            None => *t != Value::Empty,
+            None => *t != unset,
         };
         let rule = ownership.of(field);
         match (ours_changed, theirs_changed) {
@@ -242,6 +244,11 @@ pub fn merge(
         }
     }
     plan
+}
+
+/// Whether two values of a field are the same for the sync (an unknown consent is `false`).
+pub fn agree(field: Field, a: &Value, b: &Value) -> bool {
+    normal(field, a) == normal(field, b)
 }
 
 /// The value as compared: a consent nobody gave is no consent (CRMs such as Salesforce keep
@@ -325,6 +332,24 @@ mod tests {
             plan.base.get(&Field::ConsentSms),
             Some(&Value::Flag(false).digest())
         );
+    }
+
+    #[test]
+    fn a_first_sync_with_an_unticked_consent_in_the_crm_is_no_conflict() {
+        // The CRM has the contact already, its checkbox unticked; we hold a consent. Never synced:
+        // only our side changed, so our value goes and nothing is logged as a conflict.
+        let ours = Card::default().with(Field::ConsentSms, Value::Flag(true));
+        let theirs = Card::default().with(Field::ConsentSms, Value::Flag(false));
+        let plan = run(&Base::new(), &ours, &theirs);
+        assert!(plan.conflicts.is_empty(), "{:?}", plan.conflicts);
+        assert_eq!(plan.to_crm.get(&Field::ConsentSms), Some(&Value::Flag(true)));
+        // And a CRM-side consent on a field we never set is theirs (a change of theirs alone).
+        let ours = Card::default();
+        let theirs = Card::default().with(Field::ConsentEmail, Value::Flag(true));
+        let plan = run(&Base::new(), &ours, &theirs);
+        assert!(plan.conflicts.is_empty(), "{:?}", plan.conflicts);
+        // We own the consents: what we hold (no consent) is written back.
+        assert_eq!(plan.to_crm.get(&Field::ConsentEmail), Some(&Value::Flag(false)));
     }
 
     #[test]

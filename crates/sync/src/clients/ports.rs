@@ -157,6 +157,10 @@ pub enum StoreError {
     InteractionExists,
     #[error("the task belongs to another client")]
     TaskOfAnotherClient,
+    /// The CRM record is already linked to another of our clients (two of ours point at one CRM
+    /// contact, e.g. after a merge in the CRM): a person must decide, retrying cannot help.
+    #[error("the CRM id is linked to another client")]
+    CrmIdLinkedElsewhere,
     /// A value an operator chose does not fit the field.
     #[error("{0}")]
     InvalidValue(super::model::Invalid),

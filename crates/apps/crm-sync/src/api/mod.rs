@@ -345,6 +345,11 @@ pub(crate) fn store_error(e: StoreError) -> Problem {
         StoreError::InteractionExists => Problem::new(ProblemCode::InteractionExists, None),
         StoreError::TaskOfAnotherClient => Problem::new(ProblemCode::TaskOfAnotherClient, None),
         StoreError::InvalidValue(invalid) => Problem::from(invalid),
+        // Only the dispatcher and the processor link CRM ids: no API call gets here.
+        e @ StoreError::CrmIdLinkedElsewhere => {
+            tracing::error!(error = %e, "unexpected store refusal");
+            Problem::new(ProblemCode::Internal, None)
+        }
         StoreError::Unavailable(cause) => {
             tracing::error!(error = %cause, "client store unavailable");
             Problem::new(ProblemCode::Unavailable, None)

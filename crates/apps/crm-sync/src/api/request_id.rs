@@ -74,6 +74,13 @@ pub(crate) async fn layer(State(shared): State<Arc<Shared>>, mut req: Request, n
         request_id = %id.as_str(),
         caller = tracing::field::Empty,
     );
+    // A caller's W3C trace context makes this request part of its trace (and, through the
+    // outbox, the CRM write it causes).
+    let trace: std::collections::HashMap<String, String> = ["traceparent", "tracestate"]
+        .into_iter()
+        .filter_map(|k| Some((k.to_owned(), req.headers().get(k)?.to_str().ok()?.to_owned())))
+        .collect();
+    backbone_telemetry::set_parent_from_headers(&span, &trace);
     let response = async {
         let response = next.run(req).await;
         tracing::debug!(status = response.status().as_u16(), "answered");

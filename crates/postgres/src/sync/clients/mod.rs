@@ -196,7 +196,7 @@ async fn write_card(
         .await
         .map_err(|e| {
             if violates(&e, "client_card_crm_id_idx") {
-                StoreError::Unavailable("the CRM id is linked to another client".into())
+                StoreError::CrmIdLinkedElsewhere
             } else {
                 err("writing a card")(e)
             }

@@ -27,7 +27,12 @@ pub(super) async fn insert<P: Serialize>(
         .fetch_one(&mut *connection)
         .await
         .map_err(err("taking an outbox id"))?;
-    let headers: BTreeMap<String, String> = apply::headers(request_id).into_iter().collect();
+    // The writer's trace context goes with the row, so the relay's record continues the trace of
+    // the API call or webhook that made it.
+    let headers: BTreeMap<String, String> = apply::headers(request_id)
+        .into_iter()
+        .chain(backbone_telemetry::current_trace_headers())
+        .collect();
     sqlx::query("INSERT INTO crm_outbox (id, topic, key, payload, headers) VALUES ($1, $2, $3, $4, $5)")
         .bind(id)
         .bind(topic)

@@ -555,3 +555,30 @@ pub async fn a_resolution_sets_our_card_and_forces_it_to_the_crm(store: &dyn Cli
         &text("regular")
     );
 }
+
+pub async fn a_crm_id_links_one_client_only(store: &dyn ClientStore, _: &dyn Audit) {
+    put(store, "c-1", &[(Field::FirstName, text("Ada"))]).await;
+    put(store, "c-2", &[(Field::FirstName, text("Bo"))]).await;
+    link(store, "c-1", "x-1").await;
+    let session = store.session(&client("c-2")).await.expect("session");
+    let refused = session
+        .commit(SyncWrite {
+            crm_id: Some("x-1".into()),
+            to_ours: BTreeMap::from([(Field::LastName, text("L"))]),
+            request_id: "req-2".into(),
+            ..SyncWrite::default()
+        })
+        .await;
+    // A refusal for a person, not an outage to retry; the other client's card is left as it was.
+    assert!(
+        matches!(refused, Err(StoreError::CrmIdLinkedElsewhere)),
+        "{refused:?}"
+    );
+    let card = store.card(&client("c-2")).await.expect("card").expect("card");
+    assert_eq!(card.crm_id, None);
+    assert_eq!(card.card.get(Field::LastName), &Value::Empty);
+    assert_eq!(
+        store.client_of("x-1").await.expect("client_of"),
+        Some(client("c-1"))
+    );
+}

@@ -58,9 +58,7 @@ impl ClientSession for MemorySession {
         let mut inner = lock(&self.inner);
         if let Some(crm_id) = &write.crm_id {
             if inner.linked_elsewhere(&self.client, crm_id) {
-                return Err(StoreError::Unavailable(
-                    "the CRM id is linked to another client".into(),
-                ));
+                return Err(StoreError::CrmIdLinkedElsewhere);
             }
         }
         let now = apply::now();
