@@ -2,44 +2,12 @@
 //! listed once in [`ProblemCode`]; unexpected failures are logged with their cause and answered with
 //! an opaque 503/500.
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-/// Every problem this service answers with, once: variant = (code, HTTP status, title). The
-/// code is the last segment of `type` and is stable.
-macro_rules! problem_codes {
-    ($($variant:ident = ($code:literal, $status:literal, $title:literal)),* $(,)?) => {
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum ProblemCode {
-            $($variant),*
-        }
-
-        impl ProblemCode {
-            pub const ALL: &'static [ProblemCode] = &[$(ProblemCode::$variant),*];
-
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $(ProblemCode::$variant => $code),*
-                }
-            }
-
-            pub fn status(self) -> u16 {
-                match self {
-                    $(ProblemCode::$variant => $status),*
-                }
-            }
-
-            pub fn title(self) -> &'static str {
-                match self {
-                    $(ProblemCode::$variant => $title),*
-                }
-            }
-        }
-    };
-}
-
-problem_codes! {
+// Every problem this service answers with, once: variant = (code, HTTP status, title).
+backbone_http::problem_codes! {
     BadRequest = ("bad-request", 400, "The request is malformed"),
     IdempotencyKeyRequired = ("idempotency-key-required", 400, "Idempotency-Key header is required"),
     CvcRequired = ("cvc-required", 400, "The certificate's security code is required"),
@@ -69,13 +37,6 @@ problem_codes! {
     TooManyAttempts = ("too-many-attempts", 429, "Too many failed attempts; try again later"),
     Unavailable = ("unavailable", 503, "A dependency is unavailable; retry with the same Idempotency-Key"),
     Internal = ("internal", 500, "Unexpected error"),
-}
-
-impl ProblemCode {
-    /// The code of a domain refusal (`CertificateError::code`, also as stored for replay).
-    pub fn parse(code: &str) -> Option<Self> {
-        Self::ALL.iter().copied().find(|c| c.as_str() == code)
-    }
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -132,18 +93,13 @@ impl Problem {
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let retry_after = self
             .extra
             .as_ref()
             .and_then(|e| e.get("retry_after_seconds"))
             .and_then(serde_json::Value::as_u64);
         let replayed = self.replayed;
-        let mut response = (status, axum::Json(self)).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        let mut response = backbone_http::problem_response(self.status, axum::Json(self));
         if let Some(seconds) = retry_after {
             if let Ok(v) = HeaderValue::from_str(&seconds.to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, v);
@@ -161,33 +117,22 @@ impl IntoResponse for Problem {
 /// Turns an error the framework answered by itself (405, 413, an undecodable path...) into a
 /// problem document of the same status. Its own text is dropped: it may quote the input.
 pub async fn as_problem(response: Response) -> Response {
-    let status = response.status();
-    let is_problem = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
-    if is_problem || !(status.is_client_error() || status.is_server_error()) {
-        return response;
-    }
-    let code = match status.as_u16() {
-        405 => ProblemCode::MethodNotAllowed,
-        413 => ProblemCode::PayloadTooLarge,
-        401 => ProblemCode::Unauthenticated,
-        403 => ProblemCode::Forbidden,
-        400..=499 => ProblemCode::BadRequest,
-        503 => ProblemCode::Unavailable,
-        _ => ProblemCode::Internal,
-    };
-    let allow = response.headers().get(header::ALLOW).cloned();
-    let mut problem = Problem::new(code, None);
-    if code == ProblemCode::BadRequest {
-        problem.detail = Some("the request could not be read".into());
-    }
-    let mut answer = problem.into_response();
-    if let Some(allow) = allow {
-        answer.headers_mut().insert(header::ALLOW, allow);
-    }
-    answer
+    backbone_http::framework_answer(response, |status| {
+        let code = match status.as_u16() {
+            405 => ProblemCode::MethodNotAllowed,
+            413 => ProblemCode::PayloadTooLarge,
+            401 => ProblemCode::Unauthenticated,
+            403 => ProblemCode::Forbidden,
+            400..=499 => ProblemCode::BadRequest,
+            503 => ProblemCode::Unavailable,
+            _ => ProblemCode::Internal,
+        };
+        let mut problem = Problem::new(code, None);
+        if code == ProblemCode::BadRequest {
+            problem.detail = Some("the request could not be read".into());
+        }
+        problem.into_response()
+    })
 }
 
 #[cfg(test)]

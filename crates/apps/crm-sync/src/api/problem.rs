@@ -2,44 +2,12 @@
 //! listed once in [`ProblemCode`]; unexpected failures are logged with their cause and answered
 //! with an opaque 503 or 500.
 
-use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use backbone_sync::clients::Invalid;
 use serde::Serialize;
 
-/// Every problem this API answers with, once: variant = (code, HTTP status, title).
-macro_rules! problem_codes {
-    ($($variant:ident = ($code:literal, $status:literal, $title:literal)),* $(,)?) => {
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum ProblemCode {
-            $($variant),*
-        }
-
-        impl ProblemCode {
-            pub const ALL: &'static [ProblemCode] = &[$(ProblemCode::$variant),*];
-
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $(ProblemCode::$variant => $code),*
-                }
-            }
-
-            pub fn status(self) -> u16 {
-                match self {
-                    $(ProblemCode::$variant => $status),*
-                }
-            }
-
-            pub fn title(self) -> &'static str {
-                match self {
-                    $(ProblemCode::$variant => $title),*
-                }
-            }
-        }
-    };
-}
-
-problem_codes! {
+// Every problem this service answers with, once: variant = (code, HTTP status, title).
+backbone_http::problem_codes! {
     BadRequest = ("bad-request", 400, "The request is malformed"),
     BadRequestId = ("bad-request-id", 400, "X-Request-Id must be 1 to 128 characters of A-Z a-z 0-9 . _ : -"),
     IdempotencyKeyRequired = ("idempotency-key-required", 400, "Idempotency-Key header is required"),
@@ -58,12 +26,6 @@ problem_codes! {
     InvalidField = ("invalid-field", 422, "A field's value is not allowed"),
     Unavailable = ("unavailable", 503, "A dependency is unavailable; retry with the same Idempotency-Key"),
     Internal = ("internal", 500, "Unexpected error"),
-}
-
-impl ProblemCode {
-    pub fn parse(code: &str) -> Option<Self> {
-        Self::ALL.iter().copied().find(|c| c.as_str() == code)
-    }
 }
 
 /// A refusal as sent: `application/problem+json`.
@@ -117,47 +79,30 @@ impl From<Invalid> for Problem {
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut response = (status, axum::Json(self)).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        response
+        backbone_http::problem_response(self.status, axum::Json(self))
     }
 }
 
 /// Turns an error the framework answered by itself (404, 405, an undecodable path or query)
 /// into a problem document of the same status. Its own text is dropped: it may quote the input.
 pub async fn as_problem(response: Response) -> Response {
-    let status = response.status();
-    let is_problem = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
-    if is_problem || !(status.is_client_error() || status.is_server_error()) {
-        return response;
-    }
-    let code = match status.as_u16() {
-        404 => ProblemCode::NotFound,
-        405 => ProblemCode::MethodNotAllowed,
-        413 => ProblemCode::PayloadTooLarge,
-        401 => ProblemCode::Unauthenticated,
-        403 => ProblemCode::Forbidden,
-        400..=499 => ProblemCode::BadRequest,
-        503 => ProblemCode::Unavailable,
-        _ => ProblemCode::Internal,
-    };
-    let allow = response.headers().get(header::ALLOW).cloned();
-    let mut problem = Problem::new(code, None);
-    if code == ProblemCode::BadRequest {
-        problem.detail = Some("the request could not be read".into());
-    }
-    let mut answer = problem.into_response();
-    if let Some(allow) = allow {
-        answer.headers_mut().insert(header::ALLOW, allow);
-    }
-    answer
+    backbone_http::framework_answer(response, |status| {
+        let code = match status.as_u16() {
+            404 => ProblemCode::NotFound,
+            405 => ProblemCode::MethodNotAllowed,
+            413 => ProblemCode::PayloadTooLarge,
+            401 => ProblemCode::Unauthenticated,
+            403 => ProblemCode::Forbidden,
+            400..=499 => ProblemCode::BadRequest,
+            503 => ProblemCode::Unavailable,
+            _ => ProblemCode::Internal,
+        };
+        let mut problem = Problem::new(code, None);
+        if code == ProblemCode::BadRequest {
+            problem.detail = Some("the request could not be read".into());
+        }
+        problem.into_response()
+    })
 }
 
 #[cfg(test)]
