@@ -96,6 +96,35 @@ pub(crate) fn interaction_line(i: &Interaction) -> String {
     )
 }
 
+/// [`interaction_line`] with our interaction id at its end, for CRMs that keep no external id on
+/// notes: a create repeated after a crash finds the first one by it.
+pub(crate) fn marked_interaction_line(i: &Interaction) -> String {
+    format!("{}{}", interaction_line(i), ref_marker(i.interaction_id.as_str()))
+}
+
+/// Whether a note's text is the one [`marked_interaction_line`] made for `i`.
+pub(crate) fn marks_interaction(text: &str, i: &Interaction) -> bool {
+    text.trim_end().ends_with(&ref_marker(i.interaction_id.as_str()))
+}
+
+/// ` [ref ID]`: our id at the end of a text the CRM shows.
+pub(crate) fn ref_marker(id: &str) -> String {
+    format!(" [ref {id}]")
+}
+
+/// A text without its trailing [`ref_marker`], and the id the marker named.
+pub(crate) fn split_ref(text: &str) -> (&str, Option<&str>) {
+    let t = text.trim_end();
+    if let Some(open) = t.rfind(" [ref ") {
+        if let Some(id) = t[open + 6..].strip_suffix(']') {
+            if !id.is_empty() && !id.contains(char::is_whitespace) {
+                return (&t[..open], Some(id));
+            }
+        }
+    }
+    (text, None)
+}
+
 /// A path with each of `segments` percent-encoded as one segment (an id may hold `/` or `?`).
 pub(crate) fn path(prefix: &str, segments: &[&str]) -> String {
     let mut url = match reqwest::Url::parse("http://crm/") {

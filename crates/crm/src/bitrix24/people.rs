@@ -171,6 +171,14 @@ impl ClientCrm for Bitrix24Crm {
         let owner = cards::numeric_id("contact", contact)?;
         let rid = ctx.request_id;
         let Some(existing) = existing else {
+            // A create cut off from our commit by a crash left the to-do there: take it.
+            let marker = pw::todo_marker(f, task);
+            let listed = self
+                .rest("crm.activity.list", pw::todo_lookup_params(owner), rid)
+                .await?;
+            if let Some(id) = pw::find_listed(&listed, "DESCRIPTION", |d| d.trim() == marker) {
+                return self.write_task(task, contact, Some(&id.to_string()), ctx).await;
+            }
             let params = pw::todo_params(f, task, owner, None)?;
             let id = pw::todo_id(&self.rest("crm.activity.todo.add", params, rid).await?)?;
             if task.state != TaskState::Open {
@@ -213,6 +221,17 @@ impl ClientCrm for Bitrix24Crm {
         ctx: WriteContext<'_>,
     ) -> Result<String, CrmError> {
         let owner = cards::numeric_id("contact", contact)?;
+        // A comment made before a crash cut it off from our commit is not made again.
+        let listed = self
+            .rest(
+                "crm.timeline.comment.list",
+                pw::comment_lookup_params(owner),
+                ctx.request_id,
+            )
+            .await?;
+        if let Some(id) = pw::find_listed(&listed, "COMMENT", |c| cards::marks_interaction(c, interaction)) {
+            return Ok(id.to_string());
+        }
         let result = self
             .rest(
                 "crm.timeline.comment.add",

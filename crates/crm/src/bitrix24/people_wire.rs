@@ -195,10 +195,7 @@ pub(super) fn todo_params(
     }
     p.insert("title".into(), json!(task.title));
     if id.is_none() {
-        p.insert(
-            "description".into(),
-            json!(format!("{}:{}", f.originator_id, task.task_id)),
-        );
+        p.insert("description".into(), json!(todo_marker(f, task)));
     }
     if let Some(a) = &task.assignee {
         p.insert("responsibleId".into(), json!(cards::numeric_user("assignee", a)?));
@@ -245,12 +242,46 @@ pub(super) fn task(f: &Bitrix24ContactFields, obj: &Json) -> Result<CrmTask, Crm
     })
 }
 
+/// A to-do's `description`: our task id, read back as the task's external id.
+pub(super) fn todo_marker(f: &Bitrix24ContactFields, task: &Task) -> String {
+    format!("{}:{}", f.originator_id, task.task_id)
+}
+
 pub(super) fn comment_params(i: &Interaction, owner: u64) -> Json {
     json!({"fields": {
         "ENTITY_ID": owner,
         "ENTITY_TYPE": "contact",
-        "COMMENT": cards::interaction_line(i),
+        "COMMENT": cards::marked_interaction_line(i),
     }})
+}
+
+/// Records made for us lately on a contact, newest first: what a redelivered create looks in
+/// before it creates again. One page (50) is enough: a redelivery follows the crash that cut
+/// the first create off from our commit within minutes, not after 50 newer entries.
+pub(super) fn todo_lookup_params(owner: u64) -> Json {
+    json!({
+        "filter": {"OWNER_TYPE_ID": CONTACT_TYPE, "OWNER_ID": owner},
+        "order": {"ID": "DESC"},
+        "select": ["ID", "DESCRIPTION"],
+    })
+}
+
+pub(super) fn comment_lookup_params(owner: u64) -> Json {
+    json!({
+        "filter": {"ENTITY_ID": owner, "ENTITY_TYPE": "contact"},
+        "order": {"ID": "DESC"},
+        "select": ["ID", "COMMENT"],
+    })
+}
+
+/// The id of the first listed record whose `field` `is_ours`.
+pub(super) fn find_listed(result: &Json, field: &str, is_ours: impl Fn(&str) -> bool) -> Option<u64> {
+    result.as_array()?.iter().find_map(|r| {
+        r.get(field)
+            .and_then(Json::as_str)
+            .filter(|v| is_ours(v))
+            .and(as_id(r.get("ID")))
+    })
 }
 
 #[cfg(test)]

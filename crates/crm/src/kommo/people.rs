@@ -31,13 +31,19 @@ fn refused(reply: &Reply, what: &str) -> CrmError {
 impl KommoCrm {
     /// A `GET`: `None` when Kommo answers 204 (nothing) or 404.
     async fn fetch(&self, path_and_query: &str, what: &str) -> Result<Option<Json>, CrmError> {
+        self.fetch_as(path_and_query, what, &cards::fresh_request_id())
+            .await
+    }
+
+    /// A `GET`; `None` when Kommo answers `204` (nothing) or `404`.
+    async fn fetch_as(
+        &self,
+        path_and_query: &str,
+        what: &str,
+        request_id: &str,
+    ) -> Result<Option<Json>, CrmError> {
         let reply = self
-            .call_as(
-                Method::GET,
-                path_and_query,
-                None,
-                Some(&cards::fresh_request_id()),
-            )
+            .call_as(Method::GET, path_and_query, None, Some(request_id))
             .await?;
         match reply.status {
             StatusCode::NO_CONTENT | StatusCode::NOT_FOUND => Ok(None),
@@ -172,6 +178,17 @@ impl ClientCrm for KommoCrm {
         let id = match existing {
             Some(e) => cards::numeric_id("task", e)?,
             None => {
+                // A create cut off from our commit by a crash left the task there: take it.
+                let listed = self
+                    .fetch_as(&pw::task_lookup(contact), "Kommo task list", ctx.request_id)
+                    .await?;
+                if let Some(id) = pw::find_embedded(listed.as_ref(), "tasks", "/text", |t| {
+                    cards::split_ref(t).1 == Some(task.task_id.as_str())
+                }) {
+                    return self
+                        .write_task(task, &contact.to_string(), Some(&id.to_string()), ctx)
+                        .await;
+                }
                 let body = pw::task_body(task, contact, None)?;
                 let answer = self
                     .send(Method::POST, "/api/v4/tasks", &body, ctx, "Kommo task create")
@@ -212,6 +229,15 @@ impl ClientCrm for KommoCrm {
         ctx: WriteContext<'_>,
     ) -> Result<String, CrmError> {
         let contact = cards::numeric_id("contact", contact)?;
+        // A note made before a crash cut it off from our commit is not made again.
+        let listed = self
+            .fetch_as(&pw::note_lookup(contact), "Kommo note list", ctx.request_id)
+            .await?;
+        if let Some(id) = pw::find_embedded(listed.as_ref(), "notes", "/params/text", |t| {
+            cards::marks_interaction(t, interaction)
+        }) {
+            return Ok(id.to_string());
+        }
         let answer = self
             .send(
                 Method::POST,

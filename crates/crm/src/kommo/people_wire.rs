@@ -204,7 +204,15 @@ pub(super) fn task_body(task: &Task, contact: u64, id: Option<u64>) -> Result<Js
     if let Some(id) = id {
         body.insert("id".into(), json!(id));
     }
-    body.insert("text".into(), json!(task.title));
+    // Kommo keeps no external id on tasks: our id rides at the end of the text.
+    body.insert(
+        "text".into(),
+        json!(format!(
+            "{}{}",
+            task.title,
+            cards::ref_marker(task.task_id.as_str())
+        )),
+    );
     if let Some(due) = task.due_at {
         body.insert("complete_till".into(), json!(due.unix_timestamp()));
     }
@@ -242,15 +250,16 @@ pub(super) fn task(obj: &Json) -> Result<CrmTask, CrmError> {
         (true, false) => TaskState::Done,
         (true, true) => TaskState::Cancelled,
     };
+    // Our id at the end of the text (a task made in Kommo has none).
+    let (title, reference) = cards::split_ref(obj.get("text").and_then(Json::as_str).unwrap_or_default());
     let assignee = match cards::text_of(obj.get("responsible_user_id")) {
         Value::Text(t) if t != "0" => Some(t),
         _ => None,
     };
     Ok(CrmTask {
         crm_id: id.to_string(),
-        // Kommo keeps no external id on tasks: the CRM id is the link.
-        task_id: None,
-        title: cards::task_title(obj.get("text").and_then(Json::as_str).map(str::to_owned), VENDOR),
+        task_id: reference.and_then(|t| backbone_sync::clients::TaskId::parse(t).ok()),
+        title: cards::task_title(Some(title.to_owned()), VENDOR),
         due_at: unix(obj.get("complete_till")),
         state,
         assignee,
@@ -259,10 +268,42 @@ pub(super) fn task(obj: &Json) -> Result<CrmTask, CrmError> {
     })
 }
 
+/// The newest tasks on a contact: what a redelivered create looks in before it creates again.
+/// One page (50) is enough: a redelivery follows the crash that cut the first create off from
+/// our commit within minutes, not after 50 newer tasks.
+pub(super) fn task_lookup(contact: u64) -> String {
+    format!("/api/v4/tasks?filter%5Bentity_type%5D=contacts&filter%5Bentity_id%5D%5B%5D={contact}&order%5Bcreated_at%5D=desc&limit=50")
+}
+
+/// The newest notes on a contact, as [`task_lookup`].
+pub(super) fn note_lookup(contact: u64) -> String {
+    format!("/api/v4/contacts/{contact}/notes?order%5Bid%5D=desc&limit=50")
+}
+
+/// The id of the first `_embedded.<what>` entry whose text at `pointer` `is_ours`.
+pub(super) fn find_embedded(
+    page: Option<&Json>,
+    what: &str,
+    pointer: &str,
+    is_ours: impl Fn(&str) -> bool,
+) -> Option<u64> {
+    page?
+        .get("_embedded")?
+        .get(what)?
+        .as_array()?
+        .iter()
+        .find_map(|e| {
+            e.pointer(pointer)
+                .and_then(Json::as_str)
+                .filter(|t| is_ours(t))
+                .and(e.get("id").and_then(Json::as_u64))
+        })
+}
+
 pub(super) fn note_body(i: &Interaction) -> Json {
     json!([{
         "note_type": "common",
-        "params": {"text": cards::interaction_line(i)},
+        "params": {"text": cards::marked_interaction_line(i)},
         "request_id": i.interaction_id.as_str(),
     }])
 }

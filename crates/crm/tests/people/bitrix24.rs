@@ -1,6 +1,9 @@
 //! Bitrix24: `crm.contact.*` by `ORIGINATOR_ID` + `ORIGIN_ID`, to-dos, timeline comments.
 
-use crate::{at, bitrix24, client, ctx, full_card, has_request_id, interaction, task, INTERACTION_LINE};
+use crate::{
+    at, bitrix24, client, ctx, full_card, has_request_id, interaction, task, INTERACTION_LINE,
+    MARKED_INTERACTION_LINE,
+};
 use backbone_sync::clients::{Card, ClientCrm, Field, TaskState, Value};
 use backbone_sync::ports::CrmErrorKind;
 use serde_json::json;
@@ -186,6 +189,7 @@ async fn a_contact_is_found_by_its_exact_external_id_and_read_by_crm_id() {
 #[tokio::test]
 async fn a_todo_is_added_on_the_contact_then_updated_and_completed() {
     let server = MockServer::start().await;
+    todo_lookup(&server, json!([])).await;
     Mock::given(method("POST"))
         .and(path(m("crm.activity.todo.add")))
         .and(has_request_id)
@@ -241,15 +245,92 @@ async fn a_todo_is_added_on_the_contact_then_updated_and_completed() {
     assert_eq!(read.modified_at, Some(at()));
 }
 
+/// The look-ups a create makes first, answered with `listed`.
+async fn todo_lookup(server: &MockServer, listed: serde_json::Value) {
+    Mock::given(method("POST"))
+        .and(path(m("crm.activity.list")))
+        .and(has_request_id)
+        .and(body_json(json!({"filter": {"OWNER_TYPE_ID": 3, "OWNER_ID": 82},
+            "order": {"ID": "DESC"}, "select": ["ID", "DESCRIPTION"]})))
+        .respond_with(ok(listed))
+        .expect(1)
+        .mount(server)
+        .await;
+}
+
+async fn comment_lookup(server: &MockServer, listed: serde_json::Value) {
+    Mock::given(method("POST"))
+        .and(path(m("crm.timeline.comment.list")))
+        .and(has_request_id)
+        .and(body_json(
+            json!({"filter": {"ENTITY_ID": 82, "ENTITY_TYPE": "contact"},
+            "order": {"ID": "DESC"}, "select": ["ID", "COMMENT"]}),
+        ))
+        .respond_with(ok(listed))
+        .expect(1)
+        .mount(server)
+        .await;
+}
+
+/// A crash between the CRM's create and our commit redelivers the change: what the first create
+/// made is found by our id and not made again.
+#[tokio::test]
+async fn a_todo_or_comment_made_before_a_crash_is_found_and_not_made_again() {
+    let server = MockServer::start().await;
+    todo_lookup(
+        &server,
+        json!([{"ID": "9101", "DESCRIPTION": "backbone:t-9"}, {"ID": "9100", "DESCRIPTION": "backbone:t-1"}]),
+    )
+    .await;
+    comment_lookup(
+        &server,
+        json!([{"ID": "1000", "COMMENT": INTERACTION_LINE}, {"ID": "999", "COMMENT": MARKED_INTERACTION_LINE}]),
+    )
+    .await;
+    for create in ["crm.activity.todo.add", "crm.timeline.comment.add"] {
+        Mock::given(method("POST"))
+            .and(path(m(create)))
+            .respond_with(ok(json!(1)))
+            .expect(0)
+            .mount(&server)
+            .await;
+    }
+    // The to-do found is brought up to date, as any existing one.
+    Mock::given(method("POST"))
+        .and(path(m("crm.activity.todo.update")))
+        .and(body_json(json!({"id": 9100, "ownerTypeId": 3, "ownerId": 82,
+            "deadline": "2026-12-05T15:00:00Z", "title": "Call back", "responsibleId": 6})))
+        .respond_with(ok(json!({"id": 9100})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(m("crm.activity.update")))
+        .and(body_json(json!({"id": 9100, "fields": {"COMPLETED": "N"}})))
+        .respond_with(ok(json!(true)))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let crm = bitrix24(&server);
+    let id = crm
+        .write_task(&task(TaskState::Open), "82", None, ctx())
+        .await
+        .unwrap();
+    assert_eq!(id, "9100");
+    let comment = crm.add_interaction(&interaction(), "82", ctx()).await.unwrap();
+    assert_eq!(comment, "999", "the comment without our id is someone else's");
+}
+
 #[tokio::test]
 async fn an_interaction_is_a_timeline_comment_on_the_contact() {
     let server = MockServer::start().await;
+    comment_lookup(&server, json!([])).await;
     Mock::given(method("POST"))
         .and(path(m("crm.timeline.comment.add")))
         .and(has_request_id)
         .and(body_json(
             json!({"fields": {"ENTITY_ID": 82, "ENTITY_TYPE": "contact",
-            "COMMENT": INTERACTION_LINE}}),
+            "COMMENT": MARKED_INTERACTION_LINE}}),
         ))
         .respond_with(ok(json!(999)))
         .expect(1)

@@ -2,7 +2,7 @@
 
 use crate::{
     at, client, ctx, full_card, has_fresh_request_id, has_request_id, interaction, kommo, task, DUE_UNIX,
-    INTERACTION_LINE,
+    INTERACTION_LINE, MARKED_INTERACTION_LINE,
 };
 use backbone_sync::clients::{Card, ClientCrm, Field, TaskState, Value};
 use backbone_sync::ports::CrmErrorKind;
@@ -159,14 +159,52 @@ async fn a_contact_is_read_by_its_crm_id_and_gone_is_none() {
     assert!(crm.read_contact_by_crm_id("457").await.unwrap().is_none());
 }
 
+/// The look-up a create makes first, answered with `tasks` (none: `204`, as Kommo does).
+async fn task_lookup(server: &MockServer, tasks: serde_json::Value) {
+    let answer = if tasks.as_array().is_some_and(|a| a.is_empty()) {
+        ResponseTemplate::new(204)
+    } else {
+        ResponseTemplate::new(200).set_body_json(json!({"_embedded": {"tasks": tasks}}))
+    };
+    Mock::given(method("GET"))
+        .and(path("/api/v4/tasks"))
+        .and(has_request_id)
+        .and(query_param("filter[entity_type]", "contacts"))
+        .and(query_param("filter[entity_id][]", "456"))
+        .and(query_param("order[created_at]", "desc"))
+        .and(query_param("limit", "50"))
+        .respond_with(answer)
+        .expect(1)
+        .mount(server)
+        .await;
+}
+
+async fn note_lookup(server: &MockServer, notes: serde_json::Value) {
+    let answer = if notes.as_array().is_some_and(|a| a.is_empty()) {
+        ResponseTemplate::new(204)
+    } else {
+        ResponseTemplate::new(200).set_body_json(json!({"_embedded": {"notes": notes}}))
+    };
+    Mock::given(method("GET"))
+        .and(path("/api/v4/contacts/456/notes"))
+        .and(has_request_id)
+        .and(query_param("order[id]", "desc"))
+        .and(query_param("limit", "50"))
+        .respond_with(answer)
+        .expect(1)
+        .mount(server)
+        .await;
+}
+
 #[tokio::test]
 async fn a_task_is_added_on_the_contact_then_cancelled_and_read_back() {
     let server = MockServer::start().await;
+    task_lookup(&server, json!([])).await;
     Mock::given(method("POST"))
         .and(path("/api/v4/tasks"))
         .and(has_request_id)
         .and(body_json(
-            json!([{"text": "Call back", "complete_till": DUE_UNIX, "entity_id": 456,
+            json!([{"text": "Call back [ref t-1]", "complete_till": DUE_UNIX, "entity_id": 456,
             "entity_type": "contacts", "responsible_user_id": 6, "request_id": "t-1"}]),
         ))
         .respond_with(
@@ -180,7 +218,7 @@ async fn a_task_is_added_on_the_contact_then_cancelled_and_read_back() {
         .and(path("/api/v4/tasks"))
         .and(has_request_id)
         .and(body_json(
-            json!([{"id": 77, "text": "Call back", "complete_till": DUE_UNIX,
+            json!([{"id": 77, "text": "Call back [ref t-1]", "complete_till": DUE_UNIX,
             "responsible_user_id": 6, "is_completed": true, "result": {"text": "cancelled"}}]),
         ))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({"_embedded": {"tasks": [{"id": 77}]}})))
@@ -189,11 +227,11 @@ async fn a_task_is_added_on_the_contact_then_cancelled_and_read_back() {
         .await;
     Mock::given(method("GET"))
         .and(path("/api/v4/tasks/77"))
-        .respond_with(
-            ResponseTemplate::new(200).set_body_json(json!({"id": 77, "text": "Call back",
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"id": 77, "text": "Call back [ref t-1]",
             "complete_till": DUE_UNIX, "is_completed": true, "result": {"text": "cancelled"},
-            "responsible_user_id": 6, "updated_at": 1_796_205_600, "entity_id": 456})),
-        )
+            "responsible_user_id": 6, "updated_at": 1_796_205_600, "entity_id": 456}),
+        ))
         .expect(1)
         .mount(&server)
         .await;
@@ -208,7 +246,12 @@ async fn a_task_is_added_on_the_contact_then_cancelled_and_read_back() {
         .unwrap();
     let read = crm.read_task("77").await.unwrap().unwrap();
     assert_eq!(read.state, TaskState::Cancelled);
-    assert_eq!(read.task_id, None, "Kommo keeps no external id on tasks");
+    assert_eq!(
+        read.task_id.map(|t| t.to_string()).as_deref(),
+        Some("t-1"),
+        "our id, from the end of the text"
+    );
+    assert_eq!(read.title.as_deref(), Some("Call back"));
     assert_eq!(read.due_at, task(TaskState::Open).due_at);
     assert_eq!(read.assignee.as_deref(), Some("6"));
     assert_eq!(read.modified_at, Some(at()));
@@ -217,6 +260,7 @@ async fn a_task_is_added_on_the_contact_then_cancelled_and_read_back() {
 #[tokio::test]
 async fn a_task_created_done_is_completed_right_after() {
     let server = MockServer::start().await;
+    task_lookup(&server, json!([])).await;
     Mock::given(method("POST"))
         .and(path("/api/v4/tasks"))
         .respond_with(
@@ -229,7 +273,7 @@ async fn a_task_created_done_is_completed_right_after() {
     Mock::given(method("PATCH"))
         .and(path("/api/v4/tasks"))
         .and(body_json(
-            json!([{"id": 78, "text": "Call back", "complete_till": DUE_UNIX,
+            json!([{"id": 78, "text": "Call back [ref t-1]", "complete_till": DUE_UNIX,
             "responsible_user_id": 6, "is_completed": true}]),
         ))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({"_embedded": {"tasks": [{"id": 78}]}})))
@@ -246,11 +290,12 @@ async fn a_task_created_done_is_completed_right_after() {
 #[tokio::test]
 async fn an_interaction_is_a_common_note_on_the_contact() {
     let server = MockServer::start().await;
+    note_lookup(&server, json!([])).await;
     Mock::given(method("POST"))
         .and(path("/api/v4/contacts/456/notes"))
         .and(has_request_id)
         .and(body_json(
-            json!([{"note_type": "common", "params": {"text": INTERACTION_LINE},
+            json!([{"note_type": "common", "params": {"text": MARKED_INTERACTION_LINE},
             "request_id": "i-1"}]),
         ))
         .respond_with(
@@ -265,6 +310,48 @@ async fn an_interaction_is_a_common_note_on_the_contact() {
         .await
         .unwrap();
     assert_eq!(id, "5");
+}
+
+/// A crash between the CRM's create and our commit redelivers the change: what the first create
+/// made is found by our id and not made again.
+#[tokio::test]
+async fn a_task_or_note_made_before_a_crash_is_found_and_not_made_again() {
+    let server = MockServer::start().await;
+    task_lookup(
+        &server,
+        json!([{"id": 80, "text": "Another [ref t-9]"}, {"id": 79, "text": "Call back [ref t-1]"}]),
+    )
+    .await;
+    note_lookup(
+        &server,
+        json!([{"id": 6, "params": {"text": INTERACTION_LINE}},
+            {"id": 5, "params": {"text": MARKED_INTERACTION_LINE}}]),
+    )
+    .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(0)
+        .mount(&server)
+        .await;
+    // The open task found is brought up to date, as any existing one.
+    Mock::given(method("PATCH"))
+        .and(path("/api/v4/tasks"))
+        .and(body_json(
+            json!([{"id": 79, "text": "Call back [ref t-1]", "complete_till": DUE_UNIX,
+            "responsible_user_id": 6, "is_completed": false}]),
+        ))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"_embedded": {"tasks": [{"id": 79}]}})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let crm = kommo(&server);
+    let task_id = crm
+        .write_task(&task(TaskState::Open), "456", None, ctx())
+        .await
+        .unwrap();
+    assert_eq!(task_id, "79");
+    let note_id = crm.add_interaction(&interaction(), "456", ctx()).await.unwrap();
+    assert_eq!(note_id, "5", "the note without our id is someone else's");
 }
 
 #[tokio::test]

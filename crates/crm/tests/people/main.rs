@@ -81,6 +81,9 @@ pub fn interaction() -> Interaction {
 
 /// The comment or note text of [`interaction`].
 pub const INTERACTION_LINE: &str = "[call/inbound 2026-12-02T10:00:00Z] Asked about the delivery";
+/// The line with our interaction id, for CRMs that keep no external id on notes.
+pub const MARKED_INTERACTION_LINE: &str =
+    "[call/inbound 2026-12-02T10:00:00Z] Asked about the delivery [ref i-1]";
 
 pub fn has_request_id(req: &Request) -> bool {
     req.headers

@@ -7,8 +7,8 @@
 //! 2. read the CRM's record (the webhook is a hint, not the truth) and merge: still nothing;
 //! 3. write what the merge sends to the CRM: a crash now leaves the CRM ahead of the stored base.
 //!    On redelivery the merge finds both sides equal and only moves the base (no second write of
-//!    a card; a task or an interaction is written again only on a vendor without external ids,
-//!    see `docs/two-way-sync.md`);
+//!    a card; a task or an interaction is found in the CRM by our id, an upsert or a look-up
+//!    before the create, and not made again: see `docs/two-way-sync.md`);
 //! 4. commit what the merge takes into our copy, the new base, links, conflicts, operator tasks
 //!    and the `integrations_log` rows, in one transaction: a crash before it redoes 2-4;
 //! 5. the caller publishes the outcome and commits the Kafka offset: a crash before it publishes

@@ -9,15 +9,17 @@
 //! - `crm.activity.todo.add` (contacts only, `ownerTypeId` 3; `deadline` required; the task's
 //!   external id is the `description` after `backbone:`), `crm.activity.todo.update`,
 //!   `crm.activity.update` (`fields`: `COMPLETED`, `SUBJECT`, `DESCRIPTION`, `DEADLINE`,
-//!   `RESPONSIBLE_ID`), `crm.activity.get`. `COMPLETED` is `Y` for done and cancelled alike.
-//! - `crm.timeline.comment.add` (`ENTITY_TYPE` `contact`).
+//!   `RESPONSIBLE_ID`), `crm.activity.get`, `crm.activity.list` (`filter`, `order` by `ID`,
+//!   `select`, pages of 50). `COMPLETED` is `Y` for done and cancelled alike.
+//! - `crm.timeline.comment.add` (`ENTITY_TYPE` `contact`), `crm.timeline.comment.list` (as
+//!   `crm.activity.list`, over `ID`, `ENTITY_ID`, `ENTITY_TYPE`, `COMMENT`, `CREATED`).
 //! - Not inside `batch`.
 
 use super::filter::{conditions, matches};
 use super::params::as_u64;
 use super::{fail, iso, Fail, Out, D, PAGE_SIZE};
 use crate::people::{
-    parse_rfc3339, Change, Contact, ContactPatch, People, Task, TaskPatch, TaskState, Writer,
+    parse_rfc3339, Change, Contact, ContactPatch, Note, People, Task, TaskPatch, TaskState, Writer,
     MAX_FIELD_BYTES, MAX_NOTE_BYTES,
 };
 use crate::table::text;
@@ -40,7 +42,9 @@ pub(super) fn handles(method: &str) -> bool {
             | "crm.activity.todo.update"
             | "crm.activity.update"
             | "crm.activity.get"
+            | "crm.activity.list"
             | "crm.timeline.comment.add"
+            | "crm.timeline.comment.list"
     )
 }
 
@@ -134,6 +138,14 @@ fn call(
             let t = people.tasks.get(&id).ok_or_else(not_found)?;
             Ok((plain(render_activity(t)), None))
         }
+        "crm.activity.list" => Ok((
+            page_of(people.tasks.iter().map(render_activity).collect(), p)?,
+            None,
+        )),
+        "crm.timeline.comment.list" => Ok((
+            page_of(people.notes.iter().map(render_comment).collect(), p)?,
+            None,
+        )),
         "crm.timeline.comment.add" => {
             let f = fields_of(p)?;
             let entity_type = f.get("ENTITY_TYPE").and_then(Value::as_str).unwrap_or_default();
@@ -308,6 +320,12 @@ fn render_contact(c: &Contact) -> Value {
 }
 
 fn list(people: &People, p: &Map<String, Value>) -> Result<Out, Fail> {
+    page_of(people.contacts.iter().map(render_contact).collect(), p)
+}
+
+/// A `*.list` answer over rendered records: `filter` (the `crm.item.list` operators), `order`
+/// by `ID` (`ASC` by default), `select` (`ID` always), pages of 50 from `start`.
+fn page_of(mut found: Vec<Value>, p: &Map<String, Value>) -> Result<Out, Fail> {
     let conditions = conditions(p.get("filter"))?;
     let select: Vec<String> = match p.get("select") {
         Some(Value::Array(a)) => a.iter().filter_map(text).collect(),
@@ -315,16 +333,21 @@ fn list(people: &People, p: &Map<String, Value>) -> Result<Out, Fail> {
         _ => Vec::new(),
     };
     let start = as_u64(p.get("start")).unwrap_or(0) as usize;
-    let found: Vec<Value> = people
-        .contacts
-        .iter()
-        .map(render_contact)
-        .filter(|r| {
-            conditions
-                .iter()
-                .all(|c| matches(c, r.get(&c.field).and_then(text)))
-        })
-        .collect();
+    found.retain(|r| {
+        conditions
+            .iter()
+            .all(|c| matches(c, r.get(&c.field).and_then(text)))
+    });
+    let id = |r: &Value| as_u64(r.get("ID")).unwrap_or_default();
+    found.sort_by_key(id);
+    let descending = p
+        .get("order")
+        .and_then(|o| o.get("ID"))
+        .and_then(Value::as_str)
+        .is_some_and(|o| o.eq_ignore_ascii_case("desc"));
+    if descending {
+        found.reverse();
+    }
     let total = found.len();
     let page: Vec<Value> = found
         .into_iter()
@@ -347,6 +370,11 @@ fn list(people: &People, p: &Map<String, Value>) -> Result<Out, Fail> {
         total: Some(total),
         next: (total > start + PAGE_SIZE).then_some(start + PAGE_SIZE),
     })
+}
+
+fn render_comment(n: &Note) -> Value {
+    json!({"ID": n.crm_id, "ENTITY_ID": n.contact, "ENTITY_TYPE": "contact", "COMMENT": n.text,
+        "CREATED": iso(n.meta.created_at)})
 }
 
 fn deadline(v: &Value) -> Result<Option<time::OffsetDateTime>, Fail> {

@@ -12,7 +12,10 @@
 //! - `POST|PATCH /api/v4/tasks` (`entity_type` `contacts`), `GET /api/v4/tasks/{id}`. Tasks have
 //!   no external id. Done is `is_completed`; cancelled is `is_completed` with
 //!   `"result":{"text":"cancelled"}`.
-//! - `POST /api/v4/contacts/{id}/notes`: `common` notes.
+//! - `POST /api/v4/contacts/{id}/notes`: `common` notes. `GET` lists them (`order[id]`,
+//!   `limit`, `page`; none is `204`).
+//! - `GET /api/v4/tasks`: `filter[entity_type]`, `filter[entity_id][]`, `order[created_at]` or
+//!   `order[id]` (`asc`/`desc`), `limit` (at most 250), `page`; none is `204`.
 
 // A refusal is the response to send, built where it is found.
 #![allow(clippy::result_large_err)]
@@ -27,7 +30,7 @@ use crate::{json_response, origin, Dialect, Sim};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -70,8 +73,16 @@ pub(crate) fn routes() -> Router<Sim> {
     Router::new()
         .route("/api/v4/contacts", get(find).post(add).patch(update))
         .route("/api/v4/contacts/{id}", get(read))
-        .route("/api/v4/contacts/{id}/notes", post(tasks::add_notes))
-        .route("/api/v4/tasks", post(tasks::add_tasks).patch(tasks::update_tasks))
+        .route(
+            "/api/v4/contacts/{id}/notes",
+            get(tasks::list_notes).post(tasks::add_notes),
+        )
+        .route(
+            "/api/v4/tasks",
+            get(tasks::list_tasks)
+                .post(tasks::add_tasks)
+                .patch(tasks::update_tasks),
+        )
         .route("/api/v4/tasks/{id}", get(tasks::read_task))
 }
 

@@ -6,7 +6,7 @@ use crate::people::{
     request_id, People, Task, TaskPatch, TaskState, Writer, MAX_FIELD_BYTES, MAX_NOTE_BYTES,
 };
 use crate::{json_response, origin, Sim};
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -255,5 +255,131 @@ pub(super) async fn add_notes(
         HAL,
         &json!({"_links": {"self": {"href": format!("{origin}/api/v4/contacts/{contact_id}/notes")}},
             "_embedded": {"notes": out}}),
+    )
+}
+
+/// A list query's pairs, and its page: `limit` (1 to 250, 50 by default), `page` from 1, and
+/// whether `order[...]` asks for the newest first.
+struct ListQuery {
+    pairs: Vec<(String, String)>,
+    limit: usize,
+    page: usize,
+    newest_first: bool,
+}
+
+impl ListQuery {
+    fn parse(raw: Option<&str>) -> Self {
+        let pairs: Vec<(String, String)> = form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
+        let param = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let limit = param("limit")
+            .and_then(|l| l.parse::<usize>().ok())
+            .unwrap_or(50)
+            .clamp(1, 250);
+        let page = param("page")
+            .and_then(|p| p.parse::<usize>().ok())
+            .unwrap_or(1)
+            .max(1);
+        let newest_first = ["order[created_at]", "order[id]", "order[updated_at]"]
+            .iter()
+            .any(|k| param(k).is_some_and(|v| v.eq_ignore_ascii_case("desc")));
+        Self {
+            pairs,
+            limit,
+            page,
+            newest_first,
+        }
+    }
+
+    fn all(&self, key: &str) -> Vec<String> {
+        self.pairs
+            .iter()
+            .filter(|(k, _)| k == key || *k == format!("{key}[]"))
+            .flat_map(|(_, v)| v.split(',').map(|s| s.trim().to_owned()).collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// This page of `rows` (oldest first as given), or `204` when it is empty.
+    fn answer(&self, mut rows: Vec<Value>, embedded: &str, href: &str) -> Response {
+        if self.newest_first {
+            rows.reverse();
+        }
+        let page: Vec<Value> = rows
+            .into_iter()
+            .skip((self.page - 1) * self.limit)
+            .take(self.limit)
+            .collect();
+        if page.is_empty() {
+            return StatusCode::NO_CONTENT.into_response();
+        }
+        json_response(
+            StatusCode::OK,
+            HAL,
+            &json!({"_page": self.page, "_links": {"self": {"href": href}}, "_embedded": {embedded: page}}),
+        )
+    }
+}
+
+pub(super) async fn list_tasks(
+    State(sim): State<Sim>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = sim.kommo_admit(&headers).await {
+        return r;
+    }
+    let q = ListQuery::parse(raw.as_deref());
+    let types = q.all("filter[entity_type]");
+    if types.iter().any(|t| t != "contacts") {
+        // crm-sim keeps tasks on contacts only.
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    let entities = q.all("filter[entity_id]");
+    let origin = origin(&headers);
+    let mut stores = sim.people();
+    let rows: Vec<Value> = stores
+        .of(D)
+        .tasks
+        .iter()
+        .filter(|t| entities.is_empty() || t.contact.as_ref().is_some_and(|c| entities.contains(c)))
+        .map(|t| render_task(t, &origin))
+        .collect();
+    q.answer(rows, "tasks", &format!("{origin}/api/v4/tasks"))
+}
+
+pub(super) async fn list_notes(
+    State(sim): State<Sim>,
+    Path(contact): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = sim.kommo_admit(&headers).await {
+        return r;
+    }
+    let q = ListQuery::parse(raw.as_deref());
+    let origin = origin(&headers);
+    let mut stores = sim.people();
+    let people = stores.of(D);
+    if people.contacts.get(&contact).is_none() {
+        return problem(StatusCode::NOT_FOUND, "Entity not found");
+    }
+    let contact_id = contact.parse::<u64>().unwrap_or_default();
+    let rows: Vec<Value> = people
+        .notes
+        .iter()
+        .filter(|n| n.contact.as_deref() == Some(contact.as_str()))
+        .map(|n| {
+            let id = n.crm_id.parse::<u64>().unwrap_or_default();
+            json!({"id": id, "entity_id": contact_id, "note_type": "common",
+                "params": {"text": n.text}, "created_at": unix(n.meta.created_at),
+                "updated_at": unix(n.meta.updated_at), "account_id": 1,
+                "_links": {"self": {"href": format!("{origin}/api/v4/contacts/{contact_id}/notes/{id}")}}})
+        })
+        .collect();
+    q.answer(
+        rows,
+        "notes",
+        &format!("{origin}/api/v4/contacts/{contact_id}/notes"),
     )
 }

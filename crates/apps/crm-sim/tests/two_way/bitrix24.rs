@@ -257,3 +257,57 @@ async fn events_carry_the_application_token_and_notify_repeats_the_same_ts() {
     assert_eq!(one.field("ts"), got[2].field("ts"), "the latest change's ts");
     assert_eq!(one.field("event").as_deref(), Some("ONCRMCONTACTUPDATE"));
 }
+
+#[tokio::test]
+async fn todos_and_comments_of_a_contact_are_listed_by_filter_newest_first() {
+    let (_sim, url) = start().await;
+    let (_, added) = b24(&url, "crm.contact.add", json!({"fields": contact_fields()})).await;
+    let contact = added["result"].as_u64().unwrap();
+    let (_, other) = b24(&url, "crm.contact.add", json!({"fields": contact_fields()})).await;
+    let other = other["result"].as_u64().unwrap();
+    for (on, marker) in [
+        (contact, "backbone:t-1"),
+        (other, "backbone:t-2"),
+        (contact, "backbone:t-3"),
+    ] {
+        let todo = json!({"ownerTypeId": 3, "ownerId": on, "deadline": "2026-12-02T10:00:00+03:00",
+            "title": "Call", "description": marker});
+        assert_eq!(b24(&url, "crm.activity.todo.add", todo).await.0, 200);
+        let comment = json!({"fields": {"ENTITY_ID": on, "ENTITY_TYPE": "contact", "COMMENT": marker}});
+        assert_eq!(b24(&url, "crm.timeline.comment.add", comment).await.0, 200);
+    }
+    let (status, listed) = b24(
+        &url,
+        "crm.activity.list",
+        json!({"filter": {"OWNER_TYPE_ID": 3, "OWNER_ID": contact}, "order": {"ID": "DESC"},
+            "select": ["ID", "DESCRIPTION"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{listed}");
+    let found: Vec<&str> = listed["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["DESCRIPTION"].as_str().unwrap())
+        .collect();
+    assert_eq!(found, ["backbone:t-3", "backbone:t-1"]);
+    assert!(listed["result"][0]["ID"].is_string());
+    assert!(
+        listed["result"][0].get("SUBJECT").is_none(),
+        "only what was selected"
+    );
+    let (_, listed) = b24(
+        &url,
+        "crm.timeline.comment.list",
+        json!({"filter": {"ENTITY_ID": contact, "ENTITY_TYPE": "contact"}, "order": {"ID": "DESC"},
+            "select": ["ID", "COMMENT"]}),
+    )
+    .await;
+    let found: Vec<&str> = listed["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["COMMENT"].as_str().unwrap())
+        .collect();
+    assert_eq!(found, ["backbone:t-3", "backbone:t-1"]);
+}

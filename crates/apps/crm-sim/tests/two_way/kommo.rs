@@ -258,3 +258,49 @@ async fn webhooks_name_the_entity_and_notify_repeats_the_same_last_modified() {
     let one = notify_50(&url, "kommo", "tasks", &task_id, &rx).await;
     assert_eq!(one.field("tasks[update][0][id]"), Some(task_id));
 }
+
+#[tokio::test]
+async fn tasks_and_notes_of_a_contact_are_listed_newest_first_and_none_is_204() {
+    let (_sim, url) = start().await;
+    let (_, created) = kommo(&url, "POST", "/contacts", Some(new_contact("c-1"))).await;
+    let contact = created["_embedded"]["contacts"][0]["id"].as_u64().unwrap();
+    let (_, other) = kommo(&url, "POST", "/contacts", Some(new_contact("c-2"))).await;
+    let other = other["_embedded"]["contacts"][0]["id"].as_u64().unwrap();
+    let tasks = format!(
+        "/tasks?filter[entity_type]=contacts&filter[entity_id][]={contact}&order[created_at]=desc&limit=50"
+    );
+    let notes = format!("/contacts/{contact}/notes?order[id]=desc&limit=50");
+    assert_eq!(kommo(&url, "GET", &tasks, None).await.0, 204);
+    assert_eq!(kommo(&url, "GET", &notes, None).await.0, 204);
+    for (on, text) in [(contact, "first"), (other, "elsewhere"), (contact, "second")] {
+        let task = json!([{"text": text, "complete_till": 1_796_205_600, "entity_id": on,
+            "entity_type": "contacts"}]);
+        assert_eq!(kommo(&url, "POST", "/tasks", Some(task)).await.0, 200);
+        let note = json!([{"note_type": "common", "params": {"text": text}}]);
+        assert_eq!(
+            kommo(&url, "POST", &format!("/contacts/{on}/notes"), Some(note))
+                .await
+                .0,
+            200
+        );
+    }
+    let (status, listed) = kommo(&url, "GET", &tasks, None).await;
+    assert_eq!(status, 200, "{listed}");
+    let texts: Vec<&str> = listed["_embedded"]["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["second", "first"]);
+    let (_, listed) = kommo(&url, "GET", &notes, None).await;
+    let texts: Vec<&str> = listed["_embedded"]["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["params"]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["second", "first"]);
+    let (_, one) = kommo(&url, "GET", &tasks.replace("limit=50", "limit=1"), None).await;
+    assert_eq!(one["_embedded"]["tasks"].as_array().unwrap().len(), 1);
+}
