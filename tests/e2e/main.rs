@@ -14,5 +14,6 @@ mod replay;
 mod tls;
 mod tls_certificates;
 mod two_way;
+mod two_way_crash;
 mod two_way_faults;
 mod vendors;

@@ -49,13 +49,18 @@ pub fn two_way_config(
     t.clients_group = format!("clients-{id}");
     t.api.listen = format!("127.0.0.1:{api_port}").parse()?;
     t.api.tokens.insert("e2e".into(), SecretString::from(API_TOKEN));
-    t.webhooks = serde_json::from_value(json!({
+    t.webhooks = serde_json::from_value(webhook_config())?;
+    Ok(cfg)
+}
+
+/// `[two_way.webhooks]`: the credentials crm-sim's webhooks carry, for every dialect.
+pub fn webhook_config() -> Value {
+    json!({
         "generic": {"secret": GENERIC_HOOK_SECRET},
         "bitrix24": {"application_tokens": {BITRIX_MEMBER: BITRIX_APP_TOKEN}},
         "kommo": {"path_secret": KOMMO_PATH, "account_id": KOMMO_ACCOUNT.to_string()},
         "salesforce": {"path_secret": SF_PATH, "organization_id": SF_ORG},
-    }))?;
-    Ok(cfg)
+    })
 }
 
 /// Where crm-sim sends a dialect's webhooks, with the credentials crm-sync checks.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// What every vendor dialect of the simulator accepts (webhook code, client secret, token).
-const VENDOR_SECRET: &str = "e2eVendorSecret0123456789";
+pub(crate) const VENDOR_SECRET: &str = "e2eVendorSecret0123456789";
 const STATUSES: [&str; 4] = ["CREATED", "IN_TRANSIT", "OUT_FOR_DELIVERY", "DELIVERED"];
 const SHIPMENTS: usize = 6;
 

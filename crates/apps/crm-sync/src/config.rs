@@ -218,6 +218,71 @@ mod tests {
         assert_eq!(parsed.vendor, Vendor::Salesforce);
     }
 
+    fn valid() -> Config {
+        let mut c = Config::default();
+        c.crm.generic.token = SecretString::from("t".repeat(20));
+        c.crm.generic.signing_secret = SecretString::from("s".repeat(20));
+        c
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail closure signature
+    fn two_way_stages_default_to_all_are_set_by_file_or_environment_and_checked() {
+        use crate::two_way::Stage;
+        let mut c = valid();
+        c.two_way.enabled = true;
+        assert_eq!(
+            c.two_way.stage_set().unwrap().into_iter().collect::<Vec<_>>(),
+            Stage::ALL.to_vec(),
+            "every stage by default"
+        );
+        assert!(c.validate().is_ok());
+
+        c.two_way.stages = vec!["dispatcher".into(), "relay".into()];
+        assert!(c.validate().is_ok());
+        assert!(c.two_way.runs(Stage::Relay) && c.two_way.runs(Stage::Dispatcher));
+        assert!(!c.two_way.runs(Stage::Api) && !c.two_way.runs(Stage::Processor));
+
+        c.two_way.stages = vec!["relay".into(), "dispatchr".into()];
+        let err = c.validate().unwrap_err();
+        assert!(err.contains("two_way.stages: unknown stage \"dispatchr\""), "{err}");
+        assert!(err.contains("api, relay, dispatcher, processor, clients"), "{err}");
+        c.two_way.stages = vec!["relay".into(), "relay".into()];
+        assert!(c.validate().unwrap_err().contains("listed twice"));
+        c.two_way.stages.clear();
+        let err = c.validate().unwrap_err();
+        assert!(err.contains("two_way.stages is empty"), "{err}");
+        // Off, the list is not looked at.
+        c.two_way.enabled = false;
+        assert!(c.validate().is_ok());
+
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.toml",
+                "[two_way]\nenabled = true\nstages = [\"api\", \"clients\"]\n",
+            )?;
+            let load = || -> Result<Config, figment::Error> {
+                backbone_telemetry::load_config(Some(std::path::Path::new("c.toml")), ENV_PREFIX)
+                    .map_err(|e| figment::Error::from(e.to_string()))
+            };
+            assert_eq!(load()?.two_way.stages, ["api", "clients"]);
+            // The environment wins, as a comma-separated string or a `[...]` list.
+            jail.set_env("CRM_SYNC_TWO_WAY__STAGES", "processor, relay");
+            assert_eq!(load()?.two_way.stages, ["processor", "relay"]);
+            jail.set_env("CRM_SYNC_TWO_WAY__STAGES", "[dispatcher]");
+            assert_eq!(load()?.two_way.stages, ["dispatcher"]);
+            jail.set_env("CRM_SYNC_TWO_WAY__STAGES", "[]");
+            assert!(load()?.two_way.stages.is_empty());
+            jail.set_env("CRM_SYNC_TWO_WAY__STAGES", "relay,bogus");
+            let mut c = load()?;
+            c.crm.generic.token = SecretString::from("t".repeat(20));
+            c.crm.generic.signing_secret = SecretString::from("s".repeat(20));
+            let err = c.validate().unwrap_err();
+            assert!(err.contains("unknown stage \"bogus\""), "{err}");
+            Ok(())
+        });
+    }
+
     #[test]
     fn debug_output_hides_secrets() {
         let mut c = Config::default();

@@ -25,10 +25,13 @@ pub struct Metrics {
     two_way_processed: IntCounterVec,
     two_way_failed: IntCounterVec,
     two_way_clients: IntCounterVec,
-    /// Rows of `crm_outbox` published by this instance's relay.
+    /// Rows of `crm_outbox` published by this instance's relay (served only where the relay runs).
     pub outbox_published: IntCounter,
-    /// Rows waiting in `crm_outbox`.
+    /// Rows waiting in `crm_outbox` (served only where the relay runs).
     pub outbox_depth: IntGauge,
+    /// 1 per two-way stage this process runs and that is making progress, 0 while it retries a
+    /// failure; stages it does not run have no series.
+    pub two_way_stage_up: IntGaugeVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -131,13 +134,19 @@ impl Metrics {
             "crm_sync_outbox_depth",
             "crm_outbox rows waiting to be published",
         ));
+        let two_way_stage_up = must(IntGaugeVec::new(
+            Opts::new(
+                "crm_sync_two_way_stage_up",
+                "1 per two-way stage this process runs while it makes progress, 0 while it retries",
+            ),
+            &["stage"],
+        ));
         for c in [
             Box::new(two_way_dispatched.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(two_way_processed.clone()),
             Box::new(two_way_failed.clone()),
             Box::new(two_way_clients.clone()),
-            Box::new(outbox_published.clone()),
-            Box::new(outbox_depth.clone()),
+            Box::new(two_way_stage_up.clone()),
             Box::new(outcomes.clone()),
             Box::new(success_ratio.clone()),
             Box::new(lag.clone()),
@@ -174,7 +183,14 @@ impl Metrics {
             two_way_clients,
             outbox_published,
             outbox_depth,
+            two_way_stage_up,
         }
+    }
+
+    /// Serves the relay's metrics: only a process that runs the relay reports the outbox.
+    pub fn register_relay(&self) -> prometheus::Result<()> {
+        self.registry.register(Box::new(self.outbox_published.clone()))?;
+        self.registry.register(Box::new(self.outbox_depth.clone()))
     }
 
     pub fn two_way_dispatched(&self, outcome: &str) {

@@ -66,6 +66,8 @@ struct Health {
     metrics: Arc<Metrics>,
     ready: AtomicBool,
     ledger: Arc<PgLedger>,
+    /// The two-way stages this process runs (none with the two-way sync off).
+    two_way: Arc<crate::two_way::Readiness>,
 }
 
 /// Runs the service until `shutdown` is cancelled, then stops intake, finishes the batch in
@@ -104,10 +106,17 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         })),
     )?;
     let engine = Arc::new(engine(&cfg, mapping, crm.clone(), ledger.clone(), &publisher));
+    let two_way_readiness = Arc::new(if cfg.two_way.enabled {
+        let stages = cfg.two_way.stage_set().map_err(anyhow::Error::msg)?;
+        crate::two_way::Readiness::new(&stages, &metrics)
+    } else {
+        crate::two_way::Readiness::none()
+    });
     let health = Arc::new(Health {
         metrics: metrics.clone(),
         ready: AtomicBool::new(true),
         ledger: ledger.clone(),
+        two_way: two_way_readiness.clone(),
     });
     let http = serve_health(&cfg, health.clone(), shutdown.clone()).await?;
     let two_way = if cfg.two_way.enabled {
@@ -126,6 +135,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             dead_letter_topic: &cfg.kafka.dead_letter_topic,
             give_up_after: cfg.retry.give_up_after,
             metrics: metrics.clone(),
+            readiness: two_way_readiness,
         };
         Some(crate::two_way::serve::start(wiring, &shutdown).await?)
     } else {
@@ -167,7 +177,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         for h in two_way.handles {
             let _ = h.await;
         }
-        let _ = two_way.api.await;
+        if let Some((api, _)) = two_way.api {
+            let _ = api.await;
+        }
     }
     tracing::info!("intake stopped, in-flight batches applied; committing offsets");
     if let Err(e) = consumer.commit_processed() {
@@ -252,13 +264,26 @@ fn router(health: Arc<Health>) -> Router {
             "/health/ready",
             get(|State(h): State<Arc<Health>>| async move {
                 let db = tokio::time::timeout(Duration::from_secs(1), h.ledger.ping()).await;
+                // Only the two-way stages this process runs count.
+                let stalled: Vec<&str> = h.two_way.stalled().into_iter().map(|s| s.name()).collect();
                 match (h.ready.load(Ordering::SeqCst), db) {
-                    (true, Ok(Ok(_))) => (StatusCode::OK, "ready"),
                     (false, _) => (
                         StatusCode::SERVICE_UNAVAILABLE,
-                        "not ready: pipeline stalled or stopping",
+                        "not ready: pipeline stalled or stopping".to_owned(),
                     ),
-                    _ => (StatusCode::SERVICE_UNAVAILABLE, "not ready: database unreachable"),
+                    (true, Ok(Ok(_))) if !h.two_way.is_started() => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not ready: two-way stages starting".to_owned(),
+                    ),
+                    (true, Ok(Ok(_))) if stalled.is_empty() => (StatusCode::OK, "ready".to_owned()),
+                    (true, Ok(Ok(_))) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("not ready: two-way stage retrying: {}", stalled.join(", ")),
+                    ),
+                    _ => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not ready: database unreachable".to_owned(),
+                    ),
                 }
             }),
         )

@@ -34,6 +34,8 @@ pub struct Relay {
     pub batch: i64,
     pub idle_poll: Duration,
     pub published: IntCounter,
+    /// Down while a pass fails (PostgreSQL or the broker away).
+    pub up: super::StageUp,
 }
 
 fn record<'a>(
@@ -127,7 +129,10 @@ impl Relay {
             tracing::info!("two-way outbox relay leading");
             let mut idle_checks = 0u32;
             while !stop.is_cancelled() {
-                match self.drain_once().await {
+                let drained = self.drain_once().await;
+                self.up
+                    .set(matches!(&drained, Ok(d) if d.failed.is_none()));
+                match drained {
                     Ok(d) if d.failed.is_none() && d.published + d.dead_lettered == 0 => {
                         // Idle: check now and then that the lock's session is still there.
                         idle_checks += 1;

@@ -1,7 +1,7 @@
 //! Wires the two-way sync into a running crm-sync: the store, the API and webhook endpoints, and
-//! the stages, all stopped by the service's shutdown.
+//! the stages, those of `two_way.stages` only, all stopped by the service's shutdown.
 
-use super::{Parts, TwoWayConfig};
+use super::{Parts, Readiness, Stage, TwoWayConfig};
 use crate::api::{router, ApiState};
 use crate::metrics::Metrics;
 use anyhow::Context;
@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 /// The running two-way side: join these after the shutdown.
 pub struct Running {
     pub handles: Vec<JoinHandle<()>>,
-    pub api: JoinHandle<std::io::Result<()>>,
-    pub api_addr: std::net::SocketAddr,
+    /// The API server, where this process runs the `api` stage.
+    pub api: Option<(JoinHandle<std::io::Result<()>>, std::net::SocketAddr)>,
 }
 
 pub struct Wiring<'a> {
@@ -28,9 +28,41 @@ pub struct Wiring<'a> {
     pub dead_letter_topic: &'a str,
     pub give_up_after: Duration,
     pub metrics: Arc<Metrics>,
+    /// The stages to run, with their readiness.
+    pub readiness: Arc<Readiness>,
 }
 
 pub async fn start(w: Wiring<'_>, shutdown: &CancellationToken) -> anyhow::Result<Running> {
+    let stages: Vec<&str> = w.readiness.running().map(Stage::name).collect();
+    tracing::info!(stages = %stages.join(","), "two-way stages of this process");
+    let api = if w.readiness.running().any(|s| s == Stage::Api) {
+        Some(serve_api(&w, shutdown).await?)
+    } else {
+        None
+    };
+    let readiness = w.readiness.clone();
+    let handles = super::start(
+        w.cfg,
+        Parts {
+            store: w.store,
+            crm: w.crm,
+            publisher: w.publisher,
+            kafka: w.kafka.clone(),
+            dead_letter_topic: w.dead_letter_topic.to_owned(),
+            give_up_after: w.give_up_after,
+            metrics: w.metrics,
+            readiness: w.readiness,
+        },
+        shutdown,
+    )?;
+    readiness.set_started();
+    Ok(Running { handles, api })
+}
+
+async fn serve_api(
+    w: &Wiring<'_>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(JoinHandle<std::io::Result<()>>, std::net::SocketAddr)> {
     let webhooks = backbone_crm::webhooks::Webhooks::new(&w.cfg.webhooks)
         .map_err(|e| anyhow::anyhow!("two_way.webhooks: {e}"))?;
     let state = ApiState::new(w.store.clone(), Arc::new(webhooks), w.cfg.api.clone())
@@ -47,22 +79,5 @@ pub async fn start(w: Wiring<'_>, shutdown: &CancellationToken) -> anyhow::Resul
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await
     });
-    let handles = super::start(
-        w.cfg,
-        Parts {
-            store: w.store,
-            crm: w.crm,
-            publisher: w.publisher,
-            kafka: w.kafka.clone(),
-            dead_letter_topic: w.dead_letter_topic.to_owned(),
-            give_up_after: w.give_up_after,
-            metrics: w.metrics,
-        },
-        shutdown,
-    )?;
-    Ok(Running {
-        handles,
-        api,
-        api_addr,
-    })
+    Ok((api, api_addr))
 }

@@ -102,6 +102,7 @@ pub struct Outgoing {
     pub flow: Dispatcher,
     pub clock: RetryClock,
     pub metrics: Arc<Metrics>,
+    pub up: super::StageUp,
 }
 
 #[async_trait]
@@ -109,6 +110,14 @@ impl RecordHandler for Outgoing {
     type Transient = String;
 
     async fn handle(&self, record: &ConsumedRecord) -> Result<Disposition, String> {
+        let handled = self.handle_record(record).await;
+        self.up.set(handled.is_ok());
+        handled
+    }
+}
+
+impl Outgoing {
+    async fn handle_record(&self, record: &ConsumedRecord) -> Result<Disposition, String> {
         let change: OutgoingChange = match serde_json::from_slice(record.value()) {
             Ok(c) => c,
             Err(_) => return Ok(rejected("malformed_json", "not a crm.outgoing v1 record")),
@@ -157,6 +166,7 @@ pub struct Incoming {
     pub failed_topic: String,
     pub clock: RetryClock,
     pub metrics: Arc<Metrics>,
+    pub up: super::StageUp,
 }
 
 impl Incoming {
@@ -207,6 +217,14 @@ impl RecordHandler for Incoming {
     type Transient = String;
 
     async fn handle(&self, record: &ConsumedRecord) -> Result<Disposition, String> {
+        let handled = self.handle_record(record).await;
+        self.up.set(handled.is_ok());
+        handled
+    }
+}
+
+impl Incoming {
+    async fn handle_record(&self, record: &ConsumedRecord) -> Result<Disposition, String> {
         let hint: IncomingHint = match serde_json::from_slice(record.value()) {
             Ok(h) => h,
             Err(_) => return Ok(rejected("malformed_json", "not a crm.incoming v1 record")),
@@ -285,6 +303,7 @@ pub struct Clients {
     pub store: Arc<dyn ClientStore>,
     pub clock: RetryClock,
     pub metrics: Arc<Metrics>,
+    pub up: super::StageUp,
 }
 
 #[async_trait]
@@ -292,6 +311,14 @@ impl RecordHandler for Clients {
     type Transient = String;
 
     async fn handle(&self, record: &ConsumedRecord) -> Result<Disposition, String> {
+        let handled = self.handle_record(record).await;
+        self.up.set(handled.is_ok());
+        handled
+    }
+}
+
+impl Clients {
+    async fn handle_record(&self, record: &ConsumedRecord) -> Result<Disposition, String> {
         let reference = match ClientReference::parse(record.value()) {
             Ok(r) => r,
             Err(e) => {
