@@ -245,8 +245,14 @@ mod tests {
 
         c.two_way.stages = vec!["relay".into(), "dispatchr".into()];
         let err = c.validate().unwrap_err();
-        assert!(err.contains("two_way.stages: unknown stage \"dispatchr\""), "{err}");
-        assert!(err.contains("api, relay, dispatcher, processor, clients"), "{err}");
+        assert!(
+            err.contains("two_way.stages: unknown stage \"dispatchr\""),
+            "{err}"
+        );
+        assert!(
+            err.contains("api, relay, dispatcher, processor, clients"),
+            "{err}"
+        );
         c.two_way.stages = vec!["relay".into(), "relay".into()];
         assert!(c.validate().unwrap_err().contains("listed twice"));
         c.two_way.stages.clear();

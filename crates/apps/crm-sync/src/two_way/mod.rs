@@ -142,13 +142,7 @@ impl Default for TwoWayConfig {
 impl TwoWayConfig {
     /// The stages `two_way.stages` names, in their canonical order.
     pub fn stage_set(&self) -> Result<std::collections::BTreeSet<Stage>, String> {
-        let known = || {
-            Stage::ALL
-                .iter()
-                .map(|s| s.name())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let known = || Stage::ALL.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ");
         if self.stages.is_empty() {
             return Err(format!(
                 "two_way.stages is empty while two_way.enabled is true: name at least one of {}, or turn two_way.enabled off",

@@ -130,8 +130,7 @@ impl Relay {
             let mut idle_checks = 0u32;
             while !stop.is_cancelled() {
                 let drained = self.drain_once().await;
-                self.up
-                    .set(matches!(&drained, Ok(d) if d.failed.is_none()));
+                self.up.set(matches!(&drained, Ok(d) if d.failed.is_none()));
                 match drained {
                     Ok(d) if d.failed.is_none() && d.published + d.dead_lettered == 0 => {
                         // Idle: check now and then that the lock's session is still there.
