@@ -794,19 +794,16 @@ async fn kill_mid_flow(stage: &'static str, d: Dialect) -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open defect: the processor applies a CRM task state from the echo of our own earlier write over a newer state of ours (no base for tasks), so a task can end open on both sides; the crash makes the race likely"]
 async fn two_way_crash_kill_9_of_the_api_mid_burst_generic() -> anyhow::Result<()> {
     kill_mid_flow("api", Dialect::Generic).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open defect: the processor applies a CRM task state from the echo of our own earlier write over a newer state of ours (no base for tasks), so a task can end open on both sides; the crash makes the race likely"]
 async fn two_way_crash_kill_9_of_the_relay_generic() -> anyhow::Result<()> {
     kill_mid_flow("relay", Dialect::Generic).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open defect: the processor applies a CRM task state from the echo of our own earlier write over a newer state of ours (no base for tasks), so a task can end open on both sides; the crash makes the race likely"]
 async fn two_way_crash_kill_9_of_the_dispatcher_generic() -> anyhow::Result<()> {
     kill_mid_flow("dispatcher", Dialect::Generic).await
 }

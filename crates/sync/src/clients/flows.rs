@@ -265,6 +265,7 @@ impl Dispatcher {
                         .write_task(&current, contact, existing.as_deref(), ctx)
                         .await?;
                     write.task_links.push((current.task_id.clone(), id));
+                    write.task_bases.push((current.task_id.clone(), current.state));
                     entity_written = true;
                 }
             }
@@ -489,7 +490,12 @@ impl Processor {
                 hint.crm_id
             )));
         };
-        let changed = ours.state != task.state;
+        // The CRM changed the state only when it differs from what both last agreed on: equal
+        // to it, it is the echo of our own write, and a newer state of ours (its own outbox row
+        // on the way) stays.
+        let base = session.task_base(&ours.task_id).await?;
+        let theirs_changed = base.is_none_or(|b| b != task.state);
+        let changed = theirs_changed && ours.state != task.state;
         let mut write = SyncWrite {
             webhook_done: Some(incoming.webhook_id),
             request_id: incoming.request_id.clone(),
@@ -497,6 +503,9 @@ impl Processor {
         };
         if changed {
             write.task_updates.push((ours.task_id.clone(), task.state));
+        }
+        if theirs_changed {
+            write.task_bases.push((ours.task_id.clone(), task.state));
         }
         session.commit(write).await?;
         Ok(ProcessedHint {

@@ -422,3 +422,76 @@ async fn a_new_contact_is_told_every_consent_even_one_never_given() {
     assert_eq!(done.outcome, ProcessedOutcome::Echo);
     assert_eq!(w.crm.contact_writes(), 1);
 }
+
+/// The echo of our own task write can be processed after a newer change of ours is stored and
+/// before it is dispatched: the CRM's older state must not overwrite ours.
+#[tokio::test]
+async fn the_echo_of_our_task_write_does_not_undo_a_newer_state_of_ours() {
+    let w = world();
+    w.change("c-1", &[(Field::FirstName, text("Ada"))], Source::Api)
+        .await;
+    let mut task = Task {
+        task_id: TaskId::parse("t-1").unwrap(),
+        client_id: client("c-1"),
+        title: "Call back".into(),
+        due_at: None,
+        state: TaskState::Open,
+        assignee: None,
+    };
+    w.store.put_task(&task, "req-t", None).await.unwrap();
+    w.dispatch_all().await;
+    let crm_task = w.crm.tasks()[0].0.clone();
+    // We close it; before that change is dispatched, the echo of the open write comes in.
+    task.state = TaskState::Done;
+    w.store.put_task(&task, "req-t2", None).await.unwrap();
+    let (pending, _) = w.drain().await;
+    w.store
+        .intake(
+            &[Hint {
+                vendor: "generic".into(),
+                delivery_id: "d-echo".into(),
+                entity: Entity::Task,
+                crm_id: crm_task.clone(),
+                client_id: None,
+                event: "task.created".into(),
+                occurred_at: None,
+            }],
+            "req-hook",
+        )
+        .await
+        .unwrap();
+    let (_, incoming) = w.drain().await;
+    let echo = w.processor.process(&incoming[0]).await.unwrap();
+    assert_eq!(echo.outcome, ProcessedOutcome::Unchanged);
+    let mut session = w.store.session(&client("c-1")).await.unwrap();
+    assert_eq!(
+        session.task(&task.task_id).await.unwrap().unwrap().state,
+        TaskState::Done,
+        "ours stays done"
+    );
+    drop(session);
+    for c in &pending {
+        w.dispatcher.dispatch(c).await.unwrap();
+    }
+    assert_eq!(w.crm.tasks()[0].1.state, TaskState::Done, "and reaches the CRM");
+    // A later change made in the CRM is still taken.
+    w.crm.set_task_state(&crm_task, TaskState::Open);
+    w.store
+        .intake(
+            &[Hint {
+                vendor: "generic".into(),
+                delivery_id: "d-reopen".into(),
+                entity: Entity::Task,
+                crm_id: crm_task,
+                client_id: None,
+                event: "task.updated".into(),
+                occurred_at: None,
+            }],
+            "req-hook",
+        )
+        .await
+        .unwrap();
+    let (_, incoming) = w.drain().await;
+    let reopened = w.processor.process(&incoming[0]).await.unwrap();
+    assert_eq!(reopened.outcome, ProcessedOutcome::Applied);
+}

@@ -324,6 +324,8 @@ pub struct SyncWrite {
     pub interaction_links: Vec<(super::model::InteractionId, String)>,
     /// A task state taken from the CRM.
     pub task_updates: Vec<(TaskId, TaskState)>,
+    /// The task state both sides agree on after this write (written to or taken from the CRM).
+    pub task_bases: Vec<(TaskId, TaskState)>,
     /// `integrations_log` rows.
     pub attempts: Vec<AttemptRecord>,
     /// A stored webhook now processed.
@@ -342,6 +344,9 @@ pub trait ClientSession: Send {
 
     /// Our task with its CRM id.
     async fn task(&mut self, task: &TaskId) -> Result<Option<Task>, StoreError>;
+
+    /// The task state both sides last agreed on; `None` before the first sync of it.
+    async fn task_base(&mut self, task: &TaskId) -> Result<Option<TaskState>, StoreError>;
 
     /// Our task linked to a CRM task id.
     async fn task_by_crm_id(&mut self, crm_id: &str) -> Result<Option<Task>, StoreError>;

@@ -88,6 +88,16 @@ impl ClientSession for PgSession {
         task_where(&mut self.tx, "task_id", task.as_str()).await
     }
 
+    async fn task_base(&mut self, task: &TaskId) -> Result<Option<TaskState>, StoreError> {
+        let state: Option<Option<String>> =
+            sqlx::query_scalar("SELECT synced_state FROM crm_task WHERE task_id = $1")
+                .bind(task.as_str())
+                .fetch_optional(&mut *self.tx)
+                .await
+                .map_err(err("reading a task's base"))?;
+        Ok(state.flatten().as_deref().and_then(state_of))
+    }
+
     async fn task_by_crm_id(&mut self, crm_id: &str) -> Result<Option<Task>, StoreError> {
         task_where(&mut self.tx, "crm_id", crm_id).await
     }
@@ -202,11 +212,33 @@ async fn write_links(connection: &mut PgConnection, write: &SyncWrite) -> Result
         )
         .bind(&tasks)
         .bind(&states)
-        .execute(connection)
+        .execute(&mut *connection)
         .await
         .map_err(err("updating task states"))?;
     }
+    if !write.task_bases.is_empty() {
+        let (tasks, states): (Vec<String>, Vec<String>) = write
+            .task_bases
+            .iter()
+            .map(|(t, s)| (t.to_string(), state_name(*s).to_owned()))
+            .unzip();
+        sqlx::query(
+            "UPDATE crm_task SET synced_state = u.state
+             FROM UNNEST($1::text[], $2::text[]) AS u(task_id, state) WHERE crm_task.task_id = u.task_id",
+        )
+        .bind(&tasks)
+        .bind(&states)
+        .execute(connection)
+        .await
+        .map_err(err("recording task bases"))?;
+    }
     Ok(())
+}
+
+fn state_of(name: &str) -> Option<TaskState> {
+    [TaskState::Open, TaskState::Done, TaskState::Cancelled]
+        .into_iter()
+        .find(|s| state_name(*s) == name)
 }
 
 fn state_name(state: TaskState) -> &'static str {

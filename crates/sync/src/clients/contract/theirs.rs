@@ -582,3 +582,34 @@ pub async fn a_crm_id_links_one_client_only(store: &dyn ClientStore, _: &dyn Aud
         Some(client("c-1"))
     );
 }
+
+pub async fn a_task_keeps_the_state_both_sides_agreed_on(store: &dyn ClientStore, _: &dyn Audit) {
+    put(store, "c-1", &[(Field::FirstName, text("Ada"))]).await;
+    let t = task("t-1", "c-1", "Call back");
+    store.put_task(&t, "req-t", None).await.expect("task");
+    let mut session = store.session(&client("c-1")).await.expect("session");
+    assert_eq!(
+        session.task_base(&t.task_id).await.expect("base"),
+        None,
+        "never synced"
+    );
+    session
+        .commit(SyncWrite {
+            task_links: vec![(t.task_id.clone(), "tk-1".into())],
+            task_bases: vec![(t.task_id.clone(), TaskState::Done)],
+            request_id: "req-s".into(),
+            ..SyncWrite::default()
+        })
+        .await
+        .expect("commit");
+    let mut session = store.session(&client("c-1")).await.expect("session");
+    assert_eq!(
+        session.task_base(&t.task_id).await.expect("base"),
+        Some(TaskState::Done)
+    );
+    // The base is the sync's own: our task is as we stored it.
+    let ours = session.task(&t.task_id).await.expect("task").expect("task");
+    assert_eq!(ours.state, TaskState::Open);
+    let unknown = TaskId::parse("t-9").expect("valid id");
+    assert_eq!(session.task_base(&unknown).await.expect("base"), None);
+}

@@ -66,6 +66,7 @@ struct Inner {
     cards: BTreeMap<ClientId, StoredCard>,
     bases: HashMap<ClientId, Base>,
     tasks: BTreeMap<TaskId, Linked<Task>>,
+    task_bases: HashMap<TaskId, super::model::TaskState>,
     interactions: BTreeMap<InteractionId, Linked<Interaction>>,
     outbox: BTreeMap<i64, OutboxRow>,
     last_outbox_id: i64,

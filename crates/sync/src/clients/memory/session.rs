@@ -3,7 +3,7 @@
 use super::{empty_card, lock, Inner, LoggedConflict};
 use crate::clients::apply;
 use crate::clients::merge::Resolution;
-use crate::clients::model::{ClientId, Source, Stamp, Task, TaskId};
+use crate::clients::model::{ClientId, Source, Stamp, Task, TaskId, TaskState};
 use crate::clients::ports::*;
 use async_trait::async_trait;
 use std::sync::{Arc, Mutex};
@@ -44,6 +44,10 @@ impl ClientSession for MemorySession {
 
     async fn task(&mut self, task: &TaskId) -> Result<Option<Task>, StoreError> {
         Ok(lock(&self.inner).tasks.get(task).map(|t| t.entity.clone()))
+    }
+
+    async fn task_base(&mut self, task: &TaskId) -> Result<Option<TaskState>, StoreError> {
+        Ok(lock(&self.inner).task_bases.get(task).copied())
     }
 
     async fn task_by_crm_id(&mut self, crm_id: &str) -> Result<Option<Task>, StoreError> {
@@ -104,6 +108,11 @@ impl ClientSession for MemorySession {
         for (task, state) in &write.task_updates {
             if let Some(t) = inner.tasks.get_mut(task) {
                 t.entity.state = *state;
+            }
+        }
+        for (task, state) in &write.task_bases {
+            if inner.tasks.contains_key(task) {
+                inner.task_bases.insert(task.clone(), *state);
             }
         }
         for conflict in &write.conflicts {

@@ -1,0 +1,1 @@
+ALTER TABLE crm_task DROP COLUMN synced_state;
