@@ -4,7 +4,8 @@ use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-fn crm_sync_binary() -> std::path::PathBuf {
+/// The `crm-sync` binary `make test` built beside this test binary.
+pub(crate) fn crm_sync_binary() -> std::path::PathBuf {
     // target/<profile>/deps/e2e-<hash> -> target/<profile>/crm-sync
     let exe = std::env::current_exe().expect("test binary path");
     let bin = exe

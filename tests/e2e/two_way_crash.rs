@@ -8,6 +8,7 @@
 //! `webhook_id`, one version per card change), and the outbox is empty. For the API stage the
 //! client retries every request the kill cut off with the same `Idempotency-Key`: one effect each.
 
+use crate::crash::crm_sync_binary;
 use crate::two_way::{free_port, two_way_config, webhook_target, API_TOKEN};
 use backbone_tests::*;
 use crm_sim::Dialect;
@@ -25,22 +26,6 @@ const ALL: [&str; 5] = ["api", "relay", "dispatcher", "processor", "clients"];
 const CLIENTS: usize = 8;
 /// How long any one wait may take before the test fails.
 const WAIT: Duration = Duration::from_secs(60);
-
-fn crm_sync_binary() -> PathBuf {
-    // target/<profile>/deps/e2e-<hash> -> target/<profile>/crm-sync
-    let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .join("crm-sync");
-    assert!(
-        bin.exists(),
-        "{} missing: build it first (`cargo build --bins`, done by `make test`)",
-        bin.display()
-    );
-    bin
-}
 
 /// Drops the `null`s TOML cannot hold (an absent key is the same default).
 fn without_nulls(v: Value) -> Value {

@@ -101,7 +101,8 @@ pub trait ClientCrm: Send + Sync {
     async fn read_task(&self, crm_id: &str) -> Result<Option<CrmTask>, CrmError>;
 
     /// Adds the interaction to the contact's timeline (a comment, a note, a completed activity);
-    /// returns its CRM id. Called once per interaction: the returned id is kept.
+    /// returns its CRM id, which is kept. Called again for the same interaction after a crash
+    /// between the CRM write and our commit: it must then return the entry it made before.
     async fn add_interaction(
         &self,
         interaction: &Interaction,

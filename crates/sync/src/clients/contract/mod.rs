@@ -6,9 +6,11 @@
 //! What the port does not show (the conflict log, processed webhooks, `integrations_log`) each
 //! store shows through [`Audit`].
 
+mod links;
 mod ours;
 mod theirs;
 
+pub use links::*;
 pub use ours::*;
 pub use theirs::*;
 

@@ -27,7 +27,7 @@ fn incoming(row: &OutboxRow) -> IncomingHint {
 }
 
 /// Links `crm_id` to the client through a session, as the dispatcher does after a first write.
-async fn link(store: &dyn ClientStore, id: &str, crm_id: &str) {
+pub(super) async fn link(store: &dyn ClientStore, id: &str, crm_id: &str) {
     let session = store.session(&client(id)).await.expect("session");
     session
         .commit(SyncWrite {
@@ -554,62 +554,4 @@ pub async fn a_resolution_sets_our_card_and_forces_it_to_the_crm(store: &dyn Cli
             .get(Field::Segment),
         &text("regular")
     );
-}
-
-pub async fn a_crm_id_links_one_client_only(store: &dyn ClientStore, _: &dyn Audit) {
-    put(store, "c-1", &[(Field::FirstName, text("Ada"))]).await;
-    put(store, "c-2", &[(Field::FirstName, text("Bo"))]).await;
-    link(store, "c-1", "x-1").await;
-    let session = store.session(&client("c-2")).await.expect("session");
-    let refused = session
-        .commit(SyncWrite {
-            crm_id: Some("x-1".into()),
-            to_ours: BTreeMap::from([(Field::LastName, text("L"))]),
-            request_id: "req-2".into(),
-            ..SyncWrite::default()
-        })
-        .await;
-    // A refusal for a person, not an outage to retry; the other client's card is left as it was.
-    assert!(
-        matches!(refused, Err(StoreError::CrmIdLinkedElsewhere)),
-        "{refused:?}"
-    );
-    let card = store.card(&client("c-2")).await.expect("card").expect("card");
-    assert_eq!(card.crm_id, None);
-    assert_eq!(card.card.get(Field::LastName), &Value::Empty);
-    assert_eq!(
-        store.client_of("x-1").await.expect("client_of"),
-        Some(client("c-1"))
-    );
-}
-
-pub async fn a_task_keeps_the_state_both_sides_agreed_on(store: &dyn ClientStore, _: &dyn Audit) {
-    put(store, "c-1", &[(Field::FirstName, text("Ada"))]).await;
-    let t = task("t-1", "c-1", "Call back");
-    store.put_task(&t, "req-t", None).await.expect("task");
-    let mut session = store.session(&client("c-1")).await.expect("session");
-    assert_eq!(
-        session.task_base(&t.task_id).await.expect("base"),
-        None,
-        "never synced"
-    );
-    session
-        .commit(SyncWrite {
-            task_links: vec![(t.task_id.clone(), "tk-1".into())],
-            task_bases: vec![(t.task_id.clone(), TaskState::Done)],
-            request_id: "req-s".into(),
-            ..SyncWrite::default()
-        })
-        .await
-        .expect("commit");
-    let mut session = store.session(&client("c-1")).await.expect("session");
-    assert_eq!(
-        session.task_base(&t.task_id).await.expect("base"),
-        Some(TaskState::Done)
-    );
-    // The base is the sync's own: our task is as we stored it.
-    let ours = session.task(&t.task_id).await.expect("task").expect("task");
-    assert_eq!(ours.state, TaskState::Open);
-    let unknown = TaskId::parse("t-9").expect("valid id");
-    assert_eq!(session.task_base(&unknown).await.expect("base"), None);
 }
