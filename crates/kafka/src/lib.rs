@@ -1,6 +1,6 @@
 //! Kafka adapters, domain-neutral: a consumed record, a consumer-group member that commits only
 //! when told to, the at-least-once consumer runner, an idempotent publisher, and the dead-letter
-//! publisher with the standard headers. Only standard Kafka APIs are used (idempotent producer,
+//! publisher with the standard headers, and the outbox relay. Only standard Kafka APIs are used (idempotent producer,
 //! consumer groups, manual commits), so the same code runs against Apache Kafka, Redpanda, MSK
 //! or the local broker.
 
@@ -10,6 +10,7 @@ mod dead_letter;
 mod dlq;
 mod producer;
 mod record;
+mod relay;
 mod runner;
 
 pub use config::{validate_topics, KafkaSettings, DEFAULT_MAX_RECORD_BYTES, LETTER_HEADROOM};
@@ -22,6 +23,7 @@ pub use dead_letter::{
 pub use dlq::{read_dead_letters, scan_dead_letters, DeadLetterView, ReplayFilter};
 pub use producer::{KafkaPublisher, OutgoingRecord};
 pub use record::{ConsumedRecord, RecordPosition, MAX_KEPT_KEY_BYTES, REASON_RECORD_TOO_LARGE};
+pub use relay::{Drained, Lease, Outbox, OutboxRelay, RelayObserver};
 pub use runner::{ConsumerRunner, Disposition, RecordHandler, Rejected, RetryBackoff, DEFAULT_STOP_TIMEOUT};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};

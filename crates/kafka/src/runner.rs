@@ -12,10 +12,19 @@
 //! A transient error (store or broker away) retries the same record with capped, jittered
 //! exponential backoff until it succeeds or the runner is stopped; a stop leaves the rest of the
 //! batch uncommitted, for redelivery.
+//!
+//! With [`ConsumerRunner::with_key_concurrency`] above 1, a batch is split by record key: the
+//! records of one key are handled one after another in offset order, up to that many keys at
+//! once, and the offsets are still committed only after every key's records are done. Within a
+//! key, a record that a later record of the same batch [supersedes](RecordHandler::supersedes) is
+//! not handled: the later one's effect covers it, and both are committed together (a crash before
+//! the commit redelivers both).
 
 use crate::{ConsumedRecord, DeadLetter, DeadLetterPublisher, KafkaConsumer};
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
+use futures::StreamExt;
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -49,6 +58,16 @@ pub trait RecordHandler: Send + Sync {
     /// Handles one record. `Ok` means its effect is durable (or it was set aside); `Err` means
     /// nothing was changed and the same record is tried again.
     async fn handle(&self, record: &ConsumedRecord) -> Result<Disposition, Self::Transient>;
+
+    /// Whether handling `later` (the same key, later in the same batch) makes handling `earlier`
+    /// needless, so `earlier` can be skipped (coalesced into `later`). Consulted only with a key
+    /// concurrency above 1. By default no record supersedes another.
+    fn supersedes(&self, _later: &ConsumedRecord, _earlier: &ConsumedRecord) -> bool {
+        false
+    }
+
+    /// Called for each record skipped because a later one supersedes it (for metrics and logs).
+    fn coalesced(&self, _record: &ConsumedRecord) {}
 }
 
 /// Backoff between attempts at one record or one dead letter.
@@ -81,6 +100,8 @@ pub struct ConsumerRunner {
     consumer: KafkaConsumer,
     dead_letters: DeadLetterPublisher,
     max_batch: usize,
+    /// How many keys of one batch are handled at once (1: the batch in order, one record at a time).
+    key_concurrency: usize,
     backoff: RetryBackoff,
     /// Pause after a failed receive (the broker is away), so the loop does not spin.
     receive_backoff: Duration,
@@ -98,6 +119,7 @@ impl ConsumerRunner {
             consumer,
             dead_letters,
             max_batch: max_batch.max(1),
+            key_concurrency: 1,
             backoff: RetryBackoff::default(),
             receive_backoff: Duration::from_millis(500),
             stop_timeout: DEFAULT_STOP_TIMEOUT,
@@ -109,6 +131,14 @@ impl ConsumerRunner {
     /// cannot hold up a shutdown.
     pub fn with_stop_timeout(mut self, timeout: Duration) -> Self {
         self.stop_timeout = timeout;
+        self
+    }
+
+    /// Handles up to `n` keys of a batch at once (records of one key stay in order, and are
+    /// coalesced where the handler says a later one supersedes an earlier one). For handlers
+    /// whose effects for distinct keys are independent of each other.
+    pub fn with_key_concurrency(mut self, n: usize) -> Self {
+        self.key_concurrency = n.max(1);
         self
     }
 
@@ -136,13 +166,11 @@ impl ConsumerRunner {
                     continue;
                 }
             };
-            let mut complete = true;
-            for record in &batch.records {
-                if !self.handle_one(handler, record, stop).await {
-                    complete = false;
-                    break;
-                }
-            }
+            let complete = if self.key_concurrency > 1 {
+                self.handle_by_key(handler, &batch.records, stop).await
+            } else {
+                self.handle_in_order(handler, &batch.records, stop).await
+            };
             if !complete {
                 break;
             }
@@ -151,6 +179,54 @@ impl ConsumerRunner {
             }
         }
         self.consumer.close(self.stop_timeout).await;
+    }
+
+    /// `false` when stopped before every record was handled (the rest is left to redelivery).
+    async fn handle_in_order<H: RecordHandler>(
+        &self,
+        handler: &H,
+        records: &[ConsumedRecord],
+        stop: &CancellationToken,
+    ) -> bool {
+        for record in records {
+            if !self.handle_one(handler, record, stop).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// One key's records in order, up to `key_concurrency` keys at once; `false` when stopped
+    /// before every record was handled.
+    async fn handle_by_key<H: RecordHandler>(
+        &self,
+        handler: &H,
+        records: &[ConsumedRecord],
+        stop: &CancellationToken,
+    ) -> bool {
+        // Indices, not references: the stream's closure must not borrow a lifetime of its own.
+        let groups = by_key(records);
+        let handled: Vec<bool> = futures::stream::iter(groups)
+            .map(|group: Vec<usize>| async move {
+                for (i, &at) in group.iter().enumerate() {
+                    let record = &records[at];
+                    if group[i + 1..]
+                        .iter()
+                        .any(|&later| handler.supersedes(&records[later], record))
+                    {
+                        handler.coalesced(record);
+                        continue;
+                    }
+                    if !self.handle_one(handler, record, stop).await {
+                        return false;
+                    }
+                }
+                true
+            })
+            .buffer_unordered(self.key_concurrency)
+            .collect()
+            .await;
+        handled.into_iter().all(|done| done)
     }
 
     /// `false` when stopped before the record was handled (it is left to redelivery).
@@ -221,5 +297,179 @@ impl ConsumerRunner {
             done = published => done.is_ok(),
             () = stopped => false,
         }
+    }
+}
+
+/// The indices of the records grouped by key, each group in batch order, the groups in order of
+/// first appearance. Records without a key form one group of their own.
+fn by_key(records: &[ConsumedRecord]) -> Vec<Vec<usize>> {
+    let mut index: HashMap<Option<&[u8]>, usize> = HashMap::new();
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (at, record) in records.iter().enumerate() {
+        let slot = *index.entry(record.key.as_deref()).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[slot].push(at);
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RecordPosition;
+    use std::sync::PoisonError;
+
+    fn record(offset: i64, key: Option<&str>) -> ConsumedRecord {
+        ConsumedRecord {
+            position: RecordPosition {
+                topic: "t".into(),
+                partition: 0,
+                offset,
+            },
+            key: key.map(|k| k.as_bytes().to_vec()),
+            headers: vec![],
+            payload: None,
+            timestamp: None,
+            oversized: None,
+        }
+    }
+
+    /// `key|what` records.
+    fn batch(values: &[&str]) -> Vec<ConsumedRecord> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| ConsumedRecord {
+                payload: Some(v.as_bytes().to_vec()),
+                ..record(i as i64, v.split('|').next())
+            })
+            .collect()
+    }
+
+    /// Records what it handles; `a|wait` waits until `b|go` was handled (so only a runner that
+    /// works on two keys at once gets past it); a `…|card` record is superseded by a later equal one.
+    #[derive(Default)]
+    struct ByKey {
+        handled: std::sync::Mutex<Vec<String>>,
+        coalesced: std::sync::Mutex<Vec<i64>>,
+        go: tokio::sync::Notify,
+    }
+
+    #[async_trait]
+    impl RecordHandler for ByKey {
+        type Transient = String;
+
+        async fn handle(&self, record: &ConsumedRecord) -> Result<Disposition, String> {
+            let value = String::from_utf8_lossy(record.value()).into_owned();
+            if value == "a|wait" {
+                tokio::time::timeout(Duration::from_secs(5), self.go.notified())
+                    .await
+                    .map_err(|_| "b was never handled while a waited".to_owned())?;
+            }
+            if value == "b|go" {
+                self.go.notify_one();
+            }
+            self.handled
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(value);
+            Ok(Disposition::Done)
+        }
+
+        fn supersedes(&self, later: &ConsumedRecord, earlier: &ConsumedRecord) -> bool {
+            earlier.value().ends_with(b"|card") && later.value() == earlier.value()
+        }
+
+        fn coalesced(&self, record: &ConsumedRecord) {
+            self.coalesced
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(record.position.offset);
+        }
+    }
+
+    fn runner(key_concurrency: usize) -> ConsumerRunner {
+        // Never connected: the keyed pass below only hands records to the handler.
+        let settings = crate::KafkaSettings {
+            brokers: "127.0.0.1:1".into(),
+            ..crate::KafkaSettings::default()
+        };
+        let consumer = KafkaConsumer::new(&settings, "g", &["t"], None).expect("a consumer");
+        let publisher = crate::KafkaPublisher::new(&settings).expect("a producer");
+        ConsumerRunner::new(consumer, DeadLetterPublisher::new(publisher, "dlq"), 100)
+            .with_key_concurrency(key_concurrency)
+            .with_backoff(RetryBackoff {
+                min: Duration::from_secs(60),
+                max: Duration::from_secs(60),
+            })
+    }
+
+    #[tokio::test]
+    async fn keys_of_a_batch_run_at_once_in_order_per_key_and_superseded_records_are_coalesced() {
+        let records = batch(&["a|wait", "b|go", "a|card", "b|x", "a|card", "a|last"]);
+        let handler = ByKey::default();
+        let stop = CancellationToken::new();
+        let done = tokio::time::timeout(
+            Duration::from_secs(20),
+            runner(4).handle_by_key(&handler, &records, &stop),
+        )
+        .await
+        .expect("a|wait got past: b ran meanwhile");
+        assert!(done, "every record handled");
+        let handled = handler
+            .handled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let of =
+            |key: &str| -> Vec<String> { handled.iter().filter(|v| v.starts_with(key)).cloned().collect() };
+        assert_eq!(
+            of("a|"),
+            ["a|wait", "a|card", "a|last"],
+            "key a in order, one card"
+        );
+        assert_eq!(of("b|"), ["b|go", "b|x"]);
+        assert_eq!(
+            *handler.coalesced.lock().unwrap_or_else(PoisonError::into_inner),
+            [2]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_superseded_record_leaves_the_rest_handled_and_a_stop_leaves_the_batch_incomplete() {
+        let records = batch(&["a|card", "a|card", "b|x"]);
+        let handler = ByKey::default();
+        let stop = CancellationToken::new();
+        assert!(runner(2).handle_by_key(&handler, &records, &stop).await);
+        assert_eq!(
+            handler
+                .handled
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len(),
+            2
+        );
+        // A stop while a record is being retried leaves the batch incomplete (uncommitted).
+        let records = batch(&["a|wait"]);
+        stop.cancel();
+        assert!(!runner(2).handle_by_key(&handler, &records, &stop).await);
+    }
+
+    #[test]
+    fn records_group_by_key_in_batch_order() {
+        let records = [
+            record(0, Some("a")),
+            record(1, Some("b")),
+            record(2, None),
+            record(3, Some("a")),
+            record(4, None),
+        ];
+        let offsets: Vec<Vec<i64>> = by_key(&records)
+            .iter()
+            .map(|g| g.iter().map(|&at| records[at].position.offset).collect())
+            .collect();
+        assert_eq!(offsets, vec![vec![0, 3], vec![1], vec![2, 4]]);
     }
 }

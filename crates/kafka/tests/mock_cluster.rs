@@ -449,3 +449,126 @@ async fn a_member_left_idle_while_records_wait_rejoins_the_group() {
     assert!(idle.rejoins() >= 1, "rejoined while records waited unconsumed");
     hold.abort();
 }
+
+/// An outbox in memory: rows in id order, what was deleted and what was set aside.
+#[derive(Default)]
+struct Rows {
+    rows: Mutex<Vec<(i64, String, String)>>,
+    set_aside: Mutex<Vec<(i64, &'static str)>>,
+}
+
+struct Held;
+
+#[async_trait]
+impl backbone_kafka::Lease for Held {
+    async fn is_alive(&self) -> bool {
+        true
+    }
+}
+
+#[async_trait]
+impl backbone_kafka::Outbox for Rows {
+    type Row = (i64, String, String);
+
+    async fn try_lead(&self) -> Result<Option<Box<dyn backbone_kafka::Lease>>, String> {
+        Ok(Some(Box::new(Held)))
+    }
+
+    async fn next(&self, limit: i64) -> Result<Vec<Self::Row>, String> {
+        let rows = self.rows.lock().unwrap();
+        Ok(rows.iter().take(limit as usize).cloned().collect())
+    }
+
+    fn id(row: &Self::Row) -> i64 {
+        row.0
+    }
+
+    fn record<'a>(&'a self, row: &'a Self::Row) -> OutgoingRecord<'a> {
+        OutgoingRecord {
+            topic: "out-relay",
+            key: Some(row.1.as_bytes()),
+            payload: Some(row.2.as_bytes()),
+            headers: vec![],
+        }
+    }
+
+    async fn delete(&self, ids: &[i64]) -> Result<(), String> {
+        self.rows.lock().unwrap().retain(|r| !ids.contains(&r.0));
+        Ok(())
+    }
+
+    async fn set_aside(
+        &self,
+        row: &Self::Row,
+        reason_code: &'static str,
+        _reason: &str,
+    ) -> Result<(), String> {
+        self.set_aside.lock().unwrap().push((row.0, reason_code));
+        Ok(())
+    }
+}
+
+/// The shared relay publishes rows in id order and deletes them only once acknowledged; a row
+/// the broker refuses for good is set aside and the rows after it (of the same key too) still go
+/// out; while the broker is down nothing is deleted, and the same rows go once it is back.
+#[tokio::test]
+async fn the_outbox_relay_publishes_in_order_sets_refusals_aside_and_keeps_rows_while_the_broker_is_down() {
+    let cluster = MockCluster::new(1).unwrap();
+    let s = KafkaSettings {
+        max_record_bytes: 4096,
+        ..settings(&cluster)
+    };
+    cluster.create_topic("out-relay", 1, 1).unwrap();
+    let outbox = Rows::default();
+    *outbox.rows.lock().unwrap() = vec![
+        (1, "k".into(), "one".into()),
+        (2, "k".into(), "x".repeat(100_000)),
+        (3, "k".into(), "three".into()),
+    ];
+    let mut relay = backbone_kafka::OutboxRelay::new(KafkaPublisher::new(&s).unwrap());
+    relay.batch = 10;
+    let drained = relay.drain_once(&outbox).await.unwrap();
+    assert_eq!(drained.published, 2);
+    assert_eq!(drained.set_aside, ["record_too_large"]);
+    assert!(drained.failed.is_none());
+    assert!(
+        outbox.rows.lock().unwrap().is_empty(),
+        "every row handled is deleted"
+    );
+    assert_eq!(*outbox.set_aside.lock().unwrap(), [(2, "record_too_large")]);
+
+    // The broker away: the pass fails and the row stays for the next one.
+    cluster.broker_down(1).unwrap();
+    outbox.rows.lock().unwrap().push((4, "k".into(), "four".into()));
+    let mut impatient = s.clone();
+    impatient
+        .properties
+        .insert("message.timeout.ms".into(), "1000".into());
+    let mut short = backbone_kafka::OutboxRelay::new(KafkaPublisher::new(&impatient).unwrap());
+    short.batch = 10;
+    let drained = short.drain_once(&outbox).await.unwrap();
+    assert!(drained.failed.is_some(), "{drained:?}");
+    assert_eq!(outbox.rows.lock().unwrap().len(), 1, "nothing deleted");
+    cluster.broker_up(1).unwrap();
+    let drained = relay.drain_once(&outbox).await.unwrap();
+    assert_eq!(drained.published, 1);
+    assert!(outbox.rows.lock().unwrap().is_empty());
+
+    let reader = KafkaConsumer::new(&s, "g-relay", &["out-relay"], None).unwrap();
+    let mut values = Vec::new();
+    for b in take(&reader, 3, 10).await {
+        values.extend(
+            b.records
+                .iter()
+                .map(|r| String::from_utf8_lossy(r.value()).into_owned()),
+        );
+        if values.len() >= 3 {
+            break;
+        }
+    }
+    assert_eq!(
+        values,
+        ["one", "three", "four"],
+        "in id order, the refused row left out"
+    );
+}

@@ -101,7 +101,7 @@ impl Metrics {
         let two_way_dispatched = must(IntCounterVec::new(
             Opts::new(
                 "crm_sync_two_way_dispatched_total",
-                "crm.outgoing changes handled by the dispatcher, by outcome (written, unchanged, dead_lettered)",
+                "crm.outgoing changes handled by the dispatcher, by outcome (written, unchanged, coalesced, dead_lettered)",
             ),
             &["outcome"],
         ));

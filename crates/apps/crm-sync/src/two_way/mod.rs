@@ -10,7 +10,9 @@ pub mod serve;
 pub mod stages;
 
 use crate::metrics::Metrics;
-use backbone_kafka::{ConsumerRunner, DeadLetterPublisher, KafkaConsumer, KafkaPublisher, KafkaSettings};
+use backbone_kafka::{
+    ConsumerRunner, DeadLetterPublisher, KafkaConsumer, KafkaPublisher, KafkaSettings, OutboxRelay,
+};
 use backbone_sync::clients::flows::{Dispatcher, Processor};
 use backbone_sync::clients::{ClientCrm, ClientStore, Ownership};
 use serde::{Deserialize, Serialize};
@@ -109,6 +111,9 @@ pub struct TwoWayConfig {
     pub relay_idle_poll_ms: u64,
     /// Records per consumer batch.
     pub max_batch: usize,
+    /// Clients the dispatcher and the processor handle at once within one consumer batch (one
+    /// client's records stay in order; 1 handles a batch one record at a time).
+    pub concurrency: usize,
     /// `/v1/...`, `/webhooks/...`, `/openapi.json`.
     pub api: crate::api::config::ApiConfig,
     /// The vendors whose webhooks are served, with their credentials.
@@ -133,6 +138,7 @@ impl Default for TwoWayConfig {
             relay_batch: 1000,
             relay_idle_poll_ms: 10,
             max_batch: 200,
+            concurrency: 8,
             api: crate::api::config::ApiConfig::default(),
             webhooks: backbone_crm::webhooks::WebhookConfig::default(),
         }
@@ -193,6 +199,9 @@ impl TwoWayConfig {
         }
         if self.relay_idle_poll_ms == 0 || self.max_batch == 0 {
             return Err("two_way.relay_idle_poll_ms and two_way.max_batch must be > 0".into());
+        }
+        if !(1..=64).contains(&self.concurrency) {
+            return Err("two_way.concurrency must be 1..=64".into());
         }
         let groups = [&self.dispatcher_group, &self.processor_group, &self.clients_group];
         if groups.iter().any(|g| g.is_empty())
@@ -326,7 +335,7 @@ pub fn start(
     let mut handles = Vec::new();
     if runs(Stage::Relay) {
         parts.metrics.register_relay()?;
-        let relay = relay::Relay {
+        let outbox = relay::ClientOutbox {
             topics: [
                 (
                     backbone_sync::clients::apply::TOPIC_OUTGOING.to_owned(),
@@ -340,14 +349,19 @@ pub fn start(
             .into_iter()
             .collect(),
             store: parts.store.clone(),
-            publisher: parts.publisher.clone(),
             dead_letters: dead_letters(),
-            batch: cfg.relay_batch,
-            idle_poll: Duration::from_millis(cfg.relay_idle_poll_ms),
+        };
+        let observed = relay::Observed {
             published: parts.metrics.outbox_published.clone(),
             up: parts.readiness.stage(Stage::Relay),
         };
-        handles.push(tokio::spawn(relay.run(stop.clone())));
+        let mut relay = OutboxRelay::new(parts.publisher.clone());
+        relay.batch = cfg.relay_batch;
+        relay.idle_poll = Duration::from_millis(cfg.relay_idle_poll_ms);
+        let s = stop.clone();
+        handles.push(tokio::spawn(async move {
+            relay.run(&outbox, &observed, "two-way", &s).await;
+        }));
 
         // The outbox depth, reported by the relay's processes only.
         let store = parts.store.clone();
@@ -383,7 +397,8 @@ pub fn start(
             metrics: parts.metrics.clone(),
             up: parts.readiness.stage(Stage::Dispatcher),
         };
-        let runner = consumer(&cfg.dispatcher_group, &cfg.outgoing_topic)?;
+        let runner =
+            consumer(&cfg.dispatcher_group, &cfg.outgoing_topic)?.with_key_concurrency(cfg.concurrency);
         let s = stop.clone();
         handles.push(tokio::spawn(async move { runner.run(&outgoing, &s).await }));
     }
@@ -401,7 +416,8 @@ pub fn start(
             metrics: parts.metrics.clone(),
             up: parts.readiness.stage(Stage::Processor),
         };
-        let runner = consumer(&cfg.processor_group, &cfg.incoming_topic)?;
+        let runner =
+            consumer(&cfg.processor_group, &cfg.incoming_topic)?.with_key_concurrency(cfg.concurrency);
         let s = stop.clone();
         handles.push(tokio::spawn(async move { runner.run(&incoming, &s).await }));
     }

@@ -114,6 +114,50 @@ impl RecordHandler for Outgoing {
         self.up.set(handled.is_ok());
         handled
     }
+
+    /// A dispatch always writes what is stored now, not what the record carried, so a card
+    /// change (or a change of one task) followed by another of the same kind in the same batch
+    /// needs no CRM round trip of its own: the later one writes both. An interaction is never
+    /// superseded, and neither is a change that forces a field the later one does not.
+    fn supersedes(&self, later: &ConsumedRecord, earlier: &ConsumedRecord) -> bool {
+        let parse = |r: &ConsumedRecord| {
+            serde_json::from_slice::<OutgoingChange>(r.value())
+                .ok()
+                .filter(|c| c.version == VERSION)
+        };
+        let (Some(later), Some(earlier)) = (parse(later), parse(earlier)) else {
+            return false;
+        };
+        covers(&later, &earlier)
+    }
+
+    fn coalesced(&self, record: &ConsumedRecord) {
+        self.metrics.two_way_dispatched("coalesced");
+        tracing::debug!(
+            request_id = record.header(HEADER_REQUEST_ID).unwrap_or(""),
+            offset = record.position.offset,
+            "change coalesced into a later one of the same batch"
+        );
+    }
+}
+
+/// Whether dispatching `later` writes everything dispatching `earlier` would.
+fn covers(later: &OutgoingChange, earlier: &OutgoingChange) -> bool {
+    use backbone_sync::clients::records::ChangeKind;
+    if later.client_id != earlier.client_id
+        || later.kind != earlier.kind
+        || !earlier.forced.iter().all(|f| later.forced.contains(f))
+    {
+        return false;
+    }
+    match earlier.kind {
+        ChangeKind::Card => true,
+        ChangeKind::Task => matches!(
+            (&later.task, &earlier.task),
+            (Some(l), Some(e)) if l.task_id == e.task_id
+        ),
+        _ => false,
+    }
 }
 
 impl Outgoing {
@@ -393,4 +437,65 @@ impl Clients {
 fn short_digest(bytes: &[u8]) -> String {
     let d = Sha256::digest(bytes);
     d.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::covers;
+    use backbone_sync::clients::records::OutgoingChange;
+    use serde_json::json;
+
+    fn change(client: &str, kind: &str, extra: serde_json::Value) -> OutgoingChange {
+        let mut v = json!({
+            "version": 1, "change_id": 1, "client_id": client, "kind": kind,
+            "source": "api", "request_id": "r", "occurred_at": "2026-12-01T10:00:00Z"
+        });
+        for (k, x) in extra.as_object().cloned().unwrap_or_default() {
+            v[k] = x;
+        }
+        serde_json::from_value(v).expect("a crm.outgoing v1 record")
+    }
+
+    fn task(id: &str) -> serde_json::Value {
+        json!({"task": {"task_id": id, "client_id": "c-1", "title": "Call", "state": "open"}})
+    }
+
+    #[test]
+    fn a_later_card_change_of_the_same_client_covers_an_earlier_one() {
+        let card = change("c-1", "card", json!({"fields": ["phone"]}));
+        assert!(covers(
+            &change("c-1", "card", json!({"fields": ["email"]})),
+            &card
+        ));
+        assert!(
+            !covers(&change("c-2", "card", json!({})), &card),
+            "another client"
+        );
+        assert!(
+            !covers(&change("c-1", "task", task("t-1")), &card),
+            "another kind"
+        );
+    }
+
+    #[test]
+    fn a_forced_field_is_covered_only_by_a_change_forcing_it_too() {
+        let forced = change("c-1", "card", json!({"forced": ["manager"]}));
+        assert!(!covers(&change("c-1", "card", json!({})), &forced));
+        assert!(covers(
+            &change("c-1", "card", json!({"forced": ["manager", "phone"]})),
+            &forced
+        ));
+        assert!(covers(&forced, &change("c-1", "card", json!({}))));
+    }
+
+    #[test]
+    fn a_task_change_is_covered_by_a_later_change_of_that_task_only_and_interactions_never() {
+        let t1 = change("c-1", "task", task("t-1"));
+        assert!(covers(&change("c-1", "task", task("t-1")), &t1));
+        assert!(!covers(&change("c-1", "task", task("t-2")), &t1));
+        let note = json!({"interaction": {"interaction_id": "n-1", "client_id": "c-1", "channel": "call",
+            "direction": "inbound", "text": "hi", "at": "2026-12-01T10:00:00Z"}});
+        let n1 = change("c-1", "interaction", note.clone());
+        assert!(!covers(&change("c-1", "interaction", note), &n1));
+    }
 }
