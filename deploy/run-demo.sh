@@ -36,11 +36,25 @@ case "$VENDOR" in
   bitrix24|salesforce|kommo) CRM_SYNC_CONFIG=config/crm-sync.$VENDOR.local.toml; STATS_PATH=/sim/vendors/$VENDOR/stats ;;
   *) echo "VENDOR must be generic, bitrix24, salesforce or kommo" >&2; exit 2 ;;
 esac
+# The two-way API's token and the webhook credentials crm-sim's webhooks carry, for this run only.
+API_TOKEN=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
+HOOK_SECRET=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
+case "$VENDOR" in
+  generic) hook_env=(CRM_SYNC_TWO_WAY__WEBHOOKS__GENERIC__SECRET=$HOOK_SECRET)
+    hook_target="{\"url\": \"http://127.0.0.1:8090/webhooks/generic\", \"secret\": \"$HOOK_SECRET\"}" ;;
+  bitrix24) hook_env=(CRM_SYNC_TWO_WAY__WEBHOOKS__BITRIX24__APPLICATION_TOKENS__DEMOPORTAL=$HOOK_SECRET)
+    hook_target="{\"url\": \"http://127.0.0.1:8090/webhooks/bitrix24\", \"member_id\": \"demoportal\", \"application_token\": \"$HOOK_SECRET\", \"domain\": \"demo.bitrix24.test\"}" ;;
+  kommo) hook_env=(CRM_SYNC_TWO_WAY__WEBHOOKS__KOMMO__PATH_SECRET=$HOOK_SECRET "CRM_SYNC_TWO_WAY__WEBHOOKS__KOMMO__ACCOUNT_ID=\"7039099\"")
+    hook_target="{\"url\": \"http://127.0.0.1:8090/webhooks/kommo/$HOOK_SECRET\", \"account_id\": 7039099, \"subdomain\": \"demo\"}" ;;
+  salesforce) hook_env=(CRM_SYNC_TWO_WAY__WEBHOOKS__SALESFORCE__PATH_SECRET=$HOOK_SECRET CRM_SYNC_TWO_WAY__WEBHOOKS__SALESFORCE__ORGANIZATION_ID=00D000000000001AAA)
+    hook_target="{\"url\": \"http://127.0.0.1:8090/webhooks/salesforce/$HOOK_SECRET\", \"organization_id\": \"00D000000000001AAA\"}" ;;
+esac
 CRM_SYNC_CRM__GENERIC__TOKEN=$TOKEN CRM_SYNC_CRM__GENERIC__SIGNING_SECRET=$SECRET \
 CRM_SYNC_CRM__BITRIX24__WEBHOOK_TOKEN=$TOKEN CRM_SYNC_CRM__SALESFORCE__CLIENT_SECRET=$TOKEN \
 CRM_SYNC_CRM__KOMMO__ACCESS_TOKEN=$TOKEN \
+CRM_SYNC_TWO_WAY__API__TOKENS__DEMO=$API_TOKEN \
 CRM_SYNC_POSTGRES__URL=$DB_URL RUST_LOG=${RUST_LOG:-info} \
-  setsid target/debug/crm-sync --config "$CRM_SYNC_CONFIG" </dev/null >"$STATE_DIR/crm-sync.log" 2>&1 &
+  env "${hook_env[@]}" setsid target/debug/crm-sync --config "$CRM_SYNC_CONFIG" </dev/null >"$STATE_DIR/crm-sync.log" 2>&1 &
 crm_sync_pid=$!
 pids+=("$crm_sync_pid")
 
@@ -93,6 +107,65 @@ echo
 echo "== Outcomes (integrations_log) =="
 psql -X -q -P pager=off "$DB_URL" -c "SELECT outcome, count(*) FROM integrations_log WHERE sent_at > now() - interval '2 minutes' GROUP BY outcome ORDER BY 2 DESC"
 psql -X -q -P pager=off "$DB_URL" -c "SELECT sent_at::time(0) AS at, event_id, shipment_id, outcome, attempt, http_status AS http, left(coalesce(error, ''), 50) AS error FROM integrations_log WHERE sent_at > now() - interval '2 minutes' ORDER BY id DESC LIMIT 12"
+
+echo
+echo "== Two-way sync: client cards (API http://127.0.0.1:8090, docs/two-way-sync.md) =="
+TWO_WAY_TOKEN_FILE=$STATE_DIR/crm-sync-two-way.token # for calling the API by hand
+(umask 077 && printf 'CRM_SYNC_TWO_WAY__API__TOKENS__DEMO=%s\n' "$API_TOKEN" >"$TWO_WAY_TOKEN_FILE")
+echo "the API's token of this run (caller demo): $TWO_WAY_TOKEN_FILE"
+curl -fsS -X PUT "http://127.0.0.1:8081/sim/webhooks/$VENDOR" -H 'content-type: application/json' \
+  -d "$hook_target" >/dev/null
+CLIENT=demo-$(date -u +%H%M%S)
+API_TOKEN=$API_TOKEN SIM=http://127.0.0.1:8081 VENDOR=$VENDOR CLIENT=$CLIENT python3 - <<'PY'
+import json, os, sys, time, urllib.request
+
+api, sim, vendor, client = "http://127.0.0.1:8090", os.environ["SIM"], os.environ["VENDOR"], os.environ["CLIENT"]
+
+def call(method, url, body=None, headers=None):
+    req = urllib.request.Request(url, method=method, data=None if body is None else json.dumps(body).encode(),
+                                 headers={"content-type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            text = r.read()
+            return r.status, json.loads(text) if text else None
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+def ours(method, path, body=None, key=None):
+    h = {"authorization": "Bearer " + os.environ["API_TOKEN"]}
+    if key:
+        h["idempotency-key"] = key
+    return call(method, api + path, body, h)
+
+def theirs():
+    s, found = call("GET", f"{sim}/sim/{vendor}/contacts?external_id={client}")
+    return found if s == 200 else None
+
+def wait(what, check, within=30):
+    start = time.time()
+    while time.time() - start < within:
+        v = check()
+        if v:
+            return v
+        time.sleep(0.3)
+    sys.exit(f"two-way demo: {what} did not happen within {within} s")
+
+card = {"fields": {"first_name": "Ada", "last_name": "Lovelace", "phone": "+79991234567",
+                   "email": "ada@example.com", "segment": "regular", "consent_sms": True, "consent_email": False}}
+s, b = ours("PUT", f"/v1/clients/{client}", card, key=f"{client}-create")
+print(f"  PUT /v1/clients/{client}: HTTP {s}, version {b.get('version') if b else None}")
+c = wait("the card reaching the CRM", lambda: (t := theirs()) and t.get("first_name") == "Ada" and t)
+print(f"  in the CRM as {c['crm_id']}: {c['first_name']} {c['last_name']}, {c['phone']}, segment {c['segment']}")
+manager = "005SIM000000009AAA" if vendor == "salesforce" else "9"
+call("PATCH", f"{sim}/sim/{vendor}/contacts/{c['crm_id']}", {"manager": manager})
+print(f"  a CRM user sets the manager to {manager}; its webhook comes back to crm-sync")
+got = wait("the CRM's manager reaching our copy",
+           lambda: (r := ours("GET", f"/v1/clients/{client}"))[0] == 200 and r[1]["fields"].get("manager") == manager and r[1])
+print(f"  our copy now: manager {got['fields']['manager']}, version {got['version']}")
+s, tasks = ours("GET", "/v1/operator-tasks?state=open")
+print(f"  open operator tasks (conflicts): {len(tasks['tasks'])}")
+PY
+curl -fs http://127.0.0.1:9464/metrics | grep -E '^crm_sync_two_way_(dispatched|processed)_total' || true
 
 echo
 echo "== gift-certificates =="
@@ -155,5 +228,6 @@ curl -fs "$GC_URL/metrics" | grep -E '^gift_certificates_(outbox_pending|outbox_
 
 if [ -n "${DEMO_EXIT:-}" ] || [ ! -t 0 ]; then exit 0; fi
 echo "Running. Send more with: target/debug/tracking-feed; gift-certificates API on $GC_URL"
-echo "(docs/gift-certificates.md); stop with Ctrl-C."
+echo "(docs/gift-certificates.md); two-way API on http://127.0.0.1:8090 (docs/two-way-sync.md)."
+echo "Stop with Ctrl-C."
 wait
