@@ -197,6 +197,8 @@ fn spawn_sync(
         ("CRM_SYNC_POSTGRES__URL", run.db_url.clone()),
         ("CRM_SYNC_HTTP__LISTEN", format!("127.0.0.1:{metrics_port}")),
         ("RUST_LOG", "warn".into()),
+        // The local files turn the two-way sync on for `make run`; this measures the parcel flow.
+        ("CRM_SYNC_TWO_WAY__ENABLED", "false".into()),
     ];
     if let Some(b) = max_batch {
         env.push(("CRM_SYNC_PIPELINE__MAX_BATCH", b.to_string()));
