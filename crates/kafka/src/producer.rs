@@ -99,3 +99,18 @@ pub struct OutgoingRecord<'a> {
     pub payload: Option<&'a [u8]>,
     pub headers: Vec<(String, String)>,
 }
+
+impl<'a> OutgoingRecord<'a> {
+    /// A JSON value with its key: `content-type: application/json`, then `headers` (an outbox
+    /// row's correlation and trace headers).
+    pub fn json(topic: &'a str, key: &'a str, payload: &'a str, headers: &[(String, String)]) -> Self {
+        Self {
+            topic,
+            key: Some(key.as_bytes()),
+            payload: Some(payload.as_bytes()),
+            headers: std::iter::once(("content-type".to_owned(), "application/json".to_owned()))
+                .chain(headers.iter().cloned())
+                .collect(),
+        }
+    }
+}

@@ -57,14 +57,7 @@ impl backbone_kafka::Outbox for Certificates<'_> {
     }
 
     fn record<'a>(&'a self, r: &'a OutboxRecord) -> OutgoingRecord<'a> {
-        OutgoingRecord {
-            topic: self.topics.out(&r.topic),
-            key: Some(r.key.as_bytes()),
-            payload: Some(r.payload.as_bytes()),
-            headers: std::iter::once(("content-type".to_owned(), "application/json".to_owned()))
-                .chain(r.headers.iter().cloned())
-                .collect(),
-        }
+        OutgoingRecord::json(self.topics.out(&r.topic), &r.key, &r.payload, &r.headers)
     }
 
     async fn delete(&self, ids: &[i64]) -> Result<(), String> {

@@ -51,17 +51,11 @@ impl backbone_kafka::Outbox for ClientOutbox {
     }
 
     fn record<'a>(&'a self, row: &'a OutboxRow) -> OutgoingRecord<'a> {
-        OutgoingRecord {
-            topic: self
-                .topics
-                .get(&row.topic)
-                .map_or(row.topic.as_str(), String::as_str),
-            key: Some(row.key.as_bytes()),
-            payload: Some(row.payload.as_bytes()),
-            headers: std::iter::once(("content-type".to_owned(), "application/json".to_owned()))
-                .chain(row.headers.iter().cloned())
-                .collect(),
-        }
+        let topic = self
+            .topics
+            .get(&row.topic)
+            .map_or(row.topic.as_str(), String::as_str);
+        OutgoingRecord::json(topic, &row.key, &row.payload, &row.headers)
     }
 
     async fn delete(&self, ids: &[i64]) -> Result<(), String> {
