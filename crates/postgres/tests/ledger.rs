@@ -16,7 +16,10 @@ async fn pg_ledger_meets_the_ledger_contract(pool: PgPool) {
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(rows, 2);
+    assert_eq!(
+        rows, 5,
+        "the contract's attempts: two in its first batch, three in its trace"
+    );
     let payload: serde_json::Value =
         sqlx::query_scalar("SELECT payload FROM integrations_log WHERE event_id = 'a'")
             .fetch_one(&pool)

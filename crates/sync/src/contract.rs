@@ -80,6 +80,76 @@ pub async fn ledger_contract(ledger: &dyn SyncLedger) {
     due_events_are_the_owned_ones_oldest_first(ledger, &owned, now).await;
     reparking_updates_and_unparking_removes(ledger, &owned, now).await;
     newest_times_only_move_forward(ledger).await;
+    a_trace_tells_every_attempt_the_outcome_and_the_wait(ledger).await;
+}
+
+/// An event's trace: its attempts in order, its latest outcome, and its retry while it waits.
+async fn a_trace_tells_every_attempt_the_outcome_and_the_wait(ledger: &dyn SyncLedger) {
+    let nothing = ledger.trace(&id("tr-unknown")).await.expect("trace");
+    assert_eq!(
+        nothing,
+        EventTrace {
+            attempts: vec![],
+            recorded: None,
+            parked: None
+        }
+    );
+    // Whole seconds: every store keeps them.
+    let due = OffsetDateTime::from_unix_timestamp(1_893_456_000).expect("valid time");
+    let mut first = attempt("tr", Outcome::RetryScheduled);
+    first.http_status = Some(503);
+    first.error = Some("CRM unavailable".into());
+    ledger
+        .commit(&LedgerBatch {
+            attempts: vec![first.clone(), attempt("tr-other", Outcome::Success)],
+            processed: vec![(
+                id("tr"),
+                Recorded {
+                    outcome: Outcome::RetryScheduled,
+                    replay_count: 0,
+                },
+            )],
+            park: vec![parked("tr", 0, 0, due)],
+            ..LedgerBatch::default()
+        })
+        .await
+        .expect("commit");
+    let waiting = ledger.trace(&id("tr")).await.expect("trace");
+    assert_eq!(waiting.attempts.len(), 1, "only this event's attempts");
+    assert_eq!(waiting.attempts[0].http_status, Some(503));
+    assert_eq!(waiting.attempts[0].error.as_deref(), Some("CRM unavailable"));
+    assert_eq!(waiting.attempts[0].source, first.source);
+    assert_eq!(waiting.recorded.map(|r| r.outcome), Some(Outcome::RetryScheduled));
+    let parked = waiting.parked.expect("waiting in the retry queue");
+    assert_eq!(parked.next_attempt_at, due);
+    assert_eq!(parked.last_error, "503");
+
+    let mut second = attempt("tr", Outcome::Success);
+    second.attempt = 2;
+    ledger
+        .commit(&LedgerBatch {
+            attempts: vec![second],
+            processed: vec![(
+                id("tr"),
+                Recorded {
+                    outcome: Outcome::Success,
+                    replay_count: 0,
+                },
+            )],
+            unpark: vec![id("tr")],
+            ..LedgerBatch::default()
+        })
+        .await
+        .expect("commit");
+    let done = ledger.trace(&id("tr")).await.expect("trace");
+    let attempts: Vec<(u32, Outcome)> = done.attempts.iter().map(|a| (a.attempt, a.outcome)).collect();
+    assert_eq!(
+        attempts,
+        [(1, Outcome::RetryScheduled), (2, Outcome::Success)],
+        "oldest first"
+    );
+    assert_eq!(done.recorded.map(|r| r.outcome), Some(Outcome::Success));
+    assert_eq!(done.parked, None, "no longer waiting");
 }
 
 /// The newest event time per shipment is kept across batches and never moves back.

@@ -254,6 +254,20 @@ impl SyncLedger for MemoryLedger {
     async fn retry_depth(&self) -> Result<i64, LedgerError> {
         Ok(i64::try_from(lock(&self.inner).retry.len()).unwrap_or(i64::MAX))
     }
+
+    async fn trace(&self, id: &EventId) -> Result<EventTrace, LedgerError> {
+        let inner = lock(&self.inner);
+        Ok(EventTrace {
+            attempts: inner
+                .log
+                .iter()
+                .filter(|a| a.event_id.as_ref() == Some(id))
+                .cloned()
+                .collect(),
+            recorded: inner.processed.get(id).cloned(),
+            parked: inner.retry.get(id).cloned(),
+        })
+    }
 }
 
 /// Collects published outcomes and dead letters.

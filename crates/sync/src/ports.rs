@@ -304,6 +304,21 @@ pub trait SyncLedger: Send + Sync {
 
     /// Size of the retry queue.
     async fn retry_depth(&self) -> Result<i64, LedgerError>;
+
+    /// Everything recorded of one event: every attempt (oldest first), its recorded outcome,
+    /// and its place in the retry queue if it waits there. For operators (`crm-sync trace`).
+    async fn trace(&self, id: &EventId) -> Result<EventTrace, LedgerError>;
+}
+
+/// What [`SyncLedger::trace`] finds of one event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventTrace {
+    /// Its `integrations_log` rows, oldest first.
+    pub attempts: Vec<AttemptRecord>,
+    /// Its latest outcome, when it was seen.
+    pub recorded: Option<Recorded>,
+    /// Waiting for its next attempt.
+    pub parked: Option<ParkedEvent>,
 }
 
 // ---------------------------------------------------------------------------------------------

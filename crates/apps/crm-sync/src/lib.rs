@@ -8,6 +8,7 @@ pub mod kafka;
 pub mod metrics;
 mod replay;
 mod service;
+pub mod trace;
 pub mod two_way;
 
 pub use config::Config;

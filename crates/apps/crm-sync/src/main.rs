@@ -1,5 +1,6 @@
 use clap::{Parser, Subcommand};
 use crm_sync::config::{Config, ENV_PREFIX};
+use secrecy::ExposeSecret;
 use std::path::PathBuf;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -33,6 +34,12 @@ enum Command {
         /// Queue a change through the outbox for each drifted client.
         #[arg(long)]
         repair: bool,
+    },
+    /// What became of one parcel-status event: every attempt with the CRM's status, the
+    /// recorded outcome, the retry waiting (JSON). Exits 1 when the event is unknown.
+    Trace {
+        /// The event's `event_id`.
+        event_id: String,
     },
     /// Work with dead letters.
     Dlq {
@@ -95,6 +102,15 @@ async fn main() -> anyhow::Result<()> {
             };
             let summary = crm_sync::replay_dead_letters(&cfg.kafka, filter, limit, dry_run).await?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
+            Ok(())
+        }
+        Command::Trace { event_id } => {
+            let ledger = backbone_postgres::PgLedger::connect(cfg.postgres.url.expose_secret(), 2).await?;
+            let trace = crm_sync::trace::trace(&ledger, &event_id).await?;
+            println!("{}", serde_json::to_string_pretty(&trace)?);
+            if !trace.found {
+                std::process::exit(1);
+            }
             Ok(())
         }
         Command::Reconcile {

@@ -4,7 +4,8 @@
 use async_trait::async_trait;
 use backbone_sync::event::{EventId, ShipmentId, TrackingEvent};
 use backbone_sync::ports::{
-    AttemptRecord, LedgerBatch, LedgerError, Outcome, ParkedEvent, Recorded, SourcePosition, SyncLedger,
+    AttemptRecord, EventTrace, LedgerBatch, LedgerError, Outcome, ParkedEvent, Recorded, SourcePosition,
+    SyncLedger,
 };
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 use std::collections::HashMap;
@@ -141,28 +142,7 @@ impl SyncLedger for PgLedger {
         .fetch_all(&self.pool)
         .await
         .map_err(err("reading due retries"))?;
-        rows.into_iter()
-            .map(|row| {
-                let doc: serde_json::Value = row.get(0);
-                let wire: backbone_sync::event::TrackingEventWire =
-                    serde_json::from_value(doc).map_err(|e| LedgerError(format!("parked event: {e}")))?;
-                let event =
-                    TrackingEvent::try_from(wire).map_err(|e| LedgerError(format!("parked event: {e}")))?;
-                Ok(ParkedEvent {
-                    event,
-                    source: SourcePosition {
-                        topic: row.get(1),
-                        partition: row.get(2),
-                        offset: row.get(3),
-                    },
-                    attempts: u32::try_from(row.get::<i32, _>(4)).unwrap_or(0),
-                    replay_count: u32::try_from(row.get::<i32, _>(5)).unwrap_or(0),
-                    next_attempt_at: row.get(6),
-                    last_error: row.get(7),
-                    first_failed_at: row.get(8),
-                })
-            })
-            .collect()
+        rows.iter().map(parked_event).collect()
     }
 
     async fn retry_depth(&self) -> Result<i64, LedgerError> {
@@ -171,6 +151,102 @@ impl SyncLedger for PgLedger {
             .await
             .map_err(err("counting retries"))
     }
+
+    async fn trace(&self, id: &EventId) -> Result<EventTrace, LedgerError> {
+        let attempts = sqlx::query(
+            "SELECT event_id, shipment_id, client_id, correlation_id, payload, http_status,
+                    response_excerpt, outcome, attempt, error, event_time, sent_at, latency_ms,
+                    source_topic, source_partition, source_offset
+             FROM integrations_log WHERE event_id = $1 AND flow = $2 ORDER BY id",
+        )
+        .bind(id.as_str())
+        .bind(FLOW_PARCEL_STATUS)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err("reading integrations_log"))?;
+        let attempts = attempts
+            .iter()
+            .map(attempt_record)
+            .collect::<Result<Vec<_>, _>>()?;
+        let recorded = self.recorded(std::slice::from_ref(id)).await?.remove(id);
+        let parked = sqlx::query(
+            "SELECT event, source_topic, source_partition, source_offset, attempts, replay_count,
+                    next_attempt_at, last_error, first_failed_at
+             FROM sync_retry WHERE event_id = $1",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(err("reading the retry queue"))?;
+        Ok(EventTrace {
+            attempts,
+            recorded,
+            parked: parked.as_ref().map(parked_event).transpose()?,
+        })
+    }
+}
+
+/// One `sync_retry` row, in the column order `due` and `trace` select.
+fn parked_event(row: &sqlx::postgres::PgRow) -> Result<ParkedEvent, LedgerError> {
+    let doc: serde_json::Value = row.get(0);
+    let wire: backbone_sync::event::TrackingEventWire =
+        serde_json::from_value(doc).map_err(|e| LedgerError(format!("parked event: {e}")))?;
+    let event = TrackingEvent::try_from(wire).map_err(|e| LedgerError(format!("parked event: {e}")))?;
+    Ok(ParkedEvent {
+        event,
+        source: SourcePosition {
+            topic: row.get(1),
+            partition: row.get(2),
+            offset: row.get(3),
+        },
+        attempts: u32::try_from(row.get::<i32, _>(4)).unwrap_or(0),
+        replay_count: u32::try_from(row.get::<i32, _>(5)).unwrap_or(0),
+        next_attempt_at: row.get(6),
+        last_error: row.get(7),
+        first_failed_at: row.get(8),
+    })
+}
+
+/// One `integrations_log` row, in the column order `trace` selects.
+fn attempt_record(row: &sqlx::postgres::PgRow) -> Result<AttemptRecord, LedgerError> {
+    let bad = |what: &str| LedgerError(format!("integrations_log: {what}"));
+    let outcome: String = row.get(7);
+    let source = match (
+        row.get::<Option<String>, _>(13),
+        row.get::<Option<i32>, _>(14),
+        row.get::<Option<i64>, _>(15),
+    ) {
+        (Some(topic), Some(partition), Some(offset)) => Some(SourcePosition {
+            topic,
+            partition,
+            offset,
+        }),
+        _ => None,
+    };
+    Ok(AttemptRecord {
+        event_id: row
+            .get::<Option<String>, _>(0)
+            .map(EventId::parse)
+            .transpose()
+            .map_err(|e| bad(&e.to_string()))?,
+        shipment_id: row
+            .get::<Option<String>, _>(1)
+            .map(ShipmentId::parse)
+            .transpose()
+            .map_err(|e| bad(&e.to_string()))?,
+        client_id: row.get(2),
+        correlation_id: row.get(3),
+        payload: row.get(4),
+        http_status: row.get::<Option<i16>, _>(5).and_then(|s| u16::try_from(s).ok()),
+        response_excerpt: row.get(6),
+        outcome: Outcome::parse(&outcome).ok_or_else(|| bad(&format!("unknown outcome `{outcome}`")))?,
+        attempt: u32::try_from(row.get::<i32, _>(8)).unwrap_or(0),
+        error: row.get(9),
+        event_time: row.get(10),
+        sent_at: row.get(11),
+        latency_ms: row.get(12),
+        source,
+    })
 }
 
 /// `integrations_log.flow` of the parcel-status flow's rows.
