@@ -15,7 +15,8 @@
 #      the CRDs (KEDA ScaledObject, PrometheusRule, ServiceMonitor) structurally (render.py)
 #   5. checkov on the rendered manifests and the Dockerfiles (deploy/k8s/.checkov.yaml: every
 #      skipped check is justified in docs/deploy.md)
-#   6. promtool on the alert rules, and on the rules inside the PrometheusRule objects
+#   6. promtool on the alert rules (`make check-rules`), and on the rules inside the
+#      PrometheusRule objects
 #
 # Tools go to a virtualenv in TOOLS_DIR (~/.cache/backbone/deploy-tools) from PyPI, pinned;
 # promtool out of Debian's `prometheus` package (apt-get download, unpacked into the venv).
@@ -164,7 +165,7 @@ echo "not run, with the reasons in deploy/k8s/.checkov.yaml and docs/deploy.md: 
 # 6. promtool: the rule files, and the rules as the PrometheusRules carry them.
 section "promtool $(promtool --version 2>&1 | head -1)"
 "$PY" "$RENDER" rules "$OUT/overlays-production.yaml" "$OUT/rules"
-if promtool check rules "$ROOT"/deploy/prometheus/*-alerts.yml "$OUT"/rules/*.rules.yml; then
+if make -C "$ROOT" --no-print-directory check-rules && promtool check rules "$OUT"/rules/*.rules.yml; then
   verdict promtool "PASS (deploy/prometheus/*-alerts.yml and the PrometheusRules)"
 else
   verdict promtool FAIL
