@@ -8,7 +8,7 @@ export DATABASE_URL ?= postgres://postgres:postgres@127.0.0.1:5432/postgres
 # them against KAFKA_BROKERS instead.
 WITH_BROKER ?= deploy/with-broker.sh
 
-.PHONY: stack stack-down test test-stack lint fmt run bench-sync bench-certificates bench-loader check-rules fuzz
+.PHONY: stack stack-down test test-stack lint fmt run bench-sync bench-certificates bench-loader check-rules check-deploy fuzz
 
 stack:
 	deploy/stack.sh up
@@ -62,6 +62,12 @@ bench-loader: stack
 ## Prometheus rules check (needs promtool: apt-get install prometheus).
 check-rules:
 	promtool check rules deploy/prometheus/crm-sync-alerts.yml deploy/prometheus/gift-certificates-alerts.yml
+
+## What ships, checked offline (no container engine, no cluster; not part of `make test`): the
+## Dockerfiles (hadolint), the Kubernetes manifests rendered (schemas, checkov) and the rules
+## (promtool). Installs the tools it lacks into ~/.cache/backbone/deploy-tools (see docs/deploy.md).
+check-deploy:
+	deploy/check-deploy.sh
 
 ## Fuzz targets (cargo-fuzz, nightly toolchain), each for FUZZ_SECONDS; not part of `make test`.
 ## Reads fuzz/corpus/<target>, writes new inputs to fuzz/corpus-new/<target> (see fuzz/README.md).

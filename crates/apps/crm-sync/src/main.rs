@@ -22,6 +22,9 @@ enum Command {
     Run,
     /// Load and validate the configuration, print it without secrets, and exit.
     CheckConfig,
+    /// Create the database when missing, apply pending migrations, and exit. Only
+    /// `postgres.url` is needed; concurrent runs wait for each other (a migration lock).
+    Migrate,
     /// Compare our client cards with the CRM's and report the drift as JSON (`--repair`: queue
     /// the fixes through the normal path).
     Reconcile {
@@ -83,6 +86,11 @@ async fn main() -> anyhow::Result<()> {
     let mut cfg: Config = backbone_telemetry::load_config(cli.config.as_deref(), ENV_PREFIX)?;
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => backbone_telemetry::check_config(&cfg, Config::validate),
+        Command::Migrate => {
+            let migrations = crm_sync::migrate(&cfg).await?;
+            println!("crm-sync schema up to date ({migrations} migrations)");
+            Ok(())
+        }
         Command::Dlq {
             command:
                 DlqCommand::Replay {

@@ -43,6 +43,24 @@ pub async fn build_state(cfg: &Config) -> anyhow::Result<Arc<AppState>> {
     AppState::build(cfg).await
 }
 
+/// Creates the database when missing and applies gift-certificates' pending migrations, as the
+/// service does at start-up; returns how many migrations gift-certificates has. Needs only
+/// `[postgres]` (no Redis, keys or tokens). sqlx holds an advisory lock while it migrates, so
+/// concurrent runs (a job and a starting instance) wait for each other.
+pub async fn migrate(cfg: &Config) -> anyhow::Result<usize> {
+    use secrecy::ExposeSecret;
+    cfg.postgres
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+    backbone_postgres::PgCertificates::connect(cfg.postgres.url.expose_secret(), 2)
+        .await
+        .context("PostgreSQL")?;
+    Ok(backbone_postgres::certificates::MIGRATOR
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration())
+        .count())
+}
+
 /// Binds `http.listen` and runs the service until `shutdown` (see [`serve`]).
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.http.listen)

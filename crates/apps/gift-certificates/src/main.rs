@@ -20,6 +20,9 @@ enum Command {
     Run,
     /// Load and validate the configuration, print it without secrets, and exit.
     CheckConfig,
+    /// Create the database when missing, apply pending migrations, and exit. Only
+    /// `postgres.url` is needed; concurrent runs wait for each other (a migration lock).
+    Migrate,
     /// Print the OpenAPI document.
     Openapi,
     /// Master keys of the local key-file KMS.
@@ -90,6 +93,11 @@ async fn main() -> anyhow::Result<()> {
     let mut cfg: Config = backbone_telemetry::load_config(cli.config.as_deref(), ENV_PREFIX)?;
     match command {
         Command::CheckConfig => backbone_telemetry::check_config(&cfg, Config::validate),
+        Command::Migrate => {
+            let migrations = gift_certificates::migrate(&cfg).await?;
+            println!("gift-certificates schema up to date ({migrations} migrations)");
+            Ok(())
+        }
         Command::Sms {
             command: SmsCommand::Requeue { certificate },
         } => {

@@ -1,0 +1,44 @@
+# syntax=docker/dockerfile:1
+# batch-loader: generates and loads batches of pre-generated codes into gift-certificates (a command-line tool: a Kubernetes Job, deploy/k8s/jobs/).
+# Build from the repository root:
+#   docker build -f deploy/docker/batch-loader.Dockerfile -t backbone/batch-loader:$(git rev-parse --short HEAD) .
+# Layers: cargo-chef's recipe (manifests and lock file only) -> the dependencies, compiled once and
+# cached until Cargo.lock or a manifest changes -> the workspace's own code -> a slim runtime with
+# the binary alone, run as an unprivileged user. No configuration or secret is copied in: the
+# services read them from the environment (ConfigMap and Secret, deploy/k8s/).
+
+FROM rust:1.95-slim-bookworm AS chef
+# librdkafka is built from source by rdkafka-sys (with TLS: OpenSSL); Debian's packages follow
+# the base image's point release, so they are not pinned (DL3008, deploy/docker/.hadolint.yaml).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends build-essential libssl-dev pkg-config zlib1g-dev \
+ && rm -rf /var/lib/apt/lists/*
+RUN cargo install cargo-chef --version 0.1.78 --locked
+WORKDIR /build
+
+FROM chef AS planner
+COPY . .
+RUN cargo chef prepare --recipe-path recipe.json
+
+FROM chef AS builder
+COPY --from=planner /build/recipe.json recipe.json
+# The cached dependency layer: rebuilt only when the recipe (manifests, Cargo.lock) changes.
+RUN cargo chef cook --release --locked -p batch-loader --recipe-path recipe.json
+COPY . .
+RUN cargo build --release --locked -p batch-loader --bin batch-loader \
+ && install -D -m 0755 target/release/batch-loader /out/batch-loader
+
+FROM debian:bookworm-slim AS runtime
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates libssl3 \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10001 backbone \
+ && useradd --system --uid 10001 --gid backbone --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin backbone
+COPY --from=builder /out/batch-loader /usr/local/bin/batch-loader
+USER 10001:10001
+# Smoke check: the binary starts and its shared libraries resolve in this runtime.
+RUN ["/usr/local/bin/batch-loader", "--help"]
+# A command-line tool: no port and nothing to probe.
+HEALTHCHECK NONE
+CMD ["--help"]
+ENTRYPOINT ["/usr/local/bin/batch-loader"]

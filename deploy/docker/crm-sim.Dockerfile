@@ -1,0 +1,47 @@
+# syntax=docker/dockerfile:1
+# crm-sim: the CRM simulator, for tests and demos only (the local overlay, deploy/k8s/overlays/local/).
+# Build from the repository root:
+#   docker build -f deploy/docker/crm-sim.Dockerfile -t backbone/crm-sim:$(git rev-parse --short HEAD) .
+# Layers: cargo-chef's recipe (manifests and lock file only) -> the dependencies, compiled once and
+# cached until Cargo.lock or a manifest changes -> the workspace's own code -> a slim runtime with
+# the binary alone, run as an unprivileged user. No configuration or secret is copied in: the
+# services read them from the environment (ConfigMap and Secret, deploy/k8s/).
+
+FROM rust:1.95-slim-bookworm AS chef
+# librdkafka is built from source by rdkafka-sys (with TLS: OpenSSL); Debian's packages follow
+# the base image's point release, so they are not pinned (DL3008, deploy/docker/.hadolint.yaml).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends build-essential libssl-dev pkg-config zlib1g-dev \
+ && rm -rf /var/lib/apt/lists/*
+RUN cargo install cargo-chef --version 0.1.78 --locked
+WORKDIR /build
+
+FROM chef AS planner
+COPY . .
+RUN cargo chef prepare --recipe-path recipe.json
+
+FROM chef AS builder
+COPY --from=planner /build/recipe.json recipe.json
+# The cached dependency layer: rebuilt only when the recipe (manifests, Cargo.lock) changes.
+RUN cargo chef cook --release --locked -p crm-sim --recipe-path recipe.json
+COPY . .
+RUN cargo build --release --locked -p crm-sim --bin crm-sim \
+ && install -D -m 0755 target/release/crm-sim /out/crm-sim
+
+FROM debian:bookworm-slim AS runtime
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10001 backbone \
+ && useradd --system --uid 10001 --gid backbone --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin backbone
+COPY --from=builder /out/crm-sim /usr/local/bin/crm-sim
+USER 10001:10001
+# Smoke check: the binary starts and its shared libraries resolve in this runtime.
+RUN ["/usr/local/bin/crm-sim", "--help"]
+# The simulated CRM APIs and /health (--listen / CRM_SIM_LISTEN).
+EXPOSE 8081
+# Kubernetes probes /health (deploy/k8s/overlays/local/); a Docker HEALTHCHECK would need a client
+# in the image.
+HEALTHCHECK NONE
+CMD ["--listen", "0.0.0.0:8081"]
+ENTRYPOINT ["/usr/local/bin/crm-sim"]
