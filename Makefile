@@ -8,7 +8,7 @@ export DATABASE_URL ?= postgres://postgres:postgres@127.0.0.1:5432/postgres
 # them against KAFKA_BROKERS instead.
 WITH_BROKER ?= deploy/with-broker.sh
 
-.PHONY: stack stack-down test test-stack lint fmt run bench-sync bench-certificates bench-loader check-rules check-deploy fuzz
+.PHONY: stack stack-down test test-stack lint fmt run bench-sync bench-certificates bench-loader bench-two-way check-rules check-deploy fuzz
 
 stack:
 	deploy/stack.sh up
@@ -58,6 +58,14 @@ bench-loader: stack
 	$(CARGO) build --release --quiet -p gift-certificates -p batch-loader -p backbone-bench
 	KAFKA_PORT=9094 BROKER_STORAGE=memory STATE_DIR=$(CURDIR)/.stack/bench deploy/stack.sh up
 	target/release/bench-loader --brokers 127.0.0.1:9094 $(if $(COUNT),--count $(COUNT)) $(if $(VIA),--via $(VIA)) --out target/bench/batch-loader.json
+
+## Two-way sync: outbox relay rows/s against a same-run COPY of the same rows, webhook intake
+## requests/s against a same-run bare axum endpoint, p99 from an API change to the CRM write at
+## 200 changes/s (see docs/benchmarks.md).
+bench-two-way: stack
+	$(CARGO) build --release --quiet -p crm-sync -p crm-sim -p backbone-bench
+	KAFKA_PORT=9094 BROKER_STORAGE=memory STATE_DIR=$(CURDIR)/.stack/bench deploy/stack.sh up
+	$(or $(CARGO_TARGET_DIR),target)/release/bench-two-way --brokers 127.0.0.1:9094 --out target/bench/two-way.json
 
 ## Prometheus rules check (needs promtool: apt-get install prometheus).
 check-rules:

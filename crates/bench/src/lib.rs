@@ -8,6 +8,7 @@ pub mod loader;
 pub mod procfs;
 pub mod report;
 pub mod sync;
+pub mod two_way;
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;

@@ -104,6 +104,8 @@ impl CpuSnapshot {
 #[derive(Debug, Clone, Default)]
 pub struct Stack {
     pub service_pid: Option<u32>,
+    /// The group name of `service_pid` (`"gift_certificates"` when absent).
+    pub service_name: Option<&'static str>,
     /// PostgreSQL backends connected to these databases are `"postgresql_backends"`.
     pub databases: Vec<String>,
     /// `host:port` of the broker the service uses (a tansu process listening there).
@@ -113,7 +115,7 @@ pub struct Stack {
 impl Stack {
     pub fn group(&self, pid: u32, comm: &str, cmdline: &str) -> &'static str {
         if Some(pid) == self.service_pid {
-            return "gift_certificates";
+            return self.service_name.unwrap_or("gift_certificates");
         }
         if pid == std::process::id() {
             return "bench_client";

@@ -167,6 +167,54 @@ async fn fifty_deliveries_of_one_hint_at_once_store_one_row(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "backbone_postgres::sync::MIGRATOR")]
+async fn one_hint_is_stored_with_a_record_naming_its_webhook(pool: PgPool) {
+    let store = store(&pool).await;
+    let hint = Hint {
+        vendor: "generic".into(),
+        delivery_id: "5f0c6e1d-9a7b-4c2e-8f3a-1b0c9d8e7f6a".into(),
+        entity: Entity::Contact,
+        crm_id: "crm-7".into(),
+        client_id: Some(client("c-7")),
+        event: "contact.updated".into(),
+        occurred_at: None,
+    };
+    let Intake::Stored(id) = store
+        .intake(std::slice::from_ref(&hint), "req-one")
+        .await
+        .unwrap()[0]
+    else {
+        panic!("stored")
+    };
+    assert_eq!(
+        store.intake(&[hint], "req-again").await.unwrap(),
+        vec![Intake::Duplicate]
+    );
+    let rows = store.outbox_next(10).await.unwrap();
+    assert_eq!(rows.len(), 1, "one record for the delivery");
+    assert_eq!(
+        (rows[0].topic.as_str(), rows[0].key.as_str()),
+        ("crm.incoming", "c-7")
+    );
+    let payload: serde_json::Value = serde_json::from_str(&rows[0].payload).unwrap();
+    assert_eq!(payload["webhook_id"], serde_json::json!(id));
+    assert_eq!(payload["request_id"], "req-one");
+    assert!(rows[0]
+        .headers
+        .iter()
+        .any(|(k, v)| k == "x-request-id" && v == "req-one"));
+    let stored: (String, String) =
+        sqlx::query_as("SELECT delivery_id, request_id FROM crm_webhook WHERE id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        stored,
+        ("5f0c6e1d-9a7b-4c2e-8f3a-1b0c9d8e7f6a".into(), "req-one".into())
+    );
+}
+
+#[sqlx::test(migrator = "backbone_postgres::sync::MIGRATOR")]
 async fn a_second_session_waits_for_the_first_and_the_api_does_not(pool: PgPool) {
     let store = store(&pool).await;
     store.change_card(&put("c-1", "Ada"), None).await.unwrap();

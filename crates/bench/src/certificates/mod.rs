@@ -154,6 +154,7 @@ async fn run(args: &Args, id: &str, database: &str, dir: &Path) -> anyhow::Resul
     service.wait_ready(&http, Duration::from_secs(120)).await?;
     let stack = Stack {
         service_pid: Some(service.pid),
+        service_name: None,
         databases: vec![database.to_owned()],
         broker: Some(args.brokers.clone()),
     };

@@ -308,6 +308,7 @@ fn cpu_during_load(
 ) -> Value {
     let stack = Stack {
         service_pid: Some(service.pid),
+        service_name: None,
         databases: vec![target.database.to_owned()],
         broker: Some(args.brokers.clone()),
     };

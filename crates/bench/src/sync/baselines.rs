@@ -50,7 +50,7 @@ pub(super) fn bare_consume(
 
 /// Produce-to-consume latency of the broker alone at the steady rate: a bare consumer reads
 /// records stamped at send time. Returns the sorted latencies in milliseconds.
-pub(super) async fn broker_latency(
+pub(crate) async fn broker_latency(
     brokers: &str,
     topic: &str,
     rate: u64,

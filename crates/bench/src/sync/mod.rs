@@ -9,7 +9,7 @@
 //!   the ceiling the adapter's client-side rate limit implies, with the generic API as the
 //!   same-run baseline (`vendors`).
 
-mod baselines;
+pub(crate) mod baselines;
 mod end_to_end;
 mod vendors;
 

@@ -27,22 +27,25 @@ pub(super) async fn insert<P: Serialize>(
         .fetch_one(&mut *connection)
         .await
         .map_err(err("taking an outbox id"))?;
-    // The writer's trace context goes with the row, so the relay's record continues the trace of
-    // the API call or webhook that made it.
-    let headers: BTreeMap<String, String> = apply::headers(request_id)
-        .into_iter()
-        .chain(backbone_telemetry::current_trace_headers())
-        .collect();
     sqlx::query("INSERT INTO crm_outbox (id, topic, key, payload, headers) VALUES ($1, $2, $3, $4, $5)")
         .bind(id)
         .bind(topic)
         .bind(key)
         .bind(Json(payload(id)))
-        .bind(Json(headers))
+        .bind(Json(headers(request_id)))
         .execute(connection)
         .await
         .map_err(err("writing the outbox"))?;
     Ok(id)
+}
+
+/// The headers of a row written now. The writer's trace context goes with the row, so the
+/// relay's record continues the trace of the API call or webhook that made it.
+pub(super) fn headers(request_id: &str) -> BTreeMap<String, String> {
+    apply::headers(request_id)
+        .into_iter()
+        .chain(backbone_telemetry::current_trace_headers())
+        .collect()
 }
 
 /// Held while this process is the relay; dropping it (or losing the connection) hands over.
