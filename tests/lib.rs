@@ -26,6 +26,24 @@ pub fn pg_base() -> String {
     std::env::var("TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432".into())
 }
 
+/// A binary of the workspace built beside the running test binary (`target/<profile>/<name>`;
+/// `make test` builds them first).
+pub fn workspace_binary(name: &str) -> std::path::PathBuf {
+    // target/<profile>/deps/<test>-<hash> -> target/<profile>/<name>
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join(name);
+    assert!(
+        bin.exists(),
+        "{} missing: build it first (`cargo build --bins`, done by `make test`)",
+        bin.display()
+    );
+    bin
+}
+
 /// Names unique to one test.
 pub struct Scope {
     pub id: String,

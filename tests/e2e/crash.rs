@@ -6,19 +6,7 @@ use std::time::Duration;
 
 /// The `crm-sync` binary `make test` built beside this test binary.
 pub(crate) fn crm_sync_binary() -> std::path::PathBuf {
-    // target/<profile>/deps/e2e-<hash> -> target/<profile>/crm-sync
-    let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .join("crm-sync");
-    assert!(
-        bin.exists(),
-        "{} missing: build it first (`cargo build --bins`, done by `make test`)",
-        bin.display()
-    );
-    bin
+    workspace_binary("crm-sync")
 }
 
 /// Starts crm-sync; its JSON log goes to `<tmp>/<scope>-<run>.log` for post-mortems.

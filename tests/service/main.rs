@@ -8,6 +8,7 @@ mod concurrency;
 mod consumer;
 mod hardening;
 mod harness;
+mod migrate;
 mod ops;
 mod sales;
 mod upload;
