@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod admin;
 mod certificates;
 mod certificates_crash;
 mod crash;

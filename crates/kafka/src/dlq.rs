@@ -45,6 +45,9 @@ pub struct ReplayFilter {
     pub since: Option<OffsetDateTime>,
     pub until: Option<OffsetDateTime>,
     pub reason_code: Option<String>,
+    /// Only the letters at these (partition, offset) positions; empty for any. A scan with
+    /// positions reads only their partitions, from the lowest position on.
+    pub positions: Vec<(i32, i64)>,
 }
 
 impl ReplayFilter {
@@ -59,6 +62,25 @@ impl ReplayFilter {
                 .is_none_or(|r| l.header(HEADER_REASON_CODE) == Some(r))
             && self.since.is_none_or(|s| at.is_some_and(|t| t >= s))
             && self.until.is_none_or(|u| at.is_some_and(|t| t < u))
+            && (self.positions.is_empty() || self.positions.contains(&(l.partition, l.offset)))
+    }
+
+    /// Where to read partition `p` of a topic holding offsets `low..high`: `None` when it cannot
+    /// hold a match, else the first offset and the end (exclusive).
+    fn span(&self, p: i32, low: i64, high: i64) -> Option<(i64, i64)> {
+        if self.positions.is_empty() {
+            return (high > low).then_some((low, high));
+        }
+        let wanted = self
+            .positions
+            .iter()
+            .filter(|(part, _)| *part == p)
+            .map(|(_, o)| *o);
+        let (first, last) = wanted.fold(None, |acc: Option<(i64, i64)>, o| {
+            Some(acc.map_or((o, o), |(a, b)| (a.min(o), b.max(o))))
+        })?;
+        let (start, end) = (first.max(low), (last + 1).min(high));
+        (end > start).then_some((start, end))
     }
 }
 
@@ -110,9 +132,9 @@ pub fn scan_dead_letters(
     let mut tpl = TopicPartitionList::new();
     for p in partitions {
         let (low, high) = consumer.fetch_watermarks(topic, p, timeout)?;
-        if high > low {
-            remaining.insert(p, high);
-            tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+        if let Some((start, end)) = filter.span(p, low, high) {
+            remaining.insert(p, end);
+            tpl.add_partition_offset(topic, p, Offset::Offset(start))?;
         }
     }
     if remaining.is_empty() {
@@ -185,6 +207,34 @@ mod tests {
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn positions_narrow_the_partitions_and_offsets_read() {
+        let any = ReplayFilter::default();
+        assert_eq!(any.span(0, 3, 10), Some((3, 10)));
+        assert_eq!(any.span(0, 10, 10), None, "an empty partition is not read");
+        let some = ReplayFilter {
+            positions: vec![(1, 5), (1, 7), (2, 40)],
+            ..Default::default()
+        };
+        assert_eq!(some.span(0, 0, 100), None, "no position there");
+        assert_eq!(
+            some.span(1, 0, 100),
+            Some((5, 8)),
+            "from the lowest to past the highest"
+        );
+        assert_eq!(
+            some.span(1, 6, 7),
+            Some((6, 7)),
+            "within what the partition holds"
+        );
+        assert_eq!(some.span(2, 0, 30), None, "compacted or not yet written");
+        let mut l = letter("e1", "crm_rejected", datetime!(2026-11-01 10:00 UTC));
+        (l.partition, l.offset) = (1, 7);
+        assert!(some.matches(&l));
+        l.offset = 6;
+        assert!(!some.matches(&l));
     }
 
     #[test]

@@ -17,8 +17,8 @@ async fn pg_ledger_meets_the_ledger_contract(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(
-        rows, 5,
-        "the contract's attempts: two in its first batch, three in its trace"
+        rows, 11,
+        "the contract's attempts: two in its first batch, three in its trace, six in its search"
     );
     let payload: serde_json::Value =
         sqlx::query_scalar("SELECT payload FROM integrations_log WHERE event_id = 'a'")

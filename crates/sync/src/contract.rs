@@ -81,6 +81,77 @@ pub async fn ledger_contract(ledger: &dyn SyncLedger) {
     reparking_updates_and_unparking_removes(ledger, &owned, now).await;
     newest_times_only_move_forward(ledger).await;
     a_trace_tells_every_attempt_the_outcome_and_the_wait(ledger).await;
+    events_are_found_by_their_keys_and_counted_by_time(ledger).await;
+}
+
+/// The operator's search (shipment, client, request id: newest first, each event once, from
+/// `since` on) and the activity buckets (outcomes, dead-letter reasons, lag percentiles).
+async fn events_are_found_by_their_keys_and_counted_by_time(ledger: &dyn SyncLedger) {
+    // Far from every other scenario's rows, which are sent "now".
+    let base = OffsetDateTime::from_unix_timestamp(2_208_988_800).expect("valid time");
+    let ms = Duration::milliseconds;
+    let row = |id: &str, outcome: Outcome, sent: Duration, lag_ms: i64| {
+        let mut a = attempt(id, outcome);
+        a.client_id = Some("c-find".into());
+        a.sent_at = base + sent;
+        a.event_time = Some(base + sent - ms(lag_ms));
+        a
+    };
+    let before = row("f-0", Outcome::Success, Duration::seconds(-10), 5);
+    let first = row("f-1", Outcome::Success, Duration::seconds(10), 20);
+    let second = row("f-2", Outcome::Success, Duration::seconds(20), 40);
+    let retried = row("f-3", Outcome::RetryScheduled, Duration::seconds(30), 0);
+    let mut rejected = row("f-3", Outcome::DeadLettered, Duration::seconds(400), 0);
+    rejected.attempt = 2;
+    rejected.error = Some("crm_rejected: 422".into());
+    let mut malformed = row("f-4", Outcome::DeadLettered, Duration::seconds(410), 0);
+    (malformed.client_id, malformed.error) = (None, None);
+    ledger
+        .commit(&LedgerBatch {
+            attempts: vec![before, first, second, retried, rejected, malformed],
+            ..LedgerBatch::default()
+        })
+        .await
+        .expect("commit");
+
+    let find = |key: TraceKey, limit: usize| async move {
+        let found = ledger.find_events(&key, base, limit).await.expect("find");
+        found.iter().map(|e| e.as_str().to_owned()).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        find(TraceKey::Client("c-find".into()), 10).await,
+        ["f-3", "f-2", "f-1"],
+        "newest attempt first, each event once, none sent before `since`"
+    );
+    assert_eq!(find(TraceKey::Client("c-find".into()), 2).await, ["f-3", "f-2"]);
+    assert_eq!(find(TraceKey::Shipment(shipment("s-f-1")), 10).await, ["f-1"]);
+    assert_eq!(find(TraceKey::Correlation("corr-f-2".into()), 10).await, ["f-2"]);
+    assert!(find(TraceKey::Client("nobody".into()), 10).await.is_empty());
+
+    let buckets = ledger
+        .activity(base, Duration::minutes(5))
+        .await
+        .expect("activity");
+    assert_eq!(buckets.len(), 2, "two buckets with attempts: {buckets:?}");
+    let (early, late) = (&buckets[0], &buckets[1]);
+    assert_eq!(early.start, base);
+    assert_eq!(
+        early.outcomes,
+        [(Outcome::Success, 2), (Outcome::RetryScheduled, 1)]
+            .into_iter()
+            .collect()
+    );
+    assert!(early.dead_letter_reasons.is_empty());
+    assert_eq!((early.lag_p50_ms, early.lag_p99_ms), (Some(20.0), Some(40.0)));
+    assert_eq!(late.start, base + Duration::minutes(5));
+    assert_eq!(late.outcomes, [(Outcome::DeadLettered, 2)].into_iter().collect());
+    assert_eq!(
+        late.dead_letter_reasons,
+        [("crm_rejected".to_owned(), 1), ("unknown".to_owned(), 1)]
+            .into_iter()
+            .collect()
+    );
+    assert_eq!((late.lag_p50_ms, late.lag_p99_ms), (None, None), "no successes");
 }
 
 /// An event's trace: its attempts in order, its latest outcome, and its retry while it waits.

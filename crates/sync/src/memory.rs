@@ -268,6 +268,80 @@ impl SyncLedger for MemoryLedger {
             parked: inner.retry.get(id).cloned(),
         })
     }
+
+    async fn find_events(
+        &self,
+        key: &TraceKey,
+        since: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<EventId>, LedgerError> {
+        let inner = lock(&self.inner);
+        let carries = |a: &AttemptRecord| {
+            a.sent_at >= since
+                && match key {
+                    TraceKey::Shipment(s) => a.shipment_id.as_ref() == Some(s),
+                    TraceKey::Client(c) => a.client_id.as_deref() == Some(c.as_str()),
+                    TraceKey::Correlation(c) => a.correlation_id.as_deref() == Some(c.as_str()),
+                }
+        };
+        let mut found: Vec<EventId> = Vec::new();
+        if limit == 0 {
+            return Ok(found);
+        }
+        // The log is in insertion order: newest last.
+        for a in inner.log.iter().rev().filter(|a| carries(a)) {
+            match &a.event_id {
+                Some(id) if !found.contains(id) => found.push(id.clone()),
+                _ => {}
+            }
+            if found.len() >= limit {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
+    async fn activity(
+        &self,
+        since: OffsetDateTime,
+        bucket: time::Duration,
+    ) -> Result<Vec<ActivityBucket>, LedgerError> {
+        let inner = lock(&self.inner);
+        let width = bucket.whole_seconds().max(1);
+        let mut buckets: BTreeMap<i64, (ActivityBucket, Vec<f64>)> = BTreeMap::new();
+        for a in inner.log.iter().filter(|a| a.sent_at >= since) {
+            let n = (a.sent_at - since).whole_seconds().div_euclid(width);
+            let (b, lags) = buckets.entry(n).or_insert_with(|| {
+                (
+                    ActivityBucket {
+                        start: since + time::Duration::seconds(n * width),
+                        outcomes: BTreeMap::new(),
+                        dead_letter_reasons: BTreeMap::new(),
+                        lag_p50_ms: None,
+                        lag_p99_ms: None,
+                    },
+                    Vec::new(),
+                )
+            });
+            *b.outcomes.entry(a.outcome).or_default() += 1;
+            if a.outcome == Outcome::DeadLettered {
+                let reason = a.error.as_deref().map_or("unknown", reason_code_of);
+                *b.dead_letter_reasons.entry(reason.to_owned()).or_default() += 1;
+            }
+            if let (Outcome::Success, Some(at)) = (a.outcome, a.event_time) {
+                lags.push((a.sent_at - at).as_seconds_f64() * 1000.0);
+            }
+        }
+        Ok(buckets
+            .into_values()
+            .map(|(mut b, mut lags)| {
+                lags.sort_by(f64::total_cmp);
+                b.lag_p50_ms = nearest_rank(&lags, 0.5);
+                b.lag_p99_ms = nearest_rank(&lags, 0.99);
+                b
+            })
+            .collect())
+    }
 }
 
 /// Collects published outcomes and dead letters.

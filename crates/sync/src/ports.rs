@@ -4,12 +4,12 @@ use crate::event::{EventId, ShipmentId, TrackingEvent};
 use crate::mapping::{CrmShipmentState, CrmStatusWrite};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 use time::OffsetDateTime;
 
 /// The result of handling one event, as published on `crm.sync` and stored in `integrations_log`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// The CRM now shows this event's status.
@@ -308,6 +308,69 @@ pub trait SyncLedger: Send + Sync {
     /// Everything recorded of one event: every attempt (oldest first), its recorded outcome,
     /// and its place in the retry queue if it waits there. For operators (`crm-sync trace`).
     async fn trace(&self, id: &EventId) -> Result<EventTrace, LedgerError>;
+
+    /// The ids of the events with an attempt sent at or after `since` that carries `key`,
+    /// newest attempt first, each once, at most `limit`: how an operator finds the events to
+    /// trace from a shipment, a client or a request id. (`since` bounds the scan.)
+    async fn find_events(
+        &self,
+        key: &TraceKey,
+        since: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<EventId>, LedgerError>;
+
+    /// The attempts of `integrations_log` sent at or after `since`, counted in buckets of
+    /// `bucket` (the first starts at `since`): outcomes, dead letters by reason, and the
+    /// event-to-CRM lag of the successes. Only buckets with an attempt are returned, oldest first.
+    async fn activity(
+        &self,
+        since: OffsetDateTime,
+        bucket: time::Duration,
+    ) -> Result<Vec<ActivityBucket>, LedgerError>;
+}
+
+/// What [`SyncLedger::find_events`] looks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TraceKey {
+    Shipment(ShipmentId),
+    Client(String),
+    /// The request id the event carried (`correlation_id`), which is also the `X-Request-Id`
+    /// of its CRM call.
+    Correlation(String),
+}
+
+/// One bucket of [`SyncLedger::activity`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActivityBucket {
+    pub start: OffsetDateTime,
+    /// Attempts by outcome; outcomes without one are absent.
+    pub outcomes: BTreeMap<Outcome, u64>,
+    /// Dead-lettered attempts by reason code (the `error` text up to its first `:`).
+    pub dead_letter_reasons: BTreeMap<String, u64>,
+    /// From the event's time to the CRM's acknowledgement, over the successes: the nearest-rank
+    /// 50th and 99th percentiles, in milliseconds.
+    pub lag_p50_ms: Option<f64>,
+    pub lag_p99_ms: Option<f64>,
+}
+
+/// The reason code of a dead-lettered attempt's `error` (`"malformed_json: ..."`).
+pub fn reason_code_of(error: &str) -> &str {
+    error.split(':').next().unwrap_or(error).trim()
+}
+
+/// The nearest-rank percentile `p` (0 < p <= 1) of `sorted`, as PostgreSQL's `percentile_disc`.
+pub fn nearest_rank(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    // `as` is exact here: both are small, non-negative counts.
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1])
 }
 
 /// What [`SyncLedger::trace`] finds of one event.

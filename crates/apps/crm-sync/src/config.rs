@@ -32,14 +32,19 @@ pub struct Config {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// `/metrics`, `/health/live`, `/health/ready`.
+    /// `/metrics`, `/health/live`, `/health/ready`, and `/admin/v1` when `admin_token` is set.
     pub listen: SocketAddr,
+    /// The admin API's bearer token (at least 16 characters; never serialized, never logged).
+    /// Without it the admin API is not served.
+    #[serde(skip_serializing)]
+    pub admin_token: Option<secrecy::SecretString>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            admin_token: None,
         }
     }
 }
@@ -129,6 +134,14 @@ impl Config {
             .ok();
         if let Err(e) = self.retry.validate() {
             problems.push(e);
+        }
+        if self
+            .http
+            .admin_token
+            .as_ref()
+            .is_some_and(|t| secrecy::ExposeSecret::expose_secret(t).trim().len() < 16)
+        {
+            problems.push("http.admin_token must be at least 16 characters".into());
         }
         if self.breaker.failure_threshold == 0 {
             problems.push("breaker.failure_threshold must be >= 1".into());

@@ -1,6 +1,7 @@
 //! crm-sync: wires the Kafka, PostgreSQL and CRM adapters into the sync engine, serves metrics
 //! and health, and drains cleanly on shutdown.
 
+pub mod admin;
 pub mod api;
 pub mod config;
 pub mod crm;
@@ -12,7 +13,7 @@ pub mod trace;
 pub mod two_way;
 
 pub use config::Config;
-pub use replay::{replay_dead_letters, ReplaySummary};
+pub use replay::{replay_dead_letters, replay_dead_letters_by, ReplaySummary};
 pub use service::run;
 
 /// Creates the database when missing and applies crm-sync's pending migrations, as the service

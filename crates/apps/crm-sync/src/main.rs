@@ -107,6 +107,7 @@ async fn main() -> anyhow::Result<()> {
                 since,
                 until,
                 reason_code: reason,
+                positions: Vec::new(),
             };
             let summary = crm_sync::replay_dead_letters(&cfg.kafka, filter, limit, dry_run).await?;
             println!("{}", serde_json::to_string_pretty(&summary)?);

@@ -62,6 +62,17 @@ pub async fn replay_dead_letters(
     limit: Option<usize>,
     dry_run: bool,
 ) -> anyhow::Result<ReplaySummary> {
+    replay_dead_letters_by(kafka, filter, limit, dry_run, None).await
+}
+
+/// [`replay_dead_letters`] on behalf of a person: each record sent carries `x-replayed-by`.
+pub async fn replay_dead_letters_by(
+    kafka: &KafkaConfig,
+    filter: ReplayFilter,
+    limit: Option<usize>,
+    dry_run: bool,
+    by: Option<&str>,
+) -> anyhow::Result<ReplaySummary> {
     let settings = kafka.client.clone();
     let group = format!("{}-dlq-reader", kafka.group());
     let topic = kafka.dead_letter_topic.clone();
@@ -100,11 +111,11 @@ pub async fn replay_dead_letters(
         }
         summary.letters.push(planned);
         if chunk.len() >= CHUNK {
-            summary.replayed += publish(publisher.as_ref(), kafka, &mut chunk).await?;
+            summary.replayed += publish(publisher.as_ref(), kafka, &mut chunk, by).await?;
         }
     }
     reader.await??;
-    summary.replayed += publish(publisher.as_ref(), kafka, &mut chunk).await?;
+    summary.replayed += publish(publisher.as_ref(), kafka, &mut chunk, by).await?;
     Ok(summary)
 }
 
@@ -113,6 +124,7 @@ async fn publish(
     publisher: Option<&KafkaPublisher>,
     kafka: &KafkaConfig,
     chunk: &mut Vec<(DeadLetterView, String, u32)>,
+    by: Option<&str>,
 ) -> anyhow::Result<usize> {
     let Some(publisher) = publisher else {
         return Ok(0);
@@ -122,17 +134,23 @@ async fn publish(
     }
     let records = chunk
         .iter()
-        .map(|(l, target, replay_count)| OutgoingRecord {
-            topic: target,
-            key: l.key.as_deref(),
-            payload: l.payload.as_deref(),
-            headers: vec![
+        .map(|(l, target, replay_count)| {
+            let mut headers = vec![
                 (HEADER_REPLAY_COUNT.to_owned(), replay_count.to_string()),
                 (
                     "x-replayed-from".to_owned(),
                     format!("{}/{}/{}", kafka.dead_letter_topic, l.partition, l.offset),
                 ),
-            ],
+            ];
+            if let Some(by) = by {
+                headers.push(("x-replayed-by".to_owned(), by.to_owned()));
+            }
+            OutgoingRecord {
+                topic: target,
+                key: l.key.as_deref(),
+                payload: l.payload.as_deref(),
+                headers,
+            }
         })
         .collect();
     publisher.send_all(records).await?;

@@ -118,7 +118,20 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         ledger: ledger.clone(),
         two_way: two_way_readiness.clone(),
     });
-    let http = serve_health(&cfg, health.clone(), shutdown.clone()).await?;
+    let admin = cfg.http.admin_token.as_ref().map(|token| {
+        let vendor = serde_json::to_value(cfg.crm.vendor)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        Arc::new(crate::admin::AdminState::new(
+            ledger.clone(),
+            metrics.clone(),
+            cfg.kafka.clone(),
+            vendor,
+            token,
+        ))
+    });
+    let http = serve_health(&cfg, health.clone(), admin, shutdown.clone()).await?;
     let two_way = if cfg.two_way.enabled {
         let store = backbone_postgres::PgClients::connect(
             cfg.postgres.url.expose_secret(),
@@ -235,17 +248,25 @@ fn engine(
     )
 }
 
-/// `/metrics` and `/health/*` until `shutdown`.
+/// `/metrics`, `/health/*` and `/admin/v1/*` (when configured) until `shutdown`.
 async fn serve_health(
     cfg: &Config,
     health: Arc<Health>,
+    admin: Option<Arc<crate::admin::AdminState>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
     let listener = tokio::net::TcpListener::bind(cfg.http.listen)
         .await
         .with_context(|| format!("binding {}", cfg.http.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /health");
-    let app = router(health);
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        admin = admin.is_some(),
+        "serving /metrics, /health and the admin API when configured"
+    );
+    let app = match admin {
+        Some(admin) => router(health).merge(crate::admin::router(admin)),
+        None => router(health),
+    };
     Ok(tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })

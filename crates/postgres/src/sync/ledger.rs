@@ -4,11 +4,11 @@
 use async_trait::async_trait;
 use backbone_sync::event::{EventId, ShipmentId, TrackingEvent};
 use backbone_sync::ports::{
-    AttemptRecord, EventTrace, LedgerBatch, LedgerError, Outcome, ParkedEvent, Recorded, SourcePosition,
-    SyncLedger,
+    ActivityBucket, AttemptRecord, EventTrace, LedgerBatch, LedgerError, Outcome, ParkedEvent, Recorded,
+    SourcePosition, SyncLedger, TraceKey,
 };
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use time::OffsetDateTime;
 
 #[derive(Clone)]
@@ -183,6 +183,103 @@ impl SyncLedger for PgLedger {
             recorded,
             parked: parked.as_ref().map(parked_event).transpose()?,
         })
+    }
+
+    async fn find_events(
+        &self,
+        key: &TraceKey,
+        since: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<EventId>, LedgerError> {
+        let (column, value) = match key {
+            TraceKey::Shipment(s) => ("shipment_id", s.as_str()),
+            TraceKey::Client(c) => ("client_id", c.as_str()),
+            TraceKey::Correlation(c) => ("correlation_id", c.as_str()),
+        };
+        // `column` is one of three literals above, never input.
+        let ids: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT event_id FROM integrations_log
+             WHERE {column} = $1 AND flow = $2 AND sent_at >= $3 AND event_id IS NOT NULL
+             GROUP BY event_id ORDER BY max(id) DESC LIMIT $4"
+        ))
+        .bind(value)
+        .bind(FLOW_PARCEL_STATUS)
+        .bind(since)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err("searching integrations_log"))?;
+        ids.into_iter()
+            .map(|id| EventId::parse(id).map_err(|e| LedgerError(format!("integrations_log: {e}"))))
+            .collect()
+    }
+
+    async fn activity(
+        &self,
+        since: OffsetDateTime,
+        bucket: time::Duration,
+    ) -> Result<Vec<ActivityBucket>, LedgerError> {
+        let width = bucket.whole_seconds().max(1);
+        let counts = sqlx::query(
+            "SELECT date_bin(make_interval(secs => $2), sent_at, $1) AS start, outcome,
+                    CASE WHEN outcome = 'dead_lettered'
+                         THEN coalesce(trim(split_part(error, ':', 1)), 'unknown') END AS reason,
+                    count(*)
+             FROM integrations_log WHERE flow = $3 AND sent_at >= $1
+             GROUP BY 1, 2, 3",
+        )
+        .bind(since)
+        .bind(width as f64)
+        .bind(FLOW_PARCEL_STATUS)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err("counting integrations_log"))?;
+        let lags = sqlx::query(
+            "SELECT date_bin(make_interval(secs => $2), sent_at, $1) AS start,
+                    percentile_disc(0.5) WITHIN GROUP (ORDER BY lag_ms),
+                    percentile_disc(0.99) WITHIN GROUP (ORDER BY lag_ms)
+             FROM (SELECT sent_at, (extract(epoch FROM sent_at - event_time) * 1000)::float8 AS lag_ms
+                   FROM integrations_log
+                   WHERE flow = $3 AND sent_at >= $1 AND outcome = 'success'
+                     AND event_time IS NOT NULL) s
+             GROUP BY 1",
+        )
+        .bind(since)
+        .bind(width as f64)
+        .bind(FLOW_PARCEL_STATUS)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err("measuring lag in integrations_log"))?;
+        let mut buckets: BTreeMap<OffsetDateTime, ActivityBucket> = BTreeMap::new();
+        fn at(
+            buckets: &mut BTreeMap<OffsetDateTime, ActivityBucket>,
+            start: OffsetDateTime,
+        ) -> &mut ActivityBucket {
+            buckets.entry(start).or_insert_with(|| ActivityBucket {
+                start,
+                outcomes: BTreeMap::new(),
+                dead_letter_reasons: BTreeMap::new(),
+                lag_p50_ms: None,
+                lag_p99_ms: None,
+            })
+        }
+        for row in &counts {
+            let outcome: String = row.get(1);
+            let outcome = Outcome::parse(&outcome)
+                .ok_or_else(|| LedgerError(format!("integrations_log: unknown outcome `{outcome}`")))?;
+            let n = u64::try_from(row.get::<i64, _>(3)).unwrap_or(0);
+            let b = at(&mut buckets, row.get(0));
+            *b.outcomes.entry(outcome).or_default() += n;
+            if let Some(reason) = row.get::<Option<String>, _>(2) {
+                *b.dead_letter_reasons.entry(reason).or_default() += n;
+            }
+        }
+        for row in &lags {
+            let b = at(&mut buckets, row.get(0));
+            b.lag_p50_ms = row.get(1);
+            b.lag_p99_ms = row.get(2);
+        }
+        Ok(buckets.into_values().collect())
     }
 }
 

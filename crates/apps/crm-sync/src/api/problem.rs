@@ -16,6 +16,7 @@ backbone_http::problem_codes! {
     NotFound = ("not-found", 404, "No such endpoint"),
     ClientNotFound = ("client-not-found", 404, "No client card with this id"),
     OperatorTaskNotFound = ("operator-task-not-found", 404, "No operator task with this id"),
+    DeadLetterNotFound = ("dead-letter-not-found", 404, "No dead letter at this partition and offset"),
     MethodNotAllowed = ("method-not-allowed", 405, "This endpoint does not accept this method"),
     IdempotencyInFlight = ("idempotency-in-flight", 409, "A request with this Idempotency-Key is still being processed"),
     InteractionExists = ("interaction-exists", 409, "An interaction with this id exists with other content"),
