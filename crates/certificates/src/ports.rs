@@ -144,6 +144,9 @@ pub struct OperationRequest {
     pub cvc_verifier: Option<[u8; 32]>,
     /// Queue the CVC SMS to this number in the same transaction (activation).
     pub cvc_sms_to: Option<String>,
+    /// Why a person asked for the operation (an operator's reason for a cancel): recorded with
+    /// the operation's audit row in the same transaction, never published in an event.
+    pub reason: Option<String>,
 }
 
 /// The certificate after an operation, and what the operation did.

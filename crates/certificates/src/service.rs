@@ -164,6 +164,7 @@ impl<S: CertificateStore> CertificateService<S> {
             idempotency: None,
             cvc_verifier: None,
             cvc_sms_to: None,
+            reason: None,
         })
         .await
     }
@@ -349,6 +350,9 @@ async fn apply_in(unit: &mut dyn UnitOfWork, request: &OperationRequest) -> Resu
         events: &events,
     })
     .await?;
+    if let Some(reason) = &request.reason {
+        unit.record_reason(locked.id, &request.operation, reason).await?;
+    }
     if let Some(phone) = &request.cvc_sms_to {
         unit.queue_cvc_sms(locked.id, phone).await?;
     }
@@ -442,6 +446,7 @@ fn sale_request(order: &SaleOrder, line: &OrderLine, links: &SaleLinks) -> Resul
         idempotency: None,
         cvc_verifier: None,
         cvc_sms_to: order.phone.clone(),
+        reason: None,
     })
 }
 

@@ -83,6 +83,7 @@ fn request(o: &Op) -> OperationRequest {
         }),
         cvc_verifier: None,
         cvc_sms_to: None,
+        reason: None,
     }
 }
 

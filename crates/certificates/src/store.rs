@@ -172,6 +172,14 @@ pub trait CertificateRows: Send {
     /// with a claim, the result under its key. Refused (an error) when the certificate's version
     /// is no longer `locked.version`.
     async fn save(&mut self, operation: SavedOperation<'_>) -> Result<(), StoreError>;
+    /// Adds `reason` to the audit row of `operation` on `certificate`, saved earlier in this
+    /// unit. An error when there is no such row.
+    async fn record_reason(
+        &mut self,
+        certificate: Uuid,
+        operation: &OperationId,
+        reason: &str,
+    ) -> Result<(), StoreError>;
     /// Issues the batch's certificates; a code that exists already is left untouched. Each new
     /// certificate's `Issued` event (from `issued_event`) goes out with it; the job is counted
     /// in the batch record once.
@@ -389,6 +397,9 @@ pub trait SmsQueue: Send + Sync {
     /// Puts failed deliveries whose CVC is still stored back in the queue (one certificate's, or
     /// all); returns how many.
     async fn requeue_failed_sms(&self, certificate_id: Option<Uuid>) -> Result<u64, StoreError>;
+    /// How many deliveries [`SmsQueue::requeue_failed_sms`] would put back right now, changing
+    /// nothing (a dry run).
+    async fn requeueable_sms(&self, certificate_id: Option<Uuid>) -> Result<u64, StoreError>;
     /// Pending and failed deliveries, for the gauges.
     async fn sms_backlog(&self) -> Result<SmsBacklog, StoreError>;
 }

@@ -1,4 +1,4 @@
-//! Channel service tokens and the scopes each channel holds.
+//! Channel service tokens and the scopes each channel holds, and the admin API's token.
 
 pub use backbone_certificates::channel::{Channel, Scope};
 use secrecy::{ExposeSecret, SecretString};
@@ -36,11 +36,7 @@ impl Tokens {
 
     /// The channel that owns `authorization` (`Bearer <token>`), if it holds `scope`.
     pub fn check(&self, authorization: Option<&str>, scope: Scope) -> Result<Channel, AuthError> {
-        let token = authorization
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or(AuthError::Unauthenticated)?;
+        let token = bearer(authorization).ok_or(AuthError::Unauthenticated)?;
         let presented = digest(token.as_bytes());
         let mut found = None;
         // No early exit: the time taken does not depend on which token matched.
@@ -58,9 +54,60 @@ impl Tokens {
     }
 }
 
+/// The token in `Bearer <token>`, if the header has that form.
+fn bearer(authorization: Option<&str>) -> Option<&str> {
+    authorization
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// The admin API's token (`admin.token`), kept as its SHA-256 digest and compared in constant
+/// time like the channel tokens. Without one configured, nothing is admitted.
+pub struct AdminToken {
+    digest: Option<[u8; 32]>,
+}
+
+impl AdminToken {
+    /// `token` empty: no admin token, the admin API admits no one.
+    pub fn new(token: &SecretString) -> Self {
+        let token = token.expose_secret();
+        Self {
+            digest: (!token.is_empty()).then(|| digest(token.as_bytes())),
+        }
+    }
+
+    /// Whether `authorization` is `Bearer <the admin token>`. A channel token is refused.
+    pub fn admits(&self, authorization: Option<&str>) -> bool {
+        let (Some(expected), Some(token)) = (&self.digest, bearer(authorization)) else {
+            return false;
+        };
+        bool::from(digest(token.as_bytes()).ct_eq(expected))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_admin_token_admits_only_itself() {
+        let admin = AdminToken::new(&SecretString::from("admin-token-0123456789abcdef"));
+        assert!(admin.admits(Some("Bearer admin-token-0123456789abcdef")));
+        for bad in [
+            None,
+            Some(""),
+            Some("Bearer "),
+            Some("admin-token-0123456789abcdef"),
+            Some("Bearer admin-token-0123456789abcdeF"),
+            Some("Bearer pos-token-0123456789abcdef"),
+        ] {
+            assert!(!admin.admits(bad), "{bad:?}");
+        }
+        let unset = AdminToken::new(&SecretString::from(""));
+        assert!(!unset.admits(Some("Bearer ")));
+        assert!(!unset.admits(Some("Bearer admin-token-0123456789abcdef")));
+    }
 
     #[test]
     fn channel_names_are_read_in_either_case() {

@@ -1,5 +1,6 @@
 //! gift-certificates configuration: defaults, then a TOML file, then `GIFT_CERTIFICATES_*`
-//! environment variables (`GIFT_CERTIFICATES_TOKENS__POS` sets the POS channel's token).
+//! environment variables (`GIFT_CERTIFICATES_TOKENS__POS` sets the POS channel's token,
+//! `GIFT_CERTIFICATES_ADMIN__TOKEN` the admin API's).
 //! Validated as a whole at start-up; errors name the setting, never its value.
 
 use backbone_certificates::Channel;
@@ -30,6 +31,8 @@ pub struct Config {
     pub holds: HoldsConfig,
     pub attempts: AttemptPolicy,
     pub sms: SmsConfig,
+    /// The admin API (`/admin/v1/*`) for the operator console.
+    pub admin: AdminConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -253,6 +256,39 @@ impl std::fmt::Debug for SmsConfig {
     }
 }
 
+/// `[admin]`: the admin API (`/admin/v1/*`) the operator console calls.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// The console's token (`Authorization: Bearer <token>`). Empty: no admin token, and every
+    /// `/admin/v1/*` call is answered `401`.
+    #[serde(skip_serializing, default = "empty_secret")]
+    pub token: SecretString,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            token: empty_secret(),
+        }
+    }
+}
+
+impl AdminConfig {
+    /// Whether a token is set, i.e. whether the admin API can be called at all.
+    pub fn enabled(&self) -> bool {
+        !self.token.expose_secret().is_empty()
+    }
+}
+
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("token", &if self.enabled() { "[redacted]" } else { "[unset]" })
+            .finish()
+    }
+}
+
 /// Values this repository's configuration files once shipped as tokens: known to anyone, never
 /// accepted.
 pub(crate) const SHIPPED_TOKENS: &[&str] = &[
@@ -320,6 +356,7 @@ impl Config {
                 problems.push("tokens: two channels share a token".to_owned());
             }
         }
+        problems.extend(self.admin_token_problem());
         if let Err(e) = self.postgres.validate() {
             problems.push(e);
         }
@@ -349,6 +386,24 @@ impl Config {
             Ok(())
         } else {
             Err(problems.join("\n"))
+        }
+    }
+
+    /// What is wrong with `admin.token`, when it is set: the rules of the channel tokens, and
+    /// no channel may share it (a channel's token must never open the admin API).
+    fn admin_token_problem(&self) -> Option<String> {
+        if !self.admin.enabled() {
+            return None;
+        }
+        let token = self.admin.token.expose_secret();
+        if token.len() < 24 {
+            Some("admin.token: the admin token needs at least 24 characters".to_owned())
+        } else if is_placeholder(token) {
+            Some(format!("admin.token: {PLACEHOLDER_PROBLEM}"))
+        } else if self.tokens.values().any(|t| t.expose_secret() == token) {
+            Some("admin.token: a channel has the same token".to_owned())
+        } else {
+            None
         }
     }
 

@@ -88,6 +88,52 @@ fn the_local_configuration_ships_no_tokens() {
         "the local configuration ships token values"
     );
     assert!(cfg.sms.token.expose_secret().is_empty());
+    assert!(
+        !cfg.admin.enabled(),
+        "the local configuration ships an admin token"
+    );
+}
+
+#[test]
+fn an_admin_token_is_optional_and_follows_the_token_rules() {
+    let mut cfg = with_good_tokens();
+    assert!(!cfg.admin.enabled());
+    cfg.admin.token = SecretString::from("Jq5wN2xR8tLz4KvB7mPc3HdS");
+    assert_eq!(cfg.validate(), Ok(()));
+
+    cfg.admin.token = SecretString::from("Jq5wN2xR8tLz");
+    let problems = cfg.validate().expect_err("too short");
+    assert!(problems.contains("admin.token"), "{problems}");
+    for placeholder in placeholders() {
+        cfg.admin.token = SecretString::from(placeholder);
+        let problems = cfg.validate().expect_err(placeholder);
+        assert!(problems.contains("admin.token"), "{placeholder}: {problems}");
+        assert!(!problems.contains(placeholder), "the value is echoed: {problems}");
+    }
+    // A channel's token must never open the admin API.
+    cfg.admin.token = SecretString::from("Hs3kP9wQ2zLm7RtV5xNc8BjF");
+    let problems = cfg.validate().expect_err("shared with POS");
+    assert!(problems.contains("admin.token"), "{problems}");
+}
+
+#[test]
+fn the_admin_token_is_read_from_admin_token_and_never_printed() {
+    let dir = tempfile_dir();
+    let file = dir.join("admin.toml");
+    std::fs::write(&file, "[admin]\ntoken = \"Jq5wN2xR8tLz4KvB7mPc3HdS\"\n").expect("written");
+    let cfg: Config =
+        backbone_telemetry::load_config(Some(&file), "GIFT_CERTIFICATES_TEST_NO_ENV_").expect("parses");
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(cfg.admin.token.expose_secret(), "Jq5wN2xR8tLz4KvB7mPc3HdS");
+    let printed = format!("{cfg:?} {}", serde_json::to_string(&cfg).expect("serializes"));
+    assert!(!printed.contains("Jq5wN2xR8tLz4KvB7mPc3HdS"), "{printed}");
+}
+
+/// A directory of this test run's own for files the tests write.
+fn tempfile_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gc-config-test-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
 }
 
 /// Whether a TOML line assigns a non-empty value to a secret-looking key.

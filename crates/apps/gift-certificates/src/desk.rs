@@ -30,10 +30,14 @@ pub struct ChannelOperation {
     /// What defines the request besides the route and certificate (the parsed body).
     pub canonical: serde_json::Value,
     pub cvc: Option<Cvc>,
-    pub idempotency_key: String,
+    /// The request's `Idempotency-Key`. `None` (an admin API write sent without one): nothing is
+    /// stored under a key, and a repeat is a new request.
+    pub idempotency_key: Option<String>,
     pub initiator: Option<String>,
     /// Queue the CVC SMS to this number with the activation.
     pub cvc_sms_to: Option<String>,
+    /// Why a person asked for it (an operator's reason): recorded with its audit row.
+    pub reason: Option<String>,
 }
 
 /// The request's identity for idempotency: route, certificate and the parsed body, with the CVC
@@ -182,15 +186,16 @@ pub async fn operate(state: &AppState, op: ChannelOperation) -> Result<Applied, 
         origin: Origin {
             channel: op.channel,
             initiator: op.initiator,
-            source_event: Some(source_event(op.channel, &key)),
+            source_event: key.as_deref().map(|key| source_event(op.channel, key)),
         },
-        idempotency: Some(IdempotencyClaim {
+        idempotency: key.map(|key| IdempotencyClaim {
             request_hash: request_hash(op.route, &digest, canonical),
             key,
             retention: time::Duration::hours(i64::from(state.idempotency_retention_hours)),
         }),
         cvc_verifier,
         cvc_sms_to: op.cvc_sms_to,
+        reason: op.reason,
     };
     let timer = state
         .metrics

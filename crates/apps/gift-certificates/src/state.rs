@@ -1,7 +1,7 @@
 //! What every part of the service shares: the certificate service over its store, key
 //! material, the Redis cache and limiter, tokens, settings and metrics.
 
-use crate::auth::Tokens;
+use crate::auth::{AdminToken, Tokens};
 use crate::config::{Config, HoldsConfig};
 use crate::metrics::Metrics;
 use crate::problem::Problem;
@@ -25,6 +25,8 @@ pub struct AppState {
     pub cache: BalanceCache,
     pub limiter: AttemptLimiter,
     pub tokens: Tokens,
+    /// The admin API's token; it opens `/admin/v1/*` only.
+    pub admin_token: AdminToken,
     pub holds: HoldsConfig,
     pub idempotency_retention_hours: u32,
     pub metrics: Metrics,
@@ -69,6 +71,7 @@ impl AppState {
             cache: BalanceCache::new(redis.clone(), Duration::from_secs(cfg.redis.balance_ttl_seconds)),
             limiter: AttemptLimiter::new(redis, cfg.attempts),
             tokens: Tokens::new(&cfg.tokens),
+            admin_token: AdminToken::new(&cfg.admin.token),
             holds: HoldsConfig {
                 default_ttl_seconds: cfg.holds.default_ttl_seconds,
                 max_ttl_seconds: cfg.holds.max_ttl_seconds,

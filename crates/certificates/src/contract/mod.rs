@@ -79,6 +79,7 @@ fn request(code: u8, operation: &str, command: Command, key: Option<IdempotencyC
         idempotency: key,
         cvc_verifier: None,
         cvc_sms_to: None,
+        reason: None,
     }
 }
 
@@ -96,6 +97,8 @@ where
     a_paid_sale_refuses_lines_not_sold_at_the_nominal(store).await;
     the_cvc_sms_is_queued_once_and_erases_the_cvc(store).await;
     a_finish_after_the_lease_was_taken_over_is_refused(&service).await;
+    a_failed_delivery_is_counted_then_requeued(&service).await;
+    a_reason_is_recorded_with_its_operation(&service).await;
     the_outbox_keeps_commit_order_and_one_leader(store).await;
     refused_outbox_records_are_parked_and_requeued(store).await;
     a_batch_is_opened_once_by_its_first_opener(store).await;

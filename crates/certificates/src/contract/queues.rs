@@ -42,6 +42,7 @@ where
         .expect("read")
         .expect("certificate 1");
     assert!(!view.cvc_pending_delivery, "the CVC is erased once delivered");
+    assert_eq!(store.requeueable_sms(None).await.expect("count"), 0);
     assert_eq!(store.requeue_failed_sms(None).await.expect("requeue"), 0);
     assert_eq!(store.sms_backlog().await.expect("backlog"), SmsBacklog::default());
 }
@@ -100,6 +101,109 @@ where
         !store.finish_sms(&second, &sent, None).await.expect("finish"),
         "finished once"
     );
+}
+
+/// A delivery that failed for good is counted by the dry run without being changed, then put
+/// back by the requeue; one certificate's requeue leaves the others alone.
+pub(super) async fn a_failed_delivery_is_counted_then_requeued<S>(service: &CertificateService<&S>)
+where
+    S: CertificateStore + CertificateViews + SmsQueue,
+{
+    let store = *service.store();
+    service
+        .issue(&batch("b-requeue", 1, vec![new_certificate(10, 1_000)]), None)
+        .await
+        .expect("issued");
+    let mut activate = request(
+        10,
+        "activate-sms-10",
+        Command::Activate {
+            links: SaleLinks::default(),
+            price: None,
+        },
+        None,
+    );
+    activate.cvc_sms_to = Some("+79990005566".into());
+    let activated = service.apply(activate).await.expect("activated with a phone");
+    let job = store
+        .claim_sms(time::Duration::seconds(30))
+        .await
+        .expect("claim")
+        .expect("queued");
+    let failed = SmsOutcome::Failed {
+        error: "provider refused: HTTP 400".into(),
+    };
+    assert!(store.finish_sms(&job, &failed, None).await.expect("finish"));
+    let backlog = store.sms_backlog().await.expect("backlog");
+    assert_eq!((backlog.pending, backlog.failed), (0, 1));
+
+    assert_eq!(store.requeueable_sms(None).await.expect("count"), 1);
+    assert_eq!(
+        store
+            .requeueable_sms(Some(activated.certificate_id))
+            .await
+            .expect("count"),
+        1
+    );
+    assert_eq!(
+        store.requeueable_sms(Some(Uuid::now_v7())).await.expect("count"),
+        0
+    );
+    assert_eq!(
+        store.sms_backlog().await.expect("backlog"),
+        backlog,
+        "counting changes nothing"
+    );
+    assert_eq!(
+        store
+            .requeue_failed_sms(Some(Uuid::now_v7()))
+            .await
+            .expect("requeue"),
+        0
+    );
+    assert_eq!(
+        store
+            .requeue_failed_sms(Some(activated.certificate_id))
+            .await
+            .expect("requeue"),
+        1
+    );
+    let backlog = store.sms_backlog().await.expect("backlog");
+    assert_eq!((backlog.pending, backlog.failed), (1, 0));
+    assert_eq!(store.requeueable_sms(None).await.expect("count"), 0);
+    // Sent at last: nothing stays queued for the scenarios after this one.
+    let job = store
+        .claim_sms(time::Duration::seconds(30))
+        .await
+        .expect("claim")
+        .expect("requeued");
+    let sent = SmsOutcome::Sent {
+        provider_id: "p-10".into(),
+    };
+    assert!(store.finish_sms(&job, &sent, None).await.expect("finish"));
+}
+
+/// An operation asked for with a reason saves it with its audit row; a reason for an operation
+/// that was never saved is refused.
+pub(super) async fn a_reason_is_recorded_with_its_operation<S>(service: &CertificateService<&S>)
+where
+    S: CertificateStore + CertificateViews,
+{
+    service
+        .issue(&batch("b-reason", 1, vec![new_certificate(11, 1_000)]), None)
+        .await
+        .expect("issued");
+    let mut cancel = request(11, "cancel-with-reason", Command::Cancel, None);
+    cancel.reason = Some("reported stolen".into());
+    let cancelled = service.apply(cancel).await.expect("cancelled");
+    assert_eq!(cancelled.state, State::Cancelled);
+
+    let mut unit = service.store().begin().await.expect("unit");
+    let missing = unit
+        .record_reason(cancelled.certificate_id, &op("never-saved"), "no such operation")
+        .await;
+    assert!(missing.is_err(), "a reason needs the operation's audit row");
+    unit.rollback().await.expect("rollback");
 }
 
 pub(super) async fn the_outbox_keeps_commit_order_and_one_leader<S: Outbox>(store: &S) {

@@ -74,6 +74,8 @@ pub(super) struct Data {
     pub(super) jobs: BTreeMap<(String, u32), JobRow>,
     pub(super) batches: BTreeMap<String, OpenedBatch>,
     pub(super) audit_rows: usize,
+    /// The reasons recorded with audit rows, by certificate and operation.
+    pub(super) audit_reasons: BTreeMap<(Uuid, OperationId), String>,
 }
 
 impl Data {

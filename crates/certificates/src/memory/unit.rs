@@ -191,6 +191,25 @@ impl CertificateRows for MemoryUnit {
         Ok(())
     }
 
+    async fn record_reason(
+        &mut self,
+        certificate: Uuid,
+        operation: &crate::certificate::OperationId,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let data = self.data().await;
+        let saved = data
+            .certificates
+            .get(&certificate)
+            .is_some_and(|row| row.applied.contains_key(operation));
+        if !saved {
+            return Err(StoreError(format!("no audit row of operation {operation}")));
+        }
+        data.audit_reasons
+            .insert((certificate, operation.clone()), reason.to_owned());
+        Ok(())
+    }
+
     async fn issue(&mut self, batch: &IssueBatch, events: &[Outgoing]) -> Result<IssueOutcome, StoreError> {
         let data = self.data().await;
         let (mut issued, mut already) = (0u64, 0u64);

@@ -186,26 +186,19 @@ impl SmsQueue for MemoryStore {
         let now = OffsetDateTime::now_utc();
         let _exclusive = self.exclusive().await;
         let mut data = self.data();
-        let sealed: HashSet<Uuid> = data
-            .certificates
-            .values()
-            .filter(|r| r.sealed.is_some())
-            .map(|r| r.id)
-            .collect();
-        let mut n = 0;
-        for (id, sms) in data.sms.iter_mut() {
-            if sms.status == "failed"
-                && sms.phone.is_some()
-                && sealed.contains(id)
-                && certificate_id.is_none_or(|c| c == *id)
-            {
+        let due = requeueable(&data, certificate_id);
+        for id in &due {
+            if let Some(sms) = data.sms.get_mut(id) {
                 sms.status = "pending";
                 sms.attempts = 0;
                 sms.next_at = now;
-                n += 1;
             }
         }
-        Ok(n)
+        Ok(due.len() as u64)
+    }
+
+    async fn requeueable_sms(&self, certificate_id: Option<Uuid>) -> Result<u64, StoreError> {
+        Ok(requeueable(&self.data(), certificate_id).len() as u64)
     }
 
     async fn sms_backlog(&self) -> Result<SmsBacklog, StoreError> {
@@ -297,4 +290,25 @@ impl Outbox for MemoryStore {
     async fn parked(&self) -> Result<i64, StoreError> {
         Ok(self.data().parked.len() as i64)
     }
+}
+
+/// The failed deliveries a requeue takes (one certificate's, or all): those whose CVC and
+/// number are still stored, so that they can be sent.
+fn requeueable(data: &super::Data, certificate_id: Option<Uuid>) -> Vec<Uuid> {
+    let sealed: HashSet<Uuid> = data
+        .certificates
+        .values()
+        .filter(|r| r.sealed.is_some())
+        .map(|r| r.id)
+        .collect();
+    data.sms
+        .iter()
+        .filter(|(id, sms)| {
+            sms.status == "failed"
+                && sms.phone.is_some()
+                && sealed.contains(id)
+                && certificate_id.is_none_or(|c| c == **id)
+        })
+        .map(|(id, _)| *id)
+        .collect()
 }

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use backbone_certificates::store::{CertificateStore, StoreError, UnitOfWork};
 use sqlx::PgPool;
 
+pub mod admin;
 mod batches;
 mod outbox;
 pub mod pgbench;

@@ -11,6 +11,61 @@ use backbone_certificates::SealedCvc;
 use sqlx::Row;
 use uuid::Uuid;
 
+/// The failed deliveries a requeue takes, over `sms_delivery d` and `gift_certificate c` (`$1`:
+/// one certificate's, or all when null): those whose CVC and number are still stored, so that they
+/// can be sent. One text for the requeue and its dry run, so the count is what the requeue does.
+macro_rules! requeueable {
+    () => {
+        "c.id = d.certificate_id AND d.status = 'failed' AND c.cvc_ciphertext IS NOT NULL
+          AND (d.phone_ciphertext IS NOT NULL OR d.phone IS NOT NULL)
+          AND ($1::uuid IS NULL OR d.certificate_id = $1)"
+    };
+}
+
+/// Puts the failed deliveries back in the queue with their attempts reset; with an operator
+/// (`$2`), one audit row per delivery names them, in the same statement.
+const REQUEUE_SQL: &str = concat!(
+    "WITH requeued AS (
+    UPDATE sms_delivery d SET status = 'pending', attempts = 0, next_attempt_at = now(), updated_at = now()
+      FROM gift_certificate c
+     WHERE ",
+    requeueable!(),
+    "
+ RETURNING d.certificate_id
+), audit AS (
+    INSERT INTO audit_log (at, action, certificate_id, channel, initiator, details)
+    SELECT now(), 'cvc_sms_requeued', certificate_id, 'internal', $2, '{}'::jsonb
+      FROM requeued WHERE $2::text IS NOT NULL
+)
+SELECT count(*) FROM requeued"
+);
+
+/// How many deliveries [`REQUEUE_SQL`] would take now.
+const COUNT_REQUEUEABLE_SQL: &str = concat!(
+    "SELECT count(*) FROM sms_delivery d, gift_certificate c WHERE ",
+    requeueable!()
+);
+
+impl PgCertificates {
+    /// Puts failed deliveries whose CVC is still stored back in the queue (one certificate's, or
+    /// all), as [`SmsQueue::requeue_failed_sms`] does; with `operator`, each requeued delivery
+    /// gets an audit row naming them (`cvc_sms_requeued`), committed with the requeue. Returns how
+    /// many were requeued.
+    pub async fn requeue_failed_sms_by(
+        &self,
+        certificate_id: Option<Uuid>,
+        operator: Option<&str>,
+    ) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(REQUEUE_SQL)
+            .bind(certificate_id)
+            .bind(operator)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
 #[async_trait]
 impl SmsQueue for PgCertificates {
     async fn claim_sms(&self, lease: time::Duration) -> Result<Option<SmsJob>, StoreError> {
@@ -22,7 +77,7 @@ impl SmsQueue for PgCertificates {
                   ORDER BY next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED
              ), claimed AS (
                  UPDATE sms_delivery d SET next_attempt_at = now() + make_interval(secs => $1),
-                        attempts = d.attempts + 1, lease_token = $2
+                        attempts = d.attempts + 1, lease_token = $2, updated_at = now()
                    FROM due WHERE d.certificate_id = due.certificate_id
                  RETURNING d.certificate_id, d.attempts, d.phone, d.phone_last2, d.phone_key_id,
                            d.phone_wrapped_key, d.phone_ciphertext
@@ -76,7 +131,7 @@ impl SmsQueue for PgCertificates {
                 sqlx::query(
                     "UPDATE sms_delivery SET status = 'sent', sent_at = now(), provider_id = $3, last_error = NULL,
                             lease_token = NULL, phone = NULL, phone_key_id = NULL, phone_wrapped_key = NULL,
-                            phone_ciphertext = NULL
+                            phone_ciphertext = NULL, updated_at = now()
                       WHERE certificate_id = $1 AND lease_token = $2 AND status = 'pending'",
                 )
                 .bind(job.certificate_id)
@@ -90,7 +145,8 @@ impl SmsQueue for PgCertificates {
             }
             SmsOutcome::Retry { error, next_at } => {
                 sqlx::query(
-                    "UPDATE sms_delivery SET next_attempt_at = $3, last_error = $4, lease_token = NULL
+                    "UPDATE sms_delivery SET next_attempt_at = $3, last_error = $4, lease_token = NULL,
+                            updated_at = now()
                       WHERE certificate_id = $1 AND lease_token = $2 AND status = 'pending'",
                 )
                 .bind(job.certificate_id)
@@ -105,7 +161,8 @@ impl SmsQueue for PgCertificates {
             }
             SmsOutcome::Failed { error } => {
                 sqlx::query(
-                    "UPDATE sms_delivery SET status = 'failed', last_error = $3, lease_token = NULL
+                    "UPDATE sms_delivery SET status = 'failed', last_error = $3, lease_token = NULL,
+                            updated_at = now()
                       WHERE certificate_id = $1 AND lease_token = $2 AND status = 'pending'",
                 )
                 .bind(job.certificate_id)
@@ -156,18 +213,16 @@ impl SmsQueue for PgCertificates {
     }
 
     async fn requeue_failed_sms(&self, certificate_id: Option<Uuid>) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "UPDATE sms_delivery d SET status = 'pending', attempts = 0, next_attempt_at = now()
-               FROM gift_certificate c
-              WHERE c.id = d.certificate_id AND d.status = 'failed' AND c.cvc_ciphertext IS NOT NULL
-                AND (d.phone_ciphertext IS NOT NULL OR d.phone IS NOT NULL)
-                AND ($1::uuid IS NULL OR d.certificate_id = $1)",
-        )
-        .bind(certificate_id)
-        .execute(&self.pool)
-        .await
-        .map_err(unavailable)?;
-        Ok(done.rows_affected())
+        self.requeue_failed_sms_by(certificate_id, None).await
+    }
+
+    async fn requeueable_sms(&self, certificate_id: Option<Uuid>) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(COUNT_REQUEUEABLE_SQL)
+            .bind(certificate_id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     async fn sms_backlog(&self) -> Result<SmsBacklog, StoreError> {

@@ -80,3 +80,9 @@ VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))";
 pub(crate) const STORED_RESULT_SQL: &str =
     "SELECT jsonb_build_object('hash', encode(request_hash, 'hex'), 'outcome', outcome, 'result', result)
   FROM idempotency_key WHERE channel = $1 AND key = $2";
+
+/// Adds an operator's reason to the audit row an operation's write statement made, in the same
+/// transaction (its details keep the amount, target and states).
+pub(crate) const RECORD_REASON_SQL: &str =
+    "UPDATE audit_log SET details = details || jsonb_build_object('reason', $3::text)
+  WHERE certificate_id = $1 AND operation_id = $2";

@@ -1,7 +1,8 @@
 //! One unit of work is one PostgreSQL transaction (READ COMMITTED). An operation is four
 //! statements in it: the advisory lock on the idempotency key, the row lock, the load, and one
 //! write statement (version-guarded, CHECK-constrained) for the certificate, its changed holds,
-//! the operation, audit, outbox and idempotency rows.
+//! the operation, audit, outbox and idempotency rows. An operation asked for with a reason (the
+//! admin API's cancel) adds it to its audit row in a fifth.
 
 use super::phones;
 use super::rows::{self, unavailable};
@@ -10,7 +11,7 @@ use async_trait::async_trait;
 use backbone_certificates::events::Outgoing;
 use backbone_certificates::sale::{OrderLine, PaymentRecord, PendingSale, SaleOrder};
 use backbone_certificates::store::*;
-use backbone_certificates::{CertificateRef, IdempotencyClaim};
+use backbone_certificates::{CertificateRef, IdempotencyClaim, OperationId};
 use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
 
@@ -175,6 +176,26 @@ impl CertificateRows for PgUnit {
         if written != 1 {
             // The row is locked, so this means a bug or a manual change: refuse, change nothing.
             return Err(StoreError("certificate version changed under a row lock".into()));
+        }
+        Ok(())
+    }
+
+    async fn record_reason(
+        &mut self,
+        certificate: Uuid,
+        operation: &OperationId,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let updated = sqlx::query(RECORD_REASON_SQL)
+            .bind(certificate)
+            .bind(operation.as_str())
+            .bind(reason)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(unavailable)?
+            .rows_affected();
+        if updated != 1 {
+            return Err(StoreError(format!("no audit row of operation {operation}")));
         }
         Ok(())
     }

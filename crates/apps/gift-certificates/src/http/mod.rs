@@ -2,6 +2,7 @@
 //! desk (`crate::desk`) or a view, render. Codes and CVCs never reach a log line: routes are
 //! logged by template.
 
+pub mod admin;
 mod operations;
 mod reads;
 mod uploads;
@@ -31,10 +32,20 @@ type ApiResult = Result<axum::response::Response, Problem>;
     info(title = "gift-certificates", version = "1.0.0",
          description = "Master service for gift certificates. Every POST needs an Idempotency-Key; errors are RFC 9457 problem details."),
     paths(operations::authorize, operations::capture, operations::void, operations::activate, operations::refund,
-          operations::cancel, reads::balance, reads::view, uploads::upload_batch, uploads::open_batch, uploads::batch_status),
+          operations::cancel, reads::balance, reads::view, uploads::upload_batch, uploads::open_batch, uploads::batch_status,
+          admin::overview::overview, admin::certificates::certificate, admin::certificates::cancel,
+          admin::uploads::uploads, admin::deliveries::deliveries, admin::deliveries::requeue),
     components(schemas(Problem, operations::OperationResponse, reads::BalanceResponse, operations::AuthorizeRequest,
                        operations::CaptureRequest, operations::VoidRequest, operations::ActivateRequest, UploadJob, UploadRow,
-                       uploads::UploadResponse, uploads::OpenedBatchResponse, RejectedRow)),
+                       uploads::UploadResponse, uploads::OpenedBatchResponse, RejectedRow,
+                       admin::overview::OverviewResponse, admin::overview::OutboxFigures, admin::overview::SmsFigures,
+                       admin::overview::UploadFigures, admin::overview::OverviewSeries, admin::overview::OverviewBucket,
+                       admin::certificates::AdminCertificateResponse, admin::certificates::AdminHoldEntry,
+                       admin::certificates::AdminHistoryEntry, admin::certificates::AdminAuditEntry,
+                       admin::certificates::CancelRequest, admin::uploads::UploadsResponse, admin::uploads::AdminUpload,
+                       admin::deliveries::DeliveriesResponse, admin::deliveries::DeliveryEntry,
+                       admin::deliveries::RequeueRequest, admin::deliveries::RequeueResponse)),
+    tags((name = "admin", description = "The operator console's API: `Authorization: Bearer <admin token>` (`admin.token`), never a channel token; writes name the person in `X-Operator`.")),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -49,6 +60,17 @@ impl utoipa::Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+        components.add_security_scheme(
+            "admin_bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The admin token (`admin.token`); it opens `/admin/v1/*` only",
+                    ))
+                    .build(),
+            ),
+        );
     }
 }
 
@@ -57,6 +79,7 @@ pub fn openapi_json() -> String {
     ApiDoc::openapi().to_pretty_json().unwrap_or_default()
 }
 
+/// The channels' API, the admin API (`/admin/v1/*`), `/openapi.json`, metrics and health.
 pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
     use tower_http::trace::TraceLayer;
     Router::new()
@@ -73,6 +96,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/certificates/{code}/cancel", post(operations::cancel))
         .route("/certificates/{code}/balance", get(reads::balance))
         .route("/certificates/{code}", get(reads::view))
+        .merge(admin::routes(state.clone()))
         .route(
             "/openapi.json",
             get(|| async { ([("content-type", "application/json")], openapi_json()) }),

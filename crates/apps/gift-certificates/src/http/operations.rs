@@ -188,9 +188,10 @@ async fn run_with_sms(state: &AppState, op: Operation<'_>, cvc_sms_to: Option<St
             command: op.command,
             canonical: op.canonical,
             cvc: op.cvc,
-            idempotency_key: op.idempotency_key,
+            idempotency_key: Some(op.idempotency_key),
             initiator: initiator(op.headers)?,
             cvc_sms_to,
+            reason: None,
         },
     )
     .await?;
