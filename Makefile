@@ -21,6 +21,8 @@ test: stack test-stack
 	$(CARGO) build --workspace --bins --quiet
 	$(WITH_BROKER) $(CARGO) test --workspace --exclude backbone-tests --no-fail-fast
 	$(WITH_BROKER) $(CARGO) test -p backbone-tests --lib --test service --no-fail-fast
+	# The operator console's browser test needs Debian's chromium and tests/console's npm packages.
+	deploy/browser-deps.sh
 	# End-to-end tests each run whole services against the stage's broker: two at a time.
 	$(WITH_BROKER) $(CARGO) test -p backbone-tests --test e2e --no-fail-fast -- --test-threads=2
 

@@ -6,6 +6,7 @@
 mod admin;
 mod certificates;
 mod certificates_crash;
+mod console;
 mod crash;
 mod hardening;
 mod loader;

@@ -88,10 +88,20 @@ pub struct TwoWay {
 
 impl TwoWay {
     pub async fn start(name: &str, d: Dialect) -> anyhow::Result<Self> {
+        Self::start_with(name, d, |_| {}).await
+    }
+
+    /// [`TwoWay::start`] with the configuration changed by `tune` first.
+    pub async fn start_with(
+        name: &str,
+        d: Dialect,
+        tune: impl FnOnce(&mut crm_sync::Config),
+    ) -> anyhow::Result<Self> {
         let scope = Scope::new(&format!("tw_{name}_{}", d.name()));
         let (_sim, sim_url) = crate::vendors::start_vendor_sim().await?;
         let port = free_port();
-        let cfg = two_way_config(&scope, d, &sim_url, port)?;
+        let mut cfg = two_way_config(&scope, d, &sim_url, port)?;
+        tune(&mut cfg);
         let stop = CancellationToken::new();
         let service = tokio::spawn(crm_sync::run(cfg, stop.clone()));
         let api = format!("http://127.0.0.1:{port}");
@@ -278,6 +288,61 @@ impl TwoWay {
         Ok(list.as_array().cloned().unwrap_or_default())
     }
 
+    /// Both sides change client `client`'s segment before they hear of each other (ours
+    /// `vip`, the CRM's `churned`): exactly one operator task, returned. Webhooks are off
+    /// afterwards ([`TwoWay::webhooks_on`] turns them back on).
+    pub async fn conflict_on_segment(
+        &self,
+        pool: &sqlx::PgPool,
+        client: &str,
+        crm_id: &str,
+    ) -> anyhow::Result<Value> {
+        let d = self.dialect;
+        self.quiesce(pool).await?;
+        self.edit_in_crm(crm_id, json!({"segment": "churned"})).await?;
+        let (s, b) = self
+            .call(
+                reqwest::Method::PATCH,
+                &format!("/v1/clients/{client}"),
+                Some(json!({"fields": {"segment": "vip"}})),
+            )
+            .await?;
+        anyhow::ensure!(s == StatusCode::OK, "PATCH: {s} {b}");
+        let mut tasks = Vec::new();
+        let start = std::time::Instant::now();
+        while tasks.is_empty() && start.elapsed() < WAIT {
+            tasks = self.open_tasks().await?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            tasks.len(),
+            1,
+            "{}: exactly one operator task: {tasks:?}",
+            d.name()
+        );
+        let task = tasks.remove(0);
+        assert_eq!(task["field"], "segment");
+        assert_eq!(task["ours"], "vip");
+        assert_eq!(task["theirs"], "churned");
+        Ok(task)
+    }
+
+    /// Our card for `client` written through the API and seen in the CRM: its CRM id.
+    pub async fn card_in_crm(&self, client: &str) -> anyhow::Result<String> {
+        let (s, b) = self
+            .call(
+                reqwest::Method::PUT,
+                &format!("/v1/clients/{client}"),
+                Some(card()),
+            )
+            .await?;
+        anyhow::ensure!(s == StatusCode::CREATED, "PUT: {s} {b}");
+        let contact = self
+            .wait_theirs(client, "the card", |c| c["first_name"] == "Ada")
+            .await?;
+        Ok(contact["crm_id"].as_str().unwrap_or_default().to_owned())
+    }
+
     pub async fn stop(self) -> anyhow::Result<()> {
         self.stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(20), self.service).await;
@@ -349,32 +414,8 @@ async fn converges(d: Dialect) -> anyhow::Result<()> {
     assert_eq!(tw.ours("c-1").await?["fields"]["phone"], "+79991234567");
 
     // Both sides change the segment before they hear of each other: one operator task.
-    tw.quiesce(&pool).await?;
-    tw.edit_in_crm(&crm_id, json!({"segment": "churned"})).await?;
-    let (s, b) = tw
-        .call(
-            reqwest::Method::PATCH,
-            "/v1/clients/c-1",
-            Some(json!({"fields": {"segment": "vip"}})),
-        )
-        .await?;
-    anyhow::ensure!(s == StatusCode::OK, "PATCH: {s} {b}");
-    let mut tasks = Vec::new();
-    let start = std::time::Instant::now();
-    while tasks.is_empty() && start.elapsed() < WAIT {
-        tasks = tw.open_tasks().await?;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(
-        tasks.len(),
-        1,
-        "{}: exactly one operator task: {tasks:?}",
-        d.name()
-    );
-    let task = &tasks[0];
-    assert_eq!(task["field"], "segment");
-    assert_eq!(task["ours"], "vip");
-    assert_eq!(task["theirs"], "churned");
+    let task = tw.conflict_on_segment(&pool, "c-1", &crm_id).await?;
+    let task = &task;
     // Meanwhile each side keeps its value.
     assert_eq!(tw.ours("c-1").await?["fields"]["segment"], "vip");
     assert_eq!(tw.theirs("c-1").await?.unwrap()["segment"], "churned");

@@ -19,7 +19,7 @@ pub use config::Config;
 
 use audit::AuditLog;
 use auth::{Accounts, Role, Session, SESSION_COOKIE};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -70,11 +70,7 @@ impl Console {
         let session = self.require(headers, role)?;
         if !same_origin(headers) || !auth::same(form.get("csrf").unwrap_or_default(), &session.csrf) {
             tracing::warn!(user = %session.user, "form refused: CSRF token or origin mismatch");
-            return Err((
-                StatusCode::FORBIDDEN,
-                "The form has expired or came from another site. Reload the page and try again.",
-            )
-                .into_response());
+            return Err(pages::refused_form(&session));
         }
         Ok(session)
     }
@@ -106,7 +102,9 @@ async fn security_headers(mut response: Response) -> Response {
         "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     );
     set(h, "x-content-type-options", "nosniff");
-    set(h, "referrer-policy", "no-referrer");
+    // `same-origin`: the browser still sends `Origin` with the console's own forms (with
+    // `no-referrer` it sends `Origin: null`, which the form check refuses).
+    set(h, "referrer-policy", "same-origin");
     set(h, "x-frame-options", "DENY");
     if !h.contains_key(header::CACHE_CONTROL) {
         set(h, "cache-control", "no-store");

@@ -117,14 +117,7 @@ fn outcome_of<T>(r: &Result<T, BackendError>) -> String {
     }
 }
 
-/// A time as the pages show it: `2026-11-01 10:00:05 UTC`, whatever precision it came with.
-fn when(rfc3339: &str) -> String {
-    let f = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC");
-    OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
-        .ok()
-        .and_then(|t| t.to_offset(time::UtcOffset::UTC).format(&f).ok())
-        .unwrap_or_else(|| rfc3339.to_owned())
-}
+use views::when;
 
 fn hhmm(rfc3339: &str) -> String {
     let f = time::macros::format_description!("[hour]:[minute]");
@@ -259,6 +252,17 @@ pub fn forbidden(s: &Session, needed: Role) -> Response {
                 s.role.as_str()
             ),
         },
+    )
+}
+
+/// A form without this session's token, or from another origin.
+pub fn refused_form(s: &Session) -> Response {
+    message(
+        s,
+        "",
+        "Form refused",
+        "The form has expired or came from another site. Reload the page and try again.",
+        StatusCode::FORBIDDEN,
     )
 }
 
@@ -1061,7 +1065,10 @@ fn money(minor: i64, currency: &str) -> String {
 
 fn certificate_view(cert: Certificate) -> CertificateView {
     CertificateView {
-        cancellable: !matches!(cert.state.as_str(), "cancelled" | "redeemed" | "expired"),
+        cancellable: !matches!(
+            cert.state.to_ascii_lowercase().as_str(),
+            "cancelled" | "redeemed" | "expired"
+        ),
         balance: money(cert.balance_minor, &cert.currency),
         available: money(cert.available_minor, &cert.currency),
         expires_at: opt_when(cert.expires_at.as_ref()),

@@ -262,11 +262,22 @@ pub struct Requeued {
     pub dry_run: bool,
 }
 
-/// A JSON value as a cell's text: strings bare, `null` as a dash, the rest as JSON.
+/// A time as the pages show it: `2026-11-01 10:00:05 UTC`, whatever precision it came with;
+/// anything else as it is.
+pub fn when(rfc3339: &str) -> String {
+    let f = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC");
+    time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .and_then(|t| t.to_offset(time::UtcOffset::UTC).format(&f).ok())
+        .unwrap_or_else(|| rfc3339.to_owned())
+}
+
+/// A JSON value as a cell's text: strings bare (times as [`when`] writes them), `null` as a
+/// dash, the rest as JSON.
 pub fn cell(v: &Value) -> String {
     match v {
         Value::Null => "—".to_owned(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => when(s),
         other => other.to_string(),
     }
 }
