@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make run`: crm-sim, crm-sync and gift-certificates on the local stack. Demo events in, then
+# `make run`: crm-sim, crm-sync, gift-certificates and the operator console on the local stack. Demo events in, then
 # what reached the CRM and the log; then a batch of gift certificates loaded with batch-loader,
 # one activated, held, captured and read back. Runs until Ctrl-C (or exits after the report with
 # DEMO_EXIT=1, or when standard input is not a terminal).
@@ -10,7 +10,7 @@ STATE_DIR=${STATE_DIR:-$ROOT/.stack}
 mkdir -p "$STATE_DIR"
 DB_URL=${CRM_SYNC_POSTGRES__URL:-postgres://postgres:postgres@127.0.0.1:5432/crm_sync}
 
-cargo build --quiet -p crm-sync -p crm-sim -p backbone-bench -p gift-certificates -p batch-loader --bins
+cargo build --quiet -p crm-sync -p crm-sim -p backbone-bench -p gift-certificates -p batch-loader -p operator-console --bins
 
 # Fresh secrets for this run only: never written to disk, never printed.
 TOKEN=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
@@ -38,6 +38,10 @@ case "$VENDOR" in
 esac
 # The two-way API's token and the webhook credentials crm-sim's webhooks carry, for this run only.
 API_TOKEN=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
+# The admin APIs' tokens, for the operator console of this run.
+CRM_ADMIN_TOKEN=$(head -c 32 /dev/urandom | base64 | tr -d '/+=\n')
+GC_ADMIN_TOKEN=$(head -c 32 /dev/urandom | base64 | tr -d '/+=\n')
+CONSOLE_API_TOKEN=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
 HOOK_SECRET=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
 case "$VENDOR" in
   generic) hook_env=(CRM_SYNC_TWO_WAY__WEBHOOKS__GENERIC__SECRET=$HOOK_SECRET)
@@ -52,7 +56,8 @@ esac
 CRM_SYNC_CRM__GENERIC__TOKEN=$TOKEN CRM_SYNC_CRM__GENERIC__SIGNING_SECRET=$SECRET \
 CRM_SYNC_CRM__BITRIX24__WEBHOOK_TOKEN=$TOKEN CRM_SYNC_CRM__SALESFORCE__CLIENT_SECRET=$TOKEN \
 CRM_SYNC_CRM__KOMMO__ACCESS_TOKEN=$TOKEN \
-CRM_SYNC_TWO_WAY__API__TOKENS__DEMO=$API_TOKEN \
+CRM_SYNC_TWO_WAY__API__TOKENS__DEMO=$API_TOKEN CRM_SYNC_TWO_WAY__API__TOKENS__OPERATOR_CONSOLE=$CONSOLE_API_TOKEN \
+CRM_SYNC_HTTP__ADMIN_TOKEN=$CRM_ADMIN_TOKEN \
 CRM_SYNC_POSTGRES__URL=$DB_URL RUST_LOG=${RUST_LOG:-info} \
   env "${hook_env[@]}" setsid target/debug/crm-sync --config "$CRM_SYNC_CONFIG" </dev/null >"$STATE_DIR/crm-sync.log" 2>&1 &
 crm_sync_pid=$!
@@ -73,7 +78,7 @@ for channel in ONLINESTORE POS PAYMENTS BATCHLOADER INTERNAL; do
   gc_tokens+=("GIFT_CERTIFICATES_TOKENS__$channel=$value")
   echo "GIFT_CERTIFICATES_TOKENS__$channel=$value" >>"$GC_TOKENS"
 done
-env "${gc_tokens[@]}" RUST_LOG="${RUST_LOG:-info}" \
+env "${gc_tokens[@]}" GIFT_CERTIFICATES_ADMIN__TOKEN="$GC_ADMIN_TOKEN" RUST_LOG="${RUST_LOG:-info}" \
   setsid target/debug/gift-certificates --config "$GC_CONFIG" </dev/null >"$STATE_DIR/gift-certificates.log" 2>&1 &
 gc_pid=$!
 pids+=("$gc_pid")
@@ -226,8 +231,26 @@ rm -f "$DEMO_DIR/body" "$DEMO_DIR/headers"
 sleep 1
 curl -fs "$GC_URL/metrics" | grep -E '^gift_certificates_(outbox_pending|outbox_published_total|issued_total)' || true
 
+echo
+echo "== Operator console =="
+# A demo admin with a fresh password for this run; the password hash goes into a git-ignored
+# configuration file only this user can read.
+CONSOLE_PASSWORD=$(head -c 18 /dev/urandom | base64 | tr -d '/+=\n')
+CONSOLE_CONFIG=$STATE_DIR/operator-console.toml
+(umask 077 && { cat config/operator-console.local.toml; printf '\n[[users]]\nname = "demo"\nrole = "admin"\npassword_hash = "%s"\n' \
+  "$(printf '%s\n' "$CONSOLE_PASSWORD" | target/debug/operator-console hash-password)"; } >"$CONSOLE_CONFIG")
+OPERATOR_CONSOLE_CRM_SYNC__ADMIN_TOKEN=$CRM_ADMIN_TOKEN \
+OPERATOR_CONSOLE_CRM_SYNC_TWO_WAY__ADMIN_TOKEN=$CONSOLE_API_TOKEN \
+OPERATOR_CONSOLE_GIFT_CERTIFICATES__ADMIN_TOKEN=$GC_ADMIN_TOKEN RUST_LOG="${RUST_LOG:-info}" \
+  setsid target/debug/operator-console --config "$CONSOLE_CONFIG" </dev/null >"$STATE_DIR/operator-console.log" 2>&1 &
+console_pid=$!
+pids+=("$console_pid")
+wait_ready operator-console http://127.0.0.1:8095/health/ready "$console_pid" "$STATE_DIR/operator-console.log"
+echo "operator console: http://127.0.0.1:8095  (log in as demo / $CONSOLE_PASSWORD, role admin; logs: $STATE_DIR/operator-console.log)"
+
 if [ -n "${DEMO_EXIT:-}" ] || [ ! -t 0 ]; then exit 0; fi
 echo "Running. Send more with: target/debug/tracking-feed; gift-certificates API on $GC_URL"
-echo "(docs/gift-certificates.md); two-way API on http://127.0.0.1:8090 (docs/two-way-sync.md)."
+echo "(docs/gift-certificates.md); two-way API on http://127.0.0.1:8090 (docs/two-way-sync.md);"
+echo "operator console on http://127.0.0.1:8095 (docs/operator-console.md)."
 echo "Stop with Ctrl-C."
 wait
