@@ -49,6 +49,14 @@ async fn the_admin_api_lists_shows_masked_replays_and_traces_dead_letters() -> a
         }
     };
 
+    // The document is public; every call is checked.
+    let doc: Value = http
+        .get(format!("http://127.0.0.1:{port}/admin/openapi.json"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert!(doc["paths"]["/admin/v1/dead-letters/replay"]["post"].is_object());
     // Every call is checked.
     for token in [None, Some("wrong-token-wrong-token")] {
         let mut req = http.get(format!("{base}/overview"));

@@ -7,7 +7,7 @@ pub mod config;
 pub mod crm;
 pub mod kafka;
 pub mod metrics;
-mod replay;
+pub mod replay;
 mod service;
 pub mod trace;
 pub mod two_way;

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 /// Letters published per broker round trip.
 const CHUNK: usize = 500;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ReplaySummary {
     pub matched: usize,
     pub replayed: usize,
@@ -26,7 +26,7 @@ pub struct ReplaySummary {
     pub letters: Vec<ReplayedLetter>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ReplayedLetter {
     pub partition: i32,
     pub offset: i64,

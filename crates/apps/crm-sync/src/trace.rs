@@ -7,12 +7,13 @@ use backbone_sync::ports::{AttemptRecord, SourcePosition, SyncLedger};
 use serde::Serialize;
 use time::OffsetDateTime;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Trace {
     pub event_id: String,
     /// Whether the ledger knows the event at all.
     pub found: bool,
     /// The latest outcome recorded (`success`, `retry_scheduled`, `dead_lettered`, ...).
+    #[schema(value_type = Option<String>)]
     pub outcome: Option<&'static str>,
     /// How often the event came back from the dead letters.
     pub replay_count: u32,
@@ -22,7 +23,7 @@ pub struct Trace {
     pub retry: Option<Retry>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Source {
     pub topic: String,
     pub partition: i32,
@@ -39,17 +40,20 @@ impl From<&SourcePosition> for Source {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Attempt {
     pub attempt: u32,
+    #[schema(value_type = String)]
     pub outcome: &'static str,
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub sent_at: OffsetDateTime,
     pub http_status: Option<u16>,
     pub response_excerpt: Option<String>,
     pub error: Option<String>,
     pub latency_ms: Option<f64>,
     #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub event_time: Option<OffsetDateTime>,
     pub shipment_id: Option<String>,
     pub client_id: Option<String>,
@@ -77,12 +81,14 @@ impl From<&AttemptRecord> for Attempt {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Retry {
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub next_attempt_at: OffsetDateTime,
     pub attempts: u32,
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub first_failed_at: OffsetDateTime,
     pub last_error: String,
     pub source: Source,

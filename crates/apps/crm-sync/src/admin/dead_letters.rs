@@ -4,6 +4,8 @@
 
 use super::{operator, unavailable, AdminState};
 use crate::api::problem::{Problem, ProblemCode};
+#[allow(unused_imports)] // in the OpenAPI attributes
+use crate::ReplaySummary;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
@@ -30,15 +32,17 @@ const CLEAR_FIELDS: [&str; 6] = [
     "correlation_id",
 ];
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Filter {
     event_id: Option<String>,
     reason: Option<String>,
-    /// RFC 3339.
+    /// Dead-lettered at or after (RFC 3339).
     since: Option<String>,
-    /// RFC 3339.
+    /// Dead-lettered before (RFC 3339).
     until: Option<String>,
     /// 1 to 500; 50 when absent.
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<usize>,
 }
 
@@ -68,11 +72,12 @@ impl Filter {
 }
 
 /// A letter in a list: where it is and why it is there, without its payload.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Summary {
     pub partition: i32,
     pub offset: i64,
     #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub dead_lettered_at: Option<OffsetDateTime>,
     pub event_id: Option<String>,
     pub reason_code: Option<String>,
@@ -98,7 +103,7 @@ impl From<&DeadLetterView> for Summary {
 }
 
 /// One letter: its headers and its payload masked.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Letter {
     #[serde(flatten)]
     pub summary: Summary,
@@ -106,6 +111,7 @@ pub struct Letter {
     pub key: Option<String>,
     /// The payload with every field but the event's identifiers and status masked; a payload
     /// that is not a JSON document is described, never shown.
+    #[schema(value_type = Object)]
     pub payload: Value,
     pub payload_bytes: usize,
 }
@@ -179,13 +185,19 @@ async fn read(
     .map_err(|e| unavailable("the broker")(e.into()))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Listed {
     pub letters: Vec<Summary>,
     /// The list stopped at `limit`: there may be more.
     pub truncated: bool,
 }
 
+/// The dead letters present now that match, in topic order, without their payloads.
+#[utoipa::path(get, path = "/admin/v1/dead-letters", tag = "admin", params(Filter),
+    security(("admin_bearer" = [])),
+    responses((status = 200, body = Listed), (status = 401, body = Problem),
+              (status = 422, body = Problem, description = "a time or `limit` out of range"),
+              (status = 503, body = Problem, description = "the broker is unavailable")))]
 pub async fn list(
     State(state): State<Arc<AdminState>>,
     Query(f): Query<Filter>,
@@ -201,6 +213,12 @@ pub async fn list(
     }))
 }
 
+/// One letter with its headers and its payload masked.
+#[utoipa::path(get, path = "/admin/v1/dead-letters/{partition}/{offset}", tag = "admin",
+    params(("partition" = i32, Path), ("offset" = i64, Path)),
+    security(("admin_bearer" = [])),
+    responses((status = 200, body = Letter), (status = 400, body = Problem), (status = 401, body = Problem),
+              (status = 404, body = Problem, description = "`dead-letter-not-found`"), (status = 503, body = Problem)))]
 pub async fn one(
     State(state): State<Arc<AdminState>>,
     Path((partition, offset)): Path<(String, String)>,
@@ -229,7 +247,7 @@ pub async fn one(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayRequest {
     #[serde(default)]
@@ -240,23 +258,32 @@ pub struct ReplayRequest {
     since: Option<String>,
     #[serde(default)]
     until: Option<String>,
-    /// Only these letters.
+    /// Only these letters (at most 1000).
     #[serde(default)]
+    #[schema(max_items = 1000)]
     letters: Vec<Position>,
     /// 1 to 1000; 1000 when absent.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// Required: `true` lists what would be sent, `false` sends it.
     dry_run: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Position {
     partition: i32,
     offset: i64,
 }
 
+/// Sends the matching letters back to their source topic (the same code as
+/// `crm-sync dlq replay`), each with `x-replayed-by`; `dry_run: true` lists them only.
+#[utoipa::path(post, path = "/admin/v1/dead-letters/replay", tag = "admin", request_body = ReplayRequest,
+    params(("X-Operator" = String, Header, description = "who replays: 1 to 64 bytes, no control characters")),
+    security(("admin_bearer" = [])),
+    responses((status = 200, body = crate::ReplaySummary), (status = 400, body = Problem, description = "no X-Operator, or a body that is not a replay request"),
+              (status = 401, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem)))]
 pub async fn replay(
     State(state): State<Arc<AdminState>>,
     headers: HeaderMap,

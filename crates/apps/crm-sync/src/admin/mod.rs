@@ -6,8 +6,11 @@
 //! `/v1/operator-tasks` with a token of their own (`docs/two-way-sync.md`).
 
 mod dead_letters;
+mod openapi;
 mod overview;
 mod search;
+
+pub use openapi::openapi_json;
 
 use crate::api::problem::{as_problem, Problem, ProblemCode};
 use crate::kafka::KafkaConfig;
@@ -96,8 +99,8 @@ async fn gate(State(state): State<Arc<AdminState>>, req: Request, next: Next) ->
     next.run(req).await
 }
 
-/// `/admin/v1/*`, each behind the admin token; anything else under `/admin` is a `404`
-/// problem.
+/// `/admin/v1/*`, each behind the admin token, and its OpenAPI document at
+/// `/admin/openapi.json`; any other path is a `404` problem.
 pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/admin/v1/overview", get(overview::overview))
@@ -109,6 +112,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         )
         .route("/admin/v1/trace", get(search::trace_route))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), gate))
+        .route(
+            "/admin/openapi.json",
+            get(|| async { ([("content-type", "application/json")], openapi_json()) }),
+        )
         .fallback(|| async { Problem::new(ProblemCode::NotFound, None) })
         .layer(axum::middleware::map_response(as_problem))
         .with_state(state)

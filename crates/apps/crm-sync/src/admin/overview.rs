@@ -17,17 +17,20 @@ const BUCKETS: i64 = 72;
 /// At most this many hours back.
 pub const MAX_HOURS: u32 = 48;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Window {
     /// 1 to 48; 6 when absent.
+    #[param(minimum = 1, maximum = 48)]
     hours: Option<u32>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Overview {
     pub service: &'static str,
     pub vendor: String,
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub generated_at: OffsetDateTime,
     pub now: Now,
     pub window: Totals,
@@ -35,9 +38,10 @@ pub struct Overview {
 }
 
 /// This process's gauges at the time of the call.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Now {
     /// `closed`, `half_open` or `open`.
+    #[schema(value_type = String)]
     pub breaker: &'static str,
     /// The vendor told us to stop calling (quota spent, account blocked).
     pub crm_paused: bool,
@@ -49,7 +53,7 @@ pub struct Now {
     pub outbox_depth: Option<i64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PartitionLag {
     pub topic: String,
     pub partition: i32,
@@ -57,11 +61,15 @@ pub struct PartitionLag {
 }
 
 /// The whole window at once.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Totals {
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub since: OffsetDateTime,
     pub hours: u32,
+    /// Attempts by outcome (`success`, `duplicate`, `stale`, `unchanged`, `retry_scheduled`,
+    /// `dead_lettered`); outcomes without one are absent.
+    #[schema(value_type = BTreeMap<String, u64>)]
     pub attempts: BTreeMap<Outcome, u64>,
     /// success / (success + retry_scheduled + dead_lettered); `null` without any.
     pub success_ratio: Option<f64>,
@@ -70,16 +78,17 @@ pub struct Totals {
     pub dead_letters_by_reason: BTreeMap<String, u64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Series {
     pub bucket_seconds: i64,
     /// Every bucket of the window, oldest first, empty ones with zeros.
     pub buckets: Vec<Point>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Point {
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub start: OffsetDateTime,
     pub success: u64,
     pub retry_scheduled: u64,
@@ -196,6 +205,11 @@ fn now(state: &AdminState) -> Now {
     }
 }
 
+/// How the sync is doing now and over the last hours.
+#[utoipa::path(get, path = "/admin/v1/overview", tag = "admin", params(Window),
+    security(("admin_bearer" = [])),
+    responses((status = 200, body = Overview), (status = 401, body = Problem, description = "no or a wrong admin token"),
+              (status = 422, body = Problem, description = "`hours` out of range"), (status = 503, body = Problem)))]
 pub async fn overview(
     State(state): State<Arc<AdminState>>,
     Query(w): Query<Window>,

@@ -17,19 +17,22 @@ pub const MAX_EVENTS: usize = 20;
 /// How far back a search by shipment, client or request id looks, at most.
 pub const MAX_DAYS: u32 = 31;
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Search {
     event_id: Option<String>,
     shipment_id: Option<String>,
     client_id: Option<String>,
     request_id: Option<String>,
-    /// 1 to 31; 7 when absent.
+    /// How far back a search by shipment, client or request id looks: 1 to 31; 7 when absent.
+    #[param(minimum = 1, maximum = 31)]
     days: Option<u32>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Found {
     /// Which key was searched: `event_id`, `shipment_id`, `client_id` or `request_id`.
+    #[schema(value_type = String)]
     pub by: &'static str,
     pub value: String,
     /// Newest first.
@@ -94,6 +97,11 @@ pub async fn trace_search(state: &AdminState, s: Search) -> Result<Found, Proble
     Ok(Found { by, value, events })
 }
 
+/// The timelines of the events found by exactly one of the keys, newest first (at most 20).
+#[utoipa::path(get, path = "/admin/v1/trace", tag = "admin", params(Search),
+    security(("admin_bearer" = [])),
+    responses((status = 200, body = Found), (status = 400, body = Problem, description = "not exactly one key"),
+              (status = 401, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem)))]
 pub async fn trace_route(
     State(state): State<Arc<AdminState>>,
     Query(s): Query<Search>,
