@@ -43,6 +43,33 @@ impl Api {
     }
 }
 
+/// Whose dead letters: each service has its own dead-letter topic and admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
+pub enum LetterService {
+    #[default]
+    #[serde(rename = "crm-sync")]
+    CrmSync,
+    #[serde(rename = "gift-certificates")]
+    GiftCertificates,
+}
+
+impl LetterService {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LetterService::CrmSync => "crm-sync",
+            LetterService::GiftCertificates => "gift-certificates",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "crm-sync" => Some(Self::CrmSync),
+            "gift-certificates" => Some(Self::GiftCertificates),
+            _ => None,
+        }
+    }
+}
+
 pub struct Backends {
     http: reqwest::Client,
     crm_sync: Option<Api>,
@@ -129,26 +156,44 @@ impl Backends {
             .await
     }
 
-    pub async fn dead_letters<T: DeserializeOwned>(&self, query: &str) -> Result<T, BackendError> {
+    /// The admin API that holds `service`'s dead letters (both answer the same shapes).
+    fn letters_of(&self, service: LetterService) -> Option<&Api> {
+        match service {
+            LetterService::CrmSync => self.crm_sync.as_ref(),
+            LetterService::GiftCertificates => self.gift.as_ref(),
+        }
+    }
+
+    pub async fn dead_letters<T: DeserializeOwned>(
+        &self,
+        service: LetterService,
+        query: &str,
+    ) -> Result<T, BackendError> {
         let path = format!("/admin/v1/dead-letters?{query}");
-        self.call(self.crm_sync.as_ref(), Method::GET, &path, None, &[])
+        self.call(self.letters_of(service), Method::GET, &path, None, &[])
             .await
     }
 
     pub async fn dead_letter<T: DeserializeOwned>(
         &self,
+        service: LetterService,
         partition: i32,
         offset: i64,
     ) -> Result<T, BackendError> {
         let path = format!("/admin/v1/dead-letters/{partition}/{offset}");
-        self.call(self.crm_sync.as_ref(), Method::GET, &path, None, &[])
+        self.call(self.letters_of(service), Method::GET, &path, None, &[])
             .await
     }
 
-    pub async fn replay<T: DeserializeOwned>(&self, body: &Value, by: &str) -> Result<T, BackendError> {
+    pub async fn replay<T: DeserializeOwned>(
+        &self,
+        service: LetterService,
+        body: &Value,
+        by: &str,
+    ) -> Result<T, BackendError> {
         let headers = [("x-operator", by)];
         self.call(
-            self.crm_sync.as_ref(),
+            self.letters_of(service),
             Method::POST,
             "/admin/v1/dead-letters/replay",
             Some(body),

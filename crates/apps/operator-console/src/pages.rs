@@ -3,7 +3,7 @@
 
 use crate::audit::Entry;
 use crate::auth::{self, Role, Session, LOGIN_COOKIE, SESSION_COOKIE};
-use crate::backends::{enc, BackendError};
+use crate::backends::{enc, BackendError, LetterService};
 use crate::chart::{self, BarChart, Column, LineChart};
 use crate::views::{self, *};
 use crate::Console;
@@ -509,6 +509,9 @@ pub async fn overview(State(c): St, headers: HeaderMap, Query(q): Query<Hours>) 
 
 #[derive(serde::Deserialize, Default)]
 pub struct LetterFilter {
+    /// `crm-sync` (the default) or `gift-certificates`.
+    #[serde(default)]
+    service: LetterService,
     #[serde(default)]
     reason: String,
     #[serde(default)]
@@ -582,6 +585,7 @@ fn letter_row(l: &LetterSummary) -> LetterRow {
 #[template(path = "dead_letters.html")]
 struct DeadLettersPage {
     nav: Nav,
+    service: &'static str,
     reason: String,
     event_id: String,
     since: String,
@@ -593,13 +597,14 @@ struct DeadLettersPage {
 
 pub async fn dead_letters(State(c): St, headers: HeaderMap, Query(f): Query<LetterFilter>) -> Page {
     let s = c.require(&headers, Role::Viewer)?;
-    let found = c.backends.dead_letters::<LetterList>(&f.query()).await;
+    let found = c.backends.dead_letters::<LetterList>(f.service, &f.query()).await;
     let (letters, truncated, error) = match found {
         Ok(l) => (l.letters.iter().map(letter_row).collect(), l.truncated, None),
         Err(e) => (Vec::new(), false, Some(e.to_string())),
     };
     Ok(render(&DeadLettersPage {
         nav: Nav::of(&s, "dead-letters"),
+        service: f.service.as_str(),
         reason: f.reason,
         event_id: f.event_id,
         since: f.since,
@@ -614,6 +619,7 @@ pub async fn dead_letters(State(c): St, headers: HeaderMap, Query(f): Query<Lett
 #[template(path = "dead_letter.html")]
 struct DeadLetterPage {
     nav: Nav,
+    service: &'static str,
     letter: LetterRow,
     source_topic: String,
     key: String,
@@ -622,15 +628,27 @@ struct DeadLetterPage {
     payload_bytes: usize,
 }
 
+#[derive(serde::Deserialize, Default)]
+pub struct ServiceQuery {
+    #[serde(default)]
+    service: LetterService,
+}
+
 pub async fn dead_letter(
     State(c): St,
     headers: HeaderMap,
     Path((partition, offset)): Path<(i32, i64)>,
+    Query(q): Query<ServiceQuery>,
 ) -> Page {
     let s = c.require(&headers, Role::Viewer)?;
-    match c.backends.dead_letter::<Letter>(partition, offset).await {
+    match c
+        .backends
+        .dead_letter::<Letter>(q.service, partition, offset)
+        .await
+    {
         Ok(l) => Ok(render(&DeadLetterPage {
             nav: Nav::of(&s, "dead-letters"),
+            service: q.service.as_str(),
             letter: letter_row(&l.summary),
             source_topic: l.summary.source_topic.clone().unwrap_or_else(|| "—".into()),
             key: l.key.clone().unwrap_or_else(|| "—".into()),
@@ -680,6 +698,7 @@ struct PlannedRow {
 #[template(path = "replay.html")]
 struct ReplayPage {
     nav: Nav,
+    service: &'static str,
     dry_run: bool,
     matched: usize,
     replayed: usize,
@@ -712,17 +731,30 @@ pub async fn replay(State(c): St, headers: HeaderMap, body: Bytes) -> Page {
         ));
     }
     let dry_run = form.get("confirm") != Some("yes");
+    let Some(service) = LetterService::parse(form.get("service").unwrap_or("crm-sync")) else {
+        return Ok(message(
+            &s,
+            "dead-letters",
+            "Replay",
+            "No such service.",
+            StatusCode::BAD_REQUEST,
+        ));
+    };
     let letters: Vec<Value> = chosen
         .iter()
         .map(|(p, o)| json!({"partition": p, "offset": o}))
         .collect();
     let body = json!({"letters": letters, "dry_run": dry_run});
-    let result = c.backends.replay::<ReplaySummary>(&body, &s.user).await;
-    let target = chosen
-        .iter()
-        .map(|(p, o)| format!("{p}:{o}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let result = c.backends.replay::<ReplaySummary>(service, &body, &s.user).await;
+    let target = format!(
+        "{} {}",
+        service.as_str(),
+        chosen
+            .iter()
+            .map(|(p, o)| format!("{p}:{o}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
     let outcome = match &result {
         Ok(r) if r.dry_run => format!("dry run: {} matched", r.matched),
         Ok(r) => format!("{} replayed, {} refused", r.replayed, r.refused),
@@ -732,6 +764,7 @@ pub async fn replay(State(c): St, headers: HeaderMap, body: Bytes) -> Page {
     match result {
         Ok(r) => Ok(render(&ReplayPage {
             nav: Nav::of(&s, "dead-letters"),
+            service: service.as_str(),
             dry_run: r.dry_run,
             matched: r.matched,
             replayed: r.replayed,
