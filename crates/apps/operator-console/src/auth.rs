@@ -137,21 +137,25 @@ impl Accounts {
         .await
         .unwrap_or(false);
         match (known, verified) {
-            (Some((role, _)), true) => {
-                let session = Session {
-                    user: name.to_owned(),
-                    role,
-                    csrf: random_token(),
-                    expires: Instant::now() + self.ttl,
-                };
-                let id = random_token();
-                let mut sessions = self.sessions();
-                sessions.retain(|_, s| s.expires > Instant::now());
-                sessions.insert(id.clone(), session.clone());
-                Ok((id, session))
-            }
+            (Some((role, _)), true) => Ok(self.open(name, role)),
             _ => Err(LoginError::Refused),
         }
+    }
+
+    /// A new session for a person already identified (by password or by the OIDC provider):
+    /// its cookie value and the session.
+    pub fn open(&self, name: &str, role: Role) -> (String, Session) {
+        let session = Session {
+            user: name.to_owned(),
+            role,
+            csrf: random_token(),
+            expires: Instant::now() + self.ttl,
+        };
+        let id = random_token();
+        let mut sessions = self.sessions();
+        sessions.retain(|_, s| s.expires > Instant::now());
+        sessions.insert(id.clone(), session.clone());
+        (id, session)
     }
 
     /// Whether `name` may try a login now; each call that says yes spends one of the minute's

@@ -25,6 +25,8 @@ pub struct Config {
     /// The two-way API (`/v1/operator-tasks`), for conflicts; off when `url` is empty.
     pub crm_sync_two_way: ServiceConfig,
     pub gift_certificates: ServiceConfig,
+    /// Single sign-on through an OpenID Connect provider, beside the configured users.
+    pub oidc: crate::oidc::OidcConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -36,6 +38,7 @@ impl Default for Config {
             crm_sync: ServiceConfig::at("http://127.0.0.1:9464"),
             crm_sync_two_way: ServiceConfig::at(""),
             gift_certificates: ServiceConfig::at("http://127.0.0.1:8080"),
+            oidc: crate::oidc::OidcConfig::default(),
             telemetry: TelemetryConfig::default(),
         }
     }
@@ -128,9 +131,10 @@ impl ServiceConfig {
 impl Config {
     pub fn validate(&self) -> Result<(), String> {
         let mut problems = Vec::new();
-        if self.users.is_empty() {
-            problems.push("users: at least one user is needed".to_owned());
+        if self.users.is_empty() && !self.oidc.enabled() {
+            problems.push("users: at least one user is needed (or [oidc])".to_owned());
         }
+        self.oidc.validate(&mut problems);
         let mut names = std::collections::HashSet::new();
         for u in &self.users {
             if !crate::auth::valid_name(&u.name) {

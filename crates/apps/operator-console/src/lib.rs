@@ -12,6 +12,7 @@ pub mod auth;
 mod backends;
 mod chart;
 pub mod config;
+pub mod oidc;
 mod pages;
 mod views;
 
@@ -32,6 +33,7 @@ pub struct Console {
     accounts: Accounts,
     backends: Backends,
     audit: AuditLog,
+    oidc: Option<oidc::Oidc>,
     secure_cookies: bool,
     session_ttl: std::time::Duration,
 }
@@ -42,6 +44,11 @@ impl Console {
             accounts: Accounts::new(&cfg.users, cfg.http.session_ttl, cfg.http.logins_per_minute),
             backends: Backends::new(cfg)?,
             audit: AuditLog::default(),
+            oidc: cfg
+                .oidc
+                .enabled()
+                .then(|| oidc::Oidc::new(clone_oidc(&cfg.oidc), cfg.http.backend_timeout))
+                .transpose()?,
             secure_cookies: cfg.http.secure_cookies,
             session_ttl: cfg.http.session_ttl,
         })
@@ -73,6 +80,20 @@ impl Console {
             return Err(pages::refused_form(&session));
         }
         Ok(session)
+    }
+}
+
+/// A copy of the OIDC settings for the provider client (secrets are not `Clone` by design).
+fn clone_oidc(c: &oidc::OidcConfig) -> oidc::OidcConfig {
+    oidc::OidcConfig {
+        issuer: c.issuer.clone(),
+        client_id: c.client_id.clone(),
+        client_secret: c.client_secret.clone(),
+        redirect_url: c.redirect_url.clone(),
+        scopes: c.scopes.clone(),
+        username_claim: c.username_claim.clone(),
+        roles_claim: c.roles_claim.clone(),
+        roles: c.roles.clone(),
     }
 }
 
@@ -116,6 +137,8 @@ pub fn router(console: Arc<Console>) -> Router {
     Router::new()
         .route("/login", get(pages::login_page).post(pages::login))
         .route("/logout", post(pages::logout))
+        .route("/oidc/start", get(pages::oidc_start))
+        .route("/oidc/callback", get(pages::oidc_callback))
         .route("/", get(pages::overview))
         .route("/dead-letters", get(pages::dead_letters))
         .route("/dead-letters/replay", post(pages::replay))

@@ -143,6 +143,7 @@ fn ms(v: Option<f64>) -> String {
 struct LoginPage {
     csrf: String,
     error: Option<String>,
+    sso: bool,
 }
 
 pub async fn login_page(State(c): St, headers: HeaderMap) -> Response {
@@ -160,7 +161,8 @@ fn login_form(c: &Console, error: Option<String>, status: StatusCode) -> Respons
         Some(std::time::Duration::from_secs(3600)),
         c.secure_cookies,
     );
-    let mut r = render_status(status, &LoginPage { csrf, error });
+    let sso = c.oidc.is_some();
+    let mut r = render_status(status, &LoginPage { csrf, error, sso });
     if let Ok(v) = cookie.parse() {
         r.headers_mut().append(header::SET_COOKIE, v);
     }
@@ -213,6 +215,95 @@ pub async fn login(State(c): St, headers: HeaderMap, body: Bytes) -> Response {
             tracing::warn!(user = %name, "login refused");
             refused(&c, StatusCode::UNAUTHORIZED, "Wrong user name or password.")
         }
+    }
+}
+
+/// Starts a single sign-on: to the provider, with the login's `state` bound to this browser.
+pub async fn oidc_start(State(c): St) -> Response {
+    let Some(oidc) = c.oidc.as_ref() else {
+        return Redirect::to("/login").into_response();
+    };
+    match oidc.start().await {
+        Ok((url, state)) => {
+            let mut r = Redirect::to(&url).into_response();
+            // Lax: the provider's redirect back is a cross-site navigation, which a Strict
+            // cookie would not join.
+            let cookie = auth::set_cookie(
+                crate::oidc::STATE_COOKIE,
+                &state,
+                Some(crate::oidc::PENDING_FOR),
+                c.secure_cookies,
+            )
+            .replace("SameSite=Strict", "SameSite=Lax");
+            if let Ok(v) = cookie.parse() {
+                r.headers_mut().append(header::SET_COOKIE, v);
+            }
+            r
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "single sign-on could not start");
+            login_form(
+                &c,
+                Some("Single sign-on is unavailable. Try again later.".into()),
+                StatusCode::BAD_GATEWAY,
+            )
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub struct Callback {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "continue.html")]
+struct ContinuePage {}
+
+/// The provider's redirect back: the browser's `state` must be the query's, and the code must
+/// give a valid ID token of a person with a role.
+pub async fn oidc_callback(State(c): St, headers: HeaderMap, Query(q): Query<Callback>) -> Response {
+    let Some(oidc) = c.oidc.as_ref() else {
+        return Redirect::to("/login").into_response();
+    };
+    let cookies = headers.get(header::COOKIE).and_then(|v| v.to_str().ok());
+    let bound = auth::cookie(cookies, crate::oidc::STATE_COOKIE).unwrap_or_default();
+    let refused = |c: &Console, why: &str| {
+        tracing::warn!(reason = why, "single sign-on refused");
+        login_form(
+            c,
+            Some("Single sign-on failed. Try again.".into()),
+            StatusCode::UNAUTHORIZED,
+        )
+    };
+    if let Some(e) = q.error {
+        return refused(&c, &format!("the provider answered {e}"));
+    }
+    let (Some(code), Some(state)) = (q.code, q.state) else {
+        return refused(&c, "no code or state");
+    };
+    if bound.is_empty() || !auth::same(bound, &state) {
+        return refused(&c, "the state is not this browser's");
+    }
+    match oidc.finish(&state, &code).await {
+        Ok((name, role)) => {
+            let (id, session) = c.accounts.open(&name, role);
+            record(&c, &session, "login", "single sign-on".into(), "ok");
+            // A page, not a redirect: the session cookie is SameSite=Strict, and a redirect
+            // still within the provider's cross-site navigation would not send it.
+            let mut r = render(&ContinuePage {});
+            let set = [
+                auth::set_cookie(SESSION_COOKIE, &id, Some(c.session_ttl), c.secure_cookies),
+                auth::set_cookie(crate::oidc::STATE_COOKIE, "", None, c.secure_cookies),
+            ];
+            for v in set.iter().filter_map(|v| v.parse().ok()) {
+                r.headers_mut().append(header::SET_COOKIE, v);
+            }
+            r
+        }
+        Err(e) => refused(&c, &e.to_string()),
     }
 }
 
