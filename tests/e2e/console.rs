@@ -102,6 +102,8 @@ async fn an_operator_replays_traces_resolves_and_cancels_in_a_real_browser() -> 
     });
 
     let screenshots = workspace().join("target/console-screenshots");
+    // This run's pictures only (a failure.png of an earlier run would mislead).
+    let _ = std::fs::remove_dir_all(&screenshots);
     let run = tokio::process::Command::new("node")
         .arg(&script)
         .env("CONSOLE_URL", &console_url)
