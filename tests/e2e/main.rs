@@ -8,6 +8,7 @@ mod certificates;
 mod certificates_crash;
 mod console;
 mod crash;
+mod gift_dead_letters;
 mod hardening;
 mod loader;
 mod operations;

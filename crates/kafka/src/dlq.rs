@@ -1,4 +1,5 @@
-//! Reading a dead-letter topic back (`crm-sync dlq replay`).
+//! Reading a dead-letter topic back: the letters present now, filtered, one at a time (for the
+//! replay in `crate::replay` and the services' admin APIs).
 
 use crate::dead_letter::{HEADER_EVENT_ID, HEADER_REASON_CODE, HEADER_REPLAY_COUNT, HEADER_SOURCE_TOPIC};
 use crate::{KafkaError, KafkaSettings};

@@ -2,15 +2,18 @@
 //! when told to, the at-least-once consumer runner, an idempotent publisher, and the dead-letter
 //! publisher with the standard headers, and the outbox relay. Only standard Kafka APIs are used (idempotent producer,
 //! consumer groups, manual commits), so the same code runs against Apache Kafka, Redpanda, MSK
-//! or the local broker.
+//! or the local broker. Dead letters are read back, replayed to an allow-list of topics
+//! ([`replay_letters`]) and shown masked ([`mask_payload`]) by the same code in every service.
 
 mod config;
 mod consumer;
 mod dead_letter;
 mod dlq;
+mod mask;
 mod producer;
 mod record;
 mod relay;
+mod replay;
 mod runner;
 
 pub use config::{validate_topics, KafkaSettings, DEFAULT_MAX_RECORD_BYTES, LETTER_HEADROOM};
@@ -21,9 +24,15 @@ pub use dead_letter::{
     HEADER_VALUE_WITHHELD, MAX_REASON_BYTES,
 };
 pub use dlq::{read_dead_letters, scan_dead_letters, DeadLetterView, ReplayFilter};
+pub use mask::{mask_payload, mask_value};
 pub use producer::{KafkaPublisher, OutgoingRecord};
 pub use record::{ConsumedRecord, RecordPosition, MAX_KEPT_KEY_BYTES, REASON_RECORD_TOO_LARGE};
 pub use relay::{Drained, Lease, Outbox, OutboxRelay, RelayObserver};
+pub use replay::{
+    replay_headers, replay_letters, DeadLetterSource, PlannedReplay, ReplayOutcome, ReplayPolicy,
+    ReplayRequest, HEADER_REPLAYED_BY, HEADER_REPLAYED_FROM, MAX_PAYLOAD_EVENT_ID_BYTES,
+    REFUSED_NO_SOURCE_TOPIC, REPLAY_CHUNK,
+};
 pub use runner::{ConsumerRunner, Disposition, RecordHandler, Rejected, RetryBackoff, DEFAULT_STOP_TIMEOUT};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};

@@ -1,20 +1,21 @@
 //! `crm-sync dlq replay`: sends chosen dead letters back to their source topic with their replay
 //! count raised, so the pipeline treats them as new attempts rather than duplicates.
 //!
-//! Letters are streamed: read one at a time from the dead-letter topic and published in chunks,
-//! so a replay of millions holds a chunk in memory, not the topic. A letter goes back only to a
-//! topic on the allow-list (`kafka.input_topic` and `kafka.replay_topics`): its `x-source-topic`
-//! header is data anyone who can write the dead-letter topic chooses, never an instruction.
+//! The replay itself is the shared one ([`backbone_kafka::replay_letters`]: letters streamed and
+//! published in chunks, `x-replay-count`, `x-replayed-from`, `x-replayed-by`); this module gives
+//! it crm-sync's dead-letter topic and allow-list, and keeps this command's JSON. A letter goes
+//! back only to `kafka.input_topic` or one of `kafka.replay_topics` (a letter without
+//! `x-source-topic` goes to `kafka.input_topic`): its `x-source-topic` header is data anyone who
+//! can write the dead-letter topic chooses, never an instruction.
 
 use crate::kafka::KafkaConfig;
 use backbone_kafka::{
-    scan_dead_letters, DeadLetterView, KafkaPublisher, OutgoingRecord, ReplayFilter, HEADER_REPLAY_COUNT,
+    replay_letters, DeadLetterSource, PlannedReplay, ReplayFilter, ReplayOutcome, ReplayPolicy, ReplayRequest,
 };
 use serde::Serialize;
-use tokio::sync::mpsc;
 
-/// Letters published per broker round trip.
-const CHUNK: usize = 500;
+/// Why a letter whose source topic is not on crm-sync's allow-list is not sent.
+const REFUSAL: &str = "x-source-topic is not kafka.input_topic or one of kafka.replay_topics";
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ReplaySummary {
@@ -39,21 +40,49 @@ pub struct ReplayedLetter {
     pub refused: Option<String>,
 }
 
-impl ReplayedLetter {
-    fn of(l: &DeadLetterView, kafka: &KafkaConfig) -> Self {
-        let target = l.source_topic().unwrap_or(&kafka.input_topic).to_owned();
-        let allowed = target == kafka.input_topic || kafka.replay_topics.contains(&target);
+impl From<PlannedReplay> for ReplayedLetter {
+    fn from(p: PlannedReplay) -> Self {
         Self {
-            partition: l.partition,
-            offset: l.offset,
-            event_id: l.header("x-event-id").map(str::to_owned),
-            reason_code: l.header("x-dlq-reason-code").map(str::to_owned),
-            refused: (!allowed)
-                .then(|| "x-source-topic is not kafka.input_topic or one of kafka.replay_topics".to_owned()),
-            target_topic: target,
-            replay_count: l.replay_count() + 1,
+            partition: p.partition,
+            offset: p.offset,
+            event_id: p.event_id,
+            reason_code: p.reason_code,
+            target_topic: p.target_topic,
+            replay_count: p.replay_count,
+            refused: p.refused,
         }
     }
+}
+
+impl From<ReplayOutcome> for ReplaySummary {
+    fn from(o: ReplayOutcome) -> Self {
+        Self {
+            matched: o.matched,
+            replayed: o.replayed,
+            refused: o.refused,
+            dry_run: o.dry_run,
+            letters: o.letters.into_iter().map(ReplayedLetter::from).collect(),
+        }
+    }
+}
+
+/// crm-sync's dead-letter topic, read as `<group>-dlq-reader`; letters are known by their
+/// `x-event-id` header.
+fn source(kafka: &KafkaConfig) -> DeadLetterSource {
+    DeadLetterSource::new(
+        kafka.client.clone(),
+        format!("{}-dlq-reader", kafka.group()),
+        kafka.dead_letter_topic.clone(),
+    )
+}
+
+/// Where letters may go back to: `kafka.input_topic` (also for a letter naming no topic) and
+/// `kafka.replay_topics`.
+fn policy(kafka: &KafkaConfig) -> ReplayPolicy {
+    let allowed = std::iter::once(kafka.input_topic.clone())
+        .chain(kafka.replay_topics.iter().cloned())
+        .collect();
+    ReplayPolicy::new(allowed, REFUSAL).with_fallback_topic(kafka.input_topic.clone())
 }
 
 pub async fn replay_dead_letters(
@@ -73,88 +102,83 @@ pub async fn replay_dead_letters_by(
     dry_run: bool,
     by: Option<&str>,
 ) -> anyhow::Result<ReplaySummary> {
-    let settings = kafka.client.clone();
-    let group = format!("{}-dlq-reader", kafka.group());
-    let topic = kafka.dead_letter_topic.clone();
-    let (tx, mut rx) = mpsc::channel::<DeadLetterView>(CHUNK);
-    let reader = tokio::task::spawn_blocking(move || {
-        scan_dead_letters(&settings, &group, &topic, &filter, limit, |view| {
-            tx.blocking_send(view).is_ok()
-        })
-    });
-    let publisher = if dry_run {
-        None
-    } else {
-        Some(KafkaPublisher::new(&kafka.client)?)
-    };
-    let mut summary = ReplaySummary {
-        matched: 0,
-        replayed: 0,
-        refused: 0,
+    let request = ReplayRequest {
+        filter,
+        limit,
         dry_run,
-        letters: Vec::new(),
+        by,
     };
-    let mut chunk = Vec::with_capacity(CHUNK);
-    while let Some(view) = rx.recv().await {
-        let planned = ReplayedLetter::of(&view, kafka);
-        summary.matched += 1;
-        if planned.refused.is_some() {
-            summary.refused += 1;
-            tracing::warn!(
-                partition = planned.partition,
-                offset = planned.offset,
-                target = %planned.target_topic,
-                "dead letter not replayed: its source topic is not allowed"
-            );
-        } else if publisher.is_some() {
-            chunk.push((view, planned.target_topic.clone(), planned.replay_count));
-        }
-        summary.letters.push(planned);
-        if chunk.len() >= CHUNK {
-            summary.replayed += publish(publisher.as_ref(), kafka, &mut chunk, by).await?;
-        }
-    }
-    reader.await??;
-    summary.replayed += publish(publisher.as_ref(), kafka, &mut chunk, by).await?;
-    Ok(summary)
+    let outcome = replay_letters(&source(kafka), &policy(kafka), request).await?;
+    Ok(outcome.into())
 }
 
-/// Publishes and empties `chunk`; returns how many were sent.
-async fn publish(
-    publisher: Option<&KafkaPublisher>,
-    kafka: &KafkaConfig,
-    chunk: &mut Vec<(DeadLetterView, String, u32)>,
-    by: Option<&str>,
-) -> anyhow::Result<usize> {
-    let Some(publisher) = publisher else {
-        return Ok(0);
-    };
-    if chunk.is_empty() {
-        return Ok(0);
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backbone_kafka::DeadLetterView;
+
+    fn letter(source_topic: Option<&str>) -> DeadLetterView {
+        DeadLetterView {
+            partition: 0,
+            offset: 9,
+            dead_lettered_at: None,
+            key: None,
+            payload: Some(br#"{"event_id": "ev-in-payload"}"#.to_vec()),
+            headers: source_topic
+                .map(|t| ("x-source-topic".to_owned(), t.to_owned()))
+                .into_iter()
+                .collect(),
+        }
     }
-    let records = chunk
-        .iter()
-        .map(|(l, target, replay_count)| {
-            let mut headers = vec![
-                (HEADER_REPLAY_COUNT.to_owned(), replay_count.to_string()),
-                (
-                    "x-replayed-from".to_owned(),
-                    format!("{}/{}/{}", kafka.dead_letter_topic, l.partition, l.offset),
-                ),
-            ];
-            if let Some(by) = by {
-                headers.push(("x-replayed-by".to_owned(), by.to_owned()));
-            }
-            OutgoingRecord {
-                topic: target,
-                key: l.key.as_deref(),
-                payload: l.payload.as_deref(),
-                headers,
-            }
-        })
-        .collect();
-    publisher.send_all(records).await?;
-    let sent = chunk.len();
-    chunk.clear();
-    Ok(sent)
+
+    #[test]
+    fn the_allow_list_is_the_input_topic_and_the_replay_topics() {
+        let kafka = KafkaConfig {
+            replay_topics: vec!["tracking.events.retry".into()],
+            ..KafkaConfig::default()
+        };
+        let (source, policy) = (source(&kafka), policy(&kafka));
+        let plan = |t| ReplayedLetter::from(policy.plan(&source, &letter(t)));
+        let nameless = plan(None);
+        assert_eq!(
+            (nameless.target_topic.as_str(), nameless.refused),
+            ("tracking.events", None)
+        );
+        assert_eq!(
+            nameless.event_id, None,
+            "crm-sync names letters by x-event-id only"
+        );
+        assert!(plan(Some("tracking.events.retry")).refused.is_none());
+        let forged = plan(Some("elsewhere"));
+        assert_eq!(forged.target_topic, "elsewhere");
+        assert_eq!(forged.refused.as_deref(), Some(REFUSAL));
+    }
+
+    #[test]
+    fn the_summary_json_keeps_its_fields() {
+        let kafka = KafkaConfig::default();
+        let outcome = ReplayOutcome {
+            matched: 2,
+            replayed: 1,
+            refused: 1,
+            dry_run: false,
+            letters: vec![
+                policy(&kafka).plan(&source(&kafka), &letter(None)),
+                policy(&kafka).plan(&source(&kafka), &letter(Some("elsewhere"))),
+            ],
+        };
+        let json = serde_json::to_value(ReplaySummary::from(outcome)).expect("serializes");
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "matched": 2, "replayed": 1, "refused": 1, "dry_run": false,
+                "letters": [
+                    {"partition": 0, "offset": 9, "event_id": null, "reason_code": null,
+                     "target_topic": "tracking.events", "replay_count": 1},
+                    {"partition": 0, "offset": 9, "event_id": null, "reason_code": null,
+                     "target_topic": "elsewhere", "replay_count": 1, "refused": REFUSAL},
+                ]
+            })
+        );
+    }
 }

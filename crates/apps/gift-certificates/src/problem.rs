@@ -15,6 +15,7 @@ backbone_http::problem_codes! {
     Forbidden = ("forbidden", 403, "This channel may not perform this operation"),
     CertificateNotFound = ("certificate-not-found", 404, "No certificate matches this code and security code"),
     UnknownHold = ("unknown-hold", 404, "No such hold or capture on this certificate"),
+    DeadLetterNotFound = ("dead-letter-not-found", 404, "No dead letter at this partition and offset"),
     MethodNotAllowed = ("method-not-allowed", 405, "This endpoint does not accept this method"),
     IdempotencyInFlight = ("idempotency-in-flight", 409, "A request with this Idempotency-Key is still being processed"),
     WrongState = ("wrong-state", 409, "The certificate's state does not allow this operation"),

@@ -1,8 +1,9 @@
 //! What every part of the service shares: the certificate service over its store, key
-//! material, the Redis cache and limiter, tokens, settings and metrics.
+//! material, the Redis cache and limiter, tokens, settings, metrics and the dead-letter topic.
 
 use crate::auth::{AdminToken, Tokens};
 use crate::config::{Config, HoldsConfig};
+use crate::http::admin::dead_letters::DeadLetterAdmin;
 use crate::metrics::Metrics;
 use crate::problem::Problem;
 use anyhow::Context;
@@ -32,6 +33,8 @@ pub struct AppState {
     pub metrics: Metrics,
     pub outbox_wakeup: Arc<Notify>,
     pub sms_wakeup: Arc<Notify>,
+    /// `topics.dead_letters` as the admin API reads and replays it.
+    pub dead_letters: DeadLetterAdmin,
 }
 
 impl AppState {
@@ -81,6 +84,7 @@ impl AppState {
             metrics: Metrics::new(),
             outbox_wakeup: Arc::new(Notify::new()),
             sms_wakeup: Arc::new(Notify::new()),
+            dead_letters: DeadLetterAdmin::from_config(cfg),
         }))
     }
 

@@ -116,51 +116,9 @@ pub struct Letter {
     pub payload_bytes: usize,
 }
 
-/// `value` with its leaves masked: strings keep their last 4 characters when longer than 8.
-fn mask_value(value: &Value) -> Value {
-    match value {
-        Value::Null => Value::Null,
-        Value::String(s) if s.chars().count() > 8 => {
-            let tail: String = s
-                .chars()
-                .rev()
-                .take(4)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            Value::String(format!("***{tail}"))
-        }
-        Value::Array(items) => Value::Array(items.iter().map(mask_value).collect()),
-        Value::Object(fields) => {
-            Value::Object(fields.iter().map(|(k, v)| (k.clone(), mask_value(v))).collect())
-        }
-        _ => Value::String("***".into()),
-    }
-}
-
 /// The payload as an operator may see it (the same fields the service's logs name).
 pub fn masked_payload(payload: Option<&[u8]>) -> Value {
-    let Some(bytes) = payload else {
-        return Value::Null;
-    };
-    match serde_json::from_slice::<Value>(bytes) {
-        Ok(Value::Object(fields)) => Value::Object(
-            fields
-                .into_iter()
-                .map(|(k, v)| {
-                    let shown = if CLEAR_FIELDS.contains(&k.as_str()) && !v.is_object() && !v.is_array() {
-                        v
-                    } else {
-                        mask_value(&v)
-                    };
-                    (k, shown)
-                })
-                .collect(),
-        ),
-        Ok(other) => serde_json::json!({ "masked": mask_value(&other) }),
-        Err(_) => serde_json::json!({ "not_json": true }),
-    }
+    backbone_kafka::mask_payload(payload, &CLEAR_FIELDS)
 }
 
 /// Reads the matching letters (at most `limit`) on a blocking thread.
@@ -320,38 +278,4 @@ pub async fn replay(
         "dead letters replayed from the admin API"
     );
     Ok(Json(summary))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn a_payload_shows_the_event_identifiers_and_masks_the_rest() {
-        let payload = json!({
-            "event_id": "ev-1", "shipment_id": "s-1", "status": "DELIVERED", "version": 1,
-            "client_id": "client-000123456", "phone": "+79001234567", "note": {"name": "Ivan Petrov"},
-            "amount": 5
-        });
-        let shown = masked_payload(Some(payload.to_string().as_bytes()));
-        assert_eq!(shown["event_id"], "ev-1");
-        assert_eq!(shown["status"], "DELIVERED");
-        assert_eq!(shown["version"], 1);
-        assert_eq!(shown["client_id"], "***3456");
-        assert_eq!(shown["phone"], "***4567");
-        assert_eq!(shown["note"]["name"], "***trov");
-        assert_eq!(shown["amount"], "***");
-        assert!(!shown.to_string().contains("Ivan"), "{shown}");
-    }
-
-    #[test]
-    fn a_payload_that_is_not_json_is_described_not_shown() {
-        assert_eq!(
-            masked_payload(Some(b"{not json at all secret")),
-            json!({"not_json": true})
-        );
-        assert_eq!(masked_payload(None), Value::Null);
-        assert_eq!(masked_payload(Some(b"\"short\"")), json!({"masked": "***"}));
-    }
 }

@@ -34,7 +34,8 @@ type ApiResult = Result<axum::response::Response, Problem>;
     paths(operations::authorize, operations::capture, operations::void, operations::activate, operations::refund,
           operations::cancel, reads::balance, reads::view, uploads::upload_batch, uploads::open_batch, uploads::batch_status,
           admin::overview::overview, admin::certificates::certificate, admin::certificates::cancel,
-          admin::uploads::uploads, admin::deliveries::deliveries, admin::deliveries::requeue),
+          admin::uploads::uploads, admin::deliveries::deliveries, admin::deliveries::requeue,
+          admin::dead_letters::list, admin::dead_letters::letter, admin::dead_letters::replay),
     components(schemas(Problem, operations::OperationResponse, reads::BalanceResponse, operations::AuthorizeRequest,
                        operations::CaptureRequest, operations::VoidRequest, operations::ActivateRequest, UploadJob, UploadRow,
                        uploads::UploadResponse, uploads::OpenedBatchResponse, RejectedRow,
@@ -44,7 +45,11 @@ type ApiResult = Result<axum::response::Response, Problem>;
                        admin::certificates::AdminHistoryEntry, admin::certificates::AdminAuditEntry,
                        admin::certificates::CancelRequest, admin::uploads::UploadsResponse, admin::uploads::AdminUpload,
                        admin::deliveries::DeliveriesResponse, admin::deliveries::DeliveryEntry,
-                       admin::deliveries::RequeueRequest, admin::deliveries::RequeueResponse)),
+                       admin::deliveries::RequeueRequest, admin::deliveries::RequeueResponse,
+                       admin::dead_letters::DeadLettersResponse, admin::dead_letters::DeadLetterSummary,
+                       admin::dead_letters::DeadLetterResponse, admin::dead_letters::DeadLetterReplayRequest,
+                       admin::dead_letters::LetterPosition, admin::dead_letters::ReplaySummary,
+                       admin::dead_letters::ReplayedLetter)),
     tags((name = "admin", description = "The operator console's API: `Authorization: Bearer <admin token>` (`admin.token`), never a channel token; writes name the person in `X-Operator`.")),
     modifiers(&BearerAuth)
 )]

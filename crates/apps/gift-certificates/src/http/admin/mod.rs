@@ -1,11 +1,12 @@
 //! The admin API (`/admin/v1/*`): what the operator console shows and does, through this
 //! service's own stores and the same domain path as the channels' API, never around it. Every
 //! call needs `Authorization: Bearer <admin.token>` (checked once, for every route, by [`gate`]);
-//! a write also names the person behind it in `X-Operator`, recorded in the audit log. Codes are
-//! shown masked and phone numbers by their last two digits; no token, code, CVC or number is
-//! logged.
+//! a write also names the person behind it in `X-Operator`, recorded in the audit log (or, for a
+//! dead-letter replay, sent with each record as `x-replayed-by`). Codes are shown masked and
+//! phone numbers by their last two digits; no token, code, CVC or number is logged.
 
 pub mod certificates;
+pub mod dead_letters;
 pub mod deliveries;
 pub mod overview;
 pub mod uploads;
@@ -36,6 +37,12 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/admin/v1/uploads", get(uploads::uploads))
         .route("/admin/v1/sms", get(deliveries::deliveries))
         .route("/admin/v1/sms/requeue", post(deliveries::requeue))
+        .route("/admin/v1/dead-letters", get(dead_letters::list))
+        .route("/admin/v1/dead-letters/replay", post(dead_letters::replay))
+        .route(
+            "/admin/v1/dead-letters/{partition}/{offset}",
+            get(dead_letters::letter),
+        )
         .route_layer(axum::middleware::from_fn_with_state(state, gate))
 }
 
