@@ -3,12 +3,15 @@
 //! publisher with the standard headers, and the outbox relay. Only standard Kafka APIs are used (idempotent producer,
 //! consumer groups, manual commits), so the same code runs against Apache Kafka, Redpanda, MSK
 //! or the local broker. Dead letters are read back, replayed to an allow-list of topics
-//! ([`replay_letters`]) and shown masked ([`mask_payload`]) by the same code in every service.
+//! ([`replay_letters`]) and shown masked ([`mask_payload`]) by the same code in every service,
+//! in the same wire shapes ([`DeadLetterList`], [`DeadLetterDetail`], [`DeadLetterReplayRequest`],
+//! [`ReplaySummary`]).
 
 mod config;
 mod consumer;
 mod dead_letter;
 mod dlq;
+mod letters;
 mod mask;
 mod producer;
 mod record;
@@ -24,6 +27,11 @@ pub use dead_letter::{
     HEADER_VALUE_WITHHELD, MAX_REASON_BYTES,
 };
 pub use dlq::{read_dead_letters, scan_dead_letters, DeadLetterView, ReplayFilter};
+pub use letters::{
+    list_limit, select_letters, shown_payload, DeadLetterDetail, DeadLetterList, DeadLetterReplayRequest,
+    DeadLetterSummary, LetterPosition, ReplaySelection, ReplaySummary, ReplayedLetter, SelectionError,
+    DEFAULT_LISTED_LETTERS, MAX_LISTED_LETTERS, MAX_REPLAYED_LETTERS,
+};
 pub use mask::{mask_payload, mask_value};
 pub use producer::{KafkaPublisher, OutgoingRecord};
 pub use record::{ConsumedRecord, RecordPosition, MAX_KEPT_KEY_BYTES, REASON_RECORD_TOO_LARGE};

@@ -2,73 +2,24 @@
 //! count raised, so the pipeline treats them as new attempts rather than duplicates.
 //!
 //! The replay itself is the shared one ([`backbone_kafka::replay_letters`]: letters streamed and
-//! published in chunks, `x-replay-count`, `x-replayed-from`, `x-replayed-by`); this module gives
-//! it crm-sync's dead-letter topic and allow-list, and keeps this command's JSON. A letter goes
-//! back only to `kafka.input_topic` or one of `kafka.replay_topics` (a letter without
+//! published in chunks, `x-replay-count`, `x-replayed-from`, `x-replayed-by`), and so is its JSON
+//! ([`ReplaySummary`]); this module gives it crm-sync's dead-letter topic and allow-list. A letter
+//! goes back only to `kafka.input_topic` or one of `kafka.replay_topics` (a letter without
 //! `x-source-topic` goes to `kafka.input_topic`): its `x-source-topic` header is data anyone who
 //! can write the dead-letter topic chooses, never an instruction.
 
 use crate::kafka::KafkaConfig;
-use backbone_kafka::{
-    replay_letters, DeadLetterSource, PlannedReplay, ReplayFilter, ReplayOutcome, ReplayPolicy, ReplayRequest,
-};
-use serde::Serialize;
+use backbone_kafka::{replay_letters, DeadLetterSource, ReplayFilter, ReplayPolicy, ReplayRequest};
+
+/// What a replay did, as this command prints it and the admin API answers it.
+pub use backbone_kafka::{ReplaySummary, ReplayedLetter};
 
 /// Why a letter whose source topic is not on crm-sync's allow-list is not sent.
 const REFUSAL: &str = "x-source-topic is not kafka.input_topic or one of kafka.replay_topics";
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ReplaySummary {
-    pub matched: usize,
-    pub replayed: usize,
-    /// Matched letters not sent because their source topic is not on the allow-list.
-    pub refused: usize,
-    pub dry_run: bool,
-    pub letters: Vec<ReplayedLetter>,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ReplayedLetter {
-    pub partition: i32,
-    pub offset: i64,
-    pub event_id: Option<String>,
-    pub reason_code: Option<String>,
-    pub target_topic: String,
-    pub replay_count: u32,
-    /// Why the letter was not sent, if it was not.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub refused: Option<String>,
-}
-
-impl From<PlannedReplay> for ReplayedLetter {
-    fn from(p: PlannedReplay) -> Self {
-        Self {
-            partition: p.partition,
-            offset: p.offset,
-            event_id: p.event_id,
-            reason_code: p.reason_code,
-            target_topic: p.target_topic,
-            replay_count: p.replay_count,
-            refused: p.refused,
-        }
-    }
-}
-
-impl From<ReplayOutcome> for ReplaySummary {
-    fn from(o: ReplayOutcome) -> Self {
-        Self {
-            matched: o.matched,
-            replayed: o.replayed,
-            refused: o.refused,
-            dry_run: o.dry_run,
-            letters: o.letters.into_iter().map(ReplayedLetter::from).collect(),
-        }
-    }
-}
-
 /// crm-sync's dead-letter topic, read as `<group>-dlq-reader`; letters are known by their
 /// `x-event-id` header.
-fn source(kafka: &KafkaConfig) -> DeadLetterSource {
+pub(crate) fn source(kafka: &KafkaConfig) -> DeadLetterSource {
     DeadLetterSource::new(
         kafka.client.clone(),
         format!("{}-dlq-reader", kafka.group()),
@@ -115,7 +66,7 @@ pub async fn replay_dead_letters_by(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use backbone_kafka::DeadLetterView;
+    use backbone_kafka::{DeadLetterView, ReplayOutcome};
 
     fn letter(source_topic: Option<&str>) -> DeadLetterView {
         DeadLetterView {

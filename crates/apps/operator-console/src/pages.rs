@@ -395,6 +395,24 @@ struct Figure {
     tone: &'static str,
 }
 
+/// `warn` when `over`, else `ok`.
+fn warn_if(over: bool) -> &'static str {
+    if over {
+        "warn"
+    } else {
+        "ok"
+    }
+}
+
+/// `bad` when `over`, else `ok`.
+fn bad_if(over: bool) -> &'static str {
+    if over {
+        "bad"
+    } else {
+        "ok"
+    }
+}
+
 fn figure(label: &'static str, value: impl Into<String>, tone: &'static str) -> Figure {
     Figure {
         label,
@@ -446,22 +464,14 @@ fn crm_card(o: CrmOverview) -> CrmCard {
         figure(
             "Lag p99",
             ms(o.window.lag_p99_ms),
-            if o.window.lag_p99_ms.unwrap_or(0.0) > 5000.0 {
-                "warn"
-            } else {
-                "ok"
-            },
+            warn_if(o.window.lag_p99_ms.unwrap_or(0.0) > 5000.0),
         ),
         figure(
             "Retry queue",
             o.now.retry_queue_depth.to_string(),
-            if o.now.retry_queue_depth > 0 { "warn" } else { "ok" },
+            warn_if(o.now.retry_queue_depth > 0),
         ),
-        figure(
-            "Dead letters",
-            dead.to_string(),
-            if dead > 0 { "bad" } else { "ok" },
-        ),
+        figure("Dead letters", dead.to_string(), bad_if(dead > 0)),
         figure(
             "Breaker",
             if o.now.crm_paused {
@@ -469,27 +479,19 @@ fn crm_card(o: CrmOverview) -> CrmCard {
             } else {
                 o.now.breaker.clone()
             },
-            if o.now.breaker == "closed" && !o.now.crm_paused {
-                "ok"
-            } else {
-                "bad"
-            },
+            bad_if(o.now.breaker != "closed" || o.now.crm_paused),
         ),
         figure(
             "Consumer lag",
             o.now.consumer_lag.to_string(),
-            if o.now.consumer_lag > 10_000 { "warn" } else { "ok" },
+            warn_if(o.now.consumer_lag > 10_000),
         ),
         figure(
             "Outbox backlog",
             o.now
                 .outbox_depth
                 .map_or_else(|| "—".to_owned(), |d| d.to_string()),
-            if o.now.outbox_depth.unwrap_or(0) > 1000 {
-                "warn"
-            } else {
-                "ok"
-            },
+            warn_if(o.now.outbox_depth.unwrap_or(0) > 1000),
         ),
     ];
     let columns: Vec<Column> = o
@@ -525,30 +527,22 @@ fn gift_card(o: GiftOverview) -> GiftCard {
         figure(
             "Outbox pending",
             o.outbox.pending.to_string(),
-            if o.outbox.pending > 1000 { "warn" } else { "ok" },
+            warn_if(o.outbox.pending > 1000),
         ),
         figure(
             "Outbox parked",
             o.outbox.parked.to_string(),
-            if o.outbox.parked > 0 { "bad" } else { "ok" },
+            bad_if(o.outbox.parked > 0),
         ),
         figure(
             "Oldest pending",
             o.outbox
                 .oldest_pending_age_seconds
                 .map_or_else(|| "—".to_owned(), |s| format!("{s:.0} s")),
-            if o.outbox.oldest_pending_age_seconds.unwrap_or(0.0) > 60.0 {
-                "warn"
-            } else {
-                "ok"
-            },
+            warn_if(o.outbox.oldest_pending_age_seconds.unwrap_or(0.0) > 60.0),
         ),
         figure("SMS queued", o.sms.pending.to_string(), "ok"),
-        figure(
-            "SMS failed",
-            o.sms.failed.to_string(),
-            if o.sms.failed > 0 { "bad" } else { "ok" },
-        ),
+        figure("SMS failed", o.sms.failed.to_string(), bad_if(o.sms.failed > 0)),
         figure("Uploads open", o.uploads.open.to_string(), "ok"),
     ];
     let columns: Vec<Column> = o

@@ -4,6 +4,9 @@
 
 use super::{dead_letters, overview, search};
 use crate::api::problem::Problem;
+use backbone_kafka::{
+    DeadLetterDetail, DeadLetterList, DeadLetterReplayRequest, DeadLetterSummary, LetterPosition,
+};
 use utoipa::OpenApi;
 
 #[derive(OpenApi)]
@@ -12,10 +15,10 @@ use utoipa::OpenApi;
          description = "The operator console's view of crm-sync (docs/operator-console.md), on crm-sync's http.listen beside /metrics, served only when http.admin_token is set. Every /admin/v1 call needs `Authorization: Bearer <admin token>`; a write names the person in `X-Operator`. Refusals are RFC 9457 problem details with a stable `code`. Conflicts are the two-way API's /v1/operator-tasks (crm-sync-v1.json)."),
     paths(overview::overview, dead_letters::list, dead_letters::one, dead_letters::replay, search::trace_route),
     components(schemas(Problem, overview::Overview, overview::Now, overview::PartitionLag, overview::Totals,
-                       overview::Series, overview::Point, dead_letters::Listed, dead_letters::Summary,
-                       dead_letters::Letter, dead_letters::ReplayRequest, dead_letters::Position,
-                       crate::ReplaySummary, crate::replay::ReplayedLetter, search::Found,
-                       crate::trace::Trace, crate::trace::Attempt, crate::trace::Source, crate::trace::Retry)),
+                       overview::Series, overview::Point, DeadLetterList, DeadLetterSummary, DeadLetterDetail,
+                       DeadLetterReplayRequest, LetterPosition, crate::ReplaySummary,
+                       crate::replay::ReplayedLetter, search::Found, crate::trace::Trace, crate::trace::Attempt,
+                       crate::trace::Source, crate::trace::Retry)),
     modifiers(&AdminBearer)
 )]
 pub struct AdminDoc;

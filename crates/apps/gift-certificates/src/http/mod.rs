@@ -17,6 +17,10 @@ use axum::routing::{get, post};
 use axum::Router;
 use backbone_certificates::store::CertificateViews;
 use backbone_certificates::{Amount, ApplyError, CodeDigest, Currency, GiftCode, OperationId};
+use backbone_kafka::{
+    DeadLetterDetail, DeadLetterList, DeadLetterReplayRequest, DeadLetterSummary, LetterPosition,
+    ReplaySummary, ReplayedLetter,
+};
 use std::sync::Arc;
 use utoipa::OpenApi;
 
@@ -46,10 +50,8 @@ type ApiResult = Result<axum::response::Response, Problem>;
                        admin::certificates::CancelRequest, admin::uploads::UploadsResponse, admin::uploads::AdminUpload,
                        admin::deliveries::DeliveriesResponse, admin::deliveries::DeliveryEntry,
                        admin::deliveries::RequeueRequest, admin::deliveries::RequeueResponse,
-                       admin::dead_letters::DeadLettersResponse, admin::dead_letters::DeadLetterSummary,
-                       admin::dead_letters::DeadLetterResponse, admin::dead_letters::DeadLetterReplayRequest,
-                       admin::dead_letters::LetterPosition, admin::dead_letters::ReplaySummary,
-                       admin::dead_letters::ReplayedLetter)),
+                       DeadLetterList, DeadLetterSummary, DeadLetterDetail, DeadLetterReplayRequest,
+                       LetterPosition, ReplaySummary, ReplayedLetter)),
     tags((name = "admin", description = "The operator console's API: `Authorization: Bearer <admin token>` (`admin.token`), never a channel token; writes name the person in `X-Operator`.")),
     modifiers(&BearerAuth)
 )]

@@ -1,5 +1,6 @@
-//! The letters of `topics.dead_letters` for an operator, in the shapes of crm-sync's admin API
-//! (one console page shows both): `GET /admin/v1/dead-letters` lists them (filtered),
+//! The letters of `topics.dead_letters` for an operator, in the shapes crm-sync's admin API
+//! answers too (`backbone_kafka::DeadLetterList` and the rest: one console page shows both):
+//! `GET /admin/v1/dead-letters` lists them (filtered),
 //! `GET /admin/v1/dead-letters/{partition}/{offset}` shows one with its headers and its payload
 //! masked, and `POST /admin/v1/dead-letters/replay` sends chosen ones back to the topic they came
 //! from through the shared replay (`backbone_kafka::replay_letters`), or lists them (`dry_run`).
@@ -11,7 +12,7 @@
 //! the `event_id` filter and the replay read it from there. Nothing shown carries a code: a key,
 //! header, id or clear field that reads as one keeps only its last four characters.
 
-use super::{limit, operator, utc};
+use super::operator;
 use crate::config::Config;
 use crate::http::{parse_body, ApiResult};
 use crate::problem::{Problem, ProblemCode};
@@ -23,23 +24,14 @@ use axum::response::IntoResponse;
 use axum::Json;
 use backbone_certificates::code::{mask_last4, visible_tail};
 use backbone_kafka::{
-    mask_payload, replay_letters, DeadLetterSource, DeadLetterView, KafkaError, PlannedReplay, ReplayFilter,
-    ReplayOutcome, ReplayPolicy, ReplayRequest,
+    list_limit, replay_letters, select_letters, shown_payload, DeadLetterDetail, DeadLetterList,
+    DeadLetterReplayRequest, DeadLetterSource, DeadLetterSummary, DeadLetterView, KafkaError, ReplayFilter,
+    ReplayPolicy, ReplayRequest, ReplaySummary, SelectionError,
 };
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
-use utoipa::ToSchema;
 
-/// Letters listed when no `limit` is given.
-pub const DEFAULT_LIMIT: i64 = 50;
-/// The most letters one call lists.
-pub const MAX_LIMIT: i64 = 500;
-/// The most letters one replay matches (and the most positions it names).
-pub const MAX_REPLAY: usize = 1000;
 /// The payload's fields shown as they are: identifiers, the status and version, the letter's
 /// kind and the service's note on a withheld value. Codes, CVCs, phones, amounts, client ids and
 /// every other value are masked.
@@ -95,111 +87,6 @@ pub struct DeadLettersQuery {
     limit: Option<String>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DeadLettersResponse {
-    /// In topic order (partition by partition), without payloads.
-    pub letters: Vec<DeadLetterSummary>,
-    /// The list stopped at `limit`: there may be more.
-    pub truncated: bool,
-}
-
-/// A letter in a list: where it is and why it is there.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DeadLetterSummary {
-    pub partition: i32,
-    pub offset: i64,
-    /// When it was dead-lettered (the record's timestamp).
-    #[serde(with = "time::serde::rfc3339::option")]
-    #[schema(value_type = Option<String>, format = DateTime)]
-    pub dead_lettered_at: Option<OffsetDateTime>,
-    /// `x-event-id`, else the `event_id` its value keeps.
-    pub event_id: Option<String>,
-    /// `x-dlq-reason-code`.
-    pub reason_code: Option<String>,
-    /// `x-dlq-reason`.
-    pub reason: Option<String>,
-    /// `x-source-topic`; `null` for a letter the service wrote itself.
-    pub source_topic: Option<String>,
-    /// `x-replay-count`; 0 when absent.
-    pub replay_count: u32,
-}
-
-/// One letter: its headers, key and masked payload.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DeadLetterResponse {
-    #[serde(flatten)]
-    pub summary: DeadLetterSummary,
-    pub headers: BTreeMap<String, String>,
-    pub key: Option<String>,
-    /// The value with only the identifiers, status, version, kind and a withheld note in clear;
-    /// every other value masked (a string longer than 8 characters keeps its last 4 after `***`,
-    /// any other value is `***`); `{"not_json": true}` for a value that is not JSON, `null` for
-    /// none.
-    #[schema(value_type = Object)]
-    pub payload: Value,
-    /// The value's size in bytes.
-    pub payload_bytes: usize,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct DeadLetterReplayRequest {
-    /// Only these letters (at most 1000); any when empty or absent.
-    #[serde(default)]
-    #[schema(max_items = 1000)]
-    pub letters: Vec<LetterPosition>,
-    #[serde(default)]
-    pub event_id: Option<String>,
-    /// A reason code (`x-dlq-reason-code`).
-    #[serde(default)]
-    pub reason: Option<String>,
-    /// Dead-lettered at or after (RFC 3339).
-    #[serde(default)]
-    pub since: Option<String>,
-    /// Dead-lettered before (RFC 3339).
-    #[serde(default)]
-    pub until: Option<String>,
-    /// 1 to 1000; 1000 when absent.
-    #[serde(default)]
-    #[schema(minimum = 1, maximum = 1000)]
-    pub limit: Option<usize>,
-    /// Required: `true` lists what would be sent, `false` sends it.
-    pub dry_run: bool,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct LetterPosition {
-    pub partition: i32,
-    pub offset: i64,
-}
-
-/// What a replay matched, sent and refused: the JSON of crm-sync's replay.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ReplaySummary {
-    pub matched: usize,
-    pub replayed: usize,
-    /// Matched letters not sent because they name no topic or one not allowed.
-    pub refused: usize,
-    pub dry_run: bool,
-    pub letters: Vec<ReplayedLetter>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ReplayedLetter {
-    pub partition: i32,
-    pub offset: i64,
-    pub event_id: Option<String>,
-    pub reason_code: Option<String>,
-    /// Where it goes (or would go); empty for a letter naming no topic.
-    pub target_topic: String,
-    /// The `x-replay-count` it is sent with.
-    pub replay_count: u32,
-    /// Why it is not sent, if it is not.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub refused: Option<String>,
-}
-
 /// `text`, or only its last four characters after `****-****-****-` when it reads as a code.
 fn without_codes(text: &str) -> String {
     if backbone_orders::contains_code(text) {
@@ -212,88 +99,20 @@ fn without_codes(text: &str) -> String {
 /// The payload masked (`CLEAR_FIELDS` in clear), then any clear text that reads as a code masked
 /// too.
 pub fn masked_payload(payload: Option<&[u8]>) -> Value {
-    let mut shown = mask_payload(payload, &CLEAR_FIELDS);
-    if let Value::Object(fields) = &mut shown {
-        for value in fields.values_mut() {
-            if let Value::String(s) = value {
-                *s = without_codes(s);
-            }
-        }
-    }
-    shown
+    shown_payload(payload, &CLEAR_FIELDS, without_codes)
 }
 
-fn summary(admin: &DeadLetterAdmin, l: &DeadLetterView) -> DeadLetterSummary {
-    let header = |name: &str| l.header(name).map(without_codes);
-    DeadLetterSummary {
-        partition: l.partition,
-        offset: l.offset,
-        dead_lettered_at: l.dead_lettered_at.map(utc),
-        event_id: admin.source.event_id(l).as_deref().map(without_codes),
-        reason_code: header(backbone_kafka::HEADER_REASON_CODE),
-        reason: header(backbone_kafka::HEADER_REASON),
-        source_topic: l.source_topic().map(str::to_owned),
-        replay_count: l.replay_count(),
-    }
-}
-
-fn replayed(p: PlannedReplay) -> ReplayedLetter {
-    ReplayedLetter {
-        partition: p.partition,
-        offset: p.offset,
-        event_id: p.event_id.as_deref().map(without_codes),
-        reason_code: p.reason_code,
-        target_topic: p.target_topic,
-        replay_count: p.replay_count,
-        refused: p.refused,
-    }
-}
-
-impl From<ReplayOutcome> for ReplaySummary {
-    fn from(o: ReplayOutcome) -> Self {
-        Self {
-            matched: o.matched,
-            replayed: o.replayed,
-            refused: o.refused,
-            dry_run: o.dry_run,
-            letters: o.letters.into_iter().map(replayed).collect(),
-        }
-    }
+/// A selection refused: `400 bad-request` naming what is wrong.
+fn refused(e: SelectionError) -> Problem {
+    bad_request(match e {
+        SelectionError::Time { field } => format!("{field} must be an RFC 3339 time"),
+        SelectionError::Limit { max } => format!("limit must be an integer in 1..={max}"),
+        SelectionError::TooManyLetters { max } => format!("letters: at most {max}"),
+    })
 }
 
 fn bad_request(detail: impl Into<String>) -> Problem {
     Problem::new(ProblemCode::BadRequest, Some(detail.into()))
-}
-
-/// An RFC 3339 time, when given and not empty; `400 bad-request` naming the field otherwise.
-fn time_of(field: &str, raw: Option<&str>) -> Result<Option<OffsetDateTime>, Problem> {
-    raw.filter(|s| !s.is_empty())
-        .map(|s| {
-            OffsetDateTime::parse(s, &Rfc3339)
-                .map_err(|_| bad_request(format!("{field} must be an RFC 3339 time")))
-        })
-        .transpose()
-}
-
-fn non_empty(v: Option<String>) -> Option<String> {
-    v.filter(|s| !s.trim().is_empty())
-}
-
-/// The letters a list or replay selects.
-fn filter(
-    event_id: Option<String>,
-    reason: Option<String>,
-    since: Option<&str>,
-    until: Option<&str>,
-    positions: Vec<(i32, i64)>,
-) -> Result<ReplayFilter, Problem> {
-    Ok(ReplayFilter {
-        since: time_of("since", since)?,
-        until: time_of("until", until)?,
-        event_id: non_empty(event_id),
-        reason_code: non_empty(reason),
-        positions,
-    })
 }
 
 /// The broker failed: logged with its cause, answered `503 unavailable`.
@@ -302,43 +121,42 @@ fn broker_unavailable(e: KafkaError) -> Problem {
     Problem::new(ProblemCode::Unavailable, Some("Kafka".into()))
 }
 
+/// A letter as a list shows it: named by its event id (`x-event-id`, else its value's), nothing
+/// that reads as a code.
+fn summary(admin: &DeadLetterAdmin, letter: &DeadLetterView) -> DeadLetterSummary {
+    DeadLetterSummary::new(letter, admin.source.event_id(letter), without_codes)
+}
+
 #[utoipa::path(get, path = "/admin/v1/dead-letters", tag = "admin",
     params(("event_id" = Option<String>, Query, description = "`x-event-id`, else the `event_id` the letter's value keeps"),
            ("reason" = Option<String>, Query, description = "A reason code (`x-dlq-reason-code`)"),
            ("since" = Option<String>, Query, description = "Dead-lettered at or after (RFC 3339)"),
            ("until" = Option<String>, Query, description = "Dead-lettered before (RFC 3339)"),
            ("limit" = Option<i64>, Query, description = "1 to 500; 50 when absent", minimum = 1, maximum = 500)),
-    responses((status = 200, body = DeadLettersResponse),
+    responses((status = 200, body = DeadLetterList),
               (status = 400, body = Problem, content_type = "application/problem+json", description = "`bad-request`: a time or `limit`"),
               (status = 401, body = Problem, content_type = "application/problem+json", description = "`unauthenticated`"),
               (status = 503, body = Problem, content_type = "application/problem+json", description = "`unavailable`: the broker does not answer")),
     security(("admin_bearer" = [])))]
 pub async fn list(State(state): State<Arc<AppState>>, Query(q): Query<DeadLettersQuery>) -> ApiResult {
-    let limit = usize::try_from(limit(q.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?).unwrap_or(1);
-    let selected = filter(
-        q.event_id,
-        q.reason,
-        q.since.as_deref(),
-        q.until.as_deref(),
-        Vec::new(),
-    )?;
+    // A limit that is not a whole number is out of bounds, as 0 is.
+    let limit = list_limit(q.limit.as_deref().map(|raw| raw.parse().unwrap_or(0))).map_err(refused)?;
+    let selected =
+        select_letters(q.event_id, q.reason, q.since.as_deref(), q.until.as_deref()).map_err(refused)?;
     let admin = &state.dead_letters;
     let letters = admin
         .source
         .read(selected, limit)
         .await
         .map_err(broker_unavailable)?;
-    Ok(Json(DeadLettersResponse {
-        truncated: letters.len() >= limit,
-        letters: letters.iter().map(|l| summary(admin, l)).collect(),
-    })
-    .into_response())
+    let summaries = letters.iter().map(|l| summary(admin, l)).collect();
+    Ok(Json(DeadLetterList::new(summaries, limit)).into_response())
 }
 
 #[utoipa::path(get, path = "/admin/v1/dead-letters/{partition}/{offset}", tag = "admin",
     params(("partition" = i32, Path, description = "The letter's partition of `topics.dead_letters`"),
            ("offset" = i64, Path, description = "The letter's offset in that partition")),
-    responses((status = 200, body = DeadLetterResponse),
+    responses((status = 200, body = DeadLetterDetail),
               (status = 400, body = Problem, content_type = "application/problem+json", description = "`bad-request`: partition and offset are whole numbers"),
               (status = 401, body = Problem, content_type = "application/problem+json", description = "`unauthenticated`"),
               (status = 404, body = Problem, content_type = "application/problem+json", description = "`dead-letter-not-found`"),
@@ -364,42 +182,14 @@ pub async fn letter(
         .into_iter()
         .next()
         .ok_or_else(|| Problem::new(ProblemCode::DeadLetterNotFound, None))?;
-    Ok(Json(DeadLetterResponse {
-        summary: summary(admin, &letter),
-        key: letter
-            .key
-            .as_deref()
-            .map(|k| without_codes(&String::from_utf8_lossy(k))),
-        payload: masked_payload(letter.payload.as_deref()),
-        payload_bytes: letter.payload.as_ref().map_or(0, Vec::len),
-        headers: letter
-            .headers
-            .iter()
-            .map(|(k, v)| (k.clone(), without_codes(v)))
-            .collect(),
-    })
+    let event_id = admin.source.event_id(&letter);
+    Ok(Json(DeadLetterDetail::new(
+        &letter,
+        event_id,
+        &CLEAR_FIELDS,
+        without_codes,
+    ))
     .into_response())
-}
-
-/// The request's selection, its limit checked: `400 bad-request` for a limit outside 1 to 1000
-/// or more than 1000 positions.
-fn replay_selection(req: DeadLetterReplayRequest) -> Result<(ReplayFilter, usize, bool), Problem> {
-    let limit = req.limit.unwrap_or(MAX_REPLAY);
-    if !(1..=MAX_REPLAY).contains(&limit) {
-        return Err(bad_request("limit must be an integer in 1..=1000"));
-    }
-    if req.letters.len() > MAX_REPLAY {
-        return Err(bad_request("letters: at most 1000"));
-    }
-    let positions = req.letters.iter().map(|p| (p.partition, p.offset)).collect();
-    let selected = filter(
-        req.event_id,
-        req.reason,
-        req.since.as_deref(),
-        req.until.as_deref(),
-        positions,
-    )?;
-    Ok((selected, limit, req.dry_run))
 }
 
 #[utoipa::path(post, path = "/admin/v1/dead-letters/replay", tag = "admin",
@@ -412,12 +202,14 @@ fn replay_selection(req: DeadLetterReplayRequest) -> Result<(ReplayFilter, usize
     security(("admin_bearer" = [])))]
 pub async fn replay(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> ApiResult {
     let by = operator(&headers)?;
-    let (selected, limit, dry_run) = replay_selection(parse_body(&body)?)?;
+    let selected = parse_body::<DeadLetterReplayRequest>(&body)?
+        .selection()
+        .map_err(refused)?;
     let admin = &state.dead_letters;
     let request = ReplayRequest {
-        filter: selected,
-        limit: Some(limit),
-        dry_run,
+        filter: selected.filter,
+        limit: Some(selected.limit),
+        dry_run: selected.dry_run,
         by: Some(&by),
     };
     let outcome = replay_letters(&admin.source, &admin.policy, request)
@@ -431,7 +223,7 @@ pub async fn replay(State(state): State<Arc<AppState>>, headers: HeaderMap, body
         refused = outcome.refused,
         "dead letters replayed from the admin API"
     );
-    Ok(Json(ReplaySummary::from(outcome)).into_response())
+    Ok(Json(ReplaySummary::new(outcome, without_codes)).into_response())
 }
 
 #[cfg(test)]
@@ -492,27 +284,51 @@ mod tests {
         let parse = |v: Value| parse_body::<DeadLetterReplayRequest>(&Bytes::from(v.to_string()));
         assert!(parse(json!({})).is_err(), "dry_run is required");
         assert!(parse(json!({"dry_run": true, "extra": 1})).is_err());
-        let (f, limit, dry_run) = replay_selection(
-            parse(
-                json!({"dry_run": true, "letters": [{"partition": 1, "offset": 7}], "event_id": " ",
-                "reason": "invalid_field", "since": "2026-11-01T10:00:00Z"}),
-            )
-            .expect("a request"),
+        let selected = parse(
+            json!({"dry_run": true, "letters": [{"partition": 1, "offset": 7}], "event_id": " ",
+            "reason": "invalid_field", "since": "2026-11-01T10:00:00Z"}),
         )
+        .expect("a request")
+        .selection()
         .expect("a selection");
-        assert_eq!((limit, dry_run), (MAX_REPLAY, true));
+        assert_eq!(
+            (selected.limit, selected.dry_run),
+            (backbone_kafka::MAX_REPLAYED_LETTERS, true)
+        );
+        let f = selected.filter;
         assert_eq!(f.positions, vec![(1, 7)]);
         assert_eq!(f.event_id, None, "blank is no filter");
         assert_eq!(f.reason_code.as_deref(), Some("invalid_field"));
         assert!(f.since.is_some());
-        for bad in [
-            json!({"dry_run": true, "limit": 0}),
-            json!({"dry_run": true, "limit": 1001}),
-            json!({"dry_run": true, "until": "yesterday"}),
+        let many: Vec<Value> = (0..1001).map(|o| json!({"partition": 0, "offset": o})).collect();
+        for (bad, detail) in [
+            (
+                json!({"dry_run": true, "limit": 0}),
+                "limit must be an integer in 1..=1000",
+            ),
+            (
+                json!({"dry_run": true, "limit": 1001}),
+                "limit must be an integer in 1..=1000",
+            ),
+            (
+                json!({"dry_run": true, "until": "yesterday"}),
+                "until must be an RFC 3339 time",
+            ),
+            (json!({"dry_run": true, "letters": many}), "letters: at most 1000"),
         ] {
-            let refused = replay_selection(parse(bad.clone()).expect("parses")).expect_err("refused");
+            let e = parse(bad.clone())
+                .expect("parses")
+                .selection()
+                .expect_err("refused");
+            let refused = refused(e);
             assert_eq!((refused.status, refused.code), (400, "bad-request"), "{bad}");
+            assert_eq!(refused.detail.as_deref(), Some(detail));
         }
+        let listed = refused(backbone_kafka::list_limit(Some(501)).expect_err("out of bounds"));
+        assert_eq!(
+            listed.detail.as_deref(),
+            Some("limit must be an integer in 1..=500")
+        );
     }
 
     #[test]
