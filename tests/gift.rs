@@ -381,6 +381,7 @@ impl ChildConfig {
             state: format!("GiftCertificateState.{id}"),
             transactions: format!("GiftCertificateTransaction.{id}"),
             bi: format!("GiftCertificateBI.{id}"),
+            ..Default::default()
         };
         Self {
             db_url: format!("{}/gc_crash_{id}", pg_base()),

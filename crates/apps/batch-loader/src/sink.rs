@@ -208,6 +208,11 @@ fn transport_error(e: reqwest::Error) -> SendError {
     }
 }
 
+/// The record key of a job: `<batch_id>:<job>`, the same text as its idempotency key.
+pub fn job_key(batch_id: &str, job: u32) -> String {
+    idempotency_key(batch_id, job)
+}
+
 pub struct KafkaSink {
     publisher: KafkaPublisher,
     topic: String,
@@ -233,9 +238,12 @@ impl KafkaSink {
     }
 
     async fn send(&self, job: &OutgoingJob) -> Result<Option<UploadAck>, SendError> {
+        // One key per job: a batch's jobs spread over the topic's partitions, and the service
+        // handles them at once (the batch's record counts each job, in any order).
+        let key = job_key(&self.batch_id, job.job);
         let record = OutgoingRecord {
             topic: &self.topic,
-            key: Some(self.batch_id.as_bytes()),
+            key: Some(key.as_bytes()),
             payload: Some(&job.body),
             headers: vec![(
                 "idempotency-key".to_owned(),

@@ -102,7 +102,7 @@ fn read_all(brokers: &str, topic: &str, expected: usize) -> Vec<(String, String,
 }
 
 #[tokio::test]
-async fn jobs_are_published_keyed_by_batch_and_not_again_on_a_rerun() {
+async fn jobs_are_published_keyed_by_batch_and_job_and_not_again_on_a_rerun() {
     let cluster = MockCluster::new(1).unwrap();
     let topic = "GiftCertificateUpload";
     cluster.create_topic(topic, 3, 1).unwrap();
@@ -141,8 +141,9 @@ async fn jobs_are_published_keyed_by_batch_and_not_again_on_a_rerun() {
     let mut jobs: Vec<UploadJob> = records
         .iter()
         .map(|(key, header, value)| {
-            assert_eq!(key, "kafka-1");
             let job: UploadJob = serde_json::from_slice(value).unwrap();
+            // One key per job, so a batch's jobs spread over the partitions.
+            assert_eq!(key, &format!("kafka-1:{}", job.job));
             assert_eq!(header, &format!("kafka-1:{}", job.job));
             job
         })

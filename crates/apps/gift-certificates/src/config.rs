@@ -127,6 +127,9 @@ pub struct Topics {
     pub dead_letters: String,
     /// Consumer group of the order, payment and upload consumers.
     pub group_id: String,
+    /// Records of distinct keys (orders, payments, upload jobs) one consumer handles at once,
+    /// 1 to 64; one key's records stay in order.
+    pub concurrency: usize,
     /// Out: every state change.
     pub state: String,
     /// Out: every authorize, capture, void, refund and expiry.
@@ -156,6 +159,7 @@ impl Default for Topics {
             uploads: "GiftCertificateUpload".into(),
             dead_letters: "gift-certificates.dead.letters".into(),
             group_id: "gift-certificates".into(),
+            concurrency: 4,
             state: backbone_certificates::events::STATE_TOPIC.into(),
             transactions: backbone_certificates::events::TRANSACTION_TOPIC.into(),
             bi: backbone_certificates::events::BI_TOPIC.into(),
@@ -340,6 +344,9 @@ impl Config {
         let mut problems = Vec::new();
         if self.tokens.is_empty() {
             problems.push("tokens: at least one channel needs a service token".to_owned());
+        }
+        if !(1..=64).contains(&self.topics.concurrency) {
+            problems.push("topics.concurrency must be 1 to 64".to_owned());
         }
         for (channel, token) in &self.tokens {
             if token.expose_secret().len() < 24 {

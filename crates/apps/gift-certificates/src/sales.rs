@@ -302,11 +302,15 @@ pub async fn run(
             return;
         }
     };
+    // Distinct orders, payments and upload jobs are independent: an order and its payments
+    // meet under the order's lock, a certificate under its row lock, and an upload job is keyed
+    // by its batch and number.
     let runner = ConsumerRunner::new(
         consumer,
         DeadLetterPublisher::new(publisher, &topics.dead_letters),
         200,
-    );
+    )
+    .with_key_concurrency(topics.concurrency);
     runner.run(&SalesHandler { state, topics }, &stop).await;
 }
 
