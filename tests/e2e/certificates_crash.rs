@@ -1,8 +1,10 @@
 //! gift-certificates killed with SIGKILL in the middle of authorize/capture traffic, then
-//! restarted. Each operation is one PostgreSQL transaction holding the effect, its audit row,
-//! its outbox events and its Idempotency-Key, so a crash at any point leaves either all of them
-//! or none: a request cut off by the crash and retried with the same key after the restart is
-//! applied once (or replayed), never twice; money adds up; and the outbox relay, restarted,
+//! restarted. Concurrent operations are committed in groups: one PostgreSQL transaction holds
+//! the effects of a group with their audit rows, outbox events and Idempotency-Keys, and the
+//! answers go out after its commit. So a crash at any point leaves either all of a group or none
+//! of it: an answered request is applied once; a request cut off by the crash (its group
+//! committed or not) and retried with the same key after the restart is applied once (or
+//! replayed), never twice; money adds up; and the outbox relay, restarted,
 //! publishes every committed event (a crash between the broker's acknowledgement and the
 //! outbox delete publishes some twice; consumers de-duplicate by `event_id`), in order per
 //! certificate.
@@ -65,6 +67,27 @@ async fn until_answered(
             }
         }
     }
+}
+
+/// How many groups committed so far, and how many operations they held, from `/metrics`.
+async fn group_sizes(http: &reqwest::Client, base: &str) -> (f64, f64) {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+    };
+    (
+        value("gift_certificates_operation_group_size_count"),
+        value("gift_certificates_operation_group_size_sum"),
+    )
 }
 
 #[tokio::test]
@@ -156,6 +179,12 @@ async fn a_kill_9_under_load_loses_nothing_and_doubles_nothing() {
 
     // Let traffic run, kill -9 mid-flight, restart on the same database and broker.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // The kill falls among groups of several operations, not single ones.
+    let (groups, grouped) = group_sizes(&http, &base).await;
+    assert!(
+        grouped > groups,
+        "{grouped} operations in {groups} groups before the kill: none held two"
+    );
     std::process::Command::new("kill")
         .args(["-9", &child.id().to_string()])
         .status()

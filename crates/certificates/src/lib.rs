@@ -8,6 +8,7 @@ pub mod channel;
 pub mod code;
 pub mod contract;
 pub mod events;
+pub mod group;
 pub mod ids;
 pub mod memory;
 pub mod money;
@@ -24,6 +25,7 @@ pub use certificate::{
 };
 pub use channel::{Channel, Scope};
 pub use code::{CodeError, Cvc, GiftCode};
+pub use group::{GroupCommit, GroupSettings};
 pub use money::{Amount, Currency, MoneyError};
 pub use operation::{execute, Command};
 pub use ports::{

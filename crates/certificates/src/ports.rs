@@ -118,7 +118,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// How a request names its certificate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CertificateRef {
     Code(CodeDigest),
     Id(Uuid),

@@ -56,6 +56,8 @@ pub fn sale_operation(order_id: &str, line_id: &str) -> Result<OperationId, Cert
 pub struct CertificateService<S> {
     store: S,
     refusals: Option<RefusalLetters>,
+    /// Groups whose statements failed, so that their operations ran one by one (`crate::group`).
+    pub(crate) fallbacks: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl<S: CertificateStore> CertificateService<S> {
@@ -63,6 +65,7 @@ impl<S: CertificateStore> CertificateService<S> {
         Self {
             store,
             refusals: None,
+            fallbacks: Default::default(),
         }
     }
 
@@ -278,61 +281,78 @@ fn owner_of<'a>(locked: &'a LockedCertificate, target: &OperationId) -> Option<&
     locked.hold_channels.get(hold).map(String::as_str)
 }
 
-/// One operation inside `unit`; the caller commits or rolls back.
-async fn apply_in(unit: &mut dyn UnitOfWork, request: &OperationRequest) -> Result<Applied, ApplyError> {
+/// What one operation comes to once its certificate is locked and loaded: an answer with
+/// nothing to write, a refusal to remember under the key, or a change to save.
+pub(crate) enum Decision {
+    Answer(Result<Applied, ApplyError>),
+    Remember {
+        refusal: Refusal,
+        stored: serde_json::Value,
+    },
+    Save {
+        after: Box<Certificate>,
+        applied: Applied,
+        events: Vec<events::Outgoing>,
+    },
+}
+
+/// The lookup an operation's lock loads with the certificate.
+pub(crate) fn lookup_of(request: &OperationRequest) -> Lookup<'_> {
     let channel = request.origin.channel.as_str();
-    let key = request.idempotency.as_ref().map(|k| k.key.as_str());
-    if let Some(key) = key {
-        if !unit.claim_key(channel, key).await? {
-            return Err(ApplyError::InFlight);
-        }
-    }
-    let lookup = Lookup {
+    Lookup {
         target: request.command.target(),
         operation: &request.operation,
-        key: key.map(|k| (channel, k)),
-    };
-    let mut locked = unit
-        .lock(request.certificate, lookup)
-        .await?
-        .ok_or(ApplyError::NotFound)?;
+        key: request.idempotency.as_ref().map(|k| (channel, k.key.as_str())),
+    }
+}
+
+/// The domain's part of an operation, after the claim and the lock, in the order the module
+/// documents: CVC, stored answer, the target's owner, an operation id seen before, the rules.
+pub(crate) fn decide(
+    locked: &mut LockedCertificate,
+    request: &OperationRequest,
+    now: OffsetDateTime,
+) -> Decision {
     if let Some(presented) = &request.cvc_verifier {
         if !bool::from(presented.as_slice().ct_eq(&locked.cvc_verifier)) {
-            return Err(ApplyError::WrongCvc);
+            return Decision::Answer(Err(ApplyError::WrongCvc));
         }
     }
     if let (Some(stored), Some(claim)) = (locked.stored.take(), &request.idempotency) {
-        return replay(stored, &claim.request_hash);
+        return Decision::Answer(replay(stored, &claim.request_hash));
     }
     if let Some(target) = request.command.target() {
-        let owner = owner_of(&locked, target);
+        let owner = owner_of(locked, target);
         if owner.is_some_and(|owner| !request.origin.channel.may_act_on(owner)) {
-            return Err(ApplyError::UnknownTarget);
+            return Decision::Answer(Err(ApplyError::UnknownTarget));
         }
     }
-    let now = OffsetDateTime::now_utc();
     // A deterministic operation id seen before: its effect stands, nothing is written again.
     if let Some(previous) = locked.certificate.applied(&request.operation) {
-        let mut applied = summary(&locked, &locked.certificate, vec![previous.clone()], now);
+        let mut applied = summary(locked, &locked.certificate, vec![previous.clone()], now);
         applied.replayed = true;
-        return Ok(applied);
+        return Decision::Answer(Ok(applied));
     }
     let mut after = locked.certificate.clone();
     let effects = match execute(&mut after, request.operation.clone(), &request.command, now) {
         Ok(effects) => effects,
-        Err(CertificateError::UnknownOperation(_)) => return Err(ApplyError::UnknownTarget),
+        Err(CertificateError::UnknownOperation(_)) => {
+            return Decision::Answer(Err(ApplyError::UnknownTarget))
+        }
         Err(refused) => {
             let refusal = Refusal::from(&refused);
-            if let Some(claim) = &request.idempotency {
-                let result = serde_json::to_value(&refusal).map_err(|e| corrupt("refusal", e))?;
-                unit.remember(channel, claim, KeyOutcome::Refused, result).await?;
+            if request.idempotency.is_none() {
+                return Decision::Answer(Err(ApplyError::Refused(refusal)));
             }
-            return Err(ApplyError::Refused(refusal));
+            return match serde_json::to_value(&refusal) {
+                Ok(stored) => Decision::Remember { refusal, stored },
+                Err(e) => Decision::Answer(Err(corrupt("refusal", e))),
+            };
         }
     };
-    let applied = summary(&locked, &after, effects, now);
+    let applied = summary(locked, &after, effects, now);
     if applied.effects.is_empty() {
-        return Ok(applied);
+        return Decision::Answer(Ok(applied));
     }
     let events = events::outgoing(
         locked.id,
@@ -341,22 +361,67 @@ async fn apply_in(unit: &mut dyn UnitOfWork, request: &OperationRequest) -> Resu
         &applied.effects,
         &request.origin,
     );
-    unit.save(SavedOperation {
-        locked: &locked,
-        after: &after,
-        applied: &applied,
-        origin: &request.origin,
-        idempotency: request.idempotency.as_ref(),
-        events: &events,
-    })
-    .await?;
+    Decision::Save {
+        after: Box::new(after),
+        applied,
+        events,
+    }
+}
+
+/// Writes what goes with a saved operation besides its rows: an operator's reason on its audit
+/// row, the CVC SMS of an activation.
+pub(crate) async fn save_extras(
+    unit: &mut dyn UnitOfWork,
+    locked: &LockedCertificate,
+    request: &OperationRequest,
+) -> Result<(), ApplyError> {
     if let Some(reason) = &request.reason {
         unit.record_reason(locked.id, &request.operation, reason).await?;
     }
     if let Some(phone) = &request.cvc_sms_to {
         unit.queue_cvc_sms(locked.id, phone).await?;
     }
-    Ok(applied)
+    Ok(())
+}
+
+/// One operation inside `unit`; the caller commits or rolls back.
+async fn apply_in(unit: &mut dyn UnitOfWork, request: &OperationRequest) -> Result<Applied, ApplyError> {
+    let channel = request.origin.channel.as_str();
+    if let Some(claim) = &request.idempotency {
+        if !unit.claim_key(channel, &claim.key).await? {
+            return Err(ApplyError::InFlight);
+        }
+    }
+    let mut locked = unit
+        .lock(request.certificate, lookup_of(request))
+        .await?
+        .ok_or(ApplyError::NotFound)?;
+    match decide(&mut locked, request, OffsetDateTime::now_utc()) {
+        Decision::Answer(answer) => answer,
+        Decision::Remember { refusal, stored } => {
+            if let Some(claim) = &request.idempotency {
+                unit.remember(channel, claim, KeyOutcome::Refused, stored).await?;
+            }
+            Err(ApplyError::Refused(refusal))
+        }
+        Decision::Save {
+            after,
+            applied,
+            events,
+        } => {
+            unit.save(SavedOperation {
+                locked: &locked,
+                after: &after,
+                applied: &applied,
+                origin: &request.origin,
+                idempotency: request.idempotency.as_ref(),
+                events: &events,
+            })
+            .await?;
+            save_extras(unit, &locked, request).await?;
+            Ok(applied)
+        }
+    }
 }
 
 /// Activates the order's certificates if it is recorded, not activated yet, and paid. Each line

@@ -209,9 +209,64 @@ pub trait SmsQueueing: Send {
     async fn queue_cvc_sms(&mut self, certificate_id: Uuid, phone: &str) -> Result<(), StoreError>;
 }
 
+/// A key to claim, with where its result goes: the claims and rows of a group of operations
+/// (see `crate::group`), each capability set-based in one call. The defaults run the single
+/// calls one after another; a store overrides them to make each one statement.
+#[async_trait]
+pub trait BatchRows: KeyClaims + CertificateRows {
+    /// [`KeyClaims::claim_key`] for each `(channel, key)`, answers in the same order.
+    async fn claim_keys(&mut self, keys: &[(&str, &str)]) -> Result<Vec<bool>, StoreError> {
+        let mut claimed = Vec::with_capacity(keys.len());
+        for (channel, key) in keys {
+            claimed.push(self.claim_key(channel, key).await?);
+        }
+        Ok(claimed)
+    }
+
+    /// [`CertificateRows::lock`] for each request, answers in the same order. Rows are locked
+    /// in one order whatever the order asked (by id), so two groups never deadlock.
+    async fn lock_all(
+        &mut self,
+        wanted: &[(CertificateRef, Lookup<'_>)],
+    ) -> Result<Vec<Option<LockedCertificate>>, StoreError> {
+        let mut locked = Vec::with_capacity(wanted.len());
+        for (by, lookup) in wanted {
+            locked.push(self.lock(*by, *lookup).await?);
+        }
+        Ok(locked)
+    }
+
+    /// [`CertificateRows::save`] for operations on distinct certificates; their events go out
+    /// in the order given. Refused (an error) when any version changed.
+    async fn save_all(&mut self, operations: &[SavedOperation<'_>]) -> Result<(), StoreError> {
+        for operation in operations {
+            self.save(*operation).await?;
+        }
+        Ok(())
+    }
+
+    /// [`KeyClaims::remember`] for distinct keys.
+    async fn remember_all(&mut self, results: &[Remembered<'_>]) -> Result<(), StoreError> {
+        for r in results {
+            self.remember(r.channel, r.claim, r.outcome, r.result.clone())
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// A result to remember under its key (see [`BatchRows::remember_all`]).
+#[derive(Debug, Clone)]
+pub struct Remembered<'a> {
+    pub channel: &'a str,
+    pub claim: &'a IdempotencyClaim,
+    pub outcome: KeyOutcome,
+    pub result: serde_json::Value,
+}
+
 /// One use case's locks and writes: all of it commits, or none of it.
 #[async_trait]
-pub trait UnitOfWork: KeyClaims + CertificateRows + SaleRecords + SmsQueueing {
+pub trait UnitOfWork: KeyClaims + CertificateRows + BatchRows + SaleRecords + SmsQueueing {
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
     /// Also what dropping the unit does, without waiting.
     async fn rollback(self: Box<Self>) -> Result<(), StoreError>;

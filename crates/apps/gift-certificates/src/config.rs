@@ -29,6 +29,7 @@ pub struct Config {
     #[serde(skip_serializing)]
     pub tokens: BTreeMap<Channel, SecretString>,
     pub holds: HoldsConfig,
+    pub operations: OperationsConfig,
     pub attempts: AttemptPolicy,
     pub sms: SmsConfig,
     /// The admin API (`/admin/v1/*`) for the operator console.
@@ -209,6 +210,26 @@ impl Default for HoldsConfig {
     }
 }
 
+/// How the API's certificate operations reach PostgreSQL: in groups that commit once
+/// (`docs/gift-certificates.md`, "Group commit").
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OperationsConfig {
+    /// Groups in flight at once; each holds one connection while it runs.
+    pub group_workers: usize,
+    /// Operations one group takes at most.
+    pub group_max_operations: usize,
+}
+
+impl Default for OperationsConfig {
+    fn default() -> Self {
+        Self {
+            group_workers: 4,
+            group_max_operations: 64,
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SmsConfig {
@@ -369,6 +390,15 @@ impl Config {
         }
         if !(1..=self.holds.max_ttl_seconds).contains(&self.holds.default_ttl_seconds) {
             problems.push("holds.default_ttl_seconds must be in 1..=holds.max_ttl_seconds".into());
+        }
+        if !(1..=64).contains(&self.operations.group_workers)
+            || self.operations.group_workers >= self.postgres.max_connections as usize
+        {
+            problems
+                .push("operations.group_workers must be in 1..=64 and below postgres.max_connections".into());
+        }
+        if !(1..=1024).contains(&self.operations.group_max_operations) {
+            problems.push("operations.group_max_operations must be in 1..=1024".into());
         }
         if self.attempts.per_certificate == 0 || self.attempts.per_channel == 0 {
             problems.push("attempts limits must be >= 1".into());

@@ -202,12 +202,9 @@ pub async fn operate(state: &AppState, op: ChannelOperation) -> Result<Applied, 
         .operation_seconds
         .with_label_values(&[op.route])
         .start_timer();
-    // Detached: a client that hangs up must not cancel the transaction half-way (a dropped
+    // In the next group commit, which runs to its end even when the client hangs up (a dropped
     // transaction would keep its locks until its connection is reused).
-    let certificates = state.certificates.clone();
-    let result = tokio::spawn(async move { certificates.apply(request).await })
-        .await
-        .unwrap_or_else(|e| Err(ApplyError::Unavailable(format!("operation task failed: {e}"))));
+    let result = state.operations.apply(request).await;
     timer.observe_duration();
     let failed_lookup = matches!(
         result,

@@ -8,13 +8,16 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use prometheus::{
-    exponential_buckets, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry,
 };
 
 pub struct Metrics {
     pub registry: Registry,
     pub operations: IntCounterVec,
     pub operation_seconds: HistogramVec,
+    /// Operations per group commit.
+    pub group_size: Histogram,
     pub failed_lookups: IntCounter,
     pub blocked: IntCounter,
     pub cache: IntCounterVec,
@@ -61,6 +64,15 @@ impl Metrics {
                 )
                 .buckets(must(exponential_buckets(0.0005, 2.0, 14))),
                 &["route"],
+            )),
+            group_size: must(Histogram::with_opts(
+                HistogramOpts::new(
+                    "gift_certificates_operation_group_size",
+                    "Operations committed together in one group (one transaction)",
+                )
+                .buckets(vec![
+                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+                ]),
             )),
             failed_lookups: counter(
                 "gift_certificates_failed_lookups_total",
@@ -135,6 +147,7 @@ impl Metrics {
             must(m.registry.register(Box::new(c.clone())));
         }
         must(m.registry.register(Box::new(m.operation_seconds.clone())));
+        must(m.registry.register(Box::new(m.group_size.clone())));
         for g in [
             &m.outbox_pending,
             &m.outbox_parked_rows,

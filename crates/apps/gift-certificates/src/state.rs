@@ -8,7 +8,7 @@ use crate::metrics::Metrics;
 use crate::problem::Problem;
 use anyhow::Context;
 use backbone_certificates::store::{BalanceView, CertificateViews};
-use backbone_certificates::{CertificateService, CodeDigest, CodeKeys};
+use backbone_certificates::{CertificateService, CodeDigest, CodeKeys, GroupCommit, GroupSettings};
 use backbone_postgres::PgCertificates;
 use backbone_redis::{AttemptLimiter, BalanceCache, Redis};
 use secrecy::ExposeSecret;
@@ -22,6 +22,8 @@ pub type Certificates = CertificateService<PgCertificates>;
 /// Everything a request handler and a worker needs.
 pub struct AppState {
     pub certificates: Certificates,
+    /// The API's operations, in groups that commit once (`operations.*`).
+    pub operations: GroupCommit,
     pub keys: Arc<dyn CodeKeys>,
     pub cache: BalanceCache,
     pub limiter: AttemptLimiter,
@@ -67,9 +69,26 @@ impl AppState {
         let redis = Redis::connect(cfg.redis.url.expose_secret(), &cfg.redis.key_prefix)
             .await
             .context("Redis")?;
+        let certificates = CertificateService::new(store)
+            .with_refusal_letters(crate::sales::refusal_letters(&cfg.topics.dead_letters));
+        let metrics = Metrics::new();
+        let group_size = metrics.group_size.clone();
+        let (operations, group_workers) = GroupCommit::new(
+            certificates.clone(),
+            GroupSettings {
+                workers: cfg.operations.group_workers,
+                max_operations: cfg.operations.group_max_operations,
+                ..GroupSettings::default()
+            },
+            Some(Arc::new(move |size| group_size.observe(size as f64))),
+        );
+        // Each ends once the last handle (this state's) is dropped and its queue is empty.
+        for worker in group_workers {
+            tokio::spawn(worker);
+        }
         Ok(Arc::new(Self {
-            certificates: CertificateService::new(store)
-                .with_refusal_letters(crate::sales::refusal_letters(&cfg.topics.dead_letters)),
+            certificates,
+            operations,
             keys,
             cache: BalanceCache::new(redis.clone(), Duration::from_secs(cfg.redis.balance_ttl_seconds)),
             limiter: AttemptLimiter::new(redis, cfg.attempts),
@@ -81,7 +100,7 @@ impl AppState {
                 sweep_interval_ms: cfg.holds.sweep_interval_ms,
             },
             idempotency_retention_hours: cfg.http.idempotency_retention_hours,
-            metrics: Metrics::new(),
+            metrics,
             outbox_wakeup: Arc::new(Notify::new()),
             sms_wakeup: Arc::new(Notify::new()),
             dead_letters: DeadLetterAdmin::from_config(cfg),

@@ -15,7 +15,9 @@ use crate::service::CertificateService;
 use crate::store::*;
 use uuid::Uuid;
 
+mod group;
 mod queues;
+use group::*;
 use queues::*;
 
 fn digest(n: u8) -> CodeDigest {
@@ -91,6 +93,8 @@ where
     let service = CertificateService::new(store);
     issue_counts_new_resent_and_duplicate_codes(&service).await;
     operations_save_replay_and_refuse(&service).await;
+    a_group_answers_and_writes_as_its_operations_one_by_one(&service).await;
+    a_round_is_claimed_locked_and_loaded_at_once(&service).await;
     keys_are_claimed_by_one_unit_at_a_time(store).await;
     a_stale_version_is_never_saved(&service).await;
     sales_complete_once_when_paid(&service).await;

@@ -178,6 +178,9 @@ impl CertificateStore for MemoryStore {
     }
 }
 
+/// One call after another: the memory store has one write lock, so the order cannot deadlock.
+impl BatchRows for MemoryUnit {}
+
 #[async_trait]
 impl UnitOfWork for MemoryUnit {
     async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {

@@ -9,6 +9,7 @@ use sqlx::PgPool;
 
 pub mod admin;
 mod batches;
+mod group;
 mod outbox;
 pub mod pgbench;
 mod phones;
