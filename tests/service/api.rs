@@ -470,6 +470,31 @@ async fn wrong_cvcs_lock_the_certificate_with_a_generic_error(pool: PgPool) {
     assert_eq!(status, StatusCode::CREATED);
 }
 
+/// A cached certificate's balance check is verified in Redis in one round trip: the same answer
+/// as the long way, and wrong CVCs counted toward the same lockout.
+#[sqlx::test(migrator = "backbone_postgres::certificates::MIGRATOR")]
+async fn cached_balance_checks_answer_alike_and_count_wrong_cvcs(pool: PgPool) {
+    let app = TestApp::start(pool).await;
+    let (code, cvc) = app.active_certificate(5_000).await;
+    let wrong = if cvc == "0000" { "0001" } else { "0000" };
+    let hits = || app.state.metrics.cache.with_label_values(&["hit"]).get();
+    let (status, long_way) = app.balance(&code, &cvc).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(hits(), 0, "the first check fills the cache");
+    let (status, cached) = app.balance(&code, &cvc).await;
+    assert_eq!((status, &cached), (StatusCode::OK, &long_way));
+    assert_eq!(hits(), 1);
+    for _ in 0..5 {
+        let (status, body) = app.balance(&code, wrong).await;
+        assert_problem(status, &body, 404, "certificate-not-found");
+    }
+    assert_eq!(hits(), 6, "the wrong CVCs were checked against the cache");
+    let (status, body) = app.balance(&code, &cvc).await;
+    assert_problem(status, &body, 429, "too-many-attempts");
+    let (status, body) = app.authorize(&code, &cvc, 100, "locked").await;
+    assert_problem(status, &body, 429, "too-many-attempts");
+}
+
 #[sqlx::test(migrator = "backbone_postgres::certificates::MIGRATOR")]
 async fn a_stale_cache_cannot_allow_overspending(pool: PgPool) {
     use backbone_certificates::store::BalanceView;
@@ -492,7 +517,11 @@ async fn a_stale_cache_cannot_allow_overspending(pool: PgPool) {
         .capture(&code, hold["operation_id"].as_str().unwrap(), 4_000, "spend-cap")
         .await;
     assert_eq!(status, StatusCode::OK);
-    app.state.cache.put(&digest, &stale).await.unwrap();
+    app.state
+        .cache
+        .put(&digest, &stale.cvc_verifier, &stale)
+        .await
+        .unwrap();
     let (_, shown) = app.balance(&code, &cvc).await;
     assert_eq!(
         shown["available_minor"], 5_000,

@@ -46,39 +46,67 @@ impl Redis {
     }
 }
 
-/// Read-through cache of balance views, keyed by an opaque id (the code digest in hex).
+/// Read-through cache of balance views, keyed by an opaque id (the code digest in hex). Each
+/// entry holds the certificate's CVC verifier (hex) and the view, so a balance check is
+/// verified and answered in Redis in one round trip ([`AttemptLimiter::check_cached`]).
 #[derive(Clone)]
 pub struct BalanceCache {
     redis: Redis,
     ttl: Duration,
 }
 
+/// Entries of an earlier layout (the view alone), deleted with the current ones.
+const OLD_KIND: &str = "bal";
+const KIND: &str = "bv";
+
 impl BalanceCache {
     pub fn new(redis: Redis, ttl: Duration) -> Self {
         Self { redis, ttl }
     }
 
-    pub async fn get<T: DeserializeOwned>(&self, id: &str) -> Result<Option<T>, RedisError> {
-        let mut c = self.redis.connection.clone();
-        let raw: Option<Vec<u8>> = c.get(self.redis.key("bal", id)).await?;
-        Ok(raw.and_then(|r| serde_json::from_slice(&r).ok()))
+    fn key(&self, id: &str) -> String {
+        self.redis.key(KIND, id)
     }
 
-    pub async fn put<T: Serialize>(&self, id: &str, value: &T) -> Result<(), RedisError> {
-        let body = serde_json::to_vec(value).map_err(|e| RedisError(e.to_string()))?;
+    pub async fn get<T: DeserializeOwned>(&self, id: &str) -> Result<Option<T>, RedisError> {
         let mut c = self.redis.connection.clone();
-        let _: () = c
-            .set_ex(self.redis.key("bal", id), body, self.ttl.as_secs().max(1))
-            .await?;
+        let raw: Option<Vec<u8>> = c.get(self.key(id)).await?;
+        Ok(raw.and_then(|r| {
+            let at = r.iter().position(|b| *b == b'\n')?;
+            serde_json::from_slice(&r[at + 1..]).ok()
+        }))
+    }
+
+    /// Stores `value` with the verifier a presented CVC must match.
+    pub async fn put<T: Serialize>(&self, id: &str, verifier: &[u8], value: &T) -> Result<(), RedisError> {
+        let mut body = hex::encode(verifier).into_bytes();
+        body.push(b'\n');
+        serde_json::to_writer(&mut body, value).map_err(|e| RedisError(e.to_string()))?;
+        let mut c = self.redis.connection.clone();
+        let _: () = c.set_ex(self.key(id), body, self.ttl.as_secs().max(1)).await?;
         Ok(())
     }
 
     /// Called after every committed change to the certificate.
     pub async fn invalidate(&self, id: &str) -> Result<(), RedisError> {
         let mut c = self.redis.connection.clone();
-        let _: () = c.del(self.redis.key("bal", id)).await?;
+        let _: () = c.del(&[self.key(id), self.redis.key(OLD_KIND, id)]).await?;
         Ok(())
     }
+}
+
+/// What [`AttemptLimiter::check_cached`] found, in one round trip.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CachedCheck {
+    /// The CVC matches the cached certificate: its view (JSON), as [`BalanceCache::put`] stored it.
+    Verified(Vec<u8>),
+    /// The CVC does not match; the failure is counted on the channel and the certificate.
+    WrongCvc,
+    /// A failure limit is reached, as [`Attempt::Blocked`].
+    Blocked { retry_after_seconds: u64 },
+    /// Not cached, or attempts on the certificate are being verified elsewhere right now: check
+    /// the long way ([`AttemptLimiter::reserve`], the store, [`AttemptLimiter::finish`]).
+    Uncached,
 }
 
 /// Failure limits for code and CVC guesses.
@@ -141,6 +169,7 @@ pub struct AttemptLimiter {
     policy: AttemptPolicy,
     reserve: redis::Script,
     finish: redis::Script,
+    check_cached: redis::Script,
 }
 
 /// How long an attempt may stay "being verified" before it no longer holds a place (a process
@@ -189,6 +218,38 @@ if ARGV[2] == '1' then
 end
 return 0";
 
+/// A balance check on a cached certificate in one step: the limits as [`RESERVE_SCRIPT`] checks
+/// them, then the presented verifier against the cached one, a mismatch counted at once. KEYS:
+/// channel failures, certificate failures, attempts in flight, the cache entry. ARGV:
+/// per-channel limit, per-certificate limit, in-flight lease (ms), presented verifier (hex),
+/// channel window (s), lockout (s). Returns `{1, view}` verified, `{4, ''}` wrong (counted),
+/// `{0, wait_ms}` blocked, `{3, ''}` uncached or busy. Admitted only while failures plus the
+/// attempts in flight stay below the limit, so the burst bound of the long way holds.
+const CHECK_CACHED_SCRIPT: &str = r"
+local function blocked_for(key, limit)
+  local n = tonumber(redis.call('GET', key) or '0')
+  if n < limit then return -1, n end
+  local ttl = redis.call('PTTL', key)
+  if ttl < 0 then ttl = 1000 end
+  return ttl, n
+end
+local wait = blocked_for(KEYS[1], tonumber(ARGV[1]))
+local w, failures = blocked_for(KEYS[2], tonumber(ARGV[2]))
+if w > wait then wait = w end
+if wait >= 0 then return {0, wait} end
+local entry = redis.call('GET', KEYS[4])
+if not entry then return {3, ''} end
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms - tonumber(ARGV[3]))
+if failures + redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[2]) then return {3, ''} end
+local at = string.find(entry, '\n', 1, true)
+if not at then return {3, ''} end
+if string.sub(entry, 1, at - 1) == ARGV[4] then return {1, string.sub(entry, at + 1)} end
+if redis.call('INCR', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5])) end
+if redis.call('INCR', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], tonumber(ARGV[6])) end
+return {4, ''}";
+
 impl AttemptLimiter {
     pub fn new(redis: Redis, policy: AttemptPolicy) -> Self {
         Self {
@@ -196,7 +257,43 @@ impl AttemptLimiter {
             policy,
             reserve: redis::Script::new(RESERVE_SCRIPT),
             finish: redis::Script::new(FINISH_SCRIPT),
+            check_cached: redis::Script::new(CHECK_CACHED_SCRIPT),
         }
+    }
+
+    /// A CVC-carrying balance check of `certificate` answered from `cache` in one round trip,
+    /// under the same limits as [`AttemptLimiter::reserve`] and [`AttemptLimiter::finish`]:
+    /// a blocked certificate or channel is refused, a wrong CVC is counted before the answer.
+    /// An error means the counters cannot be trusted: the caller refuses the check.
+    pub async fn check_cached(
+        &self,
+        channel: &str,
+        certificate: &str,
+        presented_verifier: &[u8],
+        cache: &BalanceCache,
+    ) -> Result<CachedCheck, RedisError> {
+        let mut invocation = self.check_cached.prepare_invoke();
+        invocation
+            .key(self.redis.key("fail:ch", channel))
+            .key(self.redis.key("fail:gc", certificate))
+            .key(self.redis.key("try:gc", certificate))
+            .key(cache.key(certificate))
+            .arg(self.policy.per_channel)
+            .arg(self.policy.per_certificate)
+            .arg(IN_FLIGHT_LEASE_MS)
+            .arg(hex::encode(presented_verifier))
+            .arg(self.policy.channel_window_seconds.max(1))
+            .arg(self.policy.lockout_seconds.max(1));
+        let mut c = self.redis.connection.clone();
+        let (verdict, value): (i64, redis::Value) = invocation.invoke_async(&mut c).await?;
+        Ok(match (verdict, value) {
+            (1, redis::Value::BulkString(view)) => CachedCheck::Verified(view),
+            (4, _) => CachedCheck::WrongCvc,
+            (0, redis::Value::Int(wait_ms)) => CachedCheck::Blocked {
+                retry_after_seconds: u64::try_from(wait_ms).unwrap_or(0).div_ceil(1000).max(1),
+            },
+            _ => CachedCheck::Uncached,
+        })
     }
 
     pub fn policy(&self) -> AttemptPolicy {

@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used)]
 //! Against the real Redis at `REDIS_URL` (default 127.0.0.1:6379); each test uses its own prefix.
 
-use backbone_redis::{Attempt, AttemptLimiter, AttemptPolicy, BalanceCache, Redis};
+use backbone_redis::{Attempt, AttemptLimiter, AttemptPolicy, BalanceCache, CachedCheck, Redis};
 use std::time::Duration;
 
 async fn redis() -> Redis {
@@ -15,7 +15,10 @@ async fn redis() -> Redis {
 async fn cache_round_trips_and_invalidates() {
     let cache = BalanceCache::new(redis().await, Duration::from_secs(30));
     assert_eq!(cache.get::<(i64, String)>("abc").await.unwrap(), None);
-    cache.put("abc", &(1500_i64, "RUB".to_owned())).await.unwrap();
+    cache
+        .put("abc", &[7; 32], &(1500_i64, "RUB".to_owned()))
+        .await
+        .unwrap();
     assert_eq!(
         cache.get::<(i64, String)>("abc").await.unwrap(),
         Some((1500, "RUB".into()))
@@ -194,4 +197,77 @@ async fn a_redis_that_refuses_writes_refuses_the_attempt() {
         matches!(counted, Some(Err(_))),
         "a failure that cannot be counted is reported: {counted:?} after {on_channel:?}"
     );
+}
+
+/// A cached balance check: verified, refused and counted in one round trip, under the limits of
+/// the long way.
+#[tokio::test]
+async fn a_cached_check_verifies_counts_and_blocks_in_one_step() {
+    let redis = redis().await;
+    let cache = BalanceCache::new(redis.clone(), Duration::from_secs(30));
+    let limiter = AttemptLimiter::new(redis, policy(3, 10_000));
+    let check = |verifier: [u8; 32]| {
+        let (limiter, cache) = (limiter.clone(), cache.clone());
+        async move {
+            limiter
+                .check_cached("POS", "gc-1", &verifier, &cache)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(check([7; 32]).await, CachedCheck::Uncached);
+    cache.put("gc-1", &[7; 32], &(1500_i64, "RUB")).await.unwrap();
+    assert_eq!(
+        check([7; 32]).await,
+        CachedCheck::Verified(br#"[1500,"RUB"]"#.to_vec())
+    );
+    assert_eq!(limiter.certificate_failures("gc-1").await.unwrap(), 0);
+    assert_eq!(check([8; 32]).await, CachedCheck::WrongCvc);
+    assert_eq!(limiter.certificate_failures("gc-1").await.unwrap(), 1);
+    // Attempts of the long way in flight hold their places: with all taken, the long way it is.
+    let (Attempt::Allowed(first), Attempt::Allowed(second)) = (
+        limiter.reserve("POS", Some("gc-1")).await.unwrap(),
+        limiter.reserve("POS", Some("gc-1")).await.unwrap(),
+    ) else {
+        panic!("two places were free");
+    };
+    assert_eq!(check([7; 32]).await, CachedCheck::Uncached);
+    limiter.finish(&first, true).await.unwrap();
+    limiter.finish(&second, true).await.unwrap();
+    // Three failures: locked, the right CVC too.
+    assert!(matches!(
+        check([7; 32]).await,
+        CachedCheck::Blocked { retry_after_seconds } if retry_after_seconds > 800
+    ));
+}
+
+#[tokio::test]
+async fn a_burst_of_cached_guesses_gets_no_more_than_the_limit_verified() {
+    let redis = redis().await;
+    let cache = BalanceCache::new(redis.clone(), Duration::from_secs(30));
+    let limiter = AttemptLimiter::new(redis, policy(5, 10_000));
+    cache.put("gc-burst", &[7; 32], &1500_i64).await.unwrap();
+    let guesses = (0..300u16).map(|i| {
+        let (limiter, cache) = (limiter.clone(), cache.clone());
+        tokio::spawn(async move {
+            let mut guess = [9; 32];
+            guess[..2].copy_from_slice(&i.to_be_bytes());
+            limiter
+                .check_cached("POS", "gc-burst", &guess, &cache)
+                .await
+                .unwrap()
+        })
+    });
+    let outcomes: Vec<CachedCheck> = futures::future::join_all(guesses)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let wrong = outcomes.iter().filter(|o| **o == CachedCheck::WrongCvc).count();
+    let blocked = outcomes
+        .iter()
+        .filter(|o| matches!(o, CachedCheck::Blocked { .. }))
+        .count();
+    assert_eq!((wrong, blocked), (5, 295));
+    assert_eq!(limiter.certificate_failures("gc-burst").await.unwrap(), 5);
 }

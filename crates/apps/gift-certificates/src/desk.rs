@@ -15,6 +15,7 @@ use backbone_certificates::{
     Applied, ApplyError, CertificateRef, CodeDigest, Command, Cvc, IdempotencyClaim, OperationId,
     OperationRequest,
 };
+use backbone_redis::CachedCheck;
 use backbone_redis::{Attempt, Reservation};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -95,10 +96,7 @@ pub async fn admit(
         .with_delay(std::time::Duration::from_millis(20))
         .with_max_times(100)
         .with_jitter();
-    let too_many = |seconds: u64| {
-        state.metrics.blocked.inc();
-        Problem::new(ProblemCode::TooManyAttempts, None).with("retry_after_seconds", seconds.into())
-    };
+    let too_many = |seconds: u64| too_many(state, seconds);
     match reserve.retry(waiting).when(|e| matches!(e, Refused::Busy)).await {
         Ok(reservation) => Ok(reservation),
         Err(Refused::Busy) => Err(too_many(1)),
@@ -108,6 +106,12 @@ pub async fn admit(
             Err(Problem::new(ProblemCode::Unavailable, None))
         }
     }
+}
+
+/// `429 too-many-attempts`, counted.
+fn too_many(state: &AppState, retry_after_seconds: u64) -> Problem {
+    state.metrics.blocked.inc();
+    Problem::new(ProblemCode::TooManyAttempts, None).with("retry_after_seconds", retry_after_seconds.into())
 }
 
 /// Ends an admitted lookup; a failed one is counted. A failure that cannot be counted is not
@@ -263,8 +267,50 @@ pub async fn check_balance(
     code: Option<(CodeDigest, String)>,
     cvc: &Cvc,
 ) -> Result<BalanceView, Problem> {
+    if let Some((digest, digest_hex)) = &code {
+        if let Some(answer) = check_cached(state, channel, digest, digest_hex, cvc).await {
+            return answer;
+        }
+    }
     let (reservation, digest, digest_hex) = admit_code(state, channel, code, true, not_found()).await?;
     let checked = verify_cvc(state, &digest, &digest_hex, cvc).await;
     finish(state, &reservation, matches!(checked, Ok(None))).await?;
     checked?.ok_or_else(not_found)
+}
+
+/// A balance check of a cached certificate, answered in one Redis round trip under the same
+/// limits; `None` when it is not cached (or the cache cannot say), and the long way decides.
+async fn check_cached(
+    state: &AppState,
+    channel: Channel,
+    digest: &CodeDigest,
+    digest_hex: &str,
+    cvc: &Cvc,
+) -> Option<Result<BalanceView, Problem>> {
+    let verifier = state.keys.cvc_verifier(digest, cvc);
+    let checked = state
+        .limiter
+        .check_cached(channel.as_str(), digest_hex, &verifier, &state.cache)
+        .await;
+    let hit = || state.metrics.cache.with_label_values(&["hit"]).inc();
+    match checked {
+        Ok(CachedCheck::Verified(view)) => {
+            // An entry this version cannot read is checked the long way.
+            let view = serde_json::from_slice::<BalanceView>(&view).ok()?;
+            hit();
+            Some(Ok(view))
+        }
+        Ok(CachedCheck::WrongCvc) => {
+            hit();
+            state.metrics.failed_lookups.inc();
+            Some(Err(not_found()))
+        }
+        Ok(CachedCheck::Blocked { retry_after_seconds }) => Some(Err(too_many(state, retry_after_seconds))),
+        Ok(CachedCheck::Uncached) => None,
+        Err(e) => {
+            // The long way's counters fail closed if Redis cannot count.
+            tracing::warn!(error = %e, "cached balance check unavailable");
+            None
+        }
+    }
 }

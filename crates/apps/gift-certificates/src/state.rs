@@ -140,7 +140,7 @@ impl AppState {
             .await
             .map_err(|e| crate::http::apply_error(e.into()))?;
         if let Some(view) = &view {
-            if let Err(e) = self.cache.put(digest_hex, view).await {
+            if let Err(e) = self.cache.put(digest_hex, &view.cvc_verifier, view).await {
                 tracing::warn!(error = %e, "balance cache write failed");
             }
         }
