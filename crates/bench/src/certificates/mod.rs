@@ -3,11 +3,14 @@
 //! needs, and measures in the same run:
 //! - authorize + capture pairs/s over HTTP, every client on its own certificates (`throughput`);
 //! - p50/p99 latency of single requests at a steady (open-loop) request rate (`latency`);
-//! - cached balance checks/s (a small set of certificates, served from Redis) (`balance`);
+//! - cached balance checks/s (a small set of certificates, served from Redis), and the same
+//!   clients against a bare axum endpoint of the route (`balance`);
+//! - PostgreSQL CPU and WAL bytes per pair;
 //! - peak and current RSS of the service;
-//! - baseline: pgbench running exactly the statements the service runs for an authorize and a
+//! - baselines: pgbench running exactly the statements the service runs for an authorize and a
 //!   capture (as `backbone_postgres::certificates::pgbench` writes them out), same database,
-//!   same number of clients, same duration (`pgbench`, `script`).
+//!   same number of clients, same duration (`pgbench`, `script`); and pgbench's built-in
+//!   TPC-B with the same clients, the ceiling of small committed transactions here.
 
 mod api;
 mod balance;

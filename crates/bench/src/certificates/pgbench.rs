@@ -164,15 +164,26 @@ fn logged_latencies(dir: &Path, prefix: &str) -> anyhow::Result<(Vec<f64>, Vec<f
 
 impl Pgbench<'_> {
     fn run(&self, script: &Path, clients: usize, limit: &[&str]) -> anyhow::Result<PgbenchRun> {
-        let out = std::process::Command::new(self.bin)
+        self.run_on(Some(script), self.db_url, clients, limit)
+    }
+
+    /// pgbench with `script`, or its built-in TPC-B-like transaction without one.
+    fn run_on(
+        &self,
+        script: Option<&Path>,
+        db_url: &str,
+        clients: usize,
+        limit: &[&str],
+    ) -> anyhow::Result<PgbenchRun> {
+        let mut command = std::process::Command::new(self.bin);
+        command
             .args(["-n", "-M", "prepared", "-j", "2", "-c"])
             .arg(clients.to_string())
-            .args(limit)
-            .arg("-f")
-            .arg(script)
-            .arg(self.db_url)
-            .output()
-            .context("running pgbench")?;
+            .args(limit);
+        if let Some(script) = script {
+            command.arg("-f").arg(script);
+        }
+        let out = command.arg(db_url).output().context("running pgbench")?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         anyhow::ensure!(
@@ -227,7 +238,9 @@ impl Pgbench<'_> {
         let expected = 2 * pairs as i64 * run.transactions as i64;
         let cpu = cpu0.used_until(&cpu1, stack);
         let total_pairs = run.transactions as f64 * pairs as f64;
+        let tpcb = self.tpcb(stack).await?;
         Ok(json!({
+            "tpcb": tpcb,
             "pairs_per_s": round(run.tps * pairs as f64, 0),
             "clients": args.clients,
             "pairs_per_script_run": pairs,
@@ -239,6 +252,70 @@ impl Pgbench<'_> {
             "cpu_seconds_per_1000_pairs": cpu_report(&cpu, total_pairs / 1000.0),
             "latency": self.latency()?,
         }))
+    }
+
+    /// pgbench's built-in TPC-B-like transaction (five statements: three updates, a select, an
+    /// insert) with the same clients for the same time, on a database of its own at scale =
+    /// clients (no two clients share a branch row): the ceiling of small transactions that
+    /// each commit on this server. A "pair" is two of its transactions.
+    async fn tpcb(&self, stack: &Stack) -> anyhow::Result<Value> {
+        let args = self.args;
+        let (server, database) = self
+            .db_url
+            .rsplit_once('/')
+            .context("database URL without a database")?;
+        let tpcb_db = format!("{database}_tpcb");
+        let tpcb_url = format!("{server}/{tpcb_db}");
+        let mut admin = PgConnection::connect(self.db_url).await?;
+        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{tpcb_db}\""))
+            .execute(&mut admin)
+            .await?;
+        sqlx::query(&format!("CREATE DATABASE \"{tpcb_db}\""))
+            .execute(&mut admin)
+            .await?;
+        println!(
+            "baseline: pgbench built-in TPC-B, scale {}, {} clients, {} s warm-up + {} s",
+            args.clients, args.clients, args.warmup_seconds, args.seconds
+        );
+        let init = std::process::Command::new(self.bin)
+            .args(["-i", "-q", "-I", "dtGvp", "-s"])
+            .arg(args.clients.to_string())
+            .arg(&tpcb_url)
+            .output()
+            .context("pgbench -i")?;
+        anyhow::ensure!(
+            init.status.success(),
+            "pgbench -i failed: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let result = async {
+            let warmup = args.warmup_seconds.max(1).to_string();
+            self.run_on(None, &tpcb_url, args.clients, &["-T", &warmup])?;
+            let mut db = PgConnection::connect(&tpcb_url).await?;
+            let wal0 = super::throughput::wal_position(&mut db).await?;
+            let cpu0 = CpuSnapshot::take();
+            let run = self.run_on(None, &tpcb_url, args.clients, &["-T", &args.seconds.to_string()])?;
+            let cpu1 = CpuSnapshot::take();
+            let wal1 = super::throughput::wal_position(&mut db).await?;
+            db.close().await?;
+            let cpu = cpu0.used_until(&cpu1, stack);
+            let pairs = run.transactions as f64 / 2.0;
+            let pg_ms = |g: &str| cpu.get(g).copied().unwrap_or(0.0) / pairs.max(1.0) * 1000.0;
+            anyhow::Ok(json!({
+                "scale": args.clients,
+                "clients": args.clients,
+                "tps": round(run.tps, 0),
+                "pairs_per_s": round(run.tps / 2.0, 0),
+                "postgresql_cpu_ms_per_pair": round(pg_ms("postgresql_backends") + pg_ms("postgresql_background"), 3),
+                "wal_bytes_per_pair": round((wal1 - wal0) / pairs.max(1.0), 0),
+                "cpu_seconds_per_1000_pairs": cpu_report(&cpu, pairs / 1000.0),
+            }))
+        }
+        .await;
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{tpcb_db}\" WITH (FORCE)"))
+            .execute(&mut admin)
+            .await;
+        result
     }
 
     /// The script of the measured runs, in `dir` and, for reading (it needs this run's tables to

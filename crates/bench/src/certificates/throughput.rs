@@ -6,6 +6,7 @@ use super::{cpu_report, Args, Bench};
 use crate::procfs::CpuSnapshot;
 use crate::report::{mean, metric_sum, round};
 use serde_json::{json, Value};
+use sqlx::Connection;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,6 +23,8 @@ pub(super) struct Throughput {
     pub(super) authorize_storage_ms: f64,
     pub(super) capture_storage_ms: f64,
     pub(super) cpu: BTreeMap<String, f64>,
+    /// WAL PostgreSQL wrote in the window (the whole server), bytes.
+    pub(super) wal_bytes: f64,
     events_published: f64,
     errors: Value,
 }
@@ -74,6 +77,15 @@ pub(super) fn storage_mean_ms(before: &str, after: &str, route: &str) -> f64 {
     (s1 - s0) / (c1 - c0).max(1.0) * 1000.0
 }
 
+/// The server's WAL insert position, in bytes from the start.
+pub(super) async fn wal_position(db: &mut sqlx::PgConnection) -> anyhow::Result<f64> {
+    Ok(
+        sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::float8")
+            .fetch_one(db)
+            .await?,
+    )
+}
+
 pub(super) async fn measure(b: &Bench<'_>, certificates: &[(String, String)]) -> anyhow::Result<Throughput> {
     let args = b.args;
     println!(
@@ -94,12 +106,15 @@ pub(super) async fn measure(b: &Bench<'_>, certificates: &[(String, String)]) ->
         })
         .collect();
     tokio::time::sleep(Duration::from_secs(args.warmup_seconds)).await;
+    let mut db = sqlx::PgConnection::connect(&b.service.db_url).await?;
     let m0 = b.service.metrics(b.http).await?;
+    let wal0 = wal_position(&mut db).await?;
     let cpu0 = CpuSnapshot::take();
     let w0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     let w1 = Instant::now();
     let cpu1 = CpuSnapshot::take();
+    let wal1 = wal_position(&mut db).await?;
     let m1 = b.service.metrics(b.http).await?;
     stop.store(true, Ordering::Relaxed);
     let mut window = Vec::new();
@@ -116,6 +131,7 @@ pub(super) async fn measure(b: &Bench<'_>, certificates: &[(String, String)]) ->
         authorize_storage_ms: storage_mean_ms(&m0, &m1, "authorize"),
         capture_storage_ms: storage_mean_ms(&m0, &m1, "capture"),
         cpu: cpu0.used_until(&cpu1, b.stack),
+        wal_bytes: wal1 - wal0,
         // Relayed from the outbox to the broker in the window, per pair completed in it.
         events_published: (metric_sum(&m1, published, "") - metric_sum(&m0, published, "")) / pairs.max(1.0),
         errors: errors.report(),
@@ -136,8 +152,15 @@ impl Throughput {
             "authorize_storage_mean_ms": round(self.authorize_storage_ms, 2),
             "capture_storage_mean_ms": round(self.capture_storage_ms, 2),
             "cpu_seconds_per_1000_pairs": cpu_report(&self.cpu, self.pairs / 1000.0),
+            "postgresql_cpu_ms_per_pair": round(self.postgres_cpu_ms_per_pair(), 3),
+            "wal_bytes_per_pair": round(self.wal_bytes / self.pairs.max(1.0), 0),
             "events_published_per_pair": round(self.events_published, 2),
         })
+    }
+
+    /// CPU ms per pair of PostgreSQL, its backends and background processes.
+    pub(super) fn postgres_cpu_ms_per_pair(&self) -> f64 {
+        self.cpu_ms_per_pair("postgresql_backends") + self.cpu_ms_per_pair("postgresql_background")
     }
 
     /// CPU ms per pair of a process group.
