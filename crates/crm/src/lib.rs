@@ -43,6 +43,12 @@ pub(crate) fn mapped_fields(f: &FieldNames) -> [(&'static str, &str); 5] {
     ]
 }
 
+/// How long "looked up and not found" stands: a write right after the read that found nothing
+/// creates without looking again (one lookup per new shipment, not two). Older, it is looked up
+/// again before any create, since a create elsewhere (another instance that held the
+/// partition) may have made the record since.
+pub(crate) const ABSENT_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Shipment-id keyed cache of vendor record ids, bounded so a long-running process does not grow
 /// without limit; on overflow it starts over (a miss costs one lookup by external id).
 pub(crate) struct RecordIds<V> {

@@ -30,6 +30,8 @@ enum Known {
     Item(u64),
     /// Several items carry this shipment's external id: an operator must merge them.
     Ambiguous,
+    /// Listed at this moment and not found (see [`crate::ABSENT_FOR`]).
+    Absent(std::time::Instant),
 }
 
 /// A refused call: the error, and the vendor's error code (`NOT_FOUND`, `ACCESS_DENIED`, ...).
@@ -345,9 +347,23 @@ impl Bitrix24Crm {
                 };
                 self.known.insert(item.shipment.clone(), known);
             }
+            let now = std::time::Instant::now();
+            for shipment in page.iter().filter(|s| !seen.contains_key(**s)) {
+                self.known.insert((*shipment).clone(), Known::Absent(now));
+            }
             all.extend(items);
         }
         Ok(all)
+    }
+}
+
+impl Bitrix24Crm {
+    /// What is known of the shipment's item, a stale "not found" as nothing.
+    fn known_now(&self, shipment: &ShipmentId) -> Option<Known> {
+        match self.known.get(shipment) {
+            Some(Known::Absent(at)) if at.elapsed() > crate::ABSENT_FOR => None,
+            known => known,
+        }
     }
 }
 
@@ -412,7 +428,7 @@ impl Bitrix24Crm {
         let unknown: Vec<&ShipmentId> = writes
             .iter()
             .map(|w| &w.shipment_id)
-            .filter(|s| self.known.get(s).is_none())
+            .filter(|s| self.known_now(s).is_none())
             .collect();
         if !unknown.is_empty() {
             self.lookup(&unknown).await?;
@@ -422,7 +438,7 @@ impl Bitrix24Crm {
         for (i, w) in writes.iter().enumerate() {
             let key = format!("w{i}");
             let mut fields = tf::write_fields(&self.mapping, w);
-            let command = match self.known.get(&w.shipment_id) {
+            let command = match self.known_now(&w.shipment_id) {
                 Some(Known::Ambiguous) => {
                     plan.push((key, None));
                     continue;
@@ -430,7 +446,11 @@ impl Bitrix24Crm {
                 Some(Known::Item(id)) => {
                     tf::command("crm.item.update", self.cfg.entity_type_id, Some(id), &fields)
                 }
-                None => {
+                Some(Known::Absent(_)) | None => {
+                    // A create uses up "not found": whatever becomes of it, the next write of
+                    // the shipment learns its item (or lists again: a create that timed out
+                    // may have been made).
+                    self.known.forget(&w.shipment_id);
                     fields.insert(tf::ORIGINATOR_FIELD.into(), self.cfg.originator_id.clone());
                     fields.insert(tf::ORIGIN_FIELD.into(), w.shipment_id.as_str().to_owned());
                     tf::command("crm.item.add", self.cfg.entity_type_id, None, &fields)

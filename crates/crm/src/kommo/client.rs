@@ -25,6 +25,8 @@ const RATE_BACK_OFF: Duration = Duration::from_secs(1);
 enum Known {
     Lead(u64),
     Ambiguous,
+    /// Searched for at this moment and not found (see [`crate::ABSENT_FOR`]).
+    Absent(std::time::Instant),
 }
 
 struct OAuthRefresh {
@@ -408,10 +410,20 @@ impl KommoCrm {
                     leads.sort_by_key(|l| l.id);
                     out.insert((*s).clone(), leads.remove(0));
                 }
-                None => self.known.forget(s),
+                None => self
+                    .known
+                    .insert((*s).clone(), Known::Absent(std::time::Instant::now())),
             }
         }
         Ok(out)
+    }
+
+    /// What is known of the shipment's lead, a stale "not found" as nothing.
+    fn known_now(&self, shipment: &ShipmentId) -> Option<Known> {
+        match self.known.get(shipment) {
+            Some(Known::Absent(at)) if at.elapsed() > crate::ABSENT_FOR => None,
+            known => known,
+        }
     }
 
     async fn write_chunk(&self, writes: &[CrmStatusWrite]) -> Result<Vec<ItemResult>, CrmError> {
@@ -419,7 +431,7 @@ impl KommoCrm {
         let unknown: Vec<&ShipmentId> = writes
             .iter()
             .map(|w| &w.shipment_id)
-            .filter(|s| self.known.get(s).is_none())
+            .filter(|s| self.known_now(s).is_none())
             .collect();
         if !unknown.is_empty() {
             self.lookup(&unknown).await?;
@@ -427,7 +439,7 @@ impl KommoCrm {
         let mut results: Vec<Option<ItemResult>> = vec![None; writes.len()];
         let (mut updates, mut creates) = (Vec::new(), Vec::new());
         for (i, w) in writes.iter().enumerate() {
-            match self.known.get(&w.shipment_id) {
+            match self.known_now(&w.shipment_id) {
                 Some(Known::Ambiguous) => {
                     results[i] = Some(ItemResult {
                         result: Err(CrmError::permanent(format!(
@@ -439,7 +451,13 @@ impl KommoCrm {
                     });
                 }
                 Some(Known::Lead(id)) => updates.push((i, tf::lead_body(&self.mapping, w, Some(id), 0))),
-                None => creates.push((i, tf::lead_body(&self.mapping, w, None, self.cfg.pipeline_id))),
+                Some(Known::Absent(_)) | None => {
+                    // A create uses up "not found": whatever becomes of it, the next write of
+                    // the shipment learns its lead (or looks again: a create that timed out
+                    // may have been made).
+                    self.known.forget(&w.shipment_id);
+                    creates.push((i, tf::lead_body(&self.mapping, w, None, self.cfg.pipeline_id)))
+                }
             }
         }
         for (method, items) in [(Method::PATCH, updates), (Method::POST, creates)] {

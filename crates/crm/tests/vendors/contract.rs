@@ -302,3 +302,63 @@ impl<T: wiremock::Respond> wiremock::Respond for Shared<T> {
         self.0.respond(req)
     }
 }
+
+/// A shipment seen for the first time: the read that finds nothing is the only lookup, the
+/// write right after creates at once (each new shipment looked up once, not twice), and the
+/// next write updates what was created, without a lookup.
+async fn a_new_shipment_is_looked_up_once(
+    crm: &dyn CrmGateway,
+    server: &MockServer,
+    lookup: fn(&wiremock::Request) -> bool,
+) {
+    assert!(crm.read_states(&[sid("s-new")]).await.unwrap().is_empty());
+    let written = crm
+        .write_statuses(&[write("e-new-1", "s-new", "in_transit", 0)])
+        .await
+        .unwrap();
+    assert!(written[0].result.is_ok(), "{:?}", written[0].result);
+    assert_eq!(count(server, lookup).await, 1, "one lookup before the create");
+    let states = crm.read_states(&[sid("s-new")]).await.unwrap();
+    assert!(states.contains_key(&sid("s-new")), "the create made the record");
+    let lookups = count(server, lookup).await;
+    let again = crm
+        .write_statuses(&[write("e-new-2", "s-new", "delivered", 1)])
+        .await
+        .unwrap();
+    assert!(again[0].result.is_ok(), "{:?}", again[0].result);
+    assert_eq!(
+        count(server, lookup).await,
+        lookups,
+        "a known record is updated without a lookup"
+    );
+}
+
+#[tokio::test]
+async fn bitrix24_looks_a_new_shipment_up_once() {
+    let server = MockServer::start().await;
+    let fake = Arc::new(Bitrix24Fake::default());
+    Mock::given(any())
+        .respond_with(Shared(fake.clone()))
+        .mount(&server)
+        .await;
+    a_new_shipment_is_looked_up_once(&crate::bitrix24(&server), &server, |r| {
+        r.url.path().ends_with("/crm.item.list.json")
+    })
+    .await;
+    assert_eq!(*fake.adds.lock().unwrap(), 1, "created once");
+}
+
+#[tokio::test]
+async fn kommo_looks_a_new_shipment_up_once() {
+    let server = MockServer::start().await;
+    let fake = Arc::new(KommoFake::default());
+    Mock::given(any())
+        .respond_with(Shared(fake.clone()))
+        .mount(&server)
+        .await;
+    a_new_shipment_is_looked_up_once(&crate::kommo(&server), &server, |r| {
+        r.method.as_str() == "GET" && r.url.query().is_some_and(|q| q.contains("query="))
+    })
+    .await;
+    assert_eq!(fake.leads.lock().unwrap().len(), 1, "created once");
+}
