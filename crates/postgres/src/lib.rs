@@ -3,6 +3,8 @@
 #[cfg(feature = "certificates")]
 pub mod certificates;
 mod config;
+#[cfg(any(feature = "sync", feature = "certificates"))]
+mod copy;
 #[cfg(feature = "sync")]
 pub mod sync;
 
