@@ -62,14 +62,14 @@ pub fn default_max_batch(vendor: &str) -> Option<usize> {
 pub fn requests_per_chunk(vendor: &str, n: usize) -> Option<usize> {
     let pages = |size: usize| n.div_ceil(size);
     match vendor {
-        // read_states: crm.item.list per 50; write: per 50, crm.item.list again (shipments the
-        // read did not find are looked up before any create) and one `batch`.
-        "bitrix24" => Some(pages(50) + 2 * pages(50)),
+        // read_states: crm.item.list per 50; write: one `batch` per 50 (what the read did not
+        // find is created without another lookup, `crate::ABSENT_FOR` in the adapter).
+        "bitrix24" => Some(pages(50) + pages(50)),
         // read_states: one SOQL query per 200; write: one collections upsert per 200.
         "salesforce" => Some(pages(200) + pages(200)),
-        // read_states: one `query=` search per unknown shipment; write: per 50, the search
-        // again for each (unknown shipments are looked up before any create) and one POST.
-        "kommo" => Some(n + n + pages(50)),
+        // read_states: one `query=` search per unknown shipment; write: one POST per 50 (what
+        // the search did not find is created without searching again).
+        "kommo" => Some(n + pages(50)),
         _ => None,
     }
 }
@@ -113,11 +113,11 @@ mod tests {
     #[test]
     fn ceilings_follow_the_request_pattern() {
         let (per, c) = ceiling("bitrix24", 50).unwrap();
-        assert!((per - 50.0 / 3.0).abs() < 1e-9 && (c - 100.0 / 3.0).abs() < 1e-9);
+        assert!((per - 25.0).abs() < 1e-9 && (c - 50.0).abs() < 1e-9);
         let (per, c) = ceiling("salesforce", 200).unwrap();
         assert!((per - 100.0).abs() < 1e-9 && (c - 1000.0).abs() < 1e-9);
         let (per, c) = ceiling("kommo", 50).unwrap();
-        assert!((per - 50.0 / 101.0).abs() < 1e-9 && (c - 350.0 / 101.0).abs() < 1e-9);
+        assert!((per - 50.0 / 51.0).abs() < 1e-9 && (c - 350.0 / 51.0).abs() < 1e-9);
         assert_eq!(requests_per_chunk("salesforce", 500), Some(6));
         assert!(ceiling("generic", 500).is_none());
     }

@@ -38,8 +38,17 @@ pub struct KafkaSettings {
     pub drain_timeout_ms: u64,
     /// A member that has waited this long for records, twice in a row, while the group's
     /// partitions hold unconsumed records and no member commits, rejoins the group (0: never).
-    /// Longer than the session timeout (10 s), so a dead member has left first.
+    /// Longer than the session timeout, so a dead member has left first.
     pub rejoin_after_ms: u64,
+    /// How long the group waits for a silent member before it hands the member's partitions to
+    /// the others (`session.timeout.ms`): the failover time of a crashed instance.
+    pub session_timeout_ms: u32,
+    /// Static membership (KIP-345, `group.instance.id`): unique per instance and stable across
+    /// its restarts (a pod name). A member that restarts within the session timeout gets its
+    /// partitions back without a rebalance; one that stays away past it is replaced. Unset:
+    /// dynamic membership, a member leaves the group on shutdown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_instance_id: Option<String>,
     pub properties: BTreeMap<String, String>,
 }
 
@@ -55,6 +64,8 @@ impl Default for KafkaSettings {
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             drain_timeout_ms: 30_000,
             rejoin_after_ms: 15_000,
+            session_timeout_ms: 10_000,
+            group_instance_id: None,
             properties: BTreeMap::new(),
         }
     }
@@ -73,6 +84,8 @@ impl std::fmt::Debug for KafkaSettings {
             .field("max_record_bytes", &self.max_record_bytes)
             .field("drain_timeout_ms", &self.drain_timeout_ms)
             .field("rejoin_after_ms", &self.rejoin_after_ms)
+            .field("session_timeout_ms", &self.session_timeout_ms)
+            .field("group_instance_id", &self.group_instance_id)
             .field("properties", &self.properties.keys().collect::<Vec<_>>())
             .finish()
     }
@@ -90,6 +103,19 @@ impl KafkaSettings {
         }
         if self.group_id.as_deref().is_some_and(|g| g.trim().is_empty()) {
             return Err("kafka.group_id must not be empty".into());
+        }
+        if !(1_000..=300_000).contains(&self.session_timeout_ms) {
+            return Err("kafka.session_timeout_ms must be within 1000..=300000".into());
+        }
+        if self.rejoin_after_ms != 0 && self.rejoin_after_ms <= u64::from(self.session_timeout_ms) {
+            return Err("kafka.rejoin_after_ms must be 0 or longer than kafka.session_timeout_ms".into());
+        }
+        if self
+            .group_instance_id
+            .as_deref()
+            .is_some_and(|id| id.trim().is_empty() || id.len() > 249)
+        {
+            return Err("kafka.group_instance_id must be 1 to 249 characters".into());
         }
         if self.topic_partitions < 1 {
             return Err("kafka.topic_partitions must be >= 1".into());
@@ -148,4 +174,44 @@ pub fn validate_topics(inputs: &[(&str, &str)], outputs: &[(&str, &str)]) -> Res
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_membership_settings_are_checked() {
+        let ok = KafkaSettings::default();
+        assert_eq!(ok.validate(), Ok(()));
+        let short = KafkaSettings {
+            session_timeout_ms: 999,
+            ..KafkaSettings::default()
+        };
+        assert!(short.validate().unwrap_err().contains("session_timeout_ms"));
+        // The rejoin watchdog must not fire before a dead member has left.
+        let early_rejoin = KafkaSettings {
+            session_timeout_ms: 20_000,
+            ..KafkaSettings::default()
+        };
+        assert!(early_rejoin.validate().unwrap_err().contains("rejoin_after_ms"));
+        let no_rejoin = KafkaSettings {
+            session_timeout_ms: 20_000,
+            rejoin_after_ms: 0,
+            ..KafkaSettings::default()
+        };
+        assert_eq!(no_rejoin.validate(), Ok(()));
+        for bad in ["", " ", &"x".repeat(250)] {
+            let s = KafkaSettings {
+                group_instance_id: Some(bad.to_owned()),
+                ..KafkaSettings::default()
+            };
+            assert!(s.validate().unwrap_err().contains("group_instance_id"), "{bad:?}");
+        }
+        let pod = KafkaSettings {
+            group_instance_id: Some("crm-sync-0".into()),
+            ..KafkaSettings::default()
+        };
+        assert_eq!(pod.validate(), Ok(()));
+    }
 }

@@ -138,15 +138,28 @@ impl ConsumerContext for StatsContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let mut assigned = self.assigned.lock().unwrap_or_else(PoisonError::into_inner);
         match rebalance {
             Rebalance::Assign(tpl) => {
-                *assigned = tpl
+                let added = tpl
                     .elements()
-                    .iter()
-                    .map(|e| (e.topic().to_owned(), e.partition()))
-                    .collect();
+                    .into_iter()
+                    .map(|e| (e.topic().to_owned(), e.partition()));
+                // An eager assignment is the whole set; a cooperative one
+                // (`partition.assignment.strategy = "cooperative-sticky"`) only what it adds.
+                if matches!(
+                    consumer.rebalance_protocol(),
+                    rdkafka::consumer::RebalanceProtocol::Cooperative
+                ) {
+                    for p in added {
+                        if !assigned.contains(&p) {
+                            assigned.push(p);
+                        }
+                    }
+                } else {
+                    *assigned = added.collect();
+                }
                 tracing::info!(partitions = ?*assigned, "partitions assigned");
             }
             Rebalance::Revoke(tpl) => {
@@ -296,8 +309,8 @@ impl KafkaConsumer {
     ) -> Result<Self, KafkaError> {
         let processed = Arc::new(Mutex::new(BTreeMap::new()));
         let in_flight = Arc::new(InFlight::default());
-        let consumer: StreamConsumer<StatsContext> = settings
-            .client_config()
+        let mut config = settings.client_config();
+        config
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
@@ -306,14 +319,22 @@ impl KafkaConsumer {
             // default) before fetching that partition again: a latency cliff at low rates.
             .set("fetch.error.backoff.ms", "10")
             .set("statistics.interval.ms", "5000")
-            .set("session.timeout.ms", "10000")
-            .create_with_context(StatsContext {
-                lag,
-                assigned: Mutex::default(),
-                processed: processed.clone(),
-                in_flight: in_flight.clone(),
-                drain_timeout: Duration::from_millis(settings.drain_timeout_ms),
-            })?;
+            .set("session.timeout.ms", settings.session_timeout_ms.to_string())
+            // The coordinator's view of a live member: a third of the session, at most 3 s.
+            .set(
+                "heartbeat.interval.ms",
+                (settings.session_timeout_ms / 3).clamp(100, 3_000).to_string(),
+            );
+        if let Some(id) = &settings.group_instance_id {
+            config.set("group.instance.id", id);
+        }
+        let consumer: StreamConsumer<StatsContext> = config.create_with_context(StatsContext {
+            lag,
+            assigned: Mutex::default(),
+            processed: processed.clone(),
+            in_flight: in_flight.clone(),
+            drain_timeout: Duration::from_millis(settings.drain_timeout_ms),
+        })?;
         consumer.subscribe(topics)?;
         let consumer = Arc::new(consumer);
         let topics: Vec<String> = topics.iter().map(|t| (*t).to_owned()).collect();

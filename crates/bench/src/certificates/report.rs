@@ -86,6 +86,7 @@ fn print_targets(args: &Args, r: &Runs, checks: &Checks, ratio: Option<f64>, tpc
         r.pairs.pairs_per_s,
         mark(checks[0].1)
     );
+    println!("  operations per group commit {:>10.2}", r.pairs.group_size);
     match (r.pgbench["tpcb"]["pairs_per_s"].as_f64(), tpcb_ratio) {
         (Some(t), Some(q)) => {
             println!("  pgbench TPC-B, pairs/s      {t:>10.0}   (two of its transactions a pair)");
@@ -104,10 +105,11 @@ fn print_targets(args: &Args, r: &Runs, checks: &Checks, ratio: Option<f64>, tpc
         _ => println!("  pgbench, same statements    skipped"),
     }
     println!(
-        "  PostgreSQL CPU per pair     {:>10.3}   ms {} (target <= 0.5 ms); TPC-B {} ms",
+        "  PostgreSQL CPU per pair     {:>10.3}   ms {} (target <= 0.5 ms); machine {:.3} ms, TPC-B machine {} ms",
         r.pairs.postgres_cpu_ms_per_pair(),
         mark(checks[2].1),
-        r.pgbench["tpcb"]["postgresql_cpu_ms_per_pair"],
+        r.pairs.cpu_ms_per_pair("machine"),
+        r.pgbench["tpcb"]["machine_cpu_ms_per_pair"],
     );
     println!(
         "  WAL per pair                {:>10.0}   bytes; TPC-B {} bytes",

@@ -25,6 +25,8 @@ pub(super) struct Throughput {
     pub(super) cpu: BTreeMap<String, f64>,
     /// WAL PostgreSQL wrote in the window (the whole server), bytes.
     pub(super) wal_bytes: f64,
+    /// Operations per group commit in the window, mean.
+    pub(super) group_size: f64,
     events_published: f64,
     errors: Value,
 }
@@ -132,6 +134,14 @@ pub(super) async fn measure(b: &Bench<'_>, certificates: &[(String, String)]) ->
         capture_storage_ms: storage_mean_ms(&m0, &m1, "capture"),
         cpu: cpu0.used_until(&cpu1, b.stack),
         wal_bytes: wal1 - wal0,
+        group_size: {
+            let (sum, count) = (
+                "gift_certificates_operation_group_size_sum",
+                "gift_certificates_operation_group_size_count",
+            );
+            (metric_sum(&m1, sum, "") - metric_sum(&m0, sum, ""))
+                / (metric_sum(&m1, count, "") - metric_sum(&m0, count, "")).max(1.0)
+        },
         // Relayed from the outbox to the broker in the window, per pair completed in it.
         events_published: (metric_sum(&m1, published, "") - metric_sum(&m0, published, "")) / pairs.max(1.0),
         errors: errors.report(),
@@ -154,6 +164,7 @@ impl Throughput {
             "cpu_seconds_per_1000_pairs": cpu_report(&self.cpu, self.pairs / 1000.0),
             "postgresql_cpu_ms_per_pair": round(self.postgres_cpu_ms_per_pair(), 3),
             "wal_bytes_per_pair": round(self.wal_bytes / self.pairs.max(1.0), 0),
+            "operations_per_group_commit": round(self.group_size, 2),
             "events_published_per_pair": round(self.events_published, 2),
         })
     }

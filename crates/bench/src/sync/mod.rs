@@ -11,6 +11,7 @@
 
 pub(crate) mod baselines;
 mod end_to_end;
+mod scale;
 mod vendors;
 
 use crate::crm_vendors;
@@ -64,6 +65,27 @@ pub struct Args {
     /// write request (generic: crm-sync's default).
     #[arg(long)]
     vendor_max_batch: Option<usize>,
+    /// Run against librdkafka's mock cluster (in this process, over TCP) instead of `--brokers`:
+    /// the pipeline's own cost and latency apart from the local broker's.
+    #[arg(long)]
+    mock_broker: bool,
+    /// Only the scale-out and failover phase (`scale`), on this broker and on librdkafka's
+    /// mock cluster.
+    #[arg(long)]
+    scale_only: bool,
+    /// Where the scale-out and failover phase runs: `local` (`--brokers`), `mock` (librdkafka's
+    /// mock cluster), or both.
+    #[arg(long, value_delimiter = ',', default_value = "local,mock")]
+    scale_on: Vec<String>,
+    /// Events each scale-out run drains.
+    #[arg(long, default_value_t = 60_000)]
+    scale_events: usize,
+    /// Events/s of the failover runs' stream.
+    #[arg(long, default_value_t = 300)]
+    failover_rate: u64,
+    /// Seconds of the failover runs' stream.
+    #[arg(long, default_value_t = 30)]
+    failover_seconds: u64,
     /// Directory of the `crm-sync.<vendor>.local.toml` files.
     #[arg(long, default_value = "config")]
     config_dir: PathBuf,
@@ -72,13 +94,26 @@ pub struct Args {
 const TOKEN: &str = "bench-token-0123456789";
 const SECRET: &str = "bench-signing-secret-0123456789";
 
-pub async fn main(args: Args) -> anyhow::Result<()> {
+pub async fn main(mut args: Args) -> anyhow::Result<()> {
+    // Lives to the end of the run: crm-sync and the benchmark's clients connect to it.
+    let _mock = if args.mock_broker {
+        let cluster = rdkafka::mocking::MockCluster::new(1)?;
+        args.brokers = cluster.bootstrap_servers();
+        println!("broker: librdkafka mock cluster at {}", args.brokers);
+        Some(cluster)
+    } else {
+        None
+    };
     for v in args.vendors.iter().filter(|v| !v.is_empty()) {
         anyhow::ensure!(
             crm_vendors::VENDORS.contains(&v.as_str()),
             "unknown vendor {v}: one of {:?}",
             crm_vendors::VENDORS
         );
+    }
+    if args.scale_only {
+        let report = scale::measure(&args).await?;
+        return write_report(&args.out, &report);
     }
     let mut report = if args.vendors_only {
         json!({})
