@@ -3,8 +3,6 @@
 #[cfg(feature = "certificates")]
 pub mod certificates;
 mod config;
-#[cfg(any(feature = "sync", feature = "certificates"))]
-mod copy;
 #[cfg(feature = "sync")]
 pub mod sync;
 

@@ -2,9 +2,7 @@
 //! statements in it: the advisory lock on the idempotency key, the row lock, the load, and one
 //! write statement (version-guarded, CHECK-constrained) for the certificate, its changed holds,
 //! the operation, audit, outbox and idempotency rows. An operation asked for with a reason (the
-//! admin API's cancel) adds it to its audit row in a fifth. Issuing an upload job is three or four:
-//! the session's staging table is looked up (and made, the first time), the job's rows go to it by
-//! `COPY`, and one statement moves them into the certificate, outbox, audit and batch-job rows.
+//! admin API's cancel) adds it to its audit row in a fifth.
 
 use super::phones;
 use super::rows::{self, unavailable};
@@ -17,109 +15,40 @@ use backbone_certificates::{CertificateRef, IdempotencyClaim, OperationId};
 use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
 
-/// Whether this session has the staging table of [`ISSUE_SQL`] (no notice when it has, unlike
-/// `CREATE ... IF NOT EXISTS`).
-const STAGING_EXISTS_SQL: &str = "SELECT to_regclass('pg_temp.certificate_issue_staging') IS NOT NULL";
-
-/// The rows of one upload job on their way to [`ISSUE_SQL`]. Temporary, so each pooled connection
-/// has its own and keeps it; emptied at commit, by a rollback, and by `ISSUE_SQL` itself, so a
-/// unit of work always starts with it empty. `ordinal` is the row's place in the job.
-const CREATE_STAGING_SQL: &str = "CREATE TEMP TABLE IF NOT EXISTS certificate_issue_staging (
-    ordinal bigint NOT NULL, id uuid, code_digest bytea, code_last4 text, currency text, nominal bigint,
-    expires_at timestamptz, cvc_verifier bytea, cvc_key_id text, cvc_wrapped_key bytea, cvc_ciphertext bytea,
-    event jsonb
-) ON COMMIT DELETE ROWS";
-
-/// The job's rows, in COPY's text format (see `copy_rows`).
-const COPY_STAGING_SQL: &str = "COPY pg_temp.certificate_issue_staging (ordinal, id, code_digest, code_last4,
-    currency, nominal, expires_at, cvc_verifier, cvc_key_id, cvc_wrapped_key, cvc_ciphertext, event) FROM STDIN";
-
-/// Inserts the staged batch in one statement, taking the rows out of the staging table; a code
-/// that exists already is left untouched, and of a code twice in the job the first row is
-/// inserted. Counts what existed before in this batch (a re-sent job) apart from codes of other
-/// batches (duplicates). The events follow the job's row order.
+/// Inserts a batch in one statement; a code that exists already is left untouched. Counts what
+/// existed before in this batch (a re-sent job) apart from codes of other batches (duplicates).
 pub(crate) const ISSUE_SQL: &str = "WITH input AS (
-    DELETE FROM pg_temp.certificate_issue_staging
- RETURNING ordinal, id, code_digest, code_last4, currency, nominal, expires_at, cvc_verifier, cvc_key_id,
-           cvc_wrapped_key, cvc_ciphertext, event
+    SELECT * FROM UNNEST($1::uuid[], $2::bytea[], $3::text[], $4::text[], $5::bigint[], $6::timestamptz[],
+                         $7::bytea[], $8::text[], $9::bytea[], $10::bytea[], $11::jsonb[])
+        AS t(id, code_digest, code_last4, currency, nominal, expires_at, cvc_verifier, cvc_key_id,
+             cvc_wrapped_key, cvc_ciphertext, event)
 ), ins AS (
     INSERT INTO gift_certificate (id, code_digest, code_last4, currency, nominal, balance, state, expires_at,
                                   batch_id, cvc_verifier, cvc_key_id, cvc_wrapped_key, cvc_ciphertext)
-    SELECT id, code_digest, code_last4, currency, nominal, nominal, 'Issued', expires_at, $1, cvc_verifier,
+    SELECT id, code_digest, code_last4, currency, nominal, nominal, 'Issued', expires_at, $12, cvc_verifier,
            cvc_key_id, cvc_wrapped_key, cvc_ciphertext
       FROM input
-     ORDER BY ordinal
         ON CONFLICT (code_digest) DO NOTHING
  RETURNING id
 ), events AS (
     INSERT INTO outbox (topic, key, payload)
-    SELECT 'GiftCertificateState', input.id::text, input.event FROM input JOIN ins USING (id) ORDER BY input.ordinal
-), counts AS (
-    SELECT (SELECT count(*) FROM input) AS submitted,
-           (SELECT count(*) FROM ins) AS issued,
-           (SELECT count(*) FROM gift_certificate g JOIN input i USING (code_digest) WHERE g.batch_id = $1) AS already
+    SELECT 'GiftCertificateState', input.id::text, input.event FROM input JOIN ins USING (id) ORDER BY input.id
 ), audit AS (
     INSERT INTO audit_log (at, action, channel, initiator, source_event, details)
-    SELECT now(), 'issue', $2, $3, $4,
-           jsonb_build_object('batch_id', $1::text, 'submitted', submitted, 'issued', issued)
-      FROM counts
+    SELECT now(), 'issue', $13, $14, $15,
+           jsonb_build_object('batch_id', $12::text, 'submitted', cardinality($1::uuid[]),
+                              'issued', (SELECT count(*) FROM ins))
+), counts AS (
+    SELECT (SELECT count(*) FROM ins) AS issued,
+           (SELECT count(*) FROM gift_certificate g JOIN input i USING (code_digest) WHERE g.batch_id = $12) AS already
 ), job AS (
     INSERT INTO certificate_batch_job (batch_id, job, submitted, issued, duplicates, rejected)
-    SELECT $1, $5, submitted + $6, issued, submitted - issued - already, $6
+    SELECT $12, $16, cardinality($1::uuid[]) + $17, issued,
+           cardinality($1::uuid[]) - issued - already, $17
       FROM counts
         ON CONFLICT (batch_id, job) DO NOTHING
 )
 SELECT issued, already FROM counts";
-
-/// The job's rows as COPY text, `ordinal` first, in [`COPY_STAGING_SQL`]'s column order; each
-/// certificate with its `Issued` event.
-fn copy_rows(certificates: &[NewCertificate], events: &[Outgoing]) -> Result<String, StoreError> {
-    use crate::copy::{copy_bytea, copy_text, end_row, rfc3339};
-    if certificates.len() != events.len() {
-        return Err(StoreError(format!(
-            "{} certificates to issue with {} events",
-            certificates.len(),
-            events.len()
-        )));
-    }
-    let mut buf = String::with_capacity(certificates.len() * 512);
-    for (ordinal, (c, event)) in certificates.iter().zip(events).enumerate() {
-        // COPY text cannot carry NUL (copy_text drops it): refused, as a bound parameter is.
-        for (what, text) in [
-            ("code_last4", &c.code_last4),
-            ("cvc key id", &c.sealed_cvc.key_id),
-        ] {
-            if text.contains('\0') {
-                return Err(StoreError(format!("{what} of certificate {} holds NUL", c.id)));
-            }
-        }
-        // Microseconds, cut as a bound timestamptz is (PostgreSQL would round the text's nanoseconds).
-        let expires_at = c
-            .expires_at
-            .map(|t| {
-                t.to_offset(time::UtcOffset::UTC)
-                    .replace_microsecond(t.microsecond())
-                    .ok()
-                    .and_then(rfc3339)
-                    .ok_or_else(|| StoreError(format!("expiry of certificate {} out of range: {t}", c.id)))
-            })
-            .transpose()?;
-        copy_text(&mut buf, Some(&ordinal.to_string()));
-        copy_text(&mut buf, Some(&c.id.to_string()));
-        copy_bytea(&mut buf, Some(&c.code_digest.0));
-        copy_text(&mut buf, Some(&c.code_last4));
-        copy_text(&mut buf, Some(&c.nominal.currency().to_string()));
-        copy_text(&mut buf, Some(&c.nominal.minor().to_string()));
-        copy_text(&mut buf, expires_at.as_deref());
-        copy_bytea(&mut buf, Some(&c.cvc_verifier));
-        copy_text(&mut buf, Some(&c.sealed_cvc.key_id));
-        copy_bytea(&mut buf, Some(&c.sealed_cvc.wrapped_key));
-        copy_bytea(&mut buf, Some(&c.sealed_cvc.ciphertext));
-        copy_text(&mut buf, Some(&event.payload.to_string()));
-        end_row(&mut buf);
-    }
-    Ok(buf)
-}
 
 pub(crate) struct PgUnit {
     pub(crate) tx: Transaction<'static, Postgres>,
@@ -273,26 +202,31 @@ impl CertificateRows for PgUnit {
 
     async fn issue(&mut self, batch: &IssueBatch, events: &[Outgoing]) -> Result<IssueOutcome, StoreError> {
         let n = batch.certificates.len();
-        let rows = copy_rows(&batch.certificates, events)?;
-        let staging: bool = sqlx::query_scalar(STAGING_EXISTS_SQL)
-            .fetch_one(&mut *self.tx)
-            .await
-            .map_err(unavailable)?;
-        if !staging {
-            sqlx::query(CREATE_STAGING_SQL)
-                .execute(&mut *self.tx)
-                .await
-                .map_err(unavailable)?;
-        }
-        if n > 0 {
-            let mut copy = self.tx.copy_in_raw(COPY_STAGING_SQL).await.map_err(unavailable)?;
-            copy.send(rows.into_bytes()).await.map_err(unavailable)?;
-            let staged = copy.finish().await.map_err(unavailable)?;
-            if staged != n as u64 {
-                return Err(StoreError(format!("staged {staged} of {n} certificates")));
-            }
-        }
+        let c = &batch.certificates;
         let row = sqlx::query(ISSUE_SQL)
+            .bind(c.iter().map(|c| c.id).collect::<Vec<_>>())
+            .bind(c.iter().map(|c| c.code_digest.0.to_vec()).collect::<Vec<_>>())
+            .bind(c.iter().map(|c| c.code_last4.clone()).collect::<Vec<_>>())
+            .bind(
+                c.iter()
+                    .map(|c| c.nominal.currency().to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(c.iter().map(|c| c.nominal.minor()).collect::<Vec<_>>())
+            .bind(c.iter().map(|c| c.expires_at).collect::<Vec<_>>())
+            .bind(c.iter().map(|c| c.cvc_verifier.to_vec()).collect::<Vec<_>>())
+            .bind(c.iter().map(|c| c.sealed_cvc.key_id.clone()).collect::<Vec<_>>())
+            .bind(
+                c.iter()
+                    .map(|c| c.sealed_cvc.wrapped_key.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                c.iter()
+                    .map(|c| c.sealed_cvc.ciphertext.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(events.iter().map(|e| e.payload.clone()).collect::<Vec<_>>())
             .bind(&batch.batch_id)
             .bind(batch.channel.as_str())
             .bind(&batch.initiator)

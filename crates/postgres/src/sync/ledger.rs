@@ -1,7 +1,6 @@
 //! The crm-sync ledger: `integrations_log`, `processed_events` and `sync_retry`, written in bulk
 //! (one `UNNEST` statement per table per batch) inside one transaction.
 
-use crate::copy::{copy_text, end_row, rfc3339};
 use async_trait::async_trait;
 use backbone_sync::event::{EventId, ShipmentId, TrackingEvent};
 use backbone_sync::ports::{
@@ -350,10 +349,6 @@ fn attempt_record(row: &sqlx::postgres::PgRow) -> Result<AttemptRecord, LedgerEr
 /// `integrations_log.flow` of the parcel-status flow's rows.
 const FLOW_PARCEL_STATUS: &str = "parcel_status";
 
-fn rfc3339_or_empty(t: OffsetDateTime) -> String {
-    rfc3339(t).unwrap_or_default()
-}
-
 /// Appends the attempt rows of `flow` with `COPY ... FROM STDIN` (text format): the cheapest bulk
 /// path, inside the caller's transaction.
 pub(super) async fn insert_attempts(
@@ -384,14 +379,15 @@ pub(super) async fn insert_attempts(
         copy_text(&mut buf, Some(r.outcome.as_str()));
         copy_text(&mut buf, Some(&r.attempt.to_string()));
         copy_text(&mut buf, r.error.as_deref());
-        copy_text(&mut buf, r.event_time.map(rfc3339_or_empty).as_deref());
-        copy_text(&mut buf, Some(&rfc3339_or_empty(r.sent_at)));
+        copy_text(&mut buf, r.event_time.map(rfc3339).as_deref());
+        copy_text(&mut buf, Some(&rfc3339(r.sent_at)));
         copy_text(&mut buf, r.latency_ms.map(|l| l.to_string()).as_deref());
         copy_text(&mut buf, source.map(|s| s.topic.as_str()));
         copy_text(&mut buf, source.map(|s| s.partition.to_string()).as_deref());
         copy_text(&mut buf, source.map(|s| s.offset.to_string()).as_deref());
         copy_text(&mut buf, Some(flow));
-        end_row(&mut buf);
+        buf.pop(); // the last field's tab
+        buf.push('\n');
     }
     let mut copy = connection
         .copy_in_raw(
@@ -403,6 +399,33 @@ pub(super) async fn insert_attempts(
     copy.send(buf.into_bytes()).await?;
     copy.finish().await?;
     Ok(())
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// One field of COPY's text format, followed by a tab: `\N` for NULL, and backslash, tab,
+/// newline and carriage return escaped.
+fn copy_text(buf: &mut String, value: Option<&str>) {
+    match value {
+        None => buf.push_str("\\N"),
+        Some(v) => {
+            for ch in v.chars() {
+                match ch {
+                    // PostgreSQL text cannot hold NUL; a CRM answer that has one loses it here.
+                    '\0' => {}
+                    '\\' => buf.push_str("\\\\"),
+                    '\t' => buf.push_str("\\t"),
+                    '\n' => buf.push_str("\\n"),
+                    '\r' => buf.push_str("\\r"),
+                    c => buf.push(c),
+                }
+            }
+        }
+    }
+    buf.push('\t');
 }
 
 async fn upsert_processed(
@@ -519,4 +542,17 @@ async fn raise_newest(
     .await
     .map_err(err("writing newest event times"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::copy_text;
+
+    #[test]
+    fn copy_text_escapes_what_copy_would_misread() {
+        let mut buf = String::new();
+        copy_text(&mut buf, Some("a\tb\nc\\d\re\0"));
+        copy_text(&mut buf, None);
+        assert_eq!(buf, "a\\tb\\nc\\\\d\\re\t\\N\t");
+    }
 }
