@@ -372,10 +372,31 @@ async fn failover_run(
         members[0].kill();
         let restarted = Instant::now();
         members[0] = group.spawn(0)?;
-        let mut first_commit_ms = None;
+        // Where the restart's time goes: the process serving HTTP (configuration, database,
+        // migrations), ready (its pipeline running), its first outcome (joined, assigned,
+        // fetched, written, committed).
+        let (mut live_ms, mut ready_ms, mut first_commit_ms) = (None, None, None);
+        let port = members[0].port;
+        let answers = |path: &'static str| {
+            let client = client.clone();
+            async move {
+                client
+                    .get(format!("http://127.0.0.1:{port}{path}"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        };
         while restarted.elapsed() < Duration::from_secs(60) {
-            if outcomes(&client, members[0].port, "").await.unwrap_or(0.0) > 0.0 {
-                first_commit_ms = Some(restarted.elapsed().as_secs_f64() * 1000.0);
+            let at = || Some(restarted.elapsed().as_secs_f64() * 1000.0);
+            if live_ms.is_none() && answers("/health/live").await {
+                live_ms = at();
+            }
+            if live_ms.is_some() && ready_ms.is_none() && answers("/health/ready").await {
+                ready_ms = at();
+            }
+            if outcomes(&client, port, "").await.unwrap_or(0.0) > 0.0 {
+                first_commit_ms = at();
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -407,6 +428,8 @@ async fn failover_run(
             "events": total,
             "partitions_stalled_ms_max": max_stall.round(),
             "stall_ms_per_partition": stalls.iter().map(|(p, g)| json!({"partition": p, "ms": g.round()})).collect::<Vec<_>>(),
+            "restart_to_http_ms": live_ms.map(f64::round),
+            "restart_to_ready_ms": ready_ms.map(f64::round),
             "restart_to_first_commit_ms": first_commit_ms.map(f64::round),
             "unprocessed_events": total as f64 - processed_now,
             "all_processed": done.is_ok(),
