@@ -319,12 +319,15 @@ impl KafkaConsumer {
             // default) before fetching that partition again: a latency cliff at low rates.
             .set("fetch.error.backoff.ms", "10")
             .set("statistics.interval.ms", "5000")
-            .set("session.timeout.ms", settings.session_timeout_ms.to_string())
-            // The coordinator's view of a live member: a third of the session, at most 3 s.
-            .set(
+            .set("session.timeout.ms", settings.session_timeout_ms.to_string());
+        // librdkafka heartbeats every 3 s; a session shorter than the default 10 s needs them
+        // more often (a third of it), or a live member would be taken for dead.
+        if settings.session_timeout_ms < 10_000 {
+            config.set(
                 "heartbeat.interval.ms",
-                (settings.session_timeout_ms / 3).clamp(100, 3_000).to_string(),
+                (settings.session_timeout_ms / 3).max(100).to_string(),
             );
+        }
         if let Some(id) = &settings.group_instance_id {
             config.set("group.instance.id", id);
         }
