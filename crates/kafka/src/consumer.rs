@@ -20,6 +20,8 @@ pub type LagObserver = Arc<dyn Fn(&str, i32, i64) + Send + Sync>;
 pub struct StatsContext {
     lag: Option<LagObserver>,
     assigned: Mutex<Vec<(String, i32)>>,
+    /// Assignments come as increments (a cooperative assignment strategy is configured).
+    cooperative: bool,
     /// Next offset per partition of every batch handled so far.
     processed: Arc<Mutex<BTreeMap<(String, i32), i64>>>,
     in_flight: Arc<InFlight>,
@@ -138,7 +140,7 @@ impl ConsumerContext for StatsContext {
         }
     }
 
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let mut assigned = self.assigned.lock().unwrap_or_else(PoisonError::into_inner);
         match rebalance {
             Rebalance::Assign(tpl) => {
@@ -148,10 +150,7 @@ impl ConsumerContext for StatsContext {
                     .map(|e| (e.topic().to_owned(), e.partition()));
                 // An eager assignment is the whole set; a cooperative one
                 // (`partition.assignment.strategy = "cooperative-sticky"`) only what it adds.
-                if matches!(
-                    consumer.rebalance_protocol(),
-                    rdkafka::consumer::RebalanceProtocol::Cooperative
-                ) {
+                if self.cooperative {
                     for p in added {
                         if !assigned.contains(&p) {
                             assigned.push(p);
@@ -337,6 +336,10 @@ impl KafkaConsumer {
             processed: processed.clone(),
             in_flight: in_flight.clone(),
             drain_timeout: Duration::from_millis(settings.drain_timeout_ms),
+            cooperative: settings
+                .properties
+                .get("partition.assignment.strategy")
+                .is_some_and(|s| s.contains("cooperative")),
         })?;
         consumer.subscribe(topics)?;
         let consumer = Arc::new(consumer);
