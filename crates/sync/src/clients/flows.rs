@@ -5,18 +5,22 @@
 //! Effect order of both, and what a crash between two steps does:
 //! 1. take the client's sync lock (a session): nothing has happened yet;
 //! 2. read the CRM's record (the webhook is a hint, not the truth) and merge: still nothing;
-//! 3. write what the merge sends to the CRM: a crash now leaves the CRM ahead of the stored base.
-//!    On redelivery the merge finds both sides equal and only moves the base (no second write of
-//!    a card; a task or an interaction is found in the CRM by our id, an upsert or a look-up
-//!    before the create, and not made again: see `docs/two-way-sync.md`);
+//! 3. note the card's values about to be written (`note_writing`, committed at once), then write
+//!    what the merge sends to the CRM: a crash now leaves the CRM ahead of the stored base. The
+//!    next session of the client, a redelivery or a webhook processed first, recognises the CRM's
+//!    values that were being written as ours (`with_our_writes`), so a later change made in the
+//!    CRM cannot make them pass for the CRM's and overwrite newer values of ours. On redelivery
+//!    the merge finds both sides equal and only moves the base (no second write of a card; a task
+//!    or an interaction is found in the CRM by our id, an upsert or a look-up before the create,
+//!    and not made again: see `docs/two-way-sync.md`);
 //! 4. commit what the merge takes into our copy, the new base, links, conflicts, operator tasks
 //!    and the `integrations_log` rows, in one transaction: a crash before it redoes 2-4;
 //! 5. the caller publishes the outcome and commits the Kafka offset: a crash before it publishes
 //!    the outcome again (consumers de-duplicate by `change_id` / `webhook_id`).
 
-use super::merge::{merge, Ours, Ownership, Plan, Resolution, Theirs};
+use super::merge::{digests, merge, with_our_writes, Ours, Ownership, Plan, Resolution, Theirs};
 use super::model::{Card, ClientId, Field};
-use super::ports::{ClientCrm, ClientStore, Entity, StoreError, SyncSnapshot, SyncWrite, WriteContext};
+use super::ports::{ClientCrm, ClientSession, ClientStore, Entity, StoreError, SyncWrite, WriteContext};
 use super::records::{ChangeKind, IncomingHint, OutgoingChange, ProcessedOutcome};
 use crate::event::EventId;
 use crate::ports::{AttemptRecord, CrmError, Outcome};
@@ -138,22 +142,27 @@ fn fields_json(card: &Card, fields: &[Field]) -> serde_json::Value {
 }
 
 /// Merges one client's card with the CRM's under the held session and writes what goes to the
-/// CRM. Returns the plan, the contact's CRM id and the fields written.
+/// CRM, noting it first (`note_writing`). Returns the plan, the contact's CRM id and the fields
+/// written.
 async fn sync_card(
     crm: &dyn ClientCrm,
     ownership: &Ownership,
-    snap: &SyncSnapshot,
+    session: &mut dyn ClientSession,
     client: &ClientId,
     theirs: Option<super::ports::CrmContact>,
     forced: &BTreeSet<Field>,
     request_id: &str,
 ) -> Result<(Plan, Option<String>, Vec<Field>), FlowError> {
+    let snap = session.snapshot();
     let Some(ours) = &snap.card else {
         return Ok((Plan::default(), None, Vec::new()));
     };
-    let plan = merge(
+    // A value of ours that reached the CRM from a session that never committed is ours, not a
+    // change made in the CRM.
+    let (base, corrected) = with_our_writes(&snap.base, &snap.writing, theirs.as_ref().map(|t| &t.card));
+    let mut plan = merge(
         ownership,
-        &snap.base,
+        &base,
         &Ours {
             card: Some(&ours.card),
             stamps: Some(&ours.stamps),
@@ -165,6 +174,9 @@ async fn sync_card(
         &snap.pending,
         forced,
     );
+    for (f, d) in corrected {
+        plan.base.entry(f).or_insert(d);
+    }
     let mut crm_id = theirs.as_ref().map(|t| t.crm_id.clone());
     let mut card = ours.card.clone();
     for (f, v) in &plan.to_crm {
@@ -186,6 +198,7 @@ async fn sync_card(
         plan.to_crm.keys().copied().collect()
     };
     if !written.is_empty() || crm_id.is_none() {
+        session.note_writing(&digests(&card, &written)).await?;
         let id = crm
             .write_contact(
                 client,
@@ -233,7 +246,7 @@ impl Dispatcher {
             sync_card(
                 self.crm.as_ref(),
                 &self.ownership,
-                session.snapshot(),
+                session.as_mut(),
                 client,
                 theirs,
                 &forced,
@@ -364,7 +377,7 @@ impl Processor {
                 hint.crm_id
             )));
         };
-        let session = self.store.session(&client).await?;
+        let mut session = self.store.session(&client).await?;
         if session.snapshot().card.is_none() {
             return Err(FlowError::UnknownClient(format!("client {client} has no card")));
         }
@@ -387,7 +400,7 @@ impl Processor {
         let (plan, crm_id, sent_back) = sync_card(
             self.crm.as_ref(),
             &self.ownership,
-            session.snapshot(),
+            session.as_mut(),
             &client,
             Some(theirs),
             &BTreeSet::new(),

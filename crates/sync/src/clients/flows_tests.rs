@@ -109,6 +109,34 @@ impl World {
         incoming.remove(0)
     }
 
+    /// A webhook for the client's contact, stored as the intake would; only its own hint is taken
+    /// from the outbox (our changes waiting there stay).
+    async fn webhook_only(&self, id: &str, delivery: &str) -> IncomingHint {
+        let crm_id = self.crm.contact_of(&client(id)).unwrap().crm_id;
+        let hint = Hint {
+            vendor: "generic".into(),
+            delivery_id: delivery.into(),
+            entity: Entity::Contact,
+            crm_id,
+            client_id: None,
+            event: "contact.updated".into(),
+            occurred_at: None,
+        };
+        let stored = self.store.intake(&[hint], "req-hook").await.unwrap();
+        let Intake::Stored(id) = stored[0] else {
+            panic!("{stored:?}");
+        };
+        let rows = self.store.outbox_next(1000).await.unwrap();
+        let row = rows
+            .iter()
+            .find(|r| r.topic != super::apply::TOPIC_OUTGOING)
+            .expect("the hint's outbox row");
+        self.store.outbox_delete(&[row.id]).await.unwrap();
+        let incoming: IncomingHint = serde_json::from_str(&row.payload).unwrap();
+        assert_eq!(incoming.webhook_id, id);
+        incoming
+    }
+
     async fn ours(&self, id: &str) -> Card {
         self.store.card(&client(id)).await.unwrap().unwrap().card
     }
@@ -278,6 +306,68 @@ async fn a_crash_after_the_crm_write_converges_without_a_second_write() {
         w.store.base(&client("c-1")).get(&Field::FirstName),
         Some(&text("Ada K.").digest())
     );
+}
+
+/// The dispatcher's write lands in the CRM but its session never commits (the reply is lost, as
+/// when the process dies between the two). Before the redelivery, the CRM user changes another
+/// field and its webhook is processed: the CRM's record is now newer than our field, and without
+/// the note of the write our older value, sitting in the CRM, would pass for a change of theirs
+/// and overwrite the newer one of ours.
+#[tokio::test]
+async fn a_write_whose_session_never_committed_is_recognised_as_ours_by_the_next_session() {
+    let w = world();
+    w.change("c-1", &[(Field::FirstName, text("Ada"))], Source::Api)
+        .await;
+    w.dispatch_all().await;
+    w.change("c-1", &[(Field::FirstName, text("Ada K."))], Source::Api)
+        .await;
+    let (changes, _) = w.drain().await;
+    w.crm.lose_next_replies(1);
+    let lost = w.dispatcher.dispatch(&changes[0]).await.unwrap_err();
+    assert!(lost.is_transient(), "{lost}");
+    assert_eq!(
+        w.crm
+            .contact_of(&client("c-1"))
+            .unwrap()
+            .card
+            .get(Field::FirstName),
+        &text("Ada K."),
+        "the write landed"
+    );
+    assert_eq!(
+        w.store.base(&client("c-1")).get(&Field::FirstName),
+        Some(&text("Ada").digest()),
+        "and the base was not moved"
+    );
+    // Our copy changes again, then a CRM user edits the manager.
+    w.change("c-1", &[(Field::FirstName, text("Ada King"))], Source::Api)
+        .await;
+    let crm_id = w.crm.contact_of(&client("c-1")).unwrap().crm_id;
+    w.crm.edit(
+        &crm_id,
+        Field::Manager,
+        text("m-7"),
+        OffsetDateTime::now_utc() + time::Duration::seconds(5),
+    );
+    let hook = w.webhook_only("c-1", "d-1").await;
+    let p = w.processor.process(&hook).await.unwrap();
+    assert_eq!(p.applied, vec![Field::Manager], "{p:?}");
+    assert_eq!(p.sent_back, vec![Field::FirstName], "{p:?}");
+    assert_eq!(w.ours("c-1").await.get(Field::FirstName), &text("Ada King"));
+    assert_eq!(
+        w.crm
+            .contact_of(&client("c-1"))
+            .unwrap()
+            .card
+            .get(Field::FirstName),
+        &text("Ada King")
+    );
+    // The redelivered change and the newer one find both sides equal.
+    let writes = w.crm.contact_writes();
+    w.dispatcher.dispatch(&changes[0]).await.unwrap();
+    w.dispatch_all().await;
+    assert_eq!(w.crm.contact_writes(), writes, "nothing written again");
+    assert_eq!(w.ours("c-1").await.get(Field::Manager), &text("m-7"));
 }
 
 #[tokio::test]

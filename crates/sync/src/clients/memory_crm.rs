@@ -17,6 +17,8 @@ struct State {
     next_id: u64,
     contact_writes: u64,
     failures: VecDeque<CrmError>,
+    /// Contact writes that land and then answer with a transient error (a lost reply).
+    lost_replies: usize,
     request_ids: Vec<String>,
 }
 
@@ -37,6 +39,12 @@ impl MemoryCrm {
     /// The next calls fail with these errors, one each.
     pub fn fail_next(&self, errors: impl IntoIterator<Item = CrmError>) {
         self.lock().failures.extend(errors);
+    }
+
+    /// The next `n` contact writes land, and their replies are lost (a timeout): what a crash
+    /// between the CRM's write and our commit leaves behind.
+    pub fn lose_next_replies(&self, n: usize) {
+        self.lock().lost_replies += n;
     }
 
     fn fail(&self) -> Result<(), CrmError> {
@@ -148,6 +156,10 @@ impl ClientCrm for MemoryCrm {
             c.card.set(*f, card.get(*f).clone());
         }
         c.modified_at = Some(OffsetDateTime::now_utc());
+        if s.lost_replies > 0 {
+            s.lost_replies -= 1;
+            return Err(CrmError::transient("timed out waiting for the CRM's reply"));
+        }
         Ok(id)
     }
 

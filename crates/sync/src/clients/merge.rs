@@ -60,6 +60,53 @@ impl Ownership {
 /// Per field, the digest of the value both sides last agreed on. A field never synced is absent.
 pub type Base = BTreeMap<Field, String>;
 
+/// Per field, digests of values a session sent to the CRM and did not see committed as the new
+/// base (it may have crashed after the CRM took them), oldest first, at most [`MAX_WRITING`].
+pub type Writing = BTreeMap<Field, Vec<String>>;
+
+/// Digests kept per field in [`Writing`].
+pub const MAX_WRITING: usize = 4;
+
+/// The digests of `fields` of `card`, as the base keeps them.
+pub fn digests(card: &Card, fields: &[Field]) -> Base {
+    fields
+        .iter()
+        .map(|f| (*f, normal(*f, card.get(*f)).digest()))
+        .collect()
+}
+
+/// `writing` with `noted` added (the oldest dropped past [`MAX_WRITING`]).
+pub fn add_writing(writing: &Writing, noted: &Base) -> Writing {
+    let mut out = writing.clone();
+    for (field, digest) in noted {
+        let kept = out.entry(*field).or_default();
+        kept.retain(|d| d != digest);
+        kept.push(digest.clone());
+        if kept.len() > MAX_WRITING {
+            kept.remove(0);
+        }
+    }
+    out
+}
+
+/// The base as it is once our own uncommitted writes are recognised: where the CRM holds a value
+/// we were writing, that value is ours, not a change of theirs. Returns the base to merge with
+/// and the fields it corrects (the new base must record them).
+pub fn with_our_writes(base: &Base, writing: &Writing, theirs: Option<&Card>) -> (Base, Base) {
+    let mut corrected = Base::new();
+    if let Some(theirs) = theirs {
+        for (field, digests) in writing {
+            let td = normal(*field, theirs.get(*field)).digest();
+            if base.get(field) != Some(&td) && digests.contains(&td) {
+                corrected.insert(*field, td);
+            }
+        }
+    }
+    let mut merged = base.clone();
+    merged.extend(corrected.clone());
+    (merged, corrected)
+}
+
 /// Our side: the card and, per field, when and by whom it last changed.
 #[derive(Debug, Clone, Default)]
 pub struct Ours<'a> {
@@ -546,5 +593,50 @@ mod tests {
         let ours = card(&[(Field::FirstName, "Ada")]);
         let plan = run(&base_of(&base), &ours, &base);
         assert_eq!(plan.to_crm, BTreeMap::from([(Field::LastName, Value::Empty)]));
+    }
+
+    #[test]
+    fn a_value_of_ours_found_in_the_crm_is_ours_and_anything_else_stays_theirs() {
+        let base = base_of(&card(&[(Field::FirstName, "Ada"), (Field::LastName, "K")]));
+        let writing = add_writing(
+            &Writing::new(),
+            &digests(
+                &card(&[(Field::FirstName, "Ada K."), (Field::LastName, "King")]),
+                &[Field::FirstName, Field::LastName],
+            ),
+        );
+        // The CRM holds our first name, and a last name we never wrote.
+        let theirs = card(&[(Field::FirstName, "Ada K."), (Field::LastName, "Kingsley")]);
+        let (merged, corrected) = with_our_writes(&base, &writing, Some(&theirs));
+        assert_eq!(
+            corrected,
+            BTreeMap::from([(Field::FirstName, Value::text("Ada K.").digest())])
+        );
+        assert_eq!(
+            merged.get(&Field::FirstName),
+            Some(&Value::text("Ada K.").digest())
+        );
+        assert_eq!(merged.get(&Field::LastName), base.get(&Field::LastName));
+        // No CRM record: nothing is corrected.
+        assert_eq!(
+            with_our_writes(&base, &writing, None),
+            (base.clone(), Base::new())
+        );
+    }
+
+    #[test]
+    fn notes_keep_the_newest_values_of_a_field_once_each() {
+        let mut writing = Writing::new();
+        for v in ["a", "b", "a", "c", "d", "e"] {
+            writing = add_writing(
+                &writing,
+                &digests(&card(&[(Field::FirstName, v)]), &[Field::FirstName]),
+            );
+        }
+        let kept: Vec<String> = ["a", "c", "d", "e"]
+            .iter()
+            .map(|v| Value::text(*v).digest())
+            .collect();
+        assert_eq!(writing[&Field::FirstName], kept);
     }
 }

@@ -1,7 +1,7 @@
 //! Ports of the two-way sync: the CRM's contacts, tasks and notes ([`ClientCrm`]), a verified
 //! webhook's hint ([`Hint`]), and the company's copy with its outbox ([`ClientStore`]).
 
-use super::merge::{Base, Conflict};
+use super::merge::{Base, Conflict, Writing};
 use super::model::{Card, ClientId, Field, Interaction, Source, Stamp, Task, TaskId, TaskState, Value};
 use crate::ports::{AttemptRecord, CrmError};
 use async_trait::async_trait;
@@ -306,6 +306,9 @@ pub struct SyncSnapshot {
     pub base: Base,
     /// Fields with an open operator task.
     pub pending: BTreeSet<Field>,
+    /// Values sent to the CRM by sessions that did not commit after (see
+    /// [`ClientSession::note_writing`]).
+    pub writing: Writing,
 }
 
 /// What the dispatcher or the processor writes back, in the client's transaction.
@@ -352,6 +355,15 @@ pub trait ClientSession: Send {
     /// Our task linked to a CRM task id.
     async fn task_by_crm_id(&mut self, crm_id: &str) -> Result<Option<Task>, StoreError>;
 
+    /// Records durably, before the CRM write and whatever becomes of this session, the digests of
+    /// the values about to be written ([`add_writing`](super::merge::add_writing) onto the snapshot's `writing`). A
+    /// write that lands in the CRM while its session never commits (a crash, a lost reply) is
+    /// then recognised as ours by the next session ([`with_our_writes`](super::merge::with_our_writes)), even when
+    /// something else changed the client first. [`ClientSession::commit`] clears them.
+    async fn note_writing(&mut self, digests: &Base) -> Result<(), StoreError>;
+
+    /// Writes and releases; also clears what [`ClientSession::note_writing`] recorded, the new
+    /// base now saying what the CRM holds.
     async fn commit(self: Box<Self>, write: SyncWrite) -> Result<(), StoreError>;
 }
 

@@ -30,11 +30,18 @@ const SYNC_LOCK: i32 = 0x7379_6e63; // "sync"
 #[derive(Clone)]
 pub struct PgClients {
     pool: PgPool,
+    /// For the notes of CRM writes (`ClientSession::note_writing`), committed while a session
+    /// holds a connection of `pool`: with a pool of their own, sessions never wait on each other
+    /// for a second connection.
+    notes: PgPool,
 }
 
 impl PgClients {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        let notes = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect_lazy_with((*pool.connect_options()).clone());
+        Self { pool, notes }
     }
 
     /// Creates the database if needed, connects and applies pending migrations.
@@ -267,7 +274,9 @@ impl ClientStore for PgClients {
     }
 
     async fn session(&self, client: &ClientId) -> Result<Box<dyn ClientSession>, StoreError> {
-        Ok(Box::new(session::PgSession::open(&self.pool, client).await?))
+        Ok(Box::new(
+            session::PgSession::open(&self.pool, &self.notes, client).await?,
+        ))
     }
 
     async fn operator_tasks(

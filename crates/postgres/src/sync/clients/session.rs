@@ -6,7 +6,7 @@ use super::{empty_card, err, lock_outbox, operator, read_card, write_card, SYNC_
 use crate::sync::ledger::insert_attempts;
 use async_trait::async_trait;
 use backbone_sync::clients::apply;
-use backbone_sync::clients::merge::Base;
+use backbone_sync::clients::merge::{add_writing, Base, Writing};
 use backbone_sync::clients::model::{ClientId, Source, Stamp, Task, TaskId, TaskState};
 use backbone_sync::clients::ports::*;
 use sqlx::types::Json;
@@ -17,12 +17,14 @@ const FLOW_TWO_WAY: &str = "two_way";
 
 pub(super) struct PgSession {
     tx: Transaction<'static, Postgres>,
+    /// For what must be committed before the session ends (`note_writing`).
+    notes: PgPool,
     client: ClientId,
     snapshot: SyncSnapshot,
 }
 
 impl PgSession {
-    pub(super) async fn open(pool: &PgPool, client: &ClientId) -> Result<Self, StoreError> {
+    pub(super) async fn open(pool: &PgPool, notes: &PgPool, client: &ClientId) -> Result<Self, StoreError> {
         let mut tx = pool.begin().await.map_err(err("begin"))?;
         sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
             .bind(SYNC_LOCK)
@@ -31,20 +33,23 @@ impl PgSession {
             .await
             .map_err(err("taking the sync lock"))?;
         let card = read_card(&mut tx, client).await?;
-        let base: Option<Json<Base>> =
-            sqlx::query_scalar("SELECT base FROM client_sync_base WHERE client_id = $1")
+        let base: Option<(Json<Base>, Json<Writing>)> =
+            sqlx::query_as("SELECT base, writing FROM client_sync_base WHERE client_id = $1")
                 .bind(client.as_str())
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(err("reading the sync base"))?;
         let pending = operator::pending(&mut tx, client).await?;
+        let (base, writing) = base.map(|(b, w)| (b.0, w.0)).unwrap_or_default();
         Ok(Self {
             tx,
+            notes: notes.clone(),
             client: client.clone(),
             snapshot: SyncSnapshot {
                 card,
-                base: base.map(|b| b.0).unwrap_or_default(),
+                base,
                 pending,
+                writing,
             },
         })
     }
@@ -102,11 +107,29 @@ impl ClientSession for PgSession {
         task_where(&mut self.tx, "crm_id", crm_id).await
     }
 
+    async fn note_writing(&mut self, digests: &Base) -> Result<(), StoreError> {
+        let writing = add_writing(&self.snapshot.writing, digests);
+        // On a connection of its own, committed now: the session's transaction may never commit.
+        // The client's sync lock, held by the session, keeps every other session off the row.
+        sqlx::query(
+            "INSERT INTO client_sync_base (client_id, writing) VALUES ($1, $2)
+             ON CONFLICT (client_id) DO UPDATE SET writing = EXCLUDED.writing",
+        )
+        .bind(self.client.as_str())
+        .bind(Json(&writing))
+        .execute(&self.notes)
+        .await
+        .map_err(err("noting a CRM write"))?;
+        self.snapshot.writing = writing;
+        Ok(())
+    }
+
     async fn commit(self: Box<Self>, write: SyncWrite) -> Result<(), StoreError> {
         let Self {
             mut tx,
             client,
             snapshot,
+            ..
         } = *self;
         // The card's writers serialize on the outbox lock; values from the CRM queue no row.
         lock_outbox(&mut tx, client.as_str()).await?;
@@ -131,11 +154,12 @@ impl ClientSession for PgSession {
         if !changed.is_empty() || linked {
             write_card(&mut tx, &card, created).await?;
         }
-        if !write.base.is_empty() {
+        if !write.base.is_empty() || !snapshot.writing.is_empty() {
             sqlx::query(
                 "INSERT INTO client_sync_base (client_id, base) VALUES ($1, $2)
                  ON CONFLICT (client_id) DO UPDATE
-                    SET base = client_sync_base.base || EXCLUDED.base, updated_at = now()",
+                    SET base = client_sync_base.base || EXCLUDED.base, writing = '{}',
+                        updated_at = now()",
             )
             .bind(client.as_str())
             .bind(Json(&write.base))

@@ -2,7 +2,8 @@
 
 use super::ours::{interaction, task};
 use super::*;
-use crate::clients::merge::{Conflict, Owner, Resolution};
+use crate::clients::merge::{digests, Conflict, Owner, Resolution, Writing};
+use crate::clients::model::Card;
 use crate::clients::model::{InteractionId, TaskId, TaskState};
 use crate::clients::records::IncomingHint;
 use crate::ports::{AttemptRecord, Outcome};
@@ -262,6 +263,64 @@ pub async fn a_dropped_session_writes_nothing(store: &dyn ClientStore, audit: &d
         1
     );
     assert!(audit.two_way_attempts().await.is_empty());
+}
+
+/// What a session noted before a CRM write is there for the next session of the client even
+/// though the noting session never committed; notes of other values add up, the same value is
+/// kept once, and a commit clears them.
+pub async fn a_noted_write_outlives_its_session_until_a_commit(store: &dyn ClientStore, _: &dyn Audit) {
+    put(store, "c-1", &[(Field::FirstName, text("Ada"))]).await;
+    put(store, "c-2", &[(Field::FirstName, text("Bea"))]).await;
+    let first_name = |v: &str| {
+        digests(
+            &Card::default().with(Field::FirstName, text(v)),
+            &[Field::FirstName],
+        )
+    };
+    let mut session = store.session(&client("c-1")).await.expect("session");
+    assert!(session.snapshot().writing.is_empty());
+    session.note_writing(&first_name("Ada K.")).await.expect("note");
+    drop(session);
+    let mut session = store.session(&client("c-1")).await.expect("session");
+    assert_eq!(
+        session.snapshot().writing,
+        Writing::from([(Field::FirstName, vec![text("Ada K.").digest()])]),
+        "a note outlives a session that never committed"
+    );
+    session.note_writing(&first_name("Ada King")).await.expect("note");
+    session.note_writing(&first_name("Ada K.")).await.expect("note");
+    drop(session);
+    let other = store.session(&client("c-2")).await.expect("session");
+    assert!(other.snapshot().writing.is_empty(), "notes are the client's own");
+    drop(other);
+    let session = store.session(&client("c-1")).await.expect("session");
+    assert_eq!(
+        session.snapshot().writing,
+        Writing::from([(
+            Field::FirstName,
+            vec![text("Ada King").digest(), text("Ada K.").digest()]
+        )])
+    );
+    session
+        .commit(SyncWrite {
+            request_id: "req-noted".into(),
+            ..SyncWrite::default()
+        })
+        .await
+        .expect("commit");
+    let session = store.session(&client("c-1")).await.expect("session");
+    assert!(session.snapshot().writing.is_empty(), "a commit clears the notes");
+    drop(session);
+    assert_eq!(
+        store
+            .card(&client("c-1"))
+            .await
+            .expect("card")
+            .expect("card")
+            .version,
+        1,
+        "notes change nothing of the card"
+    );
 }
 
 pub async fn sessions_of_one_client_take_turns(store: &dyn ClientStore, _: &dyn Audit) {

@@ -65,6 +65,8 @@ struct Linked<T> {
 struct Inner {
     cards: BTreeMap<ClientId, StoredCard>,
     bases: HashMap<ClientId, Base>,
+    /// What sessions noted before their CRM writes, until a commit of the client.
+    writing: HashMap<ClientId, super::merge::Writing>,
     tasks: BTreeMap<TaskId, Linked<Task>>,
     task_bases: HashMap<TaskId, super::model::TaskState>,
     interactions: BTreeMap<InteractionId, Linked<Interaction>>,
@@ -433,6 +435,7 @@ impl ClientStore for MemoryClients {
             SyncSnapshot {
                 card: inner.cards.get(client).cloned(),
                 base: inner.bases.get(client).cloned().unwrap_or_default(),
+                writing: inner.writing.get(client).cloned().unwrap_or_default(),
                 pending: inner
                     .operator_tasks
                     .values()

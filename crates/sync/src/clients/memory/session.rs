@@ -2,7 +2,7 @@
 
 use super::{empty_card, lock, Inner, LoggedConflict};
 use crate::clients::apply;
-use crate::clients::merge::Resolution;
+use crate::clients::merge::{add_writing, Base, Resolution};
 use crate::clients::model::{ClientId, Source, Stamp, Task, TaskId, TaskState};
 use crate::clients::ports::*;
 use async_trait::async_trait;
@@ -58,6 +58,15 @@ impl ClientSession for MemorySession {
             .map(|t| t.entity.clone()))
     }
 
+    async fn note_writing(&mut self, digests: &Base) -> Result<(), StoreError> {
+        let writing = add_writing(&self.snapshot.writing, digests);
+        lock(&self.inner)
+            .writing
+            .insert(self.client.clone(), writing.clone());
+        self.snapshot.writing = writing;
+        Ok(())
+    }
+
     async fn commit(self: Box<Self>, write: SyncWrite) -> Result<(), StoreError> {
         let mut inner = lock(&self.inner);
         if let Some(crm_id) = &write.crm_id {
@@ -65,6 +74,7 @@ impl ClientSession for MemorySession {
                 return Err(StoreError::CrmIdLinkedElsewhere);
             }
         }
+        inner.writing.remove(&self.client);
         let now = apply::now();
         let current = inner.cards.get(&self.client).cloned();
         // A value changed on our side while the session was open stays: its own outbox row

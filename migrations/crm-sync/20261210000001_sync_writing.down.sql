@@ -1,0 +1,1 @@
+ALTER TABLE client_sync_base DROP COLUMN writing;
