@@ -52,7 +52,7 @@ bench-sync: stack
 bench-certificates: stack
 	$(CARGO) build --release --quiet -p gift-certificates -p backbone-bench
 	KAFKA_PORT=9094 BROKER_STORAGE=memory STATE_DIR=$(CURDIR)/.stack/bench deploy/stack.sh up
-	target/release/bench-certificates --brokers 127.0.0.1:9094 --out target/bench/certificates.json
+	target/release/bench-certificates --brokers 127.0.0.1:9094 $(if $(SCALE),--scale-only) --out target/bench/certificates.json
 
 ## batch-loader: a generated file to every row issued, with a same-run PostgreSQL COPY baseline.
 ## COUNT=20000 for a quick run (default 1,000,000); VIA=http,kafka to measure Kafka too.

@@ -37,6 +37,11 @@ pub fn random_codes(n: usize) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The run's `GiftCertificateTransaction` topic.
+pub fn transactions_topic(id: &str) -> String {
+    format!("bench.transactions.{id}")
+}
+
 pub struct ServiceSpec<'a> {
     /// `postgres://user@host:port`, without a database.
     pub pg: &'a str,
@@ -111,6 +116,15 @@ impl Service {
                 "GIFT_CERTIFICATES_TOPICS__UPLOADS".into(),
                 format!("bench.uploads.{id}"),
             ),
+            (
+                "GIFT_CERTIFICATES_TOPICS__TRANSACTIONS".into(),
+                transactions_topic(id),
+            ),
+            (
+                "GIFT_CERTIFICATES_TOPICS__STATE".into(),
+                format!("bench.state.{id}"),
+            ),
+            ("GIFT_CERTIFICATES_TOPICS__BI".into(), format!("bench.bi.{id}")),
             (
                 "GIFT_CERTIFICATES_TOPICS__DEAD_LETTERS".into(),
                 format!("bench.dead.letters.{id}"),
@@ -195,6 +209,14 @@ impl Service {
             .await?
             .text()
             .await?)
+    }
+
+    /// SIGKILL and wait: no draining, connections cut.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// SIGTERM and wait (the service drains: relay, consumers).

@@ -2,6 +2,7 @@
 
 pub mod certificates;
 pub mod crm_vendors;
+pub mod front;
 pub mod gift;
 pub mod harness;
 pub mod loader;

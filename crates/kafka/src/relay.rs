@@ -71,6 +71,9 @@ impl Drained {
 pub trait RelayObserver: Send + Sync {
     /// What a pass did, or `Err` with why the outbox's store failed.
     fn pass(&self, outcome: Result<&Drained, &str>);
+    /// This process became the relay (`true`), or stopped being it (`false`: the lock's session
+    /// was lost, or the relay stopped).
+    fn leading(&self, _leading: bool) {}
 }
 
 impl RelayObserver for () {
@@ -183,7 +186,11 @@ impl OutboxRelay {
                 }
             };
             tracing::info!(relay = name, "outbox relay leading");
-            if !self.lead(outbox, lease.as_ref(), observer, name, stop).await {
+            observer.leading(true);
+            let go_on = self.lead(outbox, lease.as_ref(), observer, name, stop).await;
+            drop(lease);
+            observer.leading(false);
+            if !go_on {
                 return;
             }
         }

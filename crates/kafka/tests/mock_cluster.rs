@@ -13,8 +13,8 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::ClientConfig;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -450,19 +450,21 @@ async fn a_member_left_idle_while_records_wait_rejoins_the_group() {
     hold.abort();
 }
 
-/// An outbox in memory: rows in id order, what was deleted and what was set aside.
+/// An outbox in memory: rows in id order, what was deleted and what was set aside; `lost` ends
+/// the holder's lock session and keeps the lock taken elsewhere until it is cleared.
 #[derive(Default)]
 struct Rows {
     rows: Mutex<Vec<(i64, String, String)>>,
     set_aside: Mutex<Vec<(i64, &'static str)>>,
+    lost: Arc<AtomicBool>,
 }
 
-struct Held;
+struct Held(Arc<AtomicBool>);
 
 #[async_trait]
 impl backbone_kafka::Lease for Held {
     async fn is_alive(&self) -> bool {
-        true
+        !self.0.load(Ordering::SeqCst)
     }
 }
 
@@ -471,7 +473,10 @@ impl backbone_kafka::Outbox for Rows {
     type Row = (i64, String, String);
 
     async fn try_lead(&self) -> Result<Option<Box<dyn backbone_kafka::Lease>>, String> {
-        Ok(Some(Box::new(Held)))
+        if self.lost.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        Ok(Some(Box::new(Held(self.lost.clone()))))
     }
 
     async fn next(&self, limit: i64) -> Result<Vec<Self::Row>, String> {
@@ -571,4 +576,68 @@ async fn the_outbox_relay_publishes_in_order_sets_refusals_aside_and_keeps_rows_
         ["one", "three", "four"],
         "in id order, the refused row left out"
     );
+}
+
+/// What a relay told its observer about leading.
+#[derive(Default)]
+struct Leading(Mutex<Vec<bool>>);
+
+impl backbone_kafka::RelayObserver for Leading {
+    fn pass(&self, _outcome: Result<&backbone_kafka::Drained, &str>) {}
+
+    fn leading(&self, leading: bool) {
+        self.0.lock().unwrap().push(leading);
+    }
+}
+
+impl Leading {
+    async fn until(&self, seen: &[bool]) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.0.lock().unwrap().as_slice() != seen {
+            assert!(
+                Instant::now() < deadline,
+                "told {:?}, waiting for {seen:?}",
+                self.0.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// The relay tells its observer when it leads and when it stops: it notices a lost lock session
+/// while idle, does not lead while another holds the lock, leads again once the lock is free, and
+/// says it no longer leads when it stops. Operators read this as `*_outbox_leader`.
+#[tokio::test]
+async fn the_relay_says_when_it_leads_and_when_it_stops_leading() {
+    let cluster = MockCluster::new(1).unwrap();
+    let s = settings(&cluster);
+    cluster.create_topic("out-relay", 1, 1).unwrap();
+    let outbox = Rows::default();
+    *outbox.rows.lock().unwrap() = vec![(1, "k".into(), "one".into())];
+    let mut relay = backbone_kafka::OutboxRelay::new(KafkaPublisher::new(&s).unwrap());
+    relay.idle_poll = Duration::from_millis(1);
+    let observer = Leading::default();
+    let stop = CancellationToken::new();
+    let steps = async {
+        observer.until(&[true]).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !outbox.rows.lock().unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "the leader publishes");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The lock's session ends and another process takes the lock.
+        outbox.lost.store(true, Ordering::SeqCst);
+        observer.until(&[true, false]).await;
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        assert_eq!(
+            *observer.0.lock().unwrap(),
+            [true, false],
+            "no second leader while the lock is held elsewhere"
+        );
+        outbox.lost.store(false, Ordering::SeqCst);
+        observer.until(&[true, false, true]).await;
+        stop.cancel();
+    };
+    tokio::join!(relay.run(&outbox, &observer, "test", &stop), steps);
+    assert_eq!(*observer.0.lock().unwrap(), [true, false, true, false]);
 }

@@ -24,6 +24,7 @@ pub struct Metrics {
     pub issued: IntCounter,
     pub outbox_published: IntCounter,
     pub outbox_pending: IntGauge,
+    pub outbox_leader: IntGauge,
     pub outbox_parked: IntCounterVec,
     pub outbox_parked_rows: IntGauge,
     pub sms_pending: IntGauge,
@@ -99,6 +100,10 @@ impl Metrics {
                 "gift_certificates_outbox_pending",
                 "Events waiting in the outbox (refreshed in the background)",
             ),
+            outbox_leader: gauge(
+                "gift_certificates_outbox_leader",
+                "1 while this instance is the outbox relay (one instance at a time), else 0",
+            ),
             outbox_parked: counter_vec(
                 "gift_certificates_outbox_parked_total",
                 "Outbox events parked because the broker refuses them for good, by reason",
@@ -150,6 +155,7 @@ impl Metrics {
         must(m.registry.register(Box::new(m.group_size.clone())));
         for g in [
             &m.outbox_pending,
+            &m.outbox_leader,
             &m.outbox_parked_rows,
             &m.sms_pending,
             &m.sms_failed,

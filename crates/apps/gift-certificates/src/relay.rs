@@ -77,7 +77,7 @@ impl backbone_kafka::Outbox for Certificates<'_> {
     }
 }
 
-/// Counts what each pass published and parked.
+/// Counts what each pass published and parked, and shows whether this instance leads.
 struct Counted<'a>(&'a AppState);
 
 impl RelayObserver for Counted<'_> {
@@ -88,6 +88,10 @@ impl RelayObserver for Counted<'_> {
                 self.0.metrics.outbox_parked.with_label_values(&[reason]).inc();
             }
         }
+    }
+
+    fn leading(&self, leading: bool) {
+        self.0.metrics.outbox_leader.set(i64::from(leading));
     }
 }
 

@@ -11,16 +11,20 @@
 //!   capture (as `backbone_postgres::certificates::pgbench` writes them out), same database,
 //!   same number of clients, same duration (`pgbench`, `script`); and pgbench's built-in
 //!   TPC-B with the same clients, the ceiling of small committed transactions here.
+//!
+//! `--scale-only` runs instead two instances behind one address, and the outbox relay's
+//! handover when its leader is killed (`instances`).
 
 mod api;
 mod balance;
+mod instances;
 mod latency;
 mod pgbench;
 mod report;
 mod script;
 mod throughput;
 
-use crate::gift::{random_codes, Service, ServiceSpec};
+use crate::gift::{random_codes, transactions_topic, Service, ServiceSpec};
 use crate::harness::{drop_database, run_id, scratch_dir};
 use crate::procfs::{memory_mib, Stack};
 use crate::report::round;
@@ -74,6 +78,10 @@ pub struct Args {
     /// The service's `postgres.max_connections` (its default when absent).
     #[arg(long)]
     max_connections: Option<u32>,
+    /// Only the scale-out phase: pairs/s with one and two instances behind one address, and the
+    /// outbox relay's handover when its leader is killed (report in `--out`).
+    #[arg(long)]
+    scale_only: bool,
     /// Keep the benchmark database afterwards.
     #[arg(long)]
     keep_db: bool,
@@ -145,7 +153,7 @@ async fn run(args: &Args, id: &str, database: &str, dir: &Path) -> anyhow::Resul
         .tcp_nodelay(true)
         .timeout(Duration::from_secs(30))
         .build()?;
-    let mut service = Service::start(&ServiceSpec {
+    let spec = ServiceSpec {
         pg: &args.pg,
         database: database.to_owned(),
         redis: &args.redis,
@@ -153,7 +161,8 @@ async fn run(args: &Args, id: &str, database: &str, dir: &Path) -> anyhow::Resul
         id,
         dir,
         max_connections: args.max_connections,
-    })?;
+    };
+    let mut service = Service::start(&spec)?;
     service.wait_ready(&http, Duration::from_secs(120)).await?;
     let stack = Stack {
         service_pid: Some(service.pid),
@@ -168,6 +177,10 @@ async fn run(args: &Args, id: &str, database: &str, dir: &Path) -> anyhow::Resul
     let (codes, upload_secs) = preload(args, &api, id).await?;
     let sets = Sets::split(args, &codes);
     let (pgbench_ids, activate_rate) = activate(args, &api, &sets).await?;
+    if args.scale_only {
+        let report = instances::measure(args, &spec, service, sets.service, &transactions_topic(id)).await?;
+        return crate::report::write_report(&args.out.with_extension("scale.json"), &report);
+    }
     let bench = Bench {
         args,
         api: &api,

@@ -32,7 +32,7 @@ pub(super) struct Throughput {
 }
 
 /// Pairs until `stop`, one client on its certificates.
-async fn pair_client(
+pub(super) async fn pair_client(
     api: Api,
     certificates: Vec<(String, String)>,
     stop: Arc<AtomicBool>,
