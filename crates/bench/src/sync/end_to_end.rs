@@ -37,7 +37,7 @@ struct Lags {
     peak_rss: f64,
 }
 
-pub(super) async fn measure(args: &Args) -> anyhow::Result<serde_json::Value> {
+pub(super) async fn measure(args: &Args, mock: Option<&super::Mock>) -> anyhow::Result<serde_json::Value> {
     let id = run_id();
     let run = Run {
         input: format!("bench.tracking.{id}"),
@@ -47,12 +47,9 @@ pub(super) async fn measure(args: &Args) -> anyhow::Result<serde_json::Value> {
         db_url: format!("{}/bench_{id}", args.pg),
         id,
     };
-    let kafka = backbone_kafka::KafkaSettings {
-        brokers: args.brokers.clone(),
-        ..Default::default()
-    };
-    backbone_kafka::ensure_topics(
-        &kafka,
+    super::create_topics(
+        &args.brokers,
+        mock,
         &[&run.input, &run.outcomes, &run.dlq, &run.latency_topic],
         args.partitions,
     )

@@ -91,12 +91,36 @@ pub struct Args {
     config_dir: PathBuf,
 }
 
+pub(super) type Mock = rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>;
+
+/// Creates `topics` on the broker (through the admin API) or in the mock cluster (which has no
+/// CreateTopics of its own).
+pub(super) async fn create_topics(
+    brokers: &str,
+    mock: Option<&Mock>,
+    topics: &[&str],
+    partitions: i32,
+) -> anyhow::Result<()> {
+    if let Some(cluster) = mock {
+        for t in topics {
+            cluster.create_topic(t, partitions, 1)?;
+        }
+        return Ok(());
+    }
+    let kafka = backbone_kafka::KafkaSettings {
+        brokers: brokers.to_owned(),
+        ..Default::default()
+    };
+    backbone_kafka::ensure_topics(&kafka, topics, partitions).await?;
+    Ok(())
+}
+
 const TOKEN: &str = "bench-token-0123456789";
 const SECRET: &str = "bench-signing-secret-0123456789";
 
 pub async fn main(mut args: Args) -> anyhow::Result<()> {
     // Lives to the end of the run: crm-sync and the benchmark's clients connect to it.
-    let _mock = if args.mock_broker {
+    let mock = if args.mock_broker {
         let cluster = rdkafka::mocking::MockCluster::new(1)?;
         args.brokers = cluster.bootstrap_servers();
         println!("broker: librdkafka mock cluster at {}", args.brokers);
@@ -118,7 +142,7 @@ pub async fn main(mut args: Args) -> anyhow::Result<()> {
     let mut report = if args.vendors_only {
         json!({})
     } else {
-        end_to_end::measure(&args).await?
+        end_to_end::measure(&args, mock.as_ref()).await?
     };
     if args.vendors.iter().any(|v| !v.is_empty()) {
         report["vendors"] = vendors::measure_all(&args).await?;

@@ -5,11 +5,11 @@
 //! - three members under a steady stream, one killed with SIGKILL and started again at once:
 //!   how long the partitions stall (the longest gap between CRM writes of a partition after the
 //!   kill), the time from the restart to the restarted member's first committed outcome, and
-//!   that no event is lost. Four times: dynamic membership with the default and a short session
-//!   timeout, static membership (`group.instance.id`) with a short one, and that with
-//!   cooperative-sticky assignment.
+//!   that no event is lost. Five times: dynamic membership with the default and a short session
+//!   timeout, static membership (`group.instance.id`) with a short one, that with
+//!   cooperative-sticky assignment, and that with the shortest session crm-sync accepts (1 s).
 
-use super::{outcomes, spawn_crm_sim, Args, SECRET, TOKEN};
+use super::{create_topics, outcomes, spawn_crm_sim, Args, Mock, SECRET, TOKEN};
 use crate::harness::{drop_database, free_port, run_id, sibling_bin};
 use crate::procfs::cpu_seconds;
 use crate::{event_json, paced, producer, send_all, STATUSES};
@@ -57,6 +57,15 @@ const STATIC_COOPERATIVE: Membership = Membership {
     cooperative: true,
 };
 
+/// The shortest session crm-sync accepts: the mock cluster's coordinator waits for members
+/// about a session timeout, so this is the fastest handover it allows.
+const STATIC_COOPERATIVE_SHORTEST: Membership = Membership {
+    name: "static membership, session 1 s, cooperative-sticky",
+    static_ids: true,
+    session_timeout_ms: 1_000,
+    cooperative: true,
+};
+
 /// One crm-sync instance of a run.
 struct Member {
     child: Child,
@@ -77,30 +86,6 @@ impl Member {
             .status();
         let _ = self.child.wait();
     }
-}
-
-type Mock = rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>;
-
-/// Creates `topics` on the broker (through the admin API) or in the mock cluster (which has no
-/// CreateTopics of its own).
-async fn create_topics(
-    brokers: &str,
-    mock: Option<&Mock>,
-    topics: &[&str],
-    partitions: i32,
-) -> anyhow::Result<()> {
-    if let Some(cluster) = mock {
-        for t in topics {
-            cluster.create_topic(t, partitions, 1)?;
-        }
-        return Ok(());
-    }
-    let kafka = backbone_kafka::KafkaSettings {
-        brokers: brokers.to_owned(),
-        ..Default::default()
-    };
-    backbone_kafka::ensure_topics(&kafka, topics, partitions).await?;
-    Ok(())
 }
 
 /// What every member of one run shares.
@@ -465,7 +450,13 @@ async fn on_broker(args: &Args, brokers: &str, mock: Option<&Mock>, name: &str) 
             run["ratio_to_one_instance"] = json!((rate / base.max(1.0) * 1000.0).round() / 1000.0);
         }
         let mut failover = Vec::new();
-        for membership in [DYNAMIC, DYNAMIC_SHORT, STATIC, STATIC_COOPERATIVE] {
+        for membership in [
+            DYNAMIC,
+            DYNAMIC_SHORT,
+            STATIC,
+            STATIC_COOPERATIVE,
+            STATIC_COOPERATIVE_SHORTEST,
+        ] {
             println!("failover ({name}): {}", membership.name);
             let run = match failover_run(args, brokers, mock, sim_port, membership).await {
                 Ok(run) => run,
