@@ -116,8 +116,9 @@ async fn a_paid_order_activates_the_certificate_and_sends_the_cvc_once() {
         .map(Value::to_string)
         .chain(transactions.iter().map(|r| r.payload.clone()))
     {
+        let shown = without_generated_fields(&serde_json::from_str(&r).unwrap());
         assert!(
-            !r.contains(&code) && !r.contains(cvc),
+            !r.contains(&code) && !shown.contains(cvc),
             "an event carries a secret: {r}"
         );
     }
@@ -153,8 +154,9 @@ async fn sms_failures_are_dead_lettered_without_the_cvc_and_can_be_requeued() {
         .to_owned();
     let letters = read_until(&service.topics.dead_letters, |got| !got.is_empty()).await;
     let letter = &letters[0];
+    // The certificate's id is random hex and may hold the 4 digits by chance: left out.
     assert!(
-        !letter.payload.contains(cvc),
+        !without_generated_fields(&serde_json::from_str(&letter.payload).unwrap()).contains(cvc),
         "the dead letter carries the CVC: {}",
         letter.payload
     );

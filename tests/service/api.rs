@@ -60,7 +60,10 @@ async fn authorize_capture_void_and_history(pool: PgPool) {
     assert_eq!(status, StatusCode::OK, "{view}");
     let text = view.to_string();
     assert!(!text.contains(&code), "the view shows the whole code: {text}");
-    assert!(!text.contains(&cvc), "the view shows the CVC: {text}");
+    assert!(
+        !backbone_tests::gift::without_generated_fields(&view).contains(&cvc),
+        "the view shows the CVC: {text}"
+    );
     let actions: Vec<&str> = view["history"]
         .as_array()
         .unwrap()

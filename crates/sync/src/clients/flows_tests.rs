@@ -90,28 +90,8 @@ impl World {
         }
     }
 
-    /// A webhook for the client's contact, stored and relayed as the intake would.
-    async fn webhook(&self, id: &str, delivery: &str) -> IncomingHint {
-        let crm_id = self.crm.contact_of(&client(id)).unwrap().crm_id;
-        let hint = Hint {
-            vendor: "generic".into(),
-            delivery_id: delivery.into(),
-            entity: Entity::Contact,
-            crm_id,
-            client_id: None,
-            event: "contact.updated".into(),
-            occurred_at: None,
-        };
-        let stored = self.store.intake(&[hint], "req-hook").await.unwrap();
-        assert!(matches!(stored[0], Intake::Stored(_)));
-        let (_, mut incoming) = self.drain().await;
-        assert_eq!(incoming.len(), 1);
-        incoming.remove(0)
-    }
-
-    /// A webhook for the client's contact, stored as the intake would; only its own hint is taken
-    /// from the outbox (our changes waiting there stay).
-    async fn webhook_only(&self, id: &str, delivery: &str) -> IncomingHint {
+    /// Stores a webhook for the client's contact as the intake would; returns its id.
+    async fn store_hint(&self, id: &str, delivery: &str) -> i64 {
         let crm_id = self.crm.contact_of(&client(id)).unwrap().crm_id;
         let hint = Hint {
             vendor: "generic".into(),
@@ -126,6 +106,21 @@ impl World {
         let Intake::Stored(id) = stored[0] else {
             panic!("{stored:?}");
         };
+        id
+    }
+
+    /// A webhook for the client's contact, stored and relayed as the intake would.
+    async fn webhook(&self, id: &str, delivery: &str) -> IncomingHint {
+        self.store_hint(id, delivery).await;
+        let (_, mut incoming) = self.drain().await;
+        assert_eq!(incoming.len(), 1);
+        incoming.remove(0)
+    }
+
+    /// A webhook for the client's contact, stored as the intake would; only its own hint is taken
+    /// from the outbox (our changes waiting there stay).
+    async fn webhook_only(&self, id: &str, delivery: &str) -> IncomingHint {
+        let id = self.store_hint(id, delivery).await;
         let rows = self.store.outbox_next(1000).await.unwrap();
         let row = rows
             .iter()
@@ -135,6 +130,22 @@ impl World {
         let incoming: IncomingHint = serde_json::from_str(&row.payload).unwrap();
         assert_eq!(incoming.webhook_id, id);
         incoming
+    }
+
+    /// c-1's first name "Ada" synced to the CRM, then changed to "Ada K.": that change, taken
+    /// from the outbox and not dispatched.
+    async fn synced_then_changed(&self) -> Vec<OutgoingChange> {
+        self.change("c-1", &[(Field::FirstName, text("Ada"))], Source::Api)
+            .await;
+        self.dispatch_all().await;
+        self.change("c-1", &[(Field::FirstName, text("Ada K."))], Source::Api)
+            .await;
+        self.drain().await.0
+    }
+
+    /// A field of the client's contact, as the CRM holds it.
+    fn theirs(&self, id: &str, field: Field) -> Value {
+        self.crm.contact_of(&client(id)).unwrap().card.get(field).clone()
     }
 
     async fn ours(&self, id: &str) -> Card {
@@ -239,10 +250,7 @@ async fn a_conflict_opens_one_operator_task_and_its_resolution_reaches_both_side
         &text("vip"),
         "ours is kept meanwhile"
     );
-    assert_eq!(
-        w.crm.contact_of(&client("c-1")).unwrap().card.get(Field::Segment),
-        &text("churned")
-    );
+    assert_eq!(&w.theirs("c-1", Field::Segment), &text("churned"));
     // A person decides for the CRM's value: our copy takes it and the CRM is written (forced).
     let resolved = w
         .store
@@ -258,10 +266,7 @@ async fn a_conflict_opens_one_operator_task_and_its_resolution_reaches_both_side
     assert!(matches!(resolved, Idempotent::Fresh(t) if t.state == OperatorTaskState::Resolved));
     w.dispatch_all().await;
     assert_eq!(w.ours("c-1").await.get(Field::Segment), &text("vip-churned"));
-    assert_eq!(
-        w.crm.contact_of(&client("c-1")).unwrap().card.get(Field::Segment),
-        &text("vip-churned")
-    );
+    assert_eq!(&w.theirs("c-1", Field::Segment), &text("vip-churned"));
     assert!(w
         .store
         .operator_tasks(Some(OperatorTaskState::Open), 10)
@@ -278,12 +283,7 @@ async fn a_conflict_opens_one_operator_task_and_its_resolution_reaches_both_side
 #[tokio::test]
 async fn a_crash_after_the_crm_write_converges_without_a_second_write() {
     let w = world();
-    w.change("c-1", &[(Field::FirstName, text("Ada"))], Source::Api)
-        .await;
-    w.dispatch_all().await;
-    w.change("c-1", &[(Field::FirstName, text("Ada K."))], Source::Api)
-        .await;
-    let (changes, _) = w.drain().await;
+    let changes = w.synced_then_changed().await;
     // The write reached the CRM, then the process died before committing.
     let contact = w.crm.contact_of(&client("c-1")).unwrap();
     let card = Card::default().with(Field::FirstName, text("Ada K."));
@@ -316,21 +316,12 @@ async fn a_crash_after_the_crm_write_converges_without_a_second_write() {
 #[tokio::test]
 async fn a_write_whose_session_never_committed_is_recognised_as_ours_by_the_next_session() {
     let w = world();
-    w.change("c-1", &[(Field::FirstName, text("Ada"))], Source::Api)
-        .await;
-    w.dispatch_all().await;
-    w.change("c-1", &[(Field::FirstName, text("Ada K."))], Source::Api)
-        .await;
-    let (changes, _) = w.drain().await;
+    let changes = w.synced_then_changed().await;
     w.crm.lose_next_replies(1);
     let lost = w.dispatcher.dispatch(&changes[0]).await.unwrap_err();
     assert!(lost.is_transient(), "{lost}");
     assert_eq!(
-        w.crm
-            .contact_of(&client("c-1"))
-            .unwrap()
-            .card
-            .get(Field::FirstName),
+        &w.theirs("c-1", Field::FirstName),
         &text("Ada K."),
         "the write landed"
     );
@@ -354,14 +345,7 @@ async fn a_write_whose_session_never_committed_is_recognised_as_ours_by_the_next
     assert_eq!(p.applied, vec![Field::Manager], "{p:?}");
     assert_eq!(p.sent_back, vec![Field::FirstName], "{p:?}");
     assert_eq!(w.ours("c-1").await.get(Field::FirstName), &text("Ada King"));
-    assert_eq!(
-        w.crm
-            .contact_of(&client("c-1"))
-            .unwrap()
-            .card
-            .get(Field::FirstName),
-        &text("Ada King")
-    );
+    assert_eq!(&w.theirs("c-1", Field::FirstName), &text("Ada King"));
     // The redelivered change and the newer one find both sides equal.
     let writes = w.crm.contact_writes();
     w.dispatcher.dispatch(&changes[0]).await.unwrap();
@@ -382,14 +366,7 @@ async fn a_transient_crm_failure_commits_nothing_and_the_retry_succeeds() {
     assert!(w.store.base(&client("c-1")).is_empty());
     assert!(w.crm.contact_of(&client("c-1")).is_none());
     w.dispatcher.dispatch(&changes[0]).await.unwrap();
-    assert_eq!(
-        w.crm
-            .contact_of(&client("c-1"))
-            .unwrap()
-            .card
-            .get(Field::FirstName),
-        &text("Ada")
-    );
+    assert_eq!(&w.theirs("c-1", Field::FirstName), &text("Ada"));
     w.crm.fail_next([CrmError::permanent("400 bad field")]);
     w.change("c-1", &[(Field::FirstName, text("Eve"))], Source::Api)
         .await;

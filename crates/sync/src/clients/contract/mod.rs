@@ -101,6 +101,16 @@ macro_rules! client_store_scenarios {
     };
 }
 
+/// The stored card's version.
+async fn version(store: &dyn ClientStore, id: &str) -> i64 {
+    store
+        .card(&client(id))
+        .await
+        .expect("card")
+        .expect("card")
+        .version
+}
+
 fn client(id: &str) -> ClientId {
     ClientId::parse(id).expect("valid id")
 }

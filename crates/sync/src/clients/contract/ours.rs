@@ -210,15 +210,7 @@ pub async fn concurrent_requests_with_one_key_have_one_effect(store: &dyn Client
         );
     }
     assert_eq!(store.outbox_depth().await.expect("depth"), 1);
-    assert_eq!(
-        store
-            .card(&client("c-1"))
-            .await
-            .expect("card")
-            .expect("card")
-            .version,
-        1
-    );
+    assert_eq!(version(store, "c-1").await, 1);
 }
 
 pub(super) fn task(id: &str, client_id: &str, title: &str) -> Task {

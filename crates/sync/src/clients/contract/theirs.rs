@@ -235,16 +235,7 @@ pub async fn a_session_commits_what_it_learnt_without_queueing_it(
     let session = store.session(&client("c-1")).await.expect("session");
     let expected: BTreeMap<_, _> = base.into_iter().chain(more).collect();
     assert_eq!(session.snapshot().base, expected);
-    assert_eq!(
-        store
-            .card(&client("c-1"))
-            .await
-            .expect("card")
-            .expect("card")
-            .version,
-        2,
-        "nothing new"
-    );
+    assert_eq!(version(store, "c-1").await, 2, "nothing new");
 }
 
 pub async fn a_dropped_session_writes_nothing(store: &dyn ClientStore, audit: &dyn Audit) {
@@ -253,15 +244,7 @@ pub async fn a_dropped_session_writes_nothing(store: &dyn ClientStore, audit: &d
     drop(session);
     let session = store.session(&client("c-1")).await.expect("the lock was let go");
     drop(session);
-    assert_eq!(
-        store
-            .card(&client("c-1"))
-            .await
-            .expect("card")
-            .expect("card")
-            .version,
-        1
-    );
+    assert_eq!(version(store, "c-1").await, 1);
     assert!(audit.two_way_attempts().await.is_empty());
 }
 
@@ -311,16 +294,7 @@ pub async fn a_noted_write_outlives_its_session_until_a_commit(store: &dyn Clien
     let session = store.session(&client("c-1")).await.expect("session");
     assert!(session.snapshot().writing.is_empty(), "a commit clears the notes");
     drop(session);
-    assert_eq!(
-        store
-            .card(&client("c-1"))
-            .await
-            .expect("card")
-            .expect("card")
-            .version,
-        1,
-        "notes change nothing of the card"
-    );
+    assert_eq!(version(store, "c-1").await, 1, "notes change nothing of the card");
 }
 
 pub async fn sessions_of_one_client_take_turns(store: &dyn ClientStore, _: &dyn Audit) {
