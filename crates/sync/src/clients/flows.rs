@@ -273,6 +273,7 @@ impl Dispatcher {
                     // Always the stored task: an older record never writes older values.
                     let current = session.task(&task.task_id).await?.unwrap_or_else(|| task.clone());
                     let existing = session.link(Entity::Task, current.task_id.as_str()).await?;
+                    session.note_task_writing(&current.task_id, current.state).await?;
                     let id = self
                         .crm
                         .write_task(&current, contact, existing.as_deref(), ctx)
@@ -506,8 +507,10 @@ impl Processor {
         // The CRM changed the state only when it differs from what both last agreed on: equal
         // to it, it is the echo of our own write, and a newer state of ours (its own outbox row
         // on the way) stays.
+        // A state we were writing when a session of ours ended without a commit is ours too.
         let base = session.task_base(&ours.task_id).await?;
-        let theirs_changed = base.is_none_or(|b| b != task.state);
+        let ours_written = session.task_writing(&ours.task_id).await?.contains(&task.state);
+        let theirs_changed = !ours_written && base.is_none_or(|b| b != task.state);
         let changed = theirs_changed && ours.state != task.state;
         let mut write = SyncWrite {
             webhook_done: Some(incoming.webhook_id),
@@ -517,7 +520,7 @@ impl Processor {
         if changed {
             write.task_updates.push((ours.task_id.clone(), task.state));
         }
-        if theirs_changed {
+        if theirs_changed || ours_written {
             write.task_bases.push((ours.task_id.clone(), task.state));
         }
         session.commit(write).await?;

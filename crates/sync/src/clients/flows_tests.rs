@@ -148,6 +148,39 @@ impl World {
         self.crm.contact_of(&client(id)).unwrap().card.get(field).clone()
     }
 
+    /// c-1's card and its open task t-1, stored and not dispatched.
+    async fn open_task(&self) -> Task {
+        self.change("c-1", &[(Field::FirstName, text("Ada"))], Source::Api)
+            .await;
+        let task = Task {
+            task_id: TaskId::parse("t-1").unwrap(),
+            client_id: client("c-1"),
+            title: "Call back".into(),
+            due_at: None,
+            state: TaskState::Open,
+            assignee: None,
+        };
+        self.store.put_task(&task, "req-t", None).await.unwrap();
+        task
+    }
+
+    /// A CRM webhook for one of its tasks, stored and taken from the outbox as the relay would.
+    async fn task_hook(&self, crm_task: &str, delivery: &str, event: &str) -> IncomingHint {
+        let hint = Hint {
+            vendor: "generic".into(),
+            delivery_id: delivery.into(),
+            entity: Entity::Task,
+            crm_id: crm_task.into(),
+            client_id: None,
+            event: event.into(),
+            occurred_at: None,
+        };
+        self.store.intake(&[hint], "req-hook").await.unwrap();
+        let (_, mut incoming) = self.drain().await;
+        assert_eq!(incoming.len(), 1);
+        incoming.remove(0)
+    }
+
     async fn ours(&self, id: &str) -> Card {
         self.store.card(&client(id)).await.unwrap().unwrap().card
     }
@@ -490,44 +523,54 @@ async fn a_new_contact_is_told_every_consent_even_one_never_given() {
     assert_eq!(w.crm.contact_writes(), 1);
 }
 
+/// A task write lands in the CRM but its session never commits, so no base is recorded. We close
+/// the task, and the CRM's webhook for the open task is processed before the redelivery: the
+/// open state is ours (noted before the write), not a reopening in the CRM, and the close stays.
+#[tokio::test]
+async fn a_task_write_whose_session_never_committed_is_recognised_as_ours() {
+    let w = world();
+    let mut task = w.open_task().await;
+    let (changes, _) = w.drain().await;
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    w.dispatcher.dispatch(&changes[0]).await.unwrap();
+    w.crm.lose_next_replies(1);
+    let lost = w.dispatcher.dispatch(&changes[1]).await.unwrap_err();
+    assert!(lost.is_transient(), "{lost}");
+    let crm_task = w.crm.tasks()[0].0.clone();
+    assert_eq!(w.crm.tasks()[0].1.state, TaskState::Open, "the write landed");
+    task.state = TaskState::Done;
+    w.store.put_task(&task, "req-t2", None).await.unwrap();
+    let (pending, _) = w.drain().await;
+    let incoming = [w.task_hook(&crm_task, "d-open", "task.created").await];
+    let p = w.processor.process(&incoming[0]).await.unwrap();
+    assert_eq!(p.outcome, ProcessedOutcome::Unchanged, "{p:?}");
+    let mut session = w.store.session(&client("c-1")).await.unwrap();
+    assert_eq!(
+        session.task(&task.task_id).await.unwrap().unwrap().state,
+        TaskState::Done,
+        "ours stays done"
+    );
+    drop(session);
+    w.dispatcher.dispatch(&changes[1]).await.unwrap();
+    for c in &pending {
+        w.dispatcher.dispatch(c).await.unwrap();
+    }
+    assert_eq!(w.crm.tasks()[0].1.state, TaskState::Done, "and reaches the CRM");
+}
+
 /// The echo of our own task write can be processed after a newer change of ours is stored and
 /// before it is dispatched: the CRM's older state must not overwrite ours.
 #[tokio::test]
 async fn the_echo_of_our_task_write_does_not_undo_a_newer_state_of_ours() {
     let w = world();
-    w.change("c-1", &[(Field::FirstName, text("Ada"))], Source::Api)
-        .await;
-    let mut task = Task {
-        task_id: TaskId::parse("t-1").unwrap(),
-        client_id: client("c-1"),
-        title: "Call back".into(),
-        due_at: None,
-        state: TaskState::Open,
-        assignee: None,
-    };
-    w.store.put_task(&task, "req-t", None).await.unwrap();
+    let mut task = w.open_task().await;
     w.dispatch_all().await;
     let crm_task = w.crm.tasks()[0].0.clone();
     // We close it; before that change is dispatched, the echo of the open write comes in.
     task.state = TaskState::Done;
     w.store.put_task(&task, "req-t2", None).await.unwrap();
     let (pending, _) = w.drain().await;
-    w.store
-        .intake(
-            &[Hint {
-                vendor: "generic".into(),
-                delivery_id: "d-echo".into(),
-                entity: Entity::Task,
-                crm_id: crm_task.clone(),
-                client_id: None,
-                event: "task.created".into(),
-                occurred_at: None,
-            }],
-            "req-hook",
-        )
-        .await
-        .unwrap();
-    let (_, incoming) = w.drain().await;
+    let incoming = [w.task_hook(&crm_task, "d-echo", "task.created").await];
     let echo = w.processor.process(&incoming[0]).await.unwrap();
     assert_eq!(echo.outcome, ProcessedOutcome::Unchanged);
     let mut session = w.store.session(&client("c-1")).await.unwrap();

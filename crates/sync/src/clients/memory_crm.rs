@@ -17,7 +17,7 @@ struct State {
     next_id: u64,
     contact_writes: u64,
     failures: VecDeque<CrmError>,
-    /// Contact writes that land and then answer with a transient error (a lost reply).
+    /// Contact or task writes that land and then answer with a transient error (a lost reply).
     lost_replies: usize,
     request_ids: Vec<String>,
 }
@@ -41,7 +41,7 @@ impl MemoryCrm {
         self.lock().failures.extend(errors);
     }
 
-    /// The next `n` contact writes land, and their replies are lost (a timeout): what a crash
+    /// The next `n` contact or task writes land, and their replies are lost (a timeout): what a crash
     /// between the CRM's write and our commit leaves behind.
     pub fn lose_next_replies(&self, n: usize) {
         self.lock().lost_replies += n;
@@ -173,11 +173,22 @@ impl ClientCrm for MemoryCrm {
         self.fail()?;
         let mut s = self.lock();
         s.request_ids.push(ctx.request_id.to_owned());
-        let id = match existing {
-            Some(id) => id.to_owned(),
-            None => Self::id(&mut s, "tk-"),
+        // Without a known CRM id the task is upserted by our id, as the generic API does.
+        let ours = s
+            .tasks
+            .iter()
+            .find(|(_, (t, _))| t.task_id == task.task_id)
+            .map(|(id, _)| id.clone());
+        let id = match (existing, ours) {
+            (Some(id), _) => id.to_owned(),
+            (None, Some(id)) => id,
+            (None, None) => Self::id(&mut s, "tk-"),
         };
         s.tasks.insert(id.clone(), (task.clone(), contact.to_owned()));
+        if s.lost_replies > 0 {
+            s.lost_replies -= 1;
+            return Err(CrmError::transient("timed out waiting for the CRM's reply"));
+        }
         Ok(id)
     }
 

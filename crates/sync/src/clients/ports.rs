@@ -355,6 +355,14 @@ pub trait ClientSession: Send {
     /// Our task linked to a CRM task id.
     async fn task_by_crm_id(&mut self, crm_id: &str) -> Result<Option<Task>, StoreError>;
 
+    /// Records durably, before the CRM write of a task and whatever becomes of this session, the
+    /// state about to be written: the next session takes that state in the CRM for ours, not for
+    /// a change made there. A commit that records the task's base clears them.
+    async fn note_task_writing(&mut self, task: &TaskId, state: TaskState) -> Result<(), StoreError>;
+
+    /// The task states noted by [`ClientSession::note_task_writing`] and not yet cleared.
+    async fn task_writing(&mut self, task: &TaskId) -> Result<Vec<TaskState>, StoreError>;
+
     /// Records durably, before the CRM write and whatever becomes of this session, the digests of
     /// the values about to be written ([`add_writing`](super::merge::add_writing) onto the snapshot's `writing`). A
     /// write that lands in the CRM while its session never commits (a crash, a lost reply) is

@@ -107,6 +107,34 @@ impl ClientSession for PgSession {
         task_where(&mut self.tx, "crm_id", crm_id).await
     }
 
+    async fn note_task_writing(&mut self, task: &TaskId, state: TaskState) -> Result<(), StoreError> {
+        // As `note_writing`: committed now, on a connection of its own.
+        sqlx::query(
+            "UPDATE crm_task SET writing_states = array_append(array_remove(writing_states, $2), $2)
+              WHERE task_id = $1",
+        )
+        .bind(task.as_str())
+        .bind(state_name(state))
+        .execute(&self.notes)
+        .await
+        .map_err(err("noting a CRM task write"))?;
+        Ok(())
+    }
+
+    async fn task_writing(&mut self, task: &TaskId) -> Result<Vec<TaskState>, StoreError> {
+        let states: Option<Vec<String>> =
+            sqlx::query_scalar("SELECT writing_states FROM crm_task WHERE task_id = $1")
+                .bind(task.as_str())
+                .fetch_optional(&mut *self.tx)
+                .await
+                .map_err(err("reading a task's noted writes"))?;
+        Ok(states
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|s| state_of(s))
+            .collect())
+    }
+
     async fn note_writing(&mut self, digests: &Base) -> Result<(), StoreError> {
         let writing = add_writing(&self.snapshot.writing, digests);
         // On a connection of its own, committed now: the session's transaction may never commit.
@@ -247,7 +275,7 @@ async fn write_links(connection: &mut PgConnection, write: &SyncWrite) -> Result
             .map(|(t, s)| (t.to_string(), state_name(*s).to_owned()))
             .unzip();
         sqlx::query(
-            "UPDATE crm_task SET synced_state = u.state
+            "UPDATE crm_task SET synced_state = u.state, writing_states = '{}'
              FROM UNNEST($1::text[], $2::text[]) AS u(task_id, state) WHERE crm_task.task_id = u.task_id",
         )
         .bind(&tasks)

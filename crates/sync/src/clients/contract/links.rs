@@ -63,3 +63,59 @@ pub async fn a_task_keeps_the_state_both_sides_agreed_on(store: &dyn ClientStore
     let unknown = TaskId::parse("t-9").expect("valid id");
     assert_eq!(session.task_base(&unknown).await.expect("base"), None);
 }
+
+/// A task state noted before a CRM write is there for the next session though the noting one
+/// never committed; each state is kept once; a commit that records the task's base clears them,
+/// one that does not keeps them.
+pub async fn a_noted_task_write_outlives_its_session_until_its_base_is_recorded(
+    store: &dyn ClientStore,
+    _: &dyn Audit,
+) {
+    put(store, "c-1", &[(Field::FirstName, text("Ada"))]).await;
+    let t = task("t-1", "c-1", "Call back");
+    store.put_task(&t, "req-t", None).await.expect("task");
+    let mut session = store.session(&client("c-1")).await.expect("session");
+    assert!(session.task_writing(&t.task_id).await.expect("noted").is_empty());
+    session
+        .note_task_writing(&t.task_id, TaskState::Open)
+        .await
+        .expect("note");
+    drop(session);
+    let mut session = store.session(&client("c-1")).await.expect("session");
+    assert_eq!(
+        session.task_writing(&t.task_id).await.expect("noted"),
+        [TaskState::Open],
+        "a note outlives a session that never committed"
+    );
+    session
+        .note_task_writing(&t.task_id, TaskState::Done)
+        .await
+        .expect("note");
+    session
+        .note_task_writing(&t.task_id, TaskState::Open)
+        .await
+        .expect("note");
+    session
+        .commit(SyncWrite {
+            request_id: "req-no-base".into(),
+            ..SyncWrite::default()
+        })
+        .await
+        .expect("commit");
+    let mut session = store.session(&client("c-1")).await.expect("session");
+    let noted = session.task_writing(&t.task_id).await.expect("noted");
+    assert!(
+        noted.len() == 2 && noted.contains(&TaskState::Open) && noted.contains(&TaskState::Done),
+        "each kept once, until a base is recorded: {noted:?}"
+    );
+    session
+        .commit(SyncWrite {
+            task_bases: vec![(t.task_id.clone(), TaskState::Open)],
+            request_id: "req-base".into(),
+            ..SyncWrite::default()
+        })
+        .await
+        .expect("commit");
+    let mut session = store.session(&client("c-1")).await.expect("session");
+    assert!(session.task_writing(&t.task_id).await.expect("noted").is_empty());
+}

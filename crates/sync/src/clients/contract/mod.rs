@@ -93,6 +93,7 @@ macro_rules! client_store_scenarios {
         $run!(a_dropped_session_writes_nothing);
         $run!(a_crm_id_links_one_client_only);
         $run!(a_task_keeps_the_state_both_sides_agreed_on);
+        $run!(a_noted_task_write_outlives_its_session_until_its_base_is_recorded);
         $run!(a_noted_write_outlives_its_session_until_a_commit);
         $run!(sessions_of_one_client_take_turns);
         $run!(a_session_holds_up_neither_the_api_nor_other_clients);

@@ -69,6 +69,8 @@ struct Inner {
     writing: HashMap<ClientId, super::merge::Writing>,
     tasks: BTreeMap<TaskId, Linked<Task>>,
     task_bases: HashMap<TaskId, super::model::TaskState>,
+    /// Task states noted before their CRM writes, until a commit records the task's base.
+    pub(super) task_writing: HashMap<TaskId, Vec<super::model::TaskState>>,
     interactions: BTreeMap<InteractionId, Linked<Interaction>>,
     outbox: BTreeMap<i64, OutboxRow>,
     last_outbox_id: i64,

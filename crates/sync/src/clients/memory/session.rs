@@ -58,6 +58,23 @@ impl ClientSession for MemorySession {
             .map(|t| t.entity.clone()))
     }
 
+    async fn note_task_writing(&mut self, task: &TaskId, state: TaskState) -> Result<(), StoreError> {
+        let mut inner = lock(&self.inner);
+        let noted = inner.task_writing.entry(task.clone()).or_default();
+        if !noted.contains(&state) {
+            noted.push(state);
+        }
+        Ok(())
+    }
+
+    async fn task_writing(&mut self, task: &TaskId) -> Result<Vec<TaskState>, StoreError> {
+        Ok(lock(&self.inner)
+            .task_writing
+            .get(task)
+            .cloned()
+            .unwrap_or_default())
+    }
+
     async fn note_writing(&mut self, digests: &Base) -> Result<(), StoreError> {
         let writing = add_writing(&self.snapshot.writing, digests);
         lock(&self.inner)
@@ -123,6 +140,7 @@ impl ClientSession for MemorySession {
         for (task, state) in &write.task_bases {
             if inner.tasks.contains_key(task) {
                 inner.task_bases.insert(task.clone(), *state);
+                inner.task_writing.remove(task);
             }
         }
         for conflict in &write.conflicts {
